@@ -1,0 +1,131 @@
+"""`export_model`: checkpoint → model directory (see `gpt2_onnx.manifest`).
+
+Load and validate the checkpoint, convert the tokenizer, build each graph variant,
+write everything into a temporary directory beside OUT_DIR, check parity against
+torch, and only then move it into place: a failed export leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from gpt2_onnx import models
+from gpt2_onnx.errors import SourceError
+from gpt2_onnx.manifest import (
+    CONFIG_NAME, IO_PAST_KEY_VALUES, MANIFEST_NAME, TOKENIZER_NAME,
+    Manifest, Variant, sha256_file,
+)
+
+from .checkpoint import Checkpoint, load_checkpoint
+from .graph import WTE_T, Fp32Linear, build_model
+from .quantize import Int8Linear, Int8Settings, quantization_record
+from .tokenizer import export_tokenizer
+
+PRECISIONS = ("fp32", "int8")
+VARIANT_FILES = {"fp32": "model.onnx", "int8": "model.int8.onnx"}
+TOOLS = ("gpt2-onnx", "onnx", "onnxruntime", "torch", "transformers", "tokenizers")
+
+
+def export_model(
+    source: str,
+    out_dir: str | Path,
+    quantize: tuple[str, ...] = (),
+    force: bool = False,
+    check: bool = True,
+    int8: Int8Settings = Int8Settings(),
+) -> Path:
+    """Export `source` (local checkpoint dir or hub id) to `out_dir`; return its path.
+
+    `quantize`: extra variants beside FP32, e.g. ("int8",). `check`: compare every
+    variant with torch before the directory is published (see `check_model`).
+    """
+    out = Path(out_dir).expanduser().resolve()
+    _check_destination(out, force, quantize)
+    checkpoint = load_checkpoint(source)
+    tokenizer = export_tokenizer(checkpoint.path, checkpoint.config, checkpoint.weights["wte.weight"].shape[0])
+    family = models.family_of(checkpoint.source_id, tokenizer.kind)
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    try:
+        variants = {p: _write_variant(tmp, checkpoint, p, int8) for p in ("fp32", *quantize)}
+        (tmp / TOKENIZER_NAME).write_text(tokenizer.json, encoding="utf-8")
+        shutil.copyfile(checkpoint.path / CONFIG_NAME, tmp / CONFIG_NAME)
+        manifest = Manifest(
+            architecture=checkpoint.spec.architecture,
+            conventions=tokenizer.conventions,
+            variants=variants,
+            tokenizer_sha256=sha256_file(tmp / TOKENIZER_NAME),
+            generation_defaults=models.generation_defaults(family),
+            source={"id": checkpoint.source_id, "revision": checkpoint.revision, "family": family},
+            tools=_tool_versions(),
+        )
+        (tmp / MANIFEST_NAME).write_text(manifest.to_json(), encoding="utf-8")
+        if check:
+            from .parity import check_model, require_fp32_parity
+
+            require_fp32_parity(check_model(tmp, checkpoint.path))
+        _publish(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def _check_destination(out: Path, force: bool, quantize: tuple[str, ...]) -> None:
+    unknown = [q for q in quantize if q not in PRECISIONS or q == "fp32"]
+    if unknown:
+        raise SourceError(f"unknown quantization {unknown[0]!r}; choose from: int8")
+    if out.exists() and not force:
+        raise SourceError(f"{out} already exists; pass --force (force=True) to replace it, or choose another OUT_DIR")
+    if out.exists() and not out.is_dir():
+        raise SourceError(f"{out} exists and is not a directory; choose another OUT_DIR")
+
+
+def _weights_for_graph(checkpoint: Checkpoint) -> dict[str, np.ndarray]:
+    """Checkpoint tensors plus the transposed LM head(s) the graph multiplies with."""
+    weights = dict(checkpoint.weights)
+    weights[WTE_T] = np.ascontiguousarray(weights.pop("wte.weight").T)  # [n_embd, vocab], stored once
+    if not checkpoint.spec.tied_lm_head:
+        weights["lm_head.weight.T"] = np.ascontiguousarray(weights.pop("lm_head.weight").T)
+    weights.pop("lm_head.weight", None)  # tied: the same tensor as wte
+    return weights
+
+
+def _write_variant(tmp: Path, checkpoint: Checkpoint, precision: str, int8: Int8Settings) -> Variant:
+    spec = checkpoint.spec
+    linear = Fp32Linear() if precision == "fp32" else Int8Linear(int8)
+    model = build_model(_weights_for_graph(checkpoint), spec, linear)
+    path = tmp / VARIANT_FILES[precision]
+    onnx.save_model(model, path)
+    quant = None if precision == "fp32" else quantization_record(spec.architecture, spec.tied_lm_head, int8)
+    return Variant(file=path.name, sha256=sha256_file(path), io=IO_PAST_KEY_VALUES, quantization=quant)
+
+
+def _tool_versions() -> dict[str, str]:
+    found = {}
+    for name in TOOLS:
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            pass
+    return found
+
+
+def _publish(tmp: Path, out: Path) -> None:
+    """Move the finished directory into place; an old one (with --force) goes only after."""
+    old = None
+    if out.exists():
+        old = out.with_name(f".{out.name}.old-{tmp.name.rsplit('-', 1)[-1]}")
+        out.rename(old)
+    tmp.rename(out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+

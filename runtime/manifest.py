@@ -1,0 +1,187 @@
+"""The model-directory contract between the exporter and the runtime.
+
+A model directory holds `model.onnx` (FP32), optional quantized variants such as
+`model.int8.onnx`, `tokenizer.json`, the checkpoint's `config.json` unchanged,
+and this manifest, `gpt2_onnx.json`. The manifest is versioned: the runtime
+refuses a format version it does not know, and files whose sha256 differs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import ModelDirectoryError
+
+FORMAT_VERSION = 1
+MANIFEST_NAME = "gpt2_onnx.json"
+TOKENIZER_NAME = "tokenizer.json"
+CONFIG_NAME = "config.json"
+
+# Graph I/O conventions a variant can follow. "past_key_values": the ecosystem's
+# (optimum, onnxruntime-genai) inputs input_ids, attention_mask, position_ids,
+# past_key_values.{i}.key|value [batch, n_head, past_len, head_dim]; outputs
+# logits [batch, seq, vocab] and present.{i}.key|value [batch, n_head, total_len, head_dim].
+IO_PAST_KEY_VALUES = "past_key_values"
+KNOWN_IO = (IO_PAST_KEY_VALUES,)
+
+# How generated ids become text. "wordpiece_cjk": BERT WordPiece pieces joined
+# without the spaces WordPiece decoding puts around CJK characters and
+# punctuation (the uer family). "tokenizer": tokenizer.json's own decoder
+# (byte-level BPE of English GPT-2).
+DECODE_WORDPIECE_CJK = "wordpiece_cjk"
+DECODE_TOKENIZER = "tokenizer"
+KNOWN_DECODE = (DECODE_WORDPIECE_CJK, DECODE_TOKENIZER)
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """GPT-2 shape numbers, read from the checkpoint's config."""
+
+    n_layer: int
+    n_head: int
+    n_embd: int
+    vocab_size: int
+    n_positions: int
+
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
+
+
+@dataclass(frozen=True)
+class Conventions:
+    """How this checkpoint family must be prompted, stopped and decoded."""
+
+    prompt_prefix_ids: tuple[int, ...]  # prepended to every prompt, e.g. (101,) = [CLS]
+    stop_token_ids: tuple[int, ...]  # generation ends at any of these, e.g. (102,) = [SEP]
+    pad_token_id: int  # fills left padding and finished rows; never attended to
+    special_token_ids: tuple[int, ...]  # stripped from decoded text
+    decode: str  # one of KNOWN_DECODE
+
+
+@dataclass(frozen=True)
+class Quantization:
+    """How a variant's weights were quantized."""
+
+    method: str  # "dynamic": activations quantized at run time per call
+    weight_type: str  # "int8"
+    symmetric: bool
+    per_channel: bool  # one scale per output column of each weight
+    weights: tuple[str, ...]  # the checkpoint names of the quantized tensors
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One ONNX graph of the model."""
+
+    file: str
+    sha256: str
+    io: str  # one of KNOWN_IO
+    quantization: Quantization | None = None
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """Everything the runtime needs to know about a model directory."""
+
+    architecture: Architecture
+    conventions: Conventions
+    variants: dict[str, Variant]  # keyed by precision: "fp32", "int8"
+    tokenizer_sha256: str
+    generation_defaults: dict[str, Any] = field(default_factory=dict)
+    source: dict[str, str | None] = field(default_factory=dict)  # id, revision
+    tools: dict[str, str] = field(default_factory=dict)  # package -> version
+    format_version: int = FORMAT_VERSION
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, ensure_ascii=False) + "\n"
+
+
+def sha256_of(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def read_manifest(model_dir: Path) -> Manifest:
+    """Parse and validate `gpt2_onnx.json`; the files themselves are checked by `read_verified`."""
+    path = model_dir / MANIFEST_NAME
+    if not model_dir.is_dir():
+        raise ModelDirectoryError(
+            f"model directory {model_dir} does not exist; export one with `gpt2-onnx export SOURCE {model_dir}`"
+        )
+    if not path.is_file():
+        raise ModelDirectoryError(
+            f"{path} is missing, so {model_dir} is not a gpt2-onnx model directory; "
+            f"export one with `gpt2-onnx export SOURCE {model_dir} --force`"
+        )
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+        version = raw.get("format_version")
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as e:
+        raise ModelDirectoryError(f"{path} is not valid JSON ({e}); re-export the model directory") from None
+    if version != FORMAT_VERSION:
+        raise ModelDirectoryError(
+            f"{path} has format_version {version!r}, this gpt2-onnx reads version {FORMAT_VERSION}; "
+            "re-export the model with this version of gpt2-onnx (or install the version that wrote it)"
+        )
+    try:
+        manifest = _parse(raw)
+    except (KeyError, TypeError, ValueError) as e:
+        raise ModelDirectoryError(f"{path} is malformed ({e!r}); re-export the model directory") from None
+    return manifest
+
+
+def _parse(raw: dict[str, Any]) -> Manifest:
+    conv = raw["conventions"]
+    conventions = Conventions(
+        prompt_prefix_ids=tuple(conv["prompt_prefix_ids"]),
+        stop_token_ids=tuple(conv["stop_token_ids"]),
+        pad_token_id=int(conv["pad_token_id"]),
+        special_token_ids=tuple(conv["special_token_ids"]),
+        decode=conv["decode"],
+    )
+    if conventions.decode not in KNOWN_DECODE:
+        raise ValueError(f"unknown decode convention {conventions.decode!r}")
+    variants = {}
+    for name, v in raw["variants"].items():
+        q = v.get("quantization")
+        quant = None if q is None else Quantization(**{**q, "weights": tuple(q["weights"])})
+        variants[name] = Variant(file=v["file"], sha256=v["sha256"], io=v["io"], quantization=quant)
+        if v["io"] not in KNOWN_IO:
+            raise ValueError(f"variant {name!r} has unknown io convention {v['io']!r}")
+    return Manifest(
+        architecture=Architecture(**raw["architecture"]),
+        conventions=conventions,
+        variants=variants,
+        tokenizer_sha256=raw["tokenizer_sha256"],
+        generation_defaults=dict(raw.get("generation_defaults", {})),
+        source=dict(raw.get("source", {})),
+        tools=dict(raw.get("tools", {})),
+        format_version=raw["format_version"],
+    )
+
+
+def read_verified(model_dir: Path, name: str, sha256: str) -> bytes:
+    """Read a file of the model directory once and check it against the manifest."""
+    path = model_dir / name
+    if not path.is_file():
+        raise ModelDirectoryError(
+            f"{path} is missing although {MANIFEST_NAME} lists it; re-export the model directory"
+        )
+    data = path.read_bytes()
+    if sha256_of(data) != sha256:
+        raise ModelDirectoryError(
+            f"{path} does not match the sha256 in {MANIFEST_NAME} (corrupt or modified); re-export the model directory"
+        )
+    return data
