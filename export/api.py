@@ -10,6 +10,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 from importlib.metadata import PackageNotFoundError, version
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -39,14 +40,17 @@ def export_model(
     force: bool = False,
     check: bool = True,
     int8: Int8Settings = Int8Settings(),
+    progress: Callable[[str], None] = lambda message: None,
 ) -> Path:
     """Export `source` (local checkpoint dir or hub id) to `out_dir`; return its path.
 
     `quantize`: extra variants beside FP32, e.g. ("int8",). `check`: compare every
-    variant with torch before the directory is published (see `check_model`).
+    variant with torch before the directory is published (see `check_model`); the FP32
+    graph must agree within `FP32_TOLERANCE`. `progress` receives one line per step.
     """
     out = Path(out_dir).expanduser().resolve()
     _check_destination(out, force, quantize)
+    progress(f"loading {source}")
     checkpoint = load_checkpoint(source)
     tokenizer = export_tokenizer(checkpoint.path, checkpoint.config, checkpoint.weights["wte.weight"].shape[0])
     family = models.family_of(checkpoint.source_id, tokenizer.kind)
@@ -54,7 +58,10 @@ def export_model(
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     try:
-        variants = {p: _write_variant(tmp, checkpoint, p, int8) for p in ("fp32", *quantize)}
+        variants = {}
+        for precision in ("fp32", *quantize):
+            progress(f"writing {VARIANT_FILES[precision]}")
+            variants[precision] = _write_variant(tmp, checkpoint, precision, int8)
         (tmp / TOKENIZER_NAME).write_text(tokenizer.json, encoding="utf-8")
         shutil.copyfile(checkpoint.path / CONFIG_NAME, tmp / CONFIG_NAME)
         manifest = Manifest(
@@ -70,7 +77,11 @@ def export_model(
         if check:
             from .parity import check_model, require_fp32_parity
 
-            require_fp32_parity(check_model(tmp, checkpoint.path))
+            progress(f"checking against transformers + torch ({checkpoint.path})")
+            reports = check_model(tmp, checkpoint.path)
+            for report in reports:
+                progress(report.line())
+            require_fp32_parity(reports)
         _publish(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

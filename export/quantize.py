@@ -1,4 +1,4 @@
-"""INT8 weights: symmetric, per output column, with dynamic activation quantization.
+"""INT8 weights: symmetric 8-bit grid per output column, with dynamic activation quantization.
 
 What is quantized is an explicit list (`int8_weight_names`): the four matmul weights of
 every block (`attn.c_attn`, `attn.c_proj`, `mlp.c_fc`, `mlp.c_proj`) and the tied
@@ -6,10 +6,10 @@ embedding / LM head. Biases, layer norms and the position embedding stay FP32: t
 they are under 2 % of the parameters and are not matmul operands.
 
 Each matmul becomes onnxruntime's `DynamicQuantizeMatMul` (com.microsoft): the
-activation row block is quantized to uint8 at run time, multiplied with the int8 weight
+activation row block is quantized to uint8 at run time, multiplied with the 8-bit weight
 in integer arithmetic and rescaled by the weight's per-column scale. The embedding lookup
-gathers int8 columns of the same LM-head matrix and multiplies by their scales, so the
-tied matrix is still stored once.
+gathers 8-bit columns of the same LM-head matrix and rescales them, so the tied matrix
+is still stored once.
 """
 
 from __future__ import annotations
@@ -25,11 +25,22 @@ from .graph import MS_DOMAIN, GraphWriter
 
 @dataclass(frozen=True)
 class Int8Settings:
-    """Weight range: [-127, 127] keeps the grid symmetric around zero. On x86 CPUs without
-    VNNI, onnxruntime's u8×s8 kernel can saturate its 16-bit pair sums; `weight_max` 63
-    (7-bit weights, onnxruntime's "reduce_range") rules that out at some cost in precision."""
+    """The weight grid is symmetric, [-weight_max, weight_max] × scale. `storage` "uint8"
+    stores it shifted by a zero point of 128: onnxruntime's u8×u8 kernels never overflow.
+    "int8" stores it signed: faster u8×s8 kernels, but on x86 CPUs without VNNI they
+    saturate 16-bit pair sums (measured here: 8× the error), so pair it with weight_max 63
+    (7-bit weights, onnxruntime's "reduce_range") unless the target has VNNI."""
 
+    storage: str = "uint8"
     weight_max: int = 127
+
+    def __post_init__(self):
+        if self.storage not in ("uint8", "int8") or not 1 <= self.weight_max <= 127:
+            raise ValueError(f"Int8Settings: storage must be 'uint8' or 'int8' and weight_max in [1, 127], got {self}")
+
+    @property
+    def zero_point(self) -> int:
+        return 128 if self.storage == "uint8" else 0
 
 
 def int8_weight_names(a: Architecture, tied_lm_head: bool) -> tuple[str, ...]:
@@ -42,26 +53,26 @@ def int8_weight_names(a: Architecture, tied_lm_head: bool) -> tuple[str, ...]:
     return tuple(names + ["wte.weight" if tied_lm_head else "lm_head.weight"])
 
 
-def quantize_columns(w: np.ndarray, weight_max: int) -> tuple[np.ndarray, np.ndarray]:
-    """[in, out] float → ([in, out] int8, [out] float32 scale), symmetric per column."""
-    scale = np.abs(w).max(axis=0) / weight_max
+def quantize_columns(w: np.ndarray, settings: Int8Settings) -> tuple[np.ndarray, np.ndarray]:
+    """[in, out] float → ([in, out] stored ints, [out] float32 scale), symmetric per column."""
+    scale = np.abs(w).max(axis=0) / settings.weight_max
     scale = np.where(scale == 0, 1.0, scale).astype(np.float32)
-    q = np.clip(np.rint(w / scale), -weight_max, weight_max).astype(np.int8)
-    return q, scale
+    q = np.clip(np.rint(w / scale), -settings.weight_max, settings.weight_max) + settings.zero_point
+    return q.astype(np.dtype(settings.storage)), scale
 
 
 class Int8Linear:
-    """Emits DynamicQuantizeMatMul on per-column int8 weights."""
+    """Emits DynamicQuantizeMatMul on per-column 8-bit weights."""
 
     def __init__(self, settings: Int8Settings = Int8Settings()):
         self.settings = settings
 
     def _quantized(self, g: GraphWriter, weight: str) -> tuple[str, str, str]:
-        q_name, s_name, z_name = weight + ".int8", weight + ".scale", weight + ".zero_point"
+        q_name, s_name, z_name = weight + ".quantized", weight + ".scale", weight + ".zero_point"
         if q_name not in g.weights:
-            q, scale = quantize_columns(g.weights[weight], self.settings.weight_max)
+            q, scale = quantize_columns(g.weights[weight], self.settings)
             g.weights[q_name], g.weights[s_name] = q, scale
-            g.weights[z_name] = np.zeros_like(scale, dtype=np.int8)
+            g.weights[z_name] = np.full(scale.shape, self.settings.zero_point, dtype=q.dtype)
         return g.weight(q_name), g.weight(s_name), g.weight(z_name)
 
     def matmul(self, g: GraphWriter, x: str, weight: str, bias: str | None) -> str:
@@ -72,6 +83,8 @@ class Int8Linear:
     def gather_columns(self, g: GraphWriter, weight: str, ids: str) -> str:
         q, scale, _ = self._quantized(g, weight)
         columns = g.op("Cast", [g.op("Gather", [q, ids], axis=1)], to=1)  # [n_embd, batch, seq] float
+        if self.settings.zero_point:
+            columns = g.op("Sub", [columns, g.const(float(self.settings.zero_point), np.float32)])
         return g.op("Mul", [columns, g.op("Gather", [scale, ids])])  # × [batch, seq] scales
 
 
@@ -79,9 +92,8 @@ def quantization_record(a: Architecture, tied_lm_head: bool, settings: Int8Setti
     """What the manifest says about the INT8 variant."""
     return Quantization(
         method="dynamic",
-        weight_type="int8" if settings.weight_max == 127 else f"int8 (range ±{settings.weight_max})",
+        weight_type=f"{settings.storage} (zero point {settings.zero_point}, range ±{settings.weight_max})",
         symmetric=True,
         per_channel=True,
         weights=int8_weight_names(a, tied_lm_head),
     )
-

@@ -1,0 +1,123 @@
+"""`check_model`: every variant of a model directory against transformers + torch.
+
+Same inputs on both sides, in the three ways the runtime calls the graph:
+prefill (empty past), decode with past, and a left-padded batch; then greedy
+agreement over 64 new tokens from the runtime's own decode loop.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from gpt2_onnx.errors import SourceError
+from gpt2_onnx.generator import Generator
+
+FP32_TOLERANCE = 1e-3
+GREEDY_TOKENS = 64
+
+
+@dataclass(frozen=True)
+class VariantReport:
+    precision: str
+    prefill_max_abs: float  # max |Δlogit| over every position of a 2-row prompt batch
+    decode_max_abs: float  # over 4 decode steps with the KV cache
+    padded_max_abs: float  # over the real positions of a left-padded batch of 3
+    greedy_agreement: int  # new tokens identical to torch's greedy before the first difference
+    greedy_tokens: int
+
+    def line(self) -> str:
+        return (
+            f"{self.precision:>5}  prefill {self.prefill_max_abs:.2e}  decode {self.decode_max_abs:.2e}  "
+            f"padded batch {self.padded_max_abs:.2e}  greedy {self.greedy_agreement}/{self.greedy_tokens} identical"
+        )
+
+
+def check_model(model_dir: str | Path, source: str | Path, variants: tuple[str, ...] | None = None) -> list[VariantReport]:
+    """Compare each variant (default: all in the manifest) with the checkpoint at `source`."""
+    import torch
+    from transformers import GPT2LMHeadModel
+
+    from .checkpoint import resolve_source
+
+    checkpoint_path, _, _ = resolve_source(str(source))
+    torch_model = GPT2LMHeadModel.from_pretrained(checkpoint_path, dtype=torch.float32, attn_implementation="eager").eval()
+    reports = []
+    fp32 = Generator.load(model_dir, precision="fp32")
+    if torch_model.config.vocab_size != fp32.manifest.architecture.vocab_size:
+        raise SourceError(f"{source} has vocabulary size {torch_model.config.vocab_size}, the model directory {fp32.manifest.architecture.vocab_size}: they are different models")
+    for precision in variants or tuple(fp32.manifest.variants):
+        generator = fp32 if precision == "fp32" else Generator.load(model_dir, precision=precision)
+        reports.append(_check_variant(generator, torch_model))
+    return reports
+
+
+def require_fp32_parity(reports: list[VariantReport]) -> None:
+    for r in reports:
+        if r.precision == "fp32" and max(r.prefill_max_abs, r.decode_max_abs, r.padded_max_abs) > FP32_TOLERANCE:
+            raise SourceError(f"the exported FP32 graph differs from torch beyond {FP32_TOLERANCE}: {r.line()}")
+
+
+def _torch_logits(model, ids, mask, positions, past=None):
+    import torch
+
+    with torch.no_grad():
+        out = model(
+            input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask),
+            position_ids=torch.from_numpy(positions), past_key_values=past, use_cache=True,
+        )
+    return out.logits.numpy(), out.past_key_values
+
+
+def _check_variant(generator: Generator, torch_model) -> VariantReport:
+    decoder, a = generator.decoder, generator.manifest.architecture
+    rng = np.random.default_rng(0)
+    vocab, prompt_len = a.vocab_size, min(16, a.n_positions // 4)
+
+    ids = rng.integers(0, vocab, (2, prompt_len))
+    mask, positions = np.ones_like(ids), np.tile(np.arange(prompt_len), (2, 1))
+    cache = decoder.empty_cache(2)
+    ours = decoder.forward(ids, positions, mask, cache, all_positions=True)
+    theirs, past = _torch_logits(torch_model, ids, mask, positions)
+    prefill = float(np.abs(ours - theirs).max())
+
+    decode = 0.0
+    for step in range(4):
+        token = theirs[:, -1].argmax(-1)[:, None]
+        mask = np.ones((2, prompt_len + step + 1), np.int64)
+        pos = np.full((2, 1), prompt_len + step)
+        ours = decoder.forward(token, pos, mask, cache, all_positions=True)
+        theirs, past = _torch_logits(torch_model, token, mask, pos, past)
+        decode = max(decode, float(np.abs(ours - theirs).max()))
+
+    lengths = [prompt_len, prompt_len // 2 + 1, 3]
+    ids = rng.integers(0, vocab, (3, prompt_len))
+    mask = np.array([[0] * (prompt_len - n) + [1] * n for n in lengths])
+    positions = np.clip(mask.cumsum(-1) - 1, 0, None)
+    ours = decoder.forward(ids, positions, mask, decoder.empty_cache(3), all_positions=True)
+    theirs, _ = _torch_logits(torch_model, ids, mask, positions)
+    padded = float(np.abs(ours - theirs)[mask.astype(bool)].max())
+
+    agreement, steps = _greedy_agreement(generator, torch_model)
+    return VariantReport(generator.precision, prefill, decode, padded, agreement, steps)
+
+
+def _greedy_agreement(generator: Generator, torch_model) -> tuple[int, int]:
+    """New tokens of our greedy decode equal to torch's, counted up to the first difference."""
+    a = generator.manifest.architecture
+    steps = min(GREEDY_TOKENS, a.n_positions // 2)
+    prompt = generator.codec.encode("这是很久之前的事情了。The quick brown fox 1234")[: a.n_positions // 4]
+    ours = generator.generate_ids(prompt, max_new_tokens=steps, do_sample=False, stop_token_ids=()).token_ids
+    ids = np.array([prompt])
+    mask, positions = np.ones_like(ids), np.arange(len(prompt))[None]
+    theirs, past = [], None
+    for _ in range(steps):
+        logits, past = _torch_logits(torch_model, ids, mask, positions, past)
+        token = int(logits[0, -1].argmax())
+        theirs.append(token)
+        ids, positions = np.array([[token]]), positions[:, -1:] + 1
+        mask = np.ones((1, mask.shape[1] + 1), np.int64)
+    same = next((i for i, (x, y) in enumerate(zip(ours, theirs)) if x != y), steps)
+    return same, steps

@@ -1,0 +1,169 @@
+"""`Generator`: load a model directory, then `generate()` or `stream()` text.
+
+A Generator holds only immutable state (session, tokenizer, manifest); every call
+builds its own cache and batch, and onnxruntime sessions may be run from several
+threads at once, so one Generator serves concurrent calls from many threads.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .decode import DecodeJob, run
+from .errors import ContextLengthError, GenerationOptionError, ModelDirectoryError
+from .hub import resolve_model_dir
+from .logits import Processors
+from .manifest import TOKENIZER_NAME, Manifest, read_manifest, read_verified
+from .options import GenerationConfig, as_sequence
+from .session import OnnxDecoder, create_session
+from .text import TextCodec
+
+DEFAULT_PRECISION = "int8"
+
+
+@dataclass(frozen=True)
+class Timings:
+    """Wall-clock figures of one call (for the whole batch)."""
+
+    time_to_first_token_s: float  # call start → first new token of any row
+    decode_s: float  # first new token → last
+    new_tokens: int  # summed over rows
+
+    @property
+    def decode_tokens_per_s(self) -> float:
+        """New tokens after the first step, per second of decoding."""
+        steps = self.new_tokens - 1
+        return steps / self.decode_s if steps > 0 and self.decode_s > 0 else 0.0
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    """One returned sequence. `token_ids` are the new ids, a final stop token included (as
+    transformers returns it); `text` is their decoded text, specials and stop strings removed."""
+
+    text: str
+    token_ids: tuple[int, ...]
+    finish_reason: str  # "stop", "stop_string" or "length"
+    prompt_tokens: int  # prompt length in tokens, the family's prefix included
+    timings: Timings
+
+
+class Generator:
+    """Text generation with one variant of one exported model."""
+
+    def __init__(self, model_dir: Path, manifest: Manifest, codec: TextCodec, decoder: OnnxDecoder, precision: str):
+        self.model_dir = model_dir
+        self.manifest = manifest
+        self.codec = codec
+        self.decoder = decoder
+        self.precision = precision
+
+    @classmethod
+    def load(cls, model: str | Path | None = None, precision: str = DEFAULT_PRECISION, threads: int | None = None) -> "Generator":
+        """`model`: a model directory, or a hub id (exported into the cache on first use);
+        None: the default model. `precision`: "int8" or "fp32". `threads`: intra-op threads
+        (default: the cores this process may use)."""
+        model_dir = resolve_model_dir(model)
+        manifest = read_manifest(model_dir)
+        if precision not in manifest.variants:
+            raise ModelDirectoryError(
+                f"{model_dir} has no {precision!r} variant (it has {', '.join(manifest.variants)}); "
+                f"pick one of those or re-export with `gpt2-onnx export SOURCE {model_dir} --quantize {precision} --force`"
+            )
+        if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 1):
+            raise GenerationOptionError(f"threads must be an int ≥ 1 or None, got {threads!r}")
+        variant = manifest.variants[precision]
+        codec = TextCodec.from_bytes(
+            read_verified(model_dir, TOKENIZER_NAME, manifest.tokenizer_sha256), manifest.conventions, model_dir / TOKENIZER_NAME
+        )
+        session = create_session(read_verified(model_dir, variant.file, variant.sha256), threads)
+        return cls(model_dir, manifest, codec, OnnxDecoder(session, manifest.architecture), precision)
+
+    def config(self, **options: Any) -> GenerationConfig:
+        """The settings a call with these options would use (manifest defaults filled in)."""
+        return GenerationConfig.from_options(self.manifest.generation_defaults, options)
+
+    def generate(self, prompt: str | Sequence[str], **options: Any):
+        """Generate for one prompt (→ a GenerationResult, or a list of num_return_sequences)
+        or a list of prompts (→ a list with one such entry per prompt)."""
+        prompts, single = as_sequence(prompt)
+        return self._generate([self._encode(p) for p in prompts], single, self.config(**options))
+
+    def generate_ids(self, prompt_ids: Sequence[int] | Sequence[Sequence[int]], **options: Any):
+        """As `generate`, from token ids used exactly as given (no prefix is added)."""
+        single = bool(prompt_ids) and all(isinstance(t, (int, np.integer)) for t in prompt_ids)
+        id_lists = [list(prompt_ids)] if single else [list(p) for p in prompt_ids]
+        vocab = self.manifest.architecture.vocab_size
+        if not id_lists or not all(p and all(0 <= int(t) < vocab for t in p) for p in id_lists):
+            raise GenerationOptionError(f"prompt_ids must be a non-empty list (or list of lists) of ids in [0, {vocab})")
+        return self._generate([[int(t) for t in p] for p in id_lists], single, self.config(**options))
+
+    def _generate(self, id_lists: list[list[int]], single: bool, config: GenerationConfig):
+        job = self._job(id_lists, config)
+        n = config.num_return_sequences
+        slots = len(id_lists) * n
+        texts, tokens, reasons = [""] * slots, [[] for _ in range(slots)], [""] * slots
+        start, first = time.perf_counter(), None
+        for event in run(self.decoder, self.codec, job):
+            first = first or time.perf_counter()
+            texts[event.slot] += event.text
+            tokens[event.slot].extend(event.tokens)
+            reasons[event.slot] = event.finish_reason or reasons[event.slot]
+        end = time.perf_counter()
+        timings = Timings((first or end) - start, end - (first or end), sum(map(len, tokens)))
+        results = [
+            GenerationResult(texts[s], tuple(tokens[s]), reasons[s], len(job.prompts[s // n]), timings)
+            for s in range(slots)
+        ]
+        grouped = [results[i * n] if n == 1 else results[i * n:(i + 1) * n] for i in range(len(id_lists))]
+        return grouped[0] if single else grouped
+
+    def stream(self, prompt: str, **options: Any) -> Iterator[str]:
+        """Yield the text of one prompt's continuation piece by piece as it is generated;
+        the pieces join to `generate(prompt, **same_options).text`."""
+        if not isinstance(prompt, str):
+            raise GenerationOptionError(f"stream() takes one prompt string, got {type(prompt).__name__}")
+        config = self.config(**options)
+        if config.num_beams > 1 or config.num_return_sequences > 1:
+            raise GenerationOptionError("stream() produces one sequence: use num_beams=1 and num_return_sequences=1, or generate()")
+        for event in run(self.decoder, self.codec, self._job([self._encode(prompt)], config)):
+            if event.text:
+                yield event.text
+
+    def _job(self, id_lists: list[list[int]], config: GenerationConfig) -> DecodeJob:
+        conventions = self.manifest.conventions
+        ids = [self._fit_context(p, config) for p in id_lists]
+        stop_ids = conventions.stop_token_ids if config.stop_token_ids is None else config.stop_token_ids
+        vocab = self.manifest.architecture.vocab_size
+        bad = tuple(tuple(self.codec.token_sequence(w)) if isinstance(w, str) else w for w in config.bad_words)
+        for name, seq in (("stop_token_ids", stop_ids), *(("bad_words", b) for b in bad)):
+            if any(t >= vocab for t in seq):
+                raise GenerationOptionError(f"{name} holds an id ≥ the vocabulary size {vocab}: {seq}")
+        processors = Processors(config, tuple(stop_ids), tuple(b for b in bad if b))
+        return DecodeJob(ids, config, processors, np.random.default_rng(config.seed))
+
+    def _encode(self, prompt: str) -> list[int]:
+        ids = self.codec.encode(prompt)
+        # a family without a prompt prefix (English GPT-2) starts an empty prompt from its
+        # end-of-text token, as transformers does with GPT-2's bos (= eos)
+        return ids or list(self.manifest.conventions.stop_token_ids[:1])
+
+    def _fit_context(self, ids: list[int], config: GenerationConfig) -> list[int]:
+        limit = self.manifest.architecture.n_positions
+        if len(ids) + config.max_new_tokens <= limit:
+            return ids
+        prefix = len(self.manifest.conventions.prompt_prefix_ids)
+        room = limit - config.max_new_tokens - prefix
+        if config.truncate != "left" or room < 1:
+            raise ContextLengthError(
+                f"the prompt has {len(ids)} tokens and max_new_tokens is {config.max_new_tokens}: "
+                f"{len(ids) + config.max_new_tokens} > {limit} positions of this model; shorten the prompt, "
+                "lower max_new_tokens" + (", or pass truncate='left'" if room >= 1 else "")
+            )
+        return ids[:prefix] + ids[len(ids) - room:]

@@ -1,0 +1,55 @@
+"""Where a model name points: a model directory, or a hub id exported into the cache.
+
+A hub id is exported once (this needs the `export` extra, which brings torch) into
+`$GPT2_ONNX_CACHE` (default `~/.cache/gpt2-onnx/`), FP32 and INT8; later loads read
+the cached directory without importing torch.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from .errors import ModelDirectoryError
+from .manifest import CONFIG_NAME, MANIFEST_NAME
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("GPT2_ONNX_CACHE", Path.home() / ".cache" / "gpt2-onnx")).expanduser()
+
+
+def cached_dir(hub_id: str) -> Path:
+    return cache_root() / hub_id.replace("/", "--")
+
+
+def resolve_model_dir(model: str | Path | None) -> Path:
+    """A directory holding `gpt2_onnx.json`; hub ids are exported into the cache first."""
+    from gpt2_onnx.models import default_model
+
+    name = str(model) if model is not None else default_model()
+    path = Path(name).expanduser()
+    if path.is_dir():
+        if not (path / MANIFEST_NAME).is_file() and (path / CONFIG_NAME).is_file():
+            raise ModelDirectoryError(
+                f"{path} is a checkpoint, not an exported model directory; run `gpt2-onnx export {path} OUT_DIR` and load OUT_DIR"
+            )
+        return path
+    if name.startswith((".", "/", "~")) or name.count("/") > 1 or os.sep != "/" and os.sep in name:
+        raise ModelDirectoryError(f"model directory {name} does not exist; export one with `gpt2-onnx export SOURCE {name}`")
+    cached = cached_dir(name)
+    if (cached / MANIFEST_NAME).is_file():
+        return cached
+    return _export_to_cache(name, cached)
+
+
+def _export_to_cache(hub_id: str, target: Path) -> Path:
+    try:
+        from gpt2_onnx.export import export_model
+    except ImportError as e:
+        raise ModelDirectoryError(
+            f"{hub_id} has not been exported yet and exporting needs the export extra ({e.name} is missing): "
+            "pip install torch==2.13.0 'gpt2-onnx[export]', or export it elsewhere and pass the model directory"
+        ) from None
+    print(f"gpt2-onnx: exporting {hub_id} into {target} (first use only)", file=sys.stderr)
+    return export_model(hub_id, target, quantize=("int8",), force=True)

@@ -1,0 +1,127 @@
+"""Logits processors and token selection: pure numpy, the semantics of transformers'.
+
+Order, as in transformers: repetition penalty, no-repeat n-grams, bad words, min new
+tokens; then, when sampling, temperature, top-k, top-p. `scores` is `[rows, vocab]`
+(the last position's logits of each row) and is modified in place. Every function
+touches one row of the vocabulary at most once per step; the rest works on the few
+ids a row's history names.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from .options import GenerationConfig
+
+NEG_INF = -np.inf
+TOP_P_CANDIDATES = 256  # top-p without top-k first looks at this many best tokens
+
+
+@dataclass(frozen=True)
+class Processors:
+    """The per-call settings the processors need, resolved to token ids."""
+
+    config: GenerationConfig
+    stop_token_ids: tuple[int, ...]
+    bad_words_ids: tuple[tuple[int, ...], ...]
+
+    def __call__(self, scores: np.ndarray, histories: Sequence[Sequence[int]], n_new: int) -> np.ndarray:
+        """histories[r]: every id of row r so far (prefix, prompt, generated); n_new: generated so far."""
+        c = self.config
+        for row, history in zip(scores, histories):
+            if c.repetition_penalty != 1.0:
+                repetition_penalty(row, history, c.repetition_penalty)
+            if c.no_repeat_ngram_size > 0:
+                row[banned_ngram_tokens(history, c.no_repeat_ngram_size)] = NEG_INF
+            if self.bad_words_ids:
+                row[banned_bad_words(history, self.bad_words_ids)] = NEG_INF
+        if n_new < c.min_new_tokens and self.stop_token_ids:
+            scores[:, list(self.stop_token_ids)] = NEG_INF
+        return scores
+
+
+def repetition_penalty(row: np.ndarray, history: Sequence[int], penalty: float) -> None:
+    ids = np.unique(np.asarray(history, dtype=np.int64))
+    s = row[ids]
+    row[ids] = np.where(s < 0, s * penalty, s / penalty)
+
+
+def banned_ngram_tokens(history: Sequence[int], n: int) -> list[int]:
+    """Tokens that would repeat an n-gram already in `history`."""
+    if len(history) + 1 < n:
+        return []
+    prefix = tuple(history[len(history) - n + 1:]) if n > 1 else ()
+    return [history[i + n - 1] for i in range(len(history) - n + 1) if tuple(history[i:i + n - 1]) == prefix]
+
+
+def banned_bad_words(history: Sequence[int], bad_words: Sequence[tuple[int, ...]]) -> list[int]:
+    """Last tokens of bad word sequences whose other tokens end `history`."""
+    banned = []
+    for word in bad_words:
+        k = len(word) - 1
+        if k == 0 or (len(history) >= k and tuple(history[len(history) - k:]) == word[:-1]):
+            banned.append(word[-1])
+    return banned
+
+
+def greedy(scores: np.ndarray) -> np.ndarray:
+    """[rows, vocab] → [rows] ids of the highest score (first on ties, as torch.argmax)."""
+    return scores.argmax(axis=-1)
+
+
+def sample(scores: np.ndarray, config: GenerationConfig, rng: np.random.Generator) -> np.ndarray:
+    """Temperature, top-k, top-p, then a draw from the renormalised probabilities, per row."""
+    return np.array([_sample_row(row, config, rng) for row in scores], dtype=np.int64)
+
+
+def _sample_row(row: np.ndarray, config: GenerationConfig, rng: np.random.Generator) -> int:
+    row = row / config.temperature
+    ids = _top_k_ids(row, config.top_k)  # candidate ids, unordered; None: all
+    if config.top_p < 1.0:
+        ids = _top_p_ids(row, ids, config.top_p)
+    logits = row if ids is None else row[ids]
+    finite = np.isfinite(logits)
+    probs = np.exp(logits - logits[finite].max(), where=finite, out=np.zeros_like(logits))
+    choice = int(np.searchsorted(np.cumsum(probs), rng.random() * probs.sum(), side="right"))
+    choice = min(choice, len(probs) - 1)
+    return int(choice if ids is None else ids[choice])
+
+
+def _top_k_ids(row: np.ndarray, k: int) -> np.ndarray | None:
+    """Ids scoring at least the k-th best score (ties kept, as transformers)."""
+    if k <= 0 or k >= row.size:
+        return None
+    kth = np.partition(row, row.size - k)[row.size - k]
+    return np.flatnonzero(row >= kth)
+
+
+def _top_p_ids(row: np.ndarray, ids: np.ndarray | None, top_p: float) -> np.ndarray:
+    """transformers' rule: keep an id while the probability of the ids strictly better than
+    it is below top_p (at least one id is kept). Without top-k, only the best
+    `TOP_P_CANDIDATES` are sorted unless their mass falls short of top_p."""
+    candidates = np.arange(row.size) if ids is None else ids
+    if ids is None and row.size > TOP_P_CANDIDATES:
+        best = np.argpartition(row, -TOP_P_CANDIDATES)[-TOP_P_CANDIDATES:]
+        if _log_sum_exp(row[best]) - _log_sum_exp(row) >= np.log(top_p):
+            candidates = best  # every id outside `best` has ≥ top_p better mass
+    total = _log_sum_exp(row if ids is None else row[ids])
+    order = candidates[np.argsort(-row[candidates], kind="stable")]  # best first
+    probs = np.exp(row[order].astype(np.float64) - total)
+    keep = np.cumsum(probs) - probs < top_p
+    keep[0] = True
+    return order[keep]
+
+
+def _log_sum_exp(x: np.ndarray) -> float:
+    finite = x[np.isfinite(x)]
+    m = finite.max()
+    return float(m + np.log(np.exp(finite - m).sum()))
+
+
+def log_softmax(scores: np.ndarray) -> np.ndarray:
+    m = scores.max(axis=-1, keepdims=True)
+    shifted = scores - m
+    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))

@@ -1,0 +1,156 @@
+"""Prompt encoding and text decoding by the model family's conventions.
+
+uer (`wordpiece_cjk`): prompt = [CLS] + WordPiece ids, no [SEP]; decoded text drops
+special tokens, joins `##` continuations, and puts a space only between two Latin /
+digit word pieces, never around CJK characters or punctuation (WordPiece decoding
+puts one between every token: `这 是 很 久`). English GPT-2 (`tokenizer`): the
+tokenizer's own byte-level decoder.
+
+Decoding is incremental (`TextAssembler`), and whole-sequence decoding is defined as
+feeding every id to one, so streamed pieces always join to the decoded text.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from tokenizers import Tokenizer
+
+from .errors import ModelDirectoryError
+from .manifest import DECODE_WORDPIECE_CJK, Conventions
+
+REPLACEMENT_CHAR = "\ufffd"  # what an incomplete UTF-8 byte sequence decodes to
+
+
+def is_cjk(ch: str) -> bool:
+    """The code point ranges BERT's basic tokenizer splits one character per token."""
+    cp = ord(ch)
+    return (
+        0x4E00 <= cp <= 0x9FFF or 0x3400 <= cp <= 0x4DBF or 0x20000 <= cp <= 0x2A6DF or 0x2A700 <= cp <= 0x2B73F
+        or 0x2B740 <= cp <= 0x2B81F or 0x2B820 <= cp <= 0x2CEAF or 0xF900 <= cp <= 0xFAFF or 0x2F800 <= cp <= 0x2FA1F
+    )
+
+
+def _is_word_char(ch: str) -> bool:
+    return ch.isalnum() and not is_cjk(ch)
+
+
+class TextCodec:
+    """Encodes prompts and decodes ids for one model directory."""
+
+    def __init__(self, tokenizer: Tokenizer, conventions: Conventions):
+        self.tokenizer = tokenizer
+        self.conventions = conventions
+        self._special = frozenset(conventions.special_token_ids)
+        self._wordpiece = conventions.decode == DECODE_WORDPIECE_CJK
+        # id → piece string, looked up once per generated token
+        self._pieces = [tokenizer.id_to_token(i) or "" for i in range(tokenizer.get_vocab_size(with_added_tokens=True))]
+
+    @classmethod
+    def from_bytes(cls, data: bytes, conventions: Conventions, path: Path) -> "TextCodec":
+        try:
+            tokenizer = Tokenizer.from_str(data.decode("utf-8"))
+        except Exception as e:  # tokenizers raises a plain Exception for a malformed file
+            raise ModelDirectoryError(f"{path} cannot be read by tokenizers ({e}); re-export the model directory") from None
+        return cls(tokenizer, conventions)
+
+    def encode(self, prompt: str) -> list[int]:
+        """Prompt ids with the family's prefix ([CLS] for uer) and no trailing special token."""
+        ids = self.tokenizer.encode(prompt, add_special_tokens=False).ids
+        return list(self.conventions.prompt_prefix_ids) + ids
+
+    def token_sequence(self, text: str) -> list[int]:
+        """Ids of a text fragment, without prefix (for bad words)."""
+        return self.tokenizer.encode(text, add_special_tokens=False).ids
+
+    def decode(self, ids: Sequence[int]) -> str:
+        assembler = self.assembler()
+        return "".join(assembler.push(i) for i in ids) + assembler.flush()
+
+    def assembler(self) -> "TextAssembler":
+        return TextAssembler(self)
+
+
+class TextAssembler:
+    """Turns ids into text one at a time; returns only text that later ids cannot change."""
+
+    def __init__(self, codec: TextCodec):
+        self._codec = codec
+        self._previous_piece = ""  # last visible WordPiece piece, for the spacing rule
+        self._pending: list[int] = []  # byte-level ids not yet forming whole characters
+
+    def push(self, token_id: int) -> str:
+        codec = self._codec
+        if token_id in codec._special:
+            return ""
+        if codec._wordpiece:
+            return self._wordpiece_piece(codec._pieces[token_id])
+        self._pending.append(token_id)
+        text = codec.tokenizer.decode(self._pending, skip_special_tokens=True)
+        if text.endswith(REPLACEMENT_CHAR):
+            return ""  # a character split across tokens: wait for its remaining bytes
+        self._pending.clear()
+        return text
+
+    def _wordpiece_piece(self, piece: str) -> str:
+        if piece.startswith("##"):
+            piece = piece[2:]
+        elif self._previous_piece and _is_word_char(self._previous_piece[-1]) and _is_word_char(piece[:1] or " "):
+            piece = " " + piece
+        if piece:
+            self._previous_piece = piece
+        return piece
+
+    def flush(self) -> str:
+        """Whatever is still held back at the end of generation."""
+        if not self._pending:
+            return ""
+        text = self._codec.tokenizer.decode(self._pending, skip_special_tokens=True)
+        self._pending.clear()
+        return text
+
+
+class TextStream:
+    """The text of one generated sequence, emitted piece by piece, with stop strings.
+
+    Text that could still turn out to begin a stop string is held back, so a piece once
+    emitted is never taken back; a found stop string ends the text before it.
+    """
+
+    def __init__(self, codec: TextCodec, stops: Sequence[str]):
+        self._assembler = codec.assembler()
+        self._stops = tuple(stops)
+        self._text = ""  # everything decoded so far
+        self._emitted = 0  # length of the prefix of _text already returned
+
+    def push(self, token_id: int) -> tuple[str, bool]:
+        """(new text safe to show, whether a stop string ended the sequence)."""
+        old = len(self._text)
+        self._text += self._assembler.push(token_id)
+        if not self._stops:
+            return self._take(len(self._text)), False
+        window = max(0, old - max(map(len, self._stops)) + 1)
+        hits = [i for i in (self._text.find(s, window) for s in self._stops) if i >= 0]
+        if hits:
+            self._text = self._text[: min(hits)]
+            return self._take(len(self._text)), True
+        return self._take(len(self._text) - self._held_back()), False
+
+    def _held_back(self) -> int:
+        """Length of the longest end of the text that is a proper prefix of a stop string."""
+        for n in range(min(len(self._text), max(map(len, self._stops)) - 1), 0, -1):
+            tail = self._text[-n:]
+            if any(s.startswith(tail) for s in self._stops):
+                return n
+        return 0
+
+    def _take(self, upto: int) -> str:
+        piece = self._text[self._emitted: upto]
+        self._emitted = max(self._emitted, upto)
+        return piece
+
+    def finish(self) -> str:
+        """The rest of the text at the end of generation (held-back text included)."""
+        self._text += self._assembler.flush()
+        return self._take(len(self._text))
