@@ -77,11 +77,15 @@ def sample(scores: np.ndarray, config: GenerationConfig, rng: np.random.Generato
     return np.array([_sample_row(row, config, rng) for row in scores], dtype=np.int64)
 
 
+def sampling_candidates(row: np.ndarray, top_k: int, top_p: float) -> np.ndarray | None:
+    """Ids that top-k then top-p leave to sample from (unordered); None: every id."""
+    ids = _top_k_ids(row, top_k)
+    return _top_p_ids(row, ids, top_p) if top_p < 1.0 else ids
+
+
 def _sample_row(row: np.ndarray, config: GenerationConfig, rng: np.random.Generator) -> int:
     row = row / config.temperature
-    ids = _top_k_ids(row, config.top_k)  # candidate ids, unordered; None: all
-    if config.top_p < 1.0:
-        ids = _top_p_ids(row, ids, config.top_p)
+    ids = sampling_candidates(row, config.top_k, config.top_p)
     logits = row if ids is None else row[ids]
     finite = np.isfinite(logits)
     probs = np.exp(logits - logits[finite].max(), where=finite, out=np.zeros_like(logits))

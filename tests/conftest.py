@@ -1,0 +1,75 @@
+"""Checkpoints built at test time (random weights, real layouts) and their exports.
+
+Nothing is downloaded: the full-size checkpoint has uer/gpt2-distil-chinese-cluecorpussmall's
+exact file layout and shape, the tiny ones its conventions at a fraction of the size.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gpt2_onnx.export import export_model
+from gpt2_onnx.export.synthetic import TINY, SyntheticSpec, write_gpt2_bpe_checkpoint, write_uer_checkpoint
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    return write_uer_checkpoint(tmp_path_factory.mktemp("tiny") / "checkpoint", TINY)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_checkpoint, tmp_path_factory) -> Path:
+    return export_model(str(tiny_checkpoint), tmp_path_factory.mktemp("tiny-onnx") / "model", quantize=("int8",))
+
+
+@pytest.fixture(scope="session")
+def full_checkpoint(tmp_path_factory) -> Path:
+    return write_uer_checkpoint(tmp_path_factory.mktemp("full") / "checkpoint", SyntheticSpec())
+
+
+@pytest.fixture(scope="session")
+def full_model(full_checkpoint, tmp_path_factory) -> Path:
+    # check=False: test_export measures parity itself and asserts on the numbers
+    return export_model(str(full_checkpoint), tmp_path_factory.mktemp("full-onnx") / "model", quantize=("int8",), check=False)
+
+
+@pytest.fixture(scope="session")
+def bpe_checkpoint(tmp_path_factory) -> Path:
+    return write_gpt2_bpe_checkpoint(tmp_path_factory.mktemp("bpe") / "checkpoint")
+
+
+@pytest.fixture(scope="session")
+def bpe_model(bpe_checkpoint, tmp_path_factory) -> Path:
+    return export_model(str(bpe_checkpoint), tmp_path_factory.mktemp("bpe-onnx") / "model", quantize=("int8",))
+
+
+@pytest.fixture(scope="session")
+def torch_model():
+    """Loads a checkpoint into transformers once per session."""
+    from transformers import GPT2LMHeadModel
+
+    cache = {}
+
+    def load(path: Path):
+        if path not in cache:
+            cache[path] = GPT2LMHeadModel.from_pretrained(path, attn_implementation="eager").eval()
+        return cache[path]
+
+    return load
+
+
+@pytest.fixture(scope="session")
+def generators():
+    """Generator.load once per (directory, precision)."""
+    from gpt2_onnx import Generator
+
+    cache = {}
+
+    def load(path: Path, precision: str = "fp32"):
+        if (path, precision) not in cache:
+            cache[path, precision] = Generator.load(path, precision=precision)
+        return cache[path, precision]
+
+    return load

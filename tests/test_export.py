@@ -1,0 +1,187 @@
+"""Exporter: the model-directory contract, file sizes, and parity with transformers + torch."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from gpt2_onnx.export import export_model
+from gpt2_onnx.export.parity import FP32_TOLERANCE, check_model
+from gpt2_onnx.export.synthetic import TINY, write_uer_checkpoint
+from gpt2_onnx.manifest import FORMAT_VERSION, read_manifest, sha256_file
+
+UER_FILES = {"config.json", "pytorch_model.bin", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json"}
+
+
+def test_fixture_has_the_exact_uer_layout(full_checkpoint):
+    assert {p.name for p in full_checkpoint.iterdir()} == UER_FILES
+    config = json.loads((full_checkpoint / "config.json").read_text())
+    assert (config["n_layer"], config["n_embd"], config["n_head"], config["vocab_size"], config["n_positions"]) == (6, 768, 12, 21128, 1024)
+    assert config["eos_token_id"] == config["bos_token_id"] == 50256
+    assert config["activation_function"] == "gelu_new"
+    vocab = (full_checkpoint / "vocab.txt").read_text(encoding="utf-8").splitlines()
+    assert len(vocab) == 21128
+    assert [vocab[i] for i in (0, 100, 101, 102, 103)] == ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+
+
+def test_model_directory_contract(full_model, full_checkpoint):
+    assert {p.name for p in full_model.iterdir()} == {"model.onnx", "model.int8.onnx", "tokenizer.json", "config.json", "gpt2_onnx.json"}
+    assert (full_model / "config.json").read_bytes() == (full_checkpoint / "config.json").read_bytes()
+    m = read_manifest(full_model)
+    assert m.format_version == FORMAT_VERSION
+    a = m.architecture
+    assert (a.n_layer, a.n_head, a.n_embd, a.vocab_size, a.n_positions, a.head_dim) == (6, 12, 768, 21128, 1024, 64)
+    # the ids that work for uer, not the config's 50256 (outside the vocabulary)
+    assert m.conventions.prompt_prefix_ids == (101,)
+    assert m.conventions.stop_token_ids == (102,)
+    assert m.conventions.pad_token_id == 0
+    assert {0, 100, 101, 102, 103} <= set(m.conventions.special_token_ids)
+    assert all(i < 21128 for i in m.conventions.special_token_ids)
+    assert m.conventions.decode == "wordpiece_cjk"
+    for name, variant in m.variants.items():
+        assert sha256_file(full_model / variant.file) == variant.sha256
+        assert variant.io == "past_key_values"
+    assert m.variants["fp32"].quantization is None
+    q = m.variants["int8"].quantization
+    assert q.per_channel and q.symmetric and q.method == "dynamic"
+    assert len(q.weights) == 6 * 4 + 1 and "wte.weight" in q.weights and "h.5.mlp.c_proj.weight" in q.weights
+    assert m.tokenizer_sha256 == sha256_file(full_model / "tokenizer.json")
+    assert m.source["id"] == str(full_checkpoint) and m.source["family"] == "uer-chinese"
+    assert {"onnx", "onnxruntime", "torch", "transformers", "tokenizers", "gpt2-onnx"} <= set(m.tools)
+    assert m.generation_defaults["do_sample"] is True and m.generation_defaults["top_k"] == 70
+
+
+def test_graph_io_follows_the_ecosystem_convention(full_model):
+    import onnx
+
+    model = onnx.load(full_model / "model.onnx", load_external_data=False)
+    inputs = [i.name for i in model.graph.input]
+    outputs = [o.name for o in model.graph.output]
+    assert inputs[:3] == ["input_ids", "attention_mask", "position_ids"]
+    assert inputs[3:] == [f"past_key_values.{i}.{k}" for i in range(6) for k in ("key", "value")]
+    assert outputs == ["logits"] + [f"present.{i}.{k}" for i in range(6) for k in ("key", "value")]
+    assert not any(n.op_type in ("If", "Loop") for n in model.graph.node)
+
+
+def test_file_sizes(full_model, full_checkpoint, torch_model):
+    params = sum(p.numel() for p in torch_model(full_checkpoint).parameters())  # tied weights counted once
+    assert os.path.getsize(full_model / "model.onnx") <= 1.02 * 4 * params
+    assert os.path.getsize(full_model / "model.int8.onnx") <= 65e6
+
+
+def test_full_size_parity_with_torch(full_model, full_checkpoint):
+    reports = {r.precision: r for r in check_model(full_model, full_checkpoint)}
+    for r in reports.values():
+        print(r.line())
+    fp32 = reports["fp32"]
+    assert fp32.prefill_max_abs <= FP32_TOLERANCE
+    assert fp32.decode_max_abs <= FP32_TOLERANCE
+    assert fp32.padded_max_abs <= FP32_TOLERANCE
+    assert fp32.greedy_agreement == fp32.greedy_tokens == 64
+    int8 = reports["int8"]  # runs; its quality is measured on learned weights in benchmarks/
+    assert np.isfinite([int8.prefill_max_abs, int8.decode_max_abs, int8.padded_max_abs]).all()
+    assert int8.greedy_tokens == 64
+
+
+def test_tiny_parity_with_torch(tiny_model, tiny_checkpoint):
+    fp32 = check_model(tiny_model, tiny_checkpoint, variants=("fp32",))[0]
+    assert max(fp32.prefill_max_abs, fp32.decode_max_abs, fp32.padded_max_abs) <= FP32_TOLERANCE
+    assert fp32.greedy_agreement == fp32.greedy_tokens
+
+
+TEXTS = [
+    "这是很久之前的事情了",
+    "今天天气晴朗，我们去公园散步吧！",
+    "北京，上海：“春夏秋冬”（早晚）《红黄蓝绿》……",
+    "hello world, the onnx model is testing 2024 and 3.14",
+    "中文English混合mixed文本123",
+    "  spaces\tand\nnewlines  ",
+    "未知字符😀和ϕ符号",
+]
+
+
+def test_tokenizer_json_encodes_like_transformers_bert_tokenizer(full_model, full_checkpoint):
+    from tokenizers import Tokenizer
+    from transformers import BertTokenizer
+
+    slow = BertTokenizer.from_pretrained(full_checkpoint)
+    fast = Tokenizer.from_file(str(full_model / "tokenizer.json"))
+    for text in TEXTS:
+        assert fast.encode(text, add_special_tokens=False).ids == slow.encode(text, add_special_tokens=False), text
+
+
+def test_safetensors_checkpoint(tmp_path):
+    source = write_uer_checkpoint(tmp_path / "ckpt", TINY, safetensors=True)
+    assert (source / "model.safetensors").exists() and not (source / "pytorch_model.bin").exists()
+    out = export_model(str(source), tmp_path / "out")  # raises unless FP32 parity holds
+    assert read_manifest(out).variants.keys() == {"fp32"}
+
+
+@pytest.mark.parametrize("style", ["no_prefix", "explicit_lm_head"])
+def test_state_dict_key_styles(tmp_path, tiny_checkpoint, style):
+    """OpenAI's checkpoints name tensors without `transformer.`; some fine-tunes also store lm_head."""
+    source = tmp_path / "ckpt"
+    source.mkdir()
+    for f in tiny_checkpoint.iterdir():
+        if f.name != "pytorch_model.bin":
+            (source / f.name).write_bytes(f.read_bytes())
+    state = torch.load(tiny_checkpoint / "pytorch_model.bin", weights_only=True)
+    if style == "no_prefix":
+        state = {k.removeprefix("transformer."): v for k, v in state.items() if k != "lm_head.weight"}
+    else:
+        state["lm_head.weight"] = state["transformer.wte.weight"].clone()
+    torch.save(state, source / "pytorch_model.bin")
+    export_model(str(source), tmp_path / "out")  # raises unless FP32 parity holds
+
+
+def test_untied_lm_head(tmp_path):
+    from transformers import GPT2LMHeadModel
+
+    source = write_uer_checkpoint(tmp_path / "ckpt", TINY)
+    model = GPT2LMHeadModel.from_pretrained(source)
+    config = model.config
+    config.tie_word_embeddings = False
+    untied = GPT2LMHeadModel(config)
+    untied.load_state_dict(model.state_dict(), strict=False)
+    with torch.no_grad():
+        untied.lm_head.weight.copy_(torch.randn_like(untied.lm_head.weight) * 0.2)
+    untied.save_pretrained(source, safe_serialization=False)
+    (source / "generation_config.json").unlink(missing_ok=True)
+    out = export_model(str(source), tmp_path / "out", quantize=("int8",))  # parity checked inside
+    assert "lm_head.weight" in read_manifest(out).variants["int8"].quantization.weights
+
+
+def test_english_bpe_checkpoint(bpe_model, bpe_checkpoint, generators):
+    assert (bpe_checkpoint / "vocab.json").exists() and (bpe_checkpoint / "merges.txt").exists()
+    m = read_manifest(bpe_model)
+    eos = json.loads((bpe_checkpoint / "config.json").read_text())["eos_token_id"]
+    assert m.conventions.prompt_prefix_ids == () and m.conventions.stop_token_ids == (eos,)
+    assert m.conventions.decode == "tokenizer"
+    result = generators(bpe_model).generate("The quick brown fox", max_new_tokens=12, do_sample=False)
+    assert len(result.token_ids) >= 1 and isinstance(result.text, str)
+
+
+def test_pickled_code_in_weights_is_never_run(tmp_path, tiny_checkpoint):
+    """pytorch_model.bin is read with weights_only=True: a pickle that runs code is refused."""
+    from gpt2_onnx.errors import SourceError
+
+    marker = tmp_path / "pwned"
+
+    class Exploit:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    source = tmp_path / "ckpt"
+    source.mkdir()
+    for f in tiny_checkpoint.iterdir():
+        (source / f.name).write_bytes(f.read_bytes())
+    torch.save({"wte.weight": Exploit()}, source / "pytorch_model.bin")
+    with pytest.raises(SourceError, match="truncated or corrupt"):
+        export_model(str(source), tmp_path / "out", check=False)
+    assert not marker.exists()
+    assert not (tmp_path / "out").exists()
