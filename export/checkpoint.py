@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from gpt2_onnx.errors import SourceError
+from gpt2_onnx.hub import CHECKPOINT_WEIGHTS
 from gpt2_onnx.manifest import Architecture
 
 from .graph import GraphSpec
@@ -26,7 +27,6 @@ HUB_FILES = [
     "vocab.txt", "vocab.json", "merges.txt", "tokenizer.json",
     "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
 ]
-WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 
 
 @dataclass(frozen=True)
@@ -130,9 +130,9 @@ def load_weights(path: Path) -> dict[str, np.ndarray]:
     """Read safetensors, else pytorch_model.bin with `weights_only=True`; FP32 numpy out."""
     import torch
 
-    file = next((path / f for f in WEIGHT_FILES if (path / f).is_file()), None)
+    file = next((path / f for f in CHECKPOINT_WEIGHTS if (path / f).is_file()), None)
     if file is None:
-        raise SourceError(f"{path} has no weights; expected one of {', '.join(WEIGHT_FILES)}")
+        raise SourceError(f"{path} has no weights; expected one of {', '.join(CHECKPOINT_WEIGHTS)}")
     try:
         if file.suffix == ".safetensors":
             from safetensors.torch import load_file

@@ -14,6 +14,9 @@ from pathlib import Path
 from .errors import ModelDirectoryError
 from .manifest import CONFIG_NAME, MANIFEST_NAME
 
+# the weight files of a (not exported) checkpoint, in the order the exporter prefers them
+CHECKPOINT_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
+
 
 def cache_root() -> Path:
     return Path(os.environ.get("GPT2_ONNX_CACHE", Path.home() / ".cache" / "gpt2-onnx")).expanduser()
@@ -30,7 +33,8 @@ def resolve_model_dir(model: str | Path | None) -> Path:
     name = str(model) if model is not None else default_model()
     path = Path(name).expanduser()
     if path.is_dir():
-        if not (path / MANIFEST_NAME).is_file() and (path / CONFIG_NAME).is_file():
+        has_weights = any((path / f).is_file() for f in CHECKPOINT_WEIGHTS)
+        if not (path / MANIFEST_NAME).is_file() and (path / CONFIG_NAME).is_file() and has_weights:
             raise ModelDirectoryError(
                 f"{path} is a checkpoint, not an exported model directory; run `gpt2-onnx export {path} OUT_DIR` and load OUT_DIR"
             )

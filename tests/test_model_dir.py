@@ -1,0 +1,80 @@
+"""The runtime refuses a broken model directory with a message naming the file and the fix."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from gpt2_onnx import Generator, ModelDirectoryError
+
+
+@pytest.fixture
+def model_copy(tiny_model, tmp_path):
+    return shutil.copytree(tiny_model, tmp_path / "model")
+
+
+def test_missing_variant_file(model_copy):
+    (model_copy / "model.int8.onnx").unlink()
+    with pytest.raises(ModelDirectoryError, match=r"model\.int8\.onnx is missing.*re-export"):
+        Generator.load(model_copy, precision="int8")
+    Generator.load(model_copy, precision="fp32")  # the other variant still loads
+
+
+def test_missing_tokenizer(model_copy):
+    (model_copy / "tokenizer.json").unlink()
+    with pytest.raises(ModelDirectoryError, match=r"tokenizer\.json is missing"):
+        Generator.load(model_copy)
+
+
+def test_corrupt_model_file(model_copy):
+    path = model_copy / "model.onnx"
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(ModelDirectoryError, match=r"model\.onnx does not match the sha256.*re-export"):
+        Generator.load(model_copy, precision="fp32")
+
+
+def test_unknown_format_version(model_copy):
+    manifest = json.loads((model_copy / "gpt2_onnx.json").read_text())
+    manifest["format_version"] = 99
+    (model_copy / "gpt2_onnx.json").write_text(json.dumps(manifest))
+    with pytest.raises(ModelDirectoryError, match=r"format_version 99.*reads version 1.*re-export"):
+        Generator.load(model_copy)
+
+
+def test_missing_manifest(model_copy):
+    (model_copy / "gpt2_onnx.json").unlink()
+    with pytest.raises(ModelDirectoryError, match=r"gpt2_onnx\.json is missing.*gpt2-onnx export"):
+        Generator.load(model_copy)
+
+
+def test_checkpoint_instead_of_model_directory(tiny_checkpoint):
+    with pytest.raises(ModelDirectoryError, match=r"is a checkpoint, not an exported model directory.*gpt2-onnx export"):
+        Generator.load(tiny_checkpoint)
+
+
+def test_malformed_manifest(model_copy):
+    (model_copy / "gpt2_onnx.json").write_text("{not json")
+    with pytest.raises(ModelDirectoryError, match="not valid JSON"):
+        Generator.load(model_copy)
+
+
+def test_nonexistent_directory(tmp_path):
+    with pytest.raises(ModelDirectoryError, match="does not exist.*gpt2-onnx export"):
+        Generator.load(tmp_path / "none")
+
+
+def test_precision_not_exported(tiny_checkpoint, tmp_path):
+    from gpt2_onnx.export import export_model
+
+    out = export_model(str(tiny_checkpoint), tmp_path / "fp32-only", check=False)
+    with pytest.raises(ModelDirectoryError, match=r"no 'int8' variant.*--quantize int8"):
+        Generator.load(out, precision="int8")
+
+
+def test_bad_threads(tiny_model):
+    with pytest.raises(ValueError, match="threads"):
+        Generator.load(tiny_model, threads=0)
