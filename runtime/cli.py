@@ -1,4 +1,4 @@
-"""`gpt2-onnx` command line: export, check, generate.
+"""`gpt2-onnx` command line: export, check, generate, bench.
 
 A thin layer over the Python API. Errors are one line on stderr and a non-zero exit.
 `export` and `check` import the export extra (torch) only when they run.
@@ -11,6 +11,7 @@ import json
 import sys
 from collections.abc import Sequence
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 from .errors import Gpt2OnnxError
@@ -66,13 +67,19 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--stop", action="append", default=None, help="stop string (repeatable)")
     gen.add_argument("--bad-word", dest="bad_words", action="append", default=None, help="never generate this text (repeatable)")
     gen.add_argument("--truncate", choices=["left"], default=None, help="drop the prompt's oldest tokens to fit the context")
+    bench = sub.add_parser("bench", help="speed side by side with the peers (and quality); writes JSON, markdown, PNG")
+    bench.add_argument("--checkpoint", type=Path, default=None, help="checkpoint directory (default: full-size distil architecture, random weights)")
+    bench.add_argument("--out", type=Path, default=Path("benchmarks/results"), help="results directory")
+    bench.add_argument("--threads", type=int, default=None, help="threads for every engine (default: available cores)")
+    bench.add_argument("--engine", dest="engines", action="append", default=None, help="only this engine (repeatable)")
+    bench.add_argument("--smoke", action="store_true", help="tiny model, one repetition: checks the suite runs, in seconds")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return {"export": _export, "check": _check, "generate": _generate}[args.command](args)
+        return {"export": _export, "check": _check, "generate": _generate, "bench": _bench}[args.command](args)
     except Gpt2OnnxError as e:
         print(f"gpt2-onnx: error: {e}", file=sys.stderr)
         return EXIT_ERROR
@@ -115,6 +122,14 @@ def _check(args) -> int:
     for report in reports:
         print(report.line())
     parity.require_fp32_parity(reports)
+    return 0
+
+
+def _bench(args) -> int:
+    _export_extra()
+    from .benchmarks.run import run_bench
+
+    run_bench(args.checkpoint, args.out, smoke=args.smoke, threads=args.threads, engines=args.engines)
     return 0
 
 

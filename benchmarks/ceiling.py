@@ -1,0 +1,62 @@
+"""The weights-only ceiling: one decode step's weight matmuls alone, in onnxruntime.
+
+A graph of just the 4 matmuls of every block plus the LM head, at batch 1, with the
+same kernels our graphs use (`Fp32Linear`, `Int8Linear`). No engine can decode faster
+than this on the machine, so ceiling time / an engine's per-token time is its efficiency.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import numpy as np
+import onnxruntime as ort
+from onnx import TensorProto, helper
+
+from gpt2_onnx.export.graph import MS_DOMAIN, OPSET, Fp32Linear, GraphWriter, Linear
+from gpt2_onnx.export.quantize import Int8Linear
+from gpt2_onnx.manifest import Architecture
+
+
+def weights_only_model(a: Architecture, linear: Linear, n_inner: int | None = None, seed: int = 0):
+    n_inner = n_inner or 4 * a.n_embd
+    rng = np.random.default_rng(seed)
+    shapes = {"lm_head": (a.n_embd, a.vocab_size)}
+    for i in range(a.n_layer):
+        shapes.update({
+            f"h.{i}.attn.c_attn.weight": (a.n_embd, 3 * a.n_embd), f"h.{i}.attn.c_proj.weight": (a.n_embd, a.n_embd),
+            f"h.{i}.mlp.c_fc.weight": (a.n_embd, n_inner), f"h.{i}.mlp.c_proj.weight": (n_inner, a.n_embd),
+        })
+    weights = {name: rng.normal(0, 0.02, shape).astype(np.float32) for name, shape in shapes.items()}
+    g = GraphWriter(weights)
+    outputs = []
+    for name, (rows, _) in shapes.items():
+        x = "x" if rows == a.n_embd else "x_inner"  # [1, n_embd] or [1, n_inner]
+        outputs.append(g.op("Identity", [linear.matmul(g, x, name, None)], outputs=[name + ".out"]))
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, a.n_embd]),
+              helper.make_tensor_value_info("x_inner", TensorProto.FLOAT, [1, n_inner])]
+    outs = [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in outputs]
+    graph = helper.make_graph(g.nodes, "weights_only", inputs, outs, g.initializers)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid(MS_DOMAIN, 1)])
+    model.ir_version = 10
+    return model
+
+
+def ceiling_ms(a: Architecture, precision: str, threads: int, reps: int = 200) -> float:
+    """Median time of one decode step's weight matmuls, in milliseconds."""
+    linear = Fp32Linear() if precision == "fp32" else Int8Linear()
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    session = ort.InferenceSession(weights_only_model(a, linear).SerializeToString(), options, providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(1)
+    feeds = {"x": rng.normal(size=(1, a.n_embd)).astype(np.float32), "x_inner": rng.normal(size=(1, 4 * a.n_embd)).astype(np.float32)}
+    for _ in range(20):
+        session.run(None, feeds)
+    times = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        session.run(None, feeds)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1e3

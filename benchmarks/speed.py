@@ -1,0 +1,114 @@
+"""Speed, side by side: every engine on the same checkpoint, prompts and threads, in one run.
+
+    checkpoint ─prepare (export / convert / quantize, once)─> artifact per engine
+    for each engine: worker process (warm-up, medians) + cold-start processes
+    + weights-only ceilings ─> results JSON, markdown table with ratios, PNG plots
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from dataclasses import asdict
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+from gpt2_onnx.manifest import Architecture
+from gpt2_onnx.session import default_threads
+
+from .ceiling import ceiling_ms
+from .engines import ENGINES, Engine
+from .spec import BenchSpec
+
+PACKAGES = ("gpt2-onnx", "onnxruntime", "numpy", "torch", "transformers", "optimum-onnx", "optimum", "ctranslate2", "tokenizers")
+
+
+def run_speed(
+    checkpoint: Path, work: Path, spec: BenchSpec, threads: int | None = None, engines: list[str] | None = None,
+    log=print,
+) -> dict:
+    """Measure every engine (or the named ones); returns the results document."""
+    threads = threads or default_threads()
+    config = json.loads((checkpoint / "config.json").read_text())
+    arch = Architecture(config["n_layer"], config["n_head"], config["n_embd"], config["vocab_size"], config["n_positions"])
+    results, skipped = {}, {}
+    for engine in ENGINES:
+        if engines and engine.name not in engines:
+            continue
+        if not _importable(engine.requires):
+            skipped[engine.name] = f"{engine.requires} is not installed (pip install 'gpt2-onnx[bench]')"
+            log(f"skip {engine.name}: {skipped[engine.name]}")
+            continue
+        log(f"measuring {engine.name}")
+        try:
+            artifact = engine.prepare(checkpoint, work)
+            results[engine.name] = _measure_engine(engine, artifact, threads, arch.vocab_size, spec)
+        except (subprocess.CalledProcessError, RuntimeError, ValueError, OSError) as e:
+            detail = e.stderr.strip().splitlines()[-1] if isinstance(e, subprocess.CalledProcessError) and e.stderr else repr(e)
+            skipped[engine.name] = f"failed: {detail}"
+            log(f"skip {engine.name}: {skipped[engine.name]}")
+    ceilings = {p: ceiling_ms(arch, p, threads) for p in ("fp32", "int8")}
+    for name, r in results.items():
+        precision = next(e.precision for e in ENGINES if e.name == name)
+        r["efficiency"] = ceilings[precision] / r["decode_ms_per_token"]
+    return {
+        "machine": _machine(threads),
+        "versions": _versions(),
+        "checkpoint": str(checkpoint),
+        "architecture": asdict(arch),
+        "spec": asdict(spec),
+        "weights_only_ceiling_ms": ceilings,
+        "weights_only_ceiling_tokens_per_s": {p: 1e3 / ms for p, ms in ceilings.items()},
+        "engines": results,
+        "skipped": skipped,
+    }
+
+
+def _importable(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:
+        return False
+
+
+def _worker(engine: Engine, artifact: Path, threads: int, vocab_size: int, spec: BenchSpec, cold: bool) -> tuple[dict, float]:
+    cmd = [sys.executable, "-m", "gpt2_onnx.benchmarks.worker", "--engine", engine.name, "--artifact", str(artifact),
+           "--threads", str(threads), "--vocab-size", str(vocab_size), "--spec", json.dumps(asdict(spec))]
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "TOKENIZERS_PARALLELISM": "false"}
+    start = time.perf_counter()
+    proc = subprocess.run(cmd + (["--cold"] if cold else []), capture_output=True, text=True, env=env, check=True)
+    elapsed = time.perf_counter() - start
+    return json.loads(proc.stdout.strip().splitlines()[-1]), elapsed
+
+
+def _measure_engine(engine: Engine, artifact: Path, threads: int, vocab_size: int, spec: BenchSpec) -> dict:
+    result, _ = _worker(engine, artifact, threads, vocab_size, spec, cold=False)
+    colds = [_worker(engine, artifact, threads, vocab_size, spec, cold=True) for _ in range(spec.cold_reps)]
+    result["cold_start_s"] = sorted(t for _, t in colds)[len(colds) // 2]
+    result["peak_rss_mb_first_token"] = sorted(r["peak_rss_mb_first_token"] for r, _ in colds)[len(colds) // 2]
+    result["size_mb"] = sum(p.stat().st_size for p in engine.files(artifact)) / 1e6
+    return result
+
+
+def _machine(threads: int) -> dict:
+    cpu = platform.processor()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "threads": threads, "python": platform.python_version(), "os": platform.platform()}
+
+
+def _versions() -> dict:
+    found = {}
+    for name in PACKAGES:
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            pass
+    return found
