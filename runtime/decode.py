@@ -141,6 +141,7 @@ def _beam_search(decoder, codec, job: DecodeJob, batch: Batch, logits: np.ndarra
     batch.select(rows)
     logits = logits[rows]
     stop_ids = np.array(job.processors.stop_token_ids, np.int64)
+    stop_set = set(job.processors.stop_token_ids)
     for step in range(c.max_new_tokens):
         scores = job.processors(log_softmax(logits), batch.histories, step)  # [groups × beams, vocab]
         last = step + 1 == c.max_new_tokens
@@ -158,7 +159,7 @@ def _beam_search(decoder, codec, job: DecodeJob, batch: Batch, logits: np.ndarra
         logits = batch.advance(decoder, np.array(tokens, np.int64)[alive])
     for prompt, group in enumerate(beams):
         for j, (tokens, _) in enumerate(group.best(c.num_return_sequences)):
-            reason = FINISH_STOP if tokens and tokens[-1] in set(stop_ids.tolist()) else FINISH_LENGTH
+            reason = FINISH_STOP if tokens and tokens[-1] in stop_set else FINISH_LENGTH
             yield Event(prompt * c.num_return_sequences + j, tuple(tokens), codec.decode(tokens), reason)
 
 
@@ -194,7 +195,7 @@ class BeamGroup:
         return parent[running], token[running]
 
     def _add_finished(self, top_scores, parent, token, hits, histories, generated_length):
-        full = len(self.finished) == self.c.num_beams and all(s > BEAM_MASKED / 2 for s, _ in self.finished)
+        full = len(self.finished) == self.c.num_beams
         if not self.improvable or (full and self.c.early_stopping is True):
             return
         nb = self.c.num_beams

@@ -32,7 +32,7 @@ def full_checkpoint(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def full_model(full_checkpoint, tmp_path_factory) -> Path:
     # check=False: test_export measures parity itself and asserts on the numbers
-    return export_model(str(full_checkpoint), tmp_path_factory.mktemp("full-onnx") / "model", quantize=("int8",), check=False)
+    return export_model(str(full_checkpoint), tmp_path_factory.mktemp("full-onnx") / "model", quantize=("int8", "int4"), check=False)
 
 
 @pytest.fixture(scope="session")

@@ -30,7 +30,9 @@ def test_fixture_has_the_exact_uer_layout(full_checkpoint):
 
 
 def test_model_directory_contract(full_model, full_checkpoint):
-    assert {p.name for p in full_model.iterdir()} == {"model.onnx", "model.int8.onnx", "tokenizer.json", "config.json", "gpt2_onnx.json"}
+    assert {p.name for p in full_model.iterdir()} == {
+        "model.onnx", "model.int8.onnx", "model.int4.onnx", "tokenizer.json", "config.json", "gpt2_onnx.json"
+    }
     assert (full_model / "config.json").read_bytes() == (full_checkpoint / "config.json").read_bytes()
     m = read_manifest(full_model)
     assert m.format_version == FORMAT_VERSION
@@ -50,6 +52,8 @@ def test_model_directory_contract(full_model, full_checkpoint):
     q = m.variants["int8"].quantization
     assert q.per_channel and q.symmetric and q.method == "dynamic"
     assert len(q.weights) == 6 * 4 + 1 and "wte.weight" in q.weights and "h.5.mlp.c_proj.weight" in q.weights
+    q4 = m.variants["int4"].quantization
+    assert q4.weights == q.weights and q4.weight_type.startswith("int4 (block 32")
     assert m.tokenizer_sha256 == sha256_file(full_model / "tokenizer.json")
     assert m.source["id"] == str(full_checkpoint) and m.source["family"] == "uer-chinese"
     assert {"onnx", "onnxruntime", "torch", "transformers", "tokenizers", "gpt2-onnx"} <= set(m.tools)
@@ -72,6 +76,7 @@ def test_file_sizes(full_model, full_checkpoint, torch_model):
     params = sum(p.numel() for p in torch_model(full_checkpoint).parameters())  # tied weights counted once
     assert os.path.getsize(full_model / "model.onnx") <= 1.02 * 4 * params
     assert os.path.getsize(full_model / "model.int8.onnx") <= 65e6
+    assert os.path.getsize(full_model / "model.int4.onnx") <= 42e6  # 4.5 bits per weight + FP32 position embedding
 
 
 def test_full_size_parity_with_torch(full_model, full_checkpoint):
@@ -83,9 +88,10 @@ def test_full_size_parity_with_torch(full_model, full_checkpoint):
     assert fp32.decode_max_abs <= FP32_TOLERANCE
     assert fp32.padded_max_abs <= FP32_TOLERANCE
     assert fp32.greedy_agreement == fp32.greedy_tokens == 64
-    int8 = reports["int8"]  # runs; its quality is measured on learned weights in benchmarks/
-    assert np.isfinite([int8.prefill_max_abs, int8.decode_max_abs, int8.padded_max_abs]).all()
-    assert int8.greedy_tokens == 64
+    for name in ("int8", "int4"):  # they run; their quality is measured on learned weights in benchmarks/
+        r = reports[name]
+        assert np.isfinite([r.prefill_max_abs, r.decode_max_abs, r.padded_max_abs]).all()
+        assert r.greedy_tokens == 64
 
 
 def test_tiny_parity_with_torch(tiny_model, tiny_checkpoint):

@@ -1,0 +1,50 @@
+"""The benchmark suite's smoke run: well-formed output for every engine it claims (no timing asserted)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import pytest
+
+from gpt2_onnx.benchmarks.engines import ENGINES
+from gpt2_onnx.benchmarks.run import run_bench, run_quality
+from gpt2_onnx.benchmarks.spec import SMOKE
+
+
+def _installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:
+        return False
+
+
+def test_speed_smoke(tiny_checkpoint, tmp_path):
+    doc = run_bench(tiny_checkpoint, tmp_path / "results", spec=SMOKE, threads=1, work=tmp_path / "work")
+    expected = {e.name for e in ENGINES if _installed(e.requires)}
+    assert set(doc["engines"]) == expected, doc["skipped"]
+    assert set(doc["skipped"]) == {e.name for e in ENGINES} - expected
+    for name, r in doc["engines"].items():
+        assert r["decode_tokens_per_s"] > 0 and r["decode_ms_per_token"] > 0, name
+        assert set(r["time_to_first_token_ms"]) == {str(n) for n in SMOKE.ttft_prompts}
+        assert set(r["throughput_tokens_per_s"]) == {str(b) for b in SMOKE.batches}
+        assert r["cold_start_s"] > 0 and r["peak_rss_mb_first_token"] > 0 and r["size_mb"] > 0
+        assert 0 < r["efficiency"]
+    assert doc["weights_only_ceiling_ms"]["fp32"] > 0 and doc["weights_only_ceiling_ms"]["int8"] > 0
+    assert json.loads((tmp_path / "results" / "speed.json").read_text())["engines"].keys() == doc["engines"].keys()
+    table = (tmp_path / "results" / "speed.md").read_text()
+    for name in doc["engines"]:
+        assert f"| {name} |" in table
+    if "gpt2-onnx int8" in doc["engines"] and "optimum-onnx int8" in doc["engines"]:
+        assert "| gpt2-onnx int8 vs optimum-onnx int8 |" in table
+    assert (tmp_path / "results" / "speed.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_quality_smoke(tmp_path):
+    pytest.importorskip("snownlp")
+    report = run_quality(None, tmp_path / "results", smoke=True, work=tmp_path / "work")
+    fp32, int8 = report["variants"]["fp32"], report["variants"]["int8"]
+    assert fp32["top1_agreement"] == 1.0 and fp32["max_abs_dlogit"] == 0.0
+    assert 1 < fp32["perplexity"] < 5000 and abs(report["torch_fp32_perplexity"] / fp32["perplexity"] - 1) < 1e-4
+    assert 0 <= int8["top1_agreement"] <= 1 and int8["perplexity"] > 1
+    assert "| int8 |" in (tmp_path / "results" / "quality.md").read_text()
