@@ -15,9 +15,9 @@ import subprocess
 import sys
 import time
 from dataclasses import asdict
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
+from gpt2_onnx.export.api import package_versions
 from gpt2_onnx.manifest import Architecture
 from gpt2_onnx.session import default_threads
 
@@ -60,7 +60,7 @@ def run_speed(
         r["efficiency"] = ceilings[precision] / r["decode_ms_per_token"]
     return {
         "machine": _machine(threads),
-        "versions": _versions(),
+        "versions": package_versions(PACKAGES),
         "checkpoint": str(checkpoint),
         "architecture": asdict(arch),
         "spec": asdict(spec),
@@ -104,13 +104,3 @@ def _machine(threads: int) -> dict:
     except (OSError, StopIteration):
         pass
     return {"cpu": cpu, "cores": os.cpu_count(), "threads": threads, "python": platform.python_version(), "os": platform.platform()}
-
-
-def _versions() -> dict:
-    found = {}
-    for name in PACKAGES:
-        try:
-            found[name] = version(name)
-        except PackageNotFoundError:
-            pass
-    return found

@@ -72,7 +72,7 @@ def export_model(
             tokenizer_sha256=sha256_file(tmp / TOKENIZER_NAME),
             generation_defaults=models.generation_defaults(family),
             source={"id": checkpoint.source_id, "revision": checkpoint.revision, "family": family},
-            tools=_tool_versions(),
+            tools=package_versions(TOOLS),
         )
         (tmp / MANIFEST_NAME).write_text(manifest.to_json(), encoding="utf-8")
         if check:
@@ -123,9 +123,10 @@ def _write_variant(tmp: Path, checkpoint: Checkpoint, precision: str, int8: Int8
     return Variant(file=path.name, sha256=sha256_file(path), io=IO_PAST_KEY_VALUES, quantization=quant)
 
 
-def _tool_versions() -> dict[str, str]:
+def package_versions(names: tuple[str, ...]) -> dict[str, str]:
+    """Installed versions of the named distributions (missing ones left out)."""
     found = {}
-    for name in TOOLS:
+    for name in names:
         try:
             found[name] = version(name)
         except PackageNotFoundError:
