@@ -31,7 +31,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from gpt2_onnx.manifest import Architecture
+from gpt2_onnx.manifest import LOGITS_TO_KEEP, Architecture
 
 OPSET = 20  # Gelu with approximate="tanh" is an ONNX op from opset 20
 MS_DOMAIN = "com.microsoft"
@@ -72,7 +72,7 @@ class GraphWriter:
         """Store a tensor once (from the checkpoint unless `array` is given) and return its name."""
         if name not in self._stored:
             value = self.weights[name] if array is None else array
-            self.initializers.append(numpy_helper.from_array(np.ascontiguousarray(value), name))
+            self.initializers.append(numpy_helper.from_array(np.asarray(value, order="C"), name))
             self._stored.add(name)
         return name
 
@@ -120,8 +120,12 @@ def build_model(weights: dict[str, np.ndarray], spec: GraphSpec, linear: Linear)
         mlp = linear.matmul(g, h, p + "mlp.c_proj.weight", p + "mlp.c_proj.bias")
         x, h = _add_and_norm(g, x, mlp, f"h.{i + 1}.ln_1" if i + 1 < a.n_layer else "ln_f", eps)
     lm_head = WTE_T if spec.tied_lm_head else "lm_head.weight.T"
-    g.op("Identity", [linear.matmul(g, h, lm_head, None)], outputs=["logits"])  # [batch, seq, vocab]
+    h = _last_positions(g, h)  # [batch, kept, n_embd]
+    g.op("Identity", [linear.matmul(g, h, lm_head, None)], outputs=["logits"])  # [batch, kept, vocab]
 
+    # an input with a default value: tools that do not know it get every position's logits
+    inputs.append(helper.make_tensor_value_info(LOGITS_TO_KEEP, TensorProto.INT64, []))
+    g.weight(LOGITS_TO_KEEP, np.array(0, np.int64))
     graph = helper.make_graph(g.nodes, "gpt2", inputs, outputs, g.initializers)
     opsets = [helper.make_opsetid("", OPSET), helper.make_opsetid(MS_DOMAIN, 1)]
     model = helper.make_model(graph, opset_imports=opsets, producer_name="gpt2-onnx")
@@ -146,6 +150,15 @@ def _io(a: Architecture):
             inputs.append(tensor(f"past_key_values.{i}.{kind}", TensorProto.FLOAT, kv_past))
             outputs.append(tensor(f"present.{i}.{kind}", TensorProto.FLOAT, kv_present))
     return inputs, outputs
+
+
+def _last_positions(g: GraphWriter, h: str) -> str:
+    """The last `logits_to_keep` positions of h [batch, seq, n_embd] (all of them when it is 0):
+    the runtime asks for 1, so prefill skips the LM head on every prompt position but the last."""
+    seq = g.op("Shape", [h], start=1, end=2)  # [1]
+    keep = g.op("Reshape", [LOGITS_TO_KEEP, g.const([1])])
+    kept = g.op("Where", [g.op("Equal", [keep, g.const([0])]), seq, g.op("Min", [keep, seq])])
+    return g.op("Slice", [h, g.op("Sub", [seq, kept]), seq, g.const([1])])
 
 
 def _layer_norm(g: GraphWriter, x: str, prefix: str, eps: float) -> str:

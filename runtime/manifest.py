@@ -24,8 +24,10 @@ CONFIG_NAME = "config.json"
 # Graph I/O conventions a variant can follow. "past_key_values": the ecosystem's
 # (optimum, onnxruntime-genai) inputs input_ids, attention_mask, position_ids,
 # past_key_values.{i}.key|value [batch, n_head, past_len, head_dim]; outputs
-# logits [batch, seq, vocab] and present.{i}.key|value [batch, n_head, total_len, head_dim].
+# logits [batch, seq, vocab] and present.{i}.key|value [batch, n_head, total_len, head_dim];
+# plus an optional scalar input logits_to_keep (default 0: all positions; the runtime passes 1).
 IO_PAST_KEY_VALUES = "past_key_values"
+LOGITS_TO_KEEP = "logits_to_keep"
 KNOWN_IO = (IO_PAST_KEY_VALUES,)
 
 # How generated ids become text. "wordpiece_cjk": BERT WordPiece pieces joined

@@ -1,8 +1,8 @@
 """One onnxruntime session over a model variant, and its KV cache.
 
 The cache lives in OrtValues that onnxruntime allocated as the previous step's
-`present.{i}.key|value` outputs; IO binding feeds them back as the next step's
-`past_key_values.{i}.*` without a copy through numpy. The graph itself appends the
+`present.{i}.key|value` outputs; they are fed back as the next step's
+`past_key_values.{i}.*` as they are, without a copy through numpy. The graph itself appends the
 new position (Concat), so Python never re-concatenates or copies the cache per token.
 Rows are gathered (one copy) only when beams reorder or finished rows leave the batch.
 """
@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnxruntime as ort
 
-from .manifest import Architecture
+from .manifest import LOGITS_TO_KEEP, Architecture
 
 
 def default_threads() -> int:
@@ -60,6 +60,8 @@ class OnnxDecoder:
         a = architecture
         self._past_names = [f"past_key_values.{i}.{k}" for i in range(a.n_layer) for k in ("key", "value")]
         self._present_names = [f"present.{i}.{k}" for i in range(a.n_layer) for k in ("key", "value")]
+        self._output_names = ["logits"] + self._present_names
+        self._all, self._last = (ort.OrtValue.ortvalue_from_numpy(np.array(n, np.int64)) for n in (0, 1))
 
     def empty_cache(self, batch: int) -> KVCache:
         a = self.architecture
@@ -73,18 +75,13 @@ class OnnxDecoder:
         """input_ids, position_ids [batch, seq]; attention_mask [batch, cache.length + seq].
         Returns logits of the last position [batch, vocab] (every position [batch, seq, vocab]
         with `all_positions`); the cache grows by seq."""
-        binding = self.session.io_binding()
-        binding.bind_cpu_input("input_ids", np.ascontiguousarray(input_ids, dtype=np.int64))
-        binding.bind_cpu_input("position_ids", np.ascontiguousarray(position_ids, dtype=np.int64))
-        binding.bind_cpu_input("attention_mask", np.ascontiguousarray(attention_mask, dtype=np.int64))
-        for name, value in zip(self._past_names, cache.values):
-            binding.bind_ortvalue_input(name, value)
-        binding.bind_output("logits")
-        for name in self._present_names:
-            binding.bind_output(name)
-        self.session.run_with_iobinding(binding)
-        outputs = binding.get_outputs()
+        feeds = dict(zip(self._past_names, cache.values))
+        feeds["input_ids"] = ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(input_ids, dtype=np.int64))
+        feeds["position_ids"] = ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(position_ids, dtype=np.int64))
+        feeds["attention_mask"] = ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(attention_mask, dtype=np.int64))
+        feeds[LOGITS_TO_KEEP] = self._all if all_positions else self._last
+        outputs = self.session.run_with_ort_values(self._output_names, feeds)
         cache.values = list(outputs[1:])
         cache.length += input_ids.shape[1]
-        logits = outputs[0].numpy()  # [batch, seq, vocab]
+        logits = outputs[0].numpy()  # [batch, seq, vocab], or [batch, 1, vocab]
         return logits if all_positions else logits[:, -1, :]
