@@ -58,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen = sub.add_parser("generate", help="generate text (streams; without PROMPT, one prompt per input line)")
     gen.add_argument("prompt", nargs="?", help="the prompt; omit for an interactive loop")
     gen.add_argument("--model", default=None, help="model directory or hub id (default: the registry's default model)")
-    gen.add_argument("--precision", default="int8", choices=["int8", "int4", "fp32"])
+    gen.add_argument("--precision", default="int8", choices=["int8", "int4", "fp32"], help="model variant (default: int8)")
     gen.add_argument("--threads", type=int, default=None, help="intra-op threads (default: available cores)")
     gen.add_argument("--json", action="store_true", help="print one JSON object per result instead of streaming text")
     gen.add_argument("--do-sample", action=argparse.BooleanOptionalAction, default=None, help="sample (default: the model's)")

@@ -19,7 +19,7 @@ from .decode import DecodeJob, run
 from .errors import ContextLengthError, GenerationOptionError, ModelDirectoryError
 from .hub import resolve_model_dir
 from .logits import Processors
-from .manifest import TOKENIZER_NAME, Manifest, read_manifest, read_verified
+from .manifest import TOKENIZER_NAME, Manifest, read_manifest, verified_path
 from .options import GenerationConfig, as_sequence
 from .session import OnnxDecoder, create_session
 from .text import TextCodec
@@ -79,10 +79,8 @@ class Generator:
         if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 1):
             raise GenerationOptionError(f"threads must be an int ≥ 1 or None, got {threads!r}")
         variant = manifest.variants[precision]
-        codec = TextCodec.from_bytes(
-            read_verified(model_dir, TOKENIZER_NAME, manifest.tokenizer_sha256), manifest.conventions, model_dir / TOKENIZER_NAME
-        )
-        session = create_session(read_verified(model_dir, variant.file, variant.sha256), threads)
+        codec = TextCodec.from_file(verified_path(model_dir, TOKENIZER_NAME, manifest.tokenizer_sha256), manifest.conventions)
+        session = create_session(verified_path(model_dir, variant.file, variant.sha256), threads)
         return cls(model_dir, manifest, codec, OnnxDecoder(session, manifest.architecture), precision)
 
     def config(self, **options: Any) -> GenerationConfig:

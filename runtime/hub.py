@@ -1,7 +1,8 @@
 """Where a model name points: a model directory, or a hub id exported into the cache.
 
 A hub id is exported once (this needs the `export` extra, which brings torch) into
-`$GPT2_ONNX_CACHE` (default `~/.cache/gpt2-onnx/`), FP32 and INT8; later loads read
+`$GPT2_ONNX_CACHE` (default `~/.cache/gpt2-onnx/`), FP32, INT8 and INT4, with the
+download's progress bar and each export step shown on stderr; later loads read
 the cached directory without importing torch.
 """
 
@@ -55,5 +56,8 @@ def _export_to_cache(hub_id: str, target: Path) -> Path:
             f"{hub_id} has not been exported yet and exporting needs the export extra ({e.name} is missing): "
             "pip install torch==2.13.0 'gpt2-onnx[export]', or export it elsewhere and pass the model directory"
         ) from None
-    print(f"gpt2-onnx: exporting {hub_id} into {target} (first use only)", file=sys.stderr)
-    return export_model(hub_id, target, quantize=("int8",), force=True)
+    def progress(message: str) -> None:
+        print(f"gpt2-onnx: {message}", file=sys.stderr, flush=True)
+
+    progress(f"exporting {hub_id} into {target} (first use only)")
+    return export_model(hub_id, target, quantize=("int8", "int4"), force=True, progress=progress)

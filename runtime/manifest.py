@@ -103,10 +103,6 @@ class Manifest:
         return json.dumps(asdict(self), indent=2, ensure_ascii=False) + "\n"
 
 
-def sha256_of(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
 def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
@@ -116,7 +112,7 @@ def sha256_file(path: Path) -> str:
 
 
 def read_manifest(model_dir: Path) -> Manifest:
-    """Parse and validate `gpt2_onnx.json`; the files themselves are checked by `read_verified`."""
+    """Parse and validate `gpt2_onnx.json`; the files themselves are checked by `verified_path`."""
     path = model_dir / MANIFEST_NAME
     if not model_dir.is_dir():
         raise ModelDirectoryError(
@@ -174,16 +170,15 @@ def _parse(raw: dict[str, Any]) -> Manifest:
     )
 
 
-def read_verified(model_dir: Path, name: str, sha256: str) -> bytes:
-    """Read a file of the model directory once and check it against the manifest."""
+def verified_path(model_dir: Path, name: str, sha256: str) -> Path:
+    """The path of a file of the model directory, after checking it against the manifest."""
     path = model_dir / name
     if not path.is_file():
         raise ModelDirectoryError(
             f"{path} is missing although {MANIFEST_NAME} lists it; re-export the model directory"
         )
-    data = path.read_bytes()
-    if sha256_of(data) != sha256:
+    if sha256_file(path) != sha256:
         raise ModelDirectoryError(
             f"{path} does not match the sha256 in {MANIFEST_NAME} (corrupt or modified); re-export the model directory"
         )
-    return data
+    return path

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
@@ -27,14 +28,15 @@ def default_threads() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def create_session(model: bytes, threads: int | None) -> ort.InferenceSession:
+def create_session(model: Path, threads: int | None) -> ort.InferenceSession:
+    """onnxruntime reads the file itself: no second copy of the weights in Python memory."""
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads or default_threads()
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3
-    return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
 
 
 @dataclass

@@ -48,9 +48,9 @@ class TextCodec:
         self._pieces = [tokenizer.id_to_token(i) or "" for i in range(tokenizer.get_vocab_size(with_added_tokens=True))]
 
     @classmethod
-    def from_bytes(cls, data: bytes, conventions: Conventions, path: Path) -> "TextCodec":
+    def from_file(cls, path: Path, conventions: Conventions) -> "TextCodec":
         try:
-            tokenizer = Tokenizer.from_str(data.decode("utf-8"))
+            tokenizer = Tokenizer.from_file(str(path))
         except Exception as e:  # tokenizers raises a plain Exception for a malformed file
             raise ModelDirectoryError(f"{path} cannot be read by tokenizers ({e}); re-export the model directory") from None
         return cls(tokenizer, conventions)

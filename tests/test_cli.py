@@ -79,7 +79,8 @@ def test_hub_id_is_exported_on_first_use_then_loaded_from_cache(tiny_checkpoint,
     assert "exporting someone/tiny-chinese-gpt2" in first.stderr
     cached = tmp_path / "cache" / "someone--tiny-chinese-gpt2"
     manifest = json.loads((cached / "gpt2_onnx.json").read_text())
-    assert set(manifest["variants"]) == {"fp32", "int8"}
+    assert set(manifest["variants"]) == {"fp32", "int8", "int4"}
+    assert "writing model.int8.onnx" in first.stderr and "checking against transformers" in first.stderr
     assert manifest["source"]["revision"] == "0123456789abcdef0123456789abcdef01234567"
     second = cli("generate", "这是", "--model", "someone/tiny-chinese-gpt2", "--max-new-tokens", "6", "--no-do-sample", env=env)
     assert second.returncode == 0 and second.stdout == first.stdout and "exporting" not in second.stderr
