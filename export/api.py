@@ -59,10 +59,10 @@ def export_model(
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     try:
-        variants = {}
+        variants, weights = {}, _weights_for_graph(checkpoint)
         for precision in ("fp32", *quantize):
             progress(f"writing {VARIANT_FILES[precision]}")
-            variants[precision] = _write_variant(tmp, checkpoint, precision, int8)
+            variants[precision] = _write_variant(tmp, checkpoint, weights, precision, int8)
         (tmp / TOKENIZER_NAME).write_text(tokenizer.json, encoding="utf-8")
         shutil.copyfile(checkpoint.path / CONFIG_NAME, tmp / CONFIG_NAME)
         manifest = Manifest(
@@ -110,7 +110,7 @@ def _weights_for_graph(checkpoint: Checkpoint) -> dict[str, np.ndarray]:
     return weights
 
 
-def _write_variant(tmp: Path, checkpoint: Checkpoint, precision: str, int8: Int8Settings) -> Variant:
+def _write_variant(tmp: Path, checkpoint: Checkpoint, weights: dict[str, np.ndarray], precision: str, int8: Int8Settings) -> Variant:
     spec = checkpoint.spec
     a, tied = spec.architecture, spec.tied_lm_head
     linear, quant = {
@@ -119,7 +119,7 @@ def _write_variant(tmp: Path, checkpoint: Checkpoint, precision: str, int8: Int8
         "int4": lambda: (Int4Linear(BlockSettings()), int4_record(a, tied, BlockSettings())),
     }[precision]()
     path = tmp / VARIANT_FILES[precision]
-    onnx.save_model(build_model(_weights_for_graph(checkpoint), spec, linear), path)
+    onnx.save_model(build_model(dict(weights), spec, linear), path)  # a copy: quantizers add their tensors to it
     return Variant(file=path.name, sha256=sha256_file(path), io=IO_PAST_KEY_VALUES, quantization=quant)
 
 

@@ -12,6 +12,7 @@ the end, by transformers' rules (length penalty, early stopping, candidate count
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
@@ -38,6 +39,17 @@ class Event:
     finish_reason: str | None = None
 
 
+@dataclass
+class Clock:
+    """When the first new token was chosen (beam search yields its events only at the end)."""
+
+    first_token: float | None = None
+
+    def mark(self) -> None:
+        if self.first_token is None:
+            self.first_token = time.perf_counter()
+
+
 @dataclass(frozen=True)
 class DecodeJob:
     """Everything one call decodes."""
@@ -46,6 +58,7 @@ class DecodeJob:
     config: GenerationConfig
     processors: Processors
     rng: np.random.Generator
+    clock: Clock = field(default_factory=Clock)
 
 
 @dataclass
@@ -116,6 +129,7 @@ def _sample_or_greedy(decoder, codec, job: DecodeJob, batch: Batch, logits: np.n
     for step in range(c.max_new_tokens):
         scores = job.processors(logits, batch.histories, step)
         tokens = sample(scores, c, job.rng) if c.sampling else greedy(scores)
+        job.clock.mark()
         alive = []
         for r, (slot, token) in enumerate(zip(batch.owners, tokens.tolist())):
             text, hit_stop_string = streams[slot].push(token)
@@ -151,6 +165,7 @@ def _beam_search(decoder, codec, job: DecodeJob, batch: Batch, logits: np.ndarra
             group_parents, group_tokens = beams[prompt].step(scores[block], batch.histories[block], stop_ids, last)
             parents.extend(group_parents + g * c.num_beams)
             tokens.extend(group_tokens)
+        job.clock.mark()
         alive = [i for i, owner in enumerate(batch.owners) if not beams[owner].done]
         if not alive:
             break

@@ -33,7 +33,7 @@ class Timings:
 
     time_to_first_token_s: float  # call start → first new token of any row
     decode_s: float  # first new token → last
-    new_tokens: int  # summed over rows
+    new_tokens: int  # summed over the returned sequences
 
     @property
     def decode_tokens_per_s(self) -> float:
@@ -107,14 +107,14 @@ class Generator:
         n = config.num_return_sequences
         slots = len(id_lists) * n
         texts, tokens, reasons = [""] * slots, [[] for _ in range(slots)], [""] * slots
-        start, first = time.perf_counter(), None
+        start = time.perf_counter()
         for event in run(self.decoder, self.codec, job):
-            first = first or time.perf_counter()
             texts[event.slot] += event.text
             tokens[event.slot].extend(event.tokens)
             reasons[event.slot] = event.finish_reason or reasons[event.slot]
         end = time.perf_counter()
-        timings = Timings((first or end) - start, end - (first or end), sum(map(len, tokens)))
+        first = job.clock.first_token or end
+        timings = Timings(first - start, end - first, sum(map(len, tokens)))
         results = [
             GenerationResult(texts[s], tuple(tokens[s]), reasons[s], len(job.prompts[s // n]), timings)
             for s in range(slots)

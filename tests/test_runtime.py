@@ -137,6 +137,9 @@ def test_results_carry_timings(tiny_model, generators):
     result = generators(tiny_model).generate(PROMPT, max_new_tokens=10, do_sample=False)
     assert result.timings.new_tokens == 10 and result.timings.time_to_first_token_s > 0
     assert result.timings.decode_tokens_per_s > 0
+    beams = generators(tiny_model).generate(PROMPT, max_new_tokens=10, do_sample=False, num_beams=3)
+    # beam search yields its results at the end; the first token is still timed when it is chosen
+    assert 0 < beams.timings.time_to_first_token_s and beams.timings.decode_s > beams.timings.time_to_first_token_s / 100
 
 
 @pytest.mark.parametrize(
