@@ -88,15 +88,15 @@ def speed_plot(doc: dict, path: Path) -> None:
     ax.barh(names, [engines[n]["decode_tokens_per_s"] for n in names], color=colors)
     for precision, style in (("fp32", ":"), ("int8", "--"), ("int4", "-.")):
         ax.axvline(doc["weights_only_ceiling_tokens_per_s"][precision], color="k", linestyle=style, label=f"{precision} weights-only ceiling")
-    ax.set_title("decode tokens/s, batch 1 (higher is better)")
+    ax.set_title("decode tokens/s, batch 1 (higher: better)")
     ax.legend(fontsize=8)
     ax.invert_yaxis()
-    _grouped(axes[0][1], engines, names, "time_to_first_token_ms", "time to first token, ms, by prompt length (lower is better)")
-    _grouped(axes[1][0], engines, names, "throughput_tokens_per_s", "throughput tokens/s, by batch size (higher is better)")
+    _grouped(axes[0][1], engines, names, "time_to_first_token_ms", "time to first token ms, by prompt length (lower: better)")
+    _grouped(axes[1][0], engines, names, "throughput_tokens_per_s", "throughput tokens/s, by batch size (higher: better)")
     ax = axes[1][1]
     ax.barh(names, [engines[n]["size_mb"] for n in names], color=colors, label="model size MB")
     ax.barh(names, [engines[n]["peak_rss_mb_first_token"] for n in names], color="none", edgecolor="k", label="peak RSS MB (load + first token)")
-    ax.set_title("size on disk and memory, MB (lower is better)")
+    ax.set_title("size on disk and memory, MB (lower: better)")
     ax.legend(fontsize=8)
     ax.invert_yaxis()
     m = doc["machine"]
