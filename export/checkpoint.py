@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from gpt2_onnx.errors import SourceError
-from gpt2_onnx.hub import CHECKPOINT_WEIGHTS
+from gpt2_onnx.hub import CHECKPOINT_WEIGHTS, looks_like_path
 from gpt2_onnx.manifest import Architecture
 
 from .graph import GraphSpec
@@ -51,14 +51,10 @@ def load_checkpoint(source: str) -> Checkpoint:
     return Checkpoint(path, source_id, revision, config, spec, weights)
 
 
-def _looks_like_path(source: str) -> bool:
-    return source.startswith((".", "/", "~")) or "\\" in source or source.count("/") > 1
-
-
 def resolve_source(source: str) -> tuple[Path, str, str | None]:
     """A local directory as is; a hub id downloaded (with a progress bar) into the hub cache."""
     path = Path(source).expanduser()
-    if path.exists() or _looks_like_path(source):
+    if path.exists() or looks_like_path(source):
         if not path.is_dir():
             raise SourceError(f"checkpoint directory {source} does not exist; pass a directory with config.json and weights, or a hub id")
         return path.resolve(), str(path.resolve()), None

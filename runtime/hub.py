@@ -27,6 +27,11 @@ def cached_dir(hub_id: str) -> Path:
     return cache_root() / hub_id.replace("/", "--")
 
 
+def looks_like_path(name: str) -> bool:
+    """True for names that cannot be hub ids (owner/name), so a missing one is a missing path."""
+    return name.startswith((".", "/", "~")) or name.count("/") > 1 or "\\" in name
+
+
 def resolve_model_dir(model: str | Path | None) -> Path:
     """A directory holding `gpt2_onnx.json`; hub ids are exported into the cache first."""
     from gpt2_onnx.models import default_model
@@ -40,7 +45,7 @@ def resolve_model_dir(model: str | Path | None) -> Path:
                 f"{path} is a checkpoint, not an exported model directory; run `gpt2-onnx export {path} OUT_DIR` and load OUT_DIR"
             )
         return path
-    if name.startswith((".", "/", "~")) or name.count("/") > 1 or os.sep != "/" and os.sep in name:
+    if looks_like_path(name):
         raise ModelDirectoryError(f"model directory {name} does not exist; export one with `gpt2-onnx export SOURCE {name}`")
     cached = cached_dir(name)
     if (cached / MANIFEST_NAME).is_file():
