@@ -63,12 +63,11 @@ class DecodeJob:
 
 @dataclass
 class Batch:
-    """Rows being decoded: their histories, attention mask and next positions."""
+    """Rows being decoded: their histories and attention mask."""
 
     cache: KVCache
     histories: list[list[int]]  # every id of the row so far: [rows][len]
-    mask: np.ndarray  # [rows, cache.length] 1 = real token, 0 = left padding
-    next_position: np.ndarray  # [rows]
+    mask: np.ndarray  # [rows, past_len] 1 = real token, 0 = left padding
     owners: list[int] = field(default_factory=list)  # slot (greedy/sample) or prompt (beams) of each row
 
     def select(self, rows: np.ndarray) -> None:
@@ -76,17 +75,16 @@ class Batch:
             return
         self.cache.select(rows)
         self.histories = [list(self.histories[r]) for r in rows]
-        self.mask, self.next_position = self.mask[rows], self.next_position[rows]
+        self.mask = self.mask[rows]
         self.owners = [self.owners[r] for r in rows]
 
     def advance(self, decoder: OnnxDecoder, tokens: np.ndarray) -> np.ndarray:
         """Append one token per row and run it: [rows] ids → [rows, vocab] logits."""
         for history, t in zip(self.histories, tokens):
             history.append(int(t))
+        positions = self.mask.sum(axis=1, keepdims=True)  # [rows, 1]: real tokens so far
         self.mask = np.concatenate([self.mask, np.ones((len(tokens), 1), np.int64)], axis=1)
-        logits = decoder.forward(tokens[:, None], self.next_position[:, None], self.mask, self.cache)
-        self.next_position = self.next_position + 1
-        return logits
+        return decoder.forward(tokens[:, None], positions, self.mask, self.cache)
 
 
 def prefill(decoder: OnnxDecoder, prompts: Sequence[Sequence[int]], pad_id: int) -> tuple[Batch, np.ndarray]:
@@ -100,8 +98,7 @@ def prefill(decoder: OnnxDecoder, prompts: Sequence[Sequence[int]], pad_id: int)
         positions[r, width - len(p):] = np.arange(len(p))
     cache = decoder.empty_cache(len(prompts))
     logits = decoder.forward(ids, positions, mask, cache)  # [prompts, vocab]
-    lengths = np.array([len(p) for p in prompts], np.int64)
-    return Batch(cache, [list(p) for p in prompts], mask, lengths, list(range(len(prompts)))), logits
+    return Batch(cache, [list(p) for p in prompts], mask, list(range(len(prompts)))), logits
 
 
 def run(decoder: OnnxDecoder, codec: TextCodec, job: DecodeJob) -> Iterator[Event]:

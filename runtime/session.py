@@ -41,16 +41,13 @@ def create_session(model: Path, threads: int | None) -> ort.InferenceSession:
 
 @dataclass
 class KVCache:
-    """Past keys and values of every layer for `batch` rows: [batch, n_head, length, head_dim] each."""
+    """Past keys and values of every layer: [batch, n_head, past_len, head_dim] each."""
 
     values: list[ort.OrtValue]  # key, value of layer 0, then layer 1, ...
-    batch: int
-    length: int
 
     def select(self, rows: np.ndarray) -> None:
         """Keep (and reorder, or repeat) the given rows: beam reordering, finished rows leaving."""
         self.values = [ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(v.numpy()[rows])) for v in self.values]
-        self.batch = len(rows)
 
 
 class OnnxDecoder:
@@ -68,13 +65,13 @@ class OnnxDecoder:
     def empty_cache(self, batch: int) -> KVCache:
         a = self.architecture
         empty = np.zeros((batch, a.n_head, 0, a.head_dim), dtype=np.float32)
-        return KVCache([ort.OrtValue.ortvalue_from_numpy(empty) for _ in self._past_names], batch, 0)
+        return KVCache([ort.OrtValue.ortvalue_from_numpy(empty) for _ in self._past_names])
 
     def forward(
         self, input_ids: np.ndarray, position_ids: np.ndarray, attention_mask: np.ndarray, cache: KVCache,
         all_positions: bool = False,
     ) -> np.ndarray:
-        """input_ids, position_ids [batch, seq]; attention_mask [batch, cache.length + seq].
+        """input_ids, position_ids [batch, seq]; attention_mask [batch, past_len + seq].
         Returns logits of the last position [batch, vocab] (every position [batch, seq, vocab]
         with `all_positions`); the cache grows by seq."""
         feeds = dict(zip(self._past_names, cache.values))
@@ -84,6 +81,5 @@ class OnnxDecoder:
         feeds[LOGITS_TO_KEEP] = self._all if all_positions else self._last
         outputs = self.session.run_with_ort_values(self._output_names, feeds)
         cache.values = list(outputs[1:])
-        cache.length += input_ids.shape[1]
         logits = outputs[0].numpy()  # [batch, seq, vocab], or [batch, 1, vocab]
         return logits if all_positions else logits[:, -1, :]
