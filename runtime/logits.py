@@ -77,16 +77,23 @@ def sample(scores: np.ndarray, config: GenerationConfig, rng: np.random.Generato
     return np.array([_sample_row(row, config, rng) for row in scores], dtype=np.int64)
 
 
-def sampling_candidates(row: np.ndarray, top_k: int, top_p: float) -> np.ndarray | None:
-    """Ids that top-k then top-p leave to sample from (unordered); None: every id."""
+def sampling_candidates(
+    row: np.ndarray, top_k: int, top_p: float, temperature: float = 1.0
+) -> tuple[np.ndarray | None, np.ndarray]:
+    """(ids left to sample from, unordered, or None for every id; their logits / temperature).
+
+    Top-k is taken on the raw logits: a positive temperature does not change which k are
+    best, so the common path divides only the k survivors and touches the vocabulary once."""
     ids = _top_k_ids(row, top_k)
-    return _top_p_ids(row, ids, top_p) if top_p < 1.0 else ids
+    logits = (row if ids is None else row[ids]) / temperature
+    if top_p < 1.0:
+        keep = _top_p_keep(logits, top_p)  # positions within `logits`
+        ids, logits = (keep if ids is None else ids[keep]), logits[keep]
+    return ids, logits
 
 
 def _sample_row(row: np.ndarray, config: GenerationConfig, rng: np.random.Generator) -> int:
-    row = row / config.temperature
-    ids = sampling_candidates(row, config.top_k, config.top_p)
-    logits = row if ids is None else row[ids]
+    ids, logits = sampling_candidates(row, config.top_k, config.top_p, config.temperature)
     finite = np.isfinite(logits)
     probs = np.exp(logits - logits[finite].max(), where=finite, out=np.zeros_like(logits))
     choice = int(np.searchsorted(np.cumsum(probs), rng.random() * probs.sum(), side="right"))
@@ -102,18 +109,17 @@ def _top_k_ids(row: np.ndarray, k: int) -> np.ndarray | None:
     return np.flatnonzero(row >= kth)
 
 
-def _top_p_ids(row: np.ndarray, ids: np.ndarray | None, top_p: float) -> np.ndarray:
-    """transformers' rule: keep an id while the probability of the ids strictly better than
-    it is below top_p (at least one id is kept). Without top-k, only the best
-    `TOP_P_CANDIDATES` are sorted unless their mass falls short of top_p."""
-    candidates = np.arange(row.size) if ids is None else ids
-    if ids is None and row.size > TOP_P_CANDIDATES:
-        best = np.argpartition(row, -TOP_P_CANDIDATES)[-TOP_P_CANDIDATES:]
-        if _log_sum_exp(row[best]) - _log_sum_exp(row) >= np.log(top_p):
-            candidates = best  # every id outside `best` has ≥ top_p better mass
-    total = _log_sum_exp(row if ids is None else row[ids])
-    order = candidates[np.argsort(-row[candidates], kind="stable")]  # best first
-    probs = np.exp(row[order].astype(np.float64) - total)
+def _top_p_keep(logits: np.ndarray, top_p: float) -> np.ndarray:
+    """transformers' rule: keep an entry while the probability of the entries strictly better
+    than it is below top_p (at least one is kept). Only the best `TOP_P_CANDIDATES` are
+    sorted unless their mass falls short of top_p."""
+    candidates = np.arange(logits.size)
+    if logits.size > TOP_P_CANDIDATES:
+        best = np.argpartition(logits, -TOP_P_CANDIDATES)[-TOP_P_CANDIDATES:]
+        if _log_sum_exp(logits[best]) - _log_sum_exp(logits) >= np.log(top_p):
+            candidates = best  # every entry outside `best` has ≥ top_p better mass
+    order = candidates[np.argsort(-logits[candidates], kind="stable")]  # best first
+    probs = np.exp(logits[order].astype(np.float64) - _log_sum_exp(logits))
     keep = np.cumsum(probs) - probs < top_p
     keep[0] = True
     return order[keep]

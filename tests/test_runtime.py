@@ -252,17 +252,22 @@ def test_sampling_candidates_equal_transformers_warpers(top_k, top_p):
         if top_p < 1:
             s = TopPLogitsWarper(top_p)(None, s)
         expected = set(np.flatnonzero(np.isfinite(s.numpy()[0])).tolist())
-        ids = sampling_candidates(row, top_k, top_p)
+        ids, _ = sampling_candidates(row, top_k, top_p)
         assert set(range(1000) if ids is None else ids.tolist()) == expected
+        scaled_ids, _ = sampling_candidates(row * 2.0, top_k, top_p, temperature=2.0)  # same distribution
+        assert set(range(1000) if scaled_ids is None else scaled_ids.tolist()) == expected
 
 
 def test_sampling_follows_the_distribution():
     """Draws from softmax(logits / T): frequencies within a few standard errors."""
     from gpt2_onnx.logits import sample
 
-    logits = np.log(np.array([[0.5, 0.3, 0.15, 0.05]], np.float32))
-    config = GenerationConfig(do_sample=True, top_k=0, temperature=1.0)
+    p = np.array([0.5, 0.3, 0.15, 0.05])
+    logits = np.log(p.astype(np.float32))[None]
     rng = np.random.default_rng(0)
-    draws = np.array([sample(logits.copy(), config, rng)[0] for _ in range(20000)])
-    freq = np.bincount(draws, minlength=4) / len(draws)
-    np.testing.assert_allclose(freq, [0.5, 0.3, 0.15, 0.05], atol=0.015)
+    for temperature, top_k in ((1.0, 0), (2.0, 0), (2.0, 3)):
+        config = GenerationConfig(do_sample=True, top_k=top_k, temperature=temperature)
+        draws = np.array([sample(logits.copy(), config, rng)[0] for _ in range(20000)])
+        expected = p ** (1 / temperature)
+        expected[top_k or 4:] = 0
+        np.testing.assert_allclose(np.bincount(draws, minlength=4) / len(draws), expected / expected.sum(), atol=0.015)
