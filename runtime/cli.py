@@ -131,6 +131,10 @@ def _check(args) -> int:
 
 def _bench(args) -> int:
     _export_extra()
+    try:
+        import matplotlib  # noqa: F401  (the plots are written after every measurement)
+    except ImportError:
+        raise Gpt2OnnxError("bench needs the bench extra (matplotlib is missing): pip install 'gpt2-onnx[bench]'") from None
     from .benchmarks.run import run_bench, run_quality
 
     if args.only != "quality":
