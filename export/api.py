@@ -27,7 +27,7 @@ from .checkpoint import Checkpoint, load_checkpoint
 from .graph import WTE_T, Fp32Linear, build_model
 from .quantize import Int8Linear, Int8Settings, quantization_record
 from .quantize_blockwise import BlockSettings, Int4Linear, int4_record
-from .tokenizer import export_tokenizer
+from .tokenizer import TokenizerExport, export_tokenizer
 
 PRECISIONS = ("fp32", "int8", "int4")
 VARIANT_FILES = {"fp32": "model.onnx", "int8": "model.int8.onnx", "int4": "model.int4.onnx"}
@@ -54,40 +54,50 @@ def export_model(
     progress(f"loading {source}")
     checkpoint = load_checkpoint(source)
     tokenizer = export_tokenizer(checkpoint.path, checkpoint.config, checkpoint.weights["wte.weight"].shape[0])
-    family = models.family_of(checkpoint.source_id, tokenizer.kind)
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     try:
-        variants, weights = {}, _weights_for_graph(checkpoint)
-        for precision in ("fp32", *quantize):
-            progress(f"writing {VARIANT_FILES[precision]}")
-            variants[precision] = _write_variant(tmp, checkpoint, weights, precision, int8)
-        (tmp / TOKENIZER_NAME).write_text(tokenizer.json, encoding="utf-8")
-        shutil.copyfile(checkpoint.path / CONFIG_NAME, tmp / CONFIG_NAME)
-        manifest = Manifest(
-            architecture=checkpoint.spec.architecture,
-            conventions=tokenizer.conventions,
-            variants=variants,
-            tokenizer_sha256=sha256_file(tmp / TOKENIZER_NAME),
-            generation_defaults=models.generation_defaults(family),
-            source={"id": checkpoint.source_id, "revision": checkpoint.revision, "family": family},
-            tools=package_versions(TOOLS),
-        )
-        (tmp / MANIFEST_NAME).write_text(manifest.to_json(), encoding="utf-8")
+        _write_directory(tmp, checkpoint, tokenizer, quantize, int8, progress)
         if check:
-            from .parity import check_model, require_fp32_parity
-
-            progress(f"checking against transformers + torch ({checkpoint.path})")
-            reports = check_model(tmp, checkpoint.path)
-            for report in reports:
-                progress(report.line())
-            require_fp32_parity(reports)
+            _check_parity(tmp, checkpoint, progress)
         _publish(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def _write_directory(tmp: Path, checkpoint: Checkpoint, tokenizer: TokenizerExport, quantize: tuple[str, ...],
+                     int8: Int8Settings, progress: Callable[[str], None]) -> None:
+    """Every file of the model directory contract, the manifest last."""
+    variants, weights = {}, _weights_for_graph(checkpoint)
+    for precision in ("fp32", *quantize):
+        progress(f"writing {VARIANT_FILES[precision]}")
+        variants[precision] = _write_variant(tmp, checkpoint, weights, precision, int8)
+    (tmp / TOKENIZER_NAME).write_text(tokenizer.json, encoding="utf-8")
+    shutil.copyfile(checkpoint.path / CONFIG_NAME, tmp / CONFIG_NAME)
+    family = models.family_of(checkpoint.source_id, tokenizer.kind)
+    manifest = Manifest(
+        architecture=checkpoint.spec.architecture,
+        conventions=tokenizer.conventions,
+        variants=variants,
+        tokenizer_sha256=sha256_file(tmp / TOKENIZER_NAME),
+        generation_defaults=models.generation_defaults(family),
+        source={"id": checkpoint.source_id, "revision": checkpoint.revision, "family": family},
+        tools=package_versions(TOOLS),
+    )
+    (tmp / MANIFEST_NAME).write_text(manifest.to_json(), encoding="utf-8")
+
+
+def _check_parity(model_dir: Path, checkpoint: Checkpoint, progress: Callable[[str], None]) -> None:
+    from .parity import check_model, require_fp32_parity
+
+    progress(f"checking against transformers + torch ({checkpoint.path})")
+    reports = check_model(model_dir, checkpoint.path)
+    for report in reports:
+        progress(report.line())
+    require_fp32_parity(reports)
 
 
 def _check_destination(out: Path, force: bool, quantize: tuple[str, ...]) -> None:
