@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import Gpt2OnnxError
+from .hub import print_progress
 
 EXIT_ERROR, EXIT_USAGE = 1, 2
 
@@ -91,10 +92,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
-def _progress(message: str) -> None:
-    print(f"gpt2-onnx: {message}", file=sys.stderr, flush=True)
-
-
 def _export_extra():
     """The export package, or a one-line error naming the extra to install."""
     try:
@@ -115,7 +112,7 @@ def _export(args) -> int:
     if len(args.paths) > 2:
         raise Gpt2OnnxError(f"export takes [SOURCE] OUT_DIR, got {len(args.paths)} paths")
     source, out = (default_model(), args.paths[0]) if len(args.paths) == 1 else args.paths
-    path = export.export_model(source, out, quantize=tuple(args.quantize), force=args.force, check=not args.no_check, progress=_progress)
+    path = export.export_model(source, out, quantize=tuple(args.quantize), force=args.force, check=not args.no_check, progress=print_progress)
     print(path)
     return 0
 

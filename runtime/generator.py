@@ -67,7 +67,7 @@ class Generator:
     @classmethod
     def load(cls, model: str | Path | None = None, precision: str = DEFAULT_PRECISION, threads: int | None = None) -> "Generator":
         """`model`: a model directory, or a hub id (exported into the cache on first use);
-        None: the default model. `precision`: "int8" or "fp32". `threads`: intra-op threads
+        None: the default model. `precision`: "int8", "int4" or "fp32" (what the directory holds). `threads`: intra-op threads
         (default: the cores this process may use)."""
         model_dir = resolve_model_dir(model)
         manifest = read_manifest(model_dir)

@@ -61,8 +61,10 @@ def _export_to_cache(hub_id: str, target: Path) -> Path:
             f"{hub_id} has not been exported yet and exporting needs the export extra ({e.name} is missing): "
             "pip install torch==2.13.0 'gpt2-onnx[export]', or export it elsewhere and pass the model directory"
         ) from None
-    def progress(message: str) -> None:
-        print(f"gpt2-onnx: {message}", file=sys.stderr, flush=True)
+    print_progress(f"exporting {hub_id} into {target} (first use only)")
+    return export_model(hub_id, target, quantize=("int8", "int4"), force=True, progress=print_progress)
 
-    progress(f"exporting {hub_id} into {target} (first use only)")
-    return export_model(hub_id, target, quantize=("int8", "int4"), force=True, progress=progress)
+
+def print_progress(message: str) -> None:
+    """One line of progress on stderr, as the CLI shows it."""
+    print(f"gpt2-onnx: {message}", file=sys.stderr, flush=True)

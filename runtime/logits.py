@@ -31,7 +31,8 @@ class Processors:
     def __call__(self, scores: np.ndarray, histories: Sequence[Sequence[int]], n_new: int) -> np.ndarray:
         """histories[r]: every id of row r so far (prefix, prompt, generated); n_new: generated so far."""
         c = self.config
-        for row, history in zip(scores, histories):
+        per_row = c.repetition_penalty != 1.0 or c.no_repeat_ngram_size > 0 or self.bad_words_ids
+        for row, history in zip(scores, histories) if per_row else ():
             if c.repetition_penalty != 1.0:
                 repetition_penalty(row, history, c.repetition_penalty)
             if c.no_repeat_ngram_size > 0:

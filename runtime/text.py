@@ -44,8 +44,9 @@ class TextCodec:
         self.conventions = conventions
         self._special = frozenset(conventions.special_token_ids)
         self._wordpiece = conventions.decode == DECODE_WORDPIECE_CJK
-        # id → piece string, looked up once per generated token
-        self._pieces = [tokenizer.id_to_token(i) or "" for i in range(tokenizer.get_vocab_size(with_added_tokens=True))]
+        # id → WordPiece string, looked up once per generated token (byte-level BPE decodes with the tokenizer)
+        size = tokenizer.get_vocab_size(with_added_tokens=True) if self._wordpiece else 0
+        self._pieces = [tokenizer.id_to_token(i) or "" for i in range(size)]
 
     @classmethod
     def from_file(cls, path: Path, conventions: Conventions) -> "TextCodec":
