@@ -166,12 +166,7 @@ def evaluate(model_dir: Path, checkpoint: Path | None, windows: int = 96, prompt
 
 
 def _logits(gen: Generator, blocks: np.ndarray, batch: int = 8) -> np.ndarray:
-    out = []
-    for i in range(0, len(blocks), batch):
-        ids = blocks[i:i + batch]
-        positions = np.tile(np.arange(ids.shape[1]), (len(ids), 1))
-        out.append(gen.decoder.forward(ids, positions, np.ones_like(ids), gen.decoder.empty_cache(len(ids)), all_positions=True))
-    return np.concatenate(out)  # [windows, length, vocab]
+    return np.concatenate([gen.decoder.score(blocks[i:i + batch]) for i in range(0, len(blocks), batch)])  # [windows, length, vocab]
 
 
 def _perplexity(logits: np.ndarray, blocks: np.ndarray) -> float:

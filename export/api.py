@@ -10,7 +10,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 from importlib.metadata import PackageNotFoundError, version
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +19,7 @@ import onnx
 from gpt2_onnx import models
 from gpt2_onnx.errors import SourceError
 from gpt2_onnx.manifest import (
-    CONFIG_NAME, IO_PAST_KEY_VALUES, MANIFEST_NAME, TOKENIZER_NAME,
+    CONFIG_NAME, IO_KV_BUFFER, IO_PAST_KEY_VALUES, KNOWN_IO, MANIFEST_NAME, TOKENIZER_NAME,
     Manifest, Variant, sha256_file,
 )
 
@@ -31,6 +31,9 @@ from .tokenizer import TokenizerExport, export_tokenizer
 
 PRECISIONS = ("fp32", "int8", "int4")
 VARIANT_FILES = {"fp32": "model.onnx", "int8": "model.int8.onnx", "int4": "model.int4.onnx"}
+# model.onnx keeps the ecosystem's convention, so optimum and other tools load the directory;
+# the quantized variants are ours alone and take the faster in-place KV buffer.
+VARIANT_IO = {"fp32": IO_PAST_KEY_VALUES, "int8": IO_KV_BUFFER, "int4": IO_KV_BUFFER}
 TOOLS = ("gpt2-onnx", "onnx", "onnxruntime", "torch", "transformers", "tokenizers")
 
 
@@ -42,15 +45,17 @@ def export_model(
     check: bool = True,
     int8: Int8Settings = Int8Settings(),
     progress: Callable[[str], None] = lambda message: None,
+    variant_io: Mapping[str, str] = VARIANT_IO,
 ) -> Path:
     """Export `source` (local checkpoint dir or hub id) to `out_dir`; return its path.
 
     `quantize`: extra variants beside FP32, e.g. ("int8", "int4"). `check`: compare every
     variant with torch before the directory is published (see `check_model`); the FP32
     graph must agree within `FP32_TOLERANCE`. `progress` receives one line per step.
+    `variant_io`: the graph I/O convention of each precision (see `gpt2_onnx.manifest`).
     """
     out = Path(out_dir).expanduser().resolve()
-    _check_destination(out, force, quantize)
+    _check_destination(out, force, quantize, variant_io)
     progress(f"loading {source}")
     checkpoint = load_checkpoint(source)
     tokenizer = export_tokenizer(checkpoint.path, checkpoint.config, checkpoint.weights["wte.weight"].shape[0])
@@ -58,7 +63,7 @@ def export_model(
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     try:
-        _write_directory(tmp, checkpoint, tokenizer, quantize, int8, progress)
+        _write_directory(tmp, checkpoint, tokenizer, quantize, int8, variant_io, progress)
         if check:
             _check_parity(tmp, checkpoint, progress)
         _publish(tmp, out)
@@ -69,12 +74,12 @@ def export_model(
 
 
 def _write_directory(tmp: Path, checkpoint: Checkpoint, tokenizer: TokenizerExport, quantize: tuple[str, ...],
-                     int8: Int8Settings, progress: Callable[[str], None]) -> None:
+                     int8: Int8Settings, variant_io: Mapping[str, str], progress: Callable[[str], None]) -> None:
     """Every file of the model directory contract, the manifest last."""
     variants, weights = {}, _weights_for_graph(checkpoint)
     for precision in ("fp32", *quantize):
         progress(f"writing {VARIANT_FILES[precision]}")
-        variants[precision] = _write_variant(tmp, checkpoint, weights, precision, int8)
+        variants[precision] = _write_variant(tmp, checkpoint, weights, precision, int8, variant_io[precision])
     (tmp / TOKENIZER_NAME).write_text(tokenizer.json, encoding="utf-8")
     shutil.copyfile(checkpoint.path / CONFIG_NAME, tmp / CONFIG_NAME)
     family = models.family_of(checkpoint.source_id, tokenizer.kind)
@@ -100,10 +105,13 @@ def _check_parity(model_dir: Path, checkpoint: Checkpoint, progress: Callable[[s
     require_fp32_parity(reports)
 
 
-def _check_destination(out: Path, force: bool, quantize: tuple[str, ...]) -> None:
+def _check_destination(out: Path, force: bool, quantize: tuple[str, ...], variant_io: Mapping[str, str]) -> None:
     unknown = [q for q in quantize if q not in PRECISIONS or q == "fp32"]
     if unknown:
         raise SourceError(f"unknown quantization {unknown[0]!r}; choose from: {', '.join(PRECISIONS[1:])}")
+    for precision in ("fp32", *quantize):
+        if variant_io.get(precision) not in KNOWN_IO:
+            raise SourceError(f"variant_io[{precision!r}] is {variant_io.get(precision)!r}; choose from: {', '.join(KNOWN_IO)}")
     if out.exists() and not force:
         raise SourceError(f"{out} already exists; pass --force (force=True) to replace it, or choose another OUT_DIR")
     if out.exists() and not out.is_dir():
@@ -120,7 +128,8 @@ def _weights_for_graph(checkpoint: Checkpoint) -> dict[str, np.ndarray]:
     return weights
 
 
-def _write_variant(tmp: Path, checkpoint: Checkpoint, weights: dict[str, np.ndarray], precision: str, int8: Int8Settings) -> Variant:
+def _write_variant(tmp: Path, checkpoint: Checkpoint, weights: dict[str, np.ndarray], precision: str, int8: Int8Settings,
+                   io: str) -> Variant:
     spec = checkpoint.spec
     a, tied = spec.architecture, spec.tied_lm_head
     linear, quant = {
@@ -129,8 +138,8 @@ def _write_variant(tmp: Path, checkpoint: Checkpoint, weights: dict[str, np.ndar
         "int4": lambda: (Int4Linear(BlockSettings()), int4_record(a, tied, BlockSettings())),
     }[precision]()
     path = tmp / VARIANT_FILES[precision]
-    onnx.save_model(build_model(dict(weights), spec, linear), path)  # a copy: quantizers add their tensors to it
-    return Variant(file=path.name, sha256=sha256_file(path), io=IO_PAST_KEY_VALUES, quantization=quant)
+    onnx.save_model(build_model(dict(weights), spec, linear, io), path)  # a copy: quantizers add their tensors to it
+    return Variant(file=path.name, sha256=sha256_file(path), io=io, quantization=quant)
 
 
 def package_versions(names: tuple[str, ...]) -> dict[str, str]:

@@ -1,22 +1,26 @@
 """Build the GPT-2 ONNX graph directly from checkpoint weights.
 
 One graph serves prefill (past_len 0) and decode, with the ecosystem's I/O names
-(see `gpt2_onnx.manifest.IO_PAST_KEY_VALUES`). The graph is written node by node
+(`gpt2_onnx.manifest.IO_PAST_KEY_VALUES`) or, for the faster variants, a fixed-size
+KV buffer that attention writes in place (`IO_KV_BUFFER`). The graph is written node by node
 rather than traced from torch, so that every tensor is stored exactly once: the
 tied token embedding is kept only as the LM head's `[n_embd, vocab]` matrix, and
 the embedding lookup gathers its columns.
 
     input_ids ──embed(wte_T)───────────┐
     position_ids ──Gather(wpe)─────────+── x [batch, seq, n_embd]
-    attention_mask ─Cast─> key_padding_mask [batch, total]
+    attention_mask ─Cast─> key_padding_mask [batch, total]     (or seqlens_k, total_sequence_length)
     for each block h.{i}:
-        x = x + attn(ln_1(x), past.{i}) ──> present.{i}.key|value   (MultiHeadAttention, causal)
+        x = x + attn(ln_1(x), past.{i}) ──> present.{i}.key|value   (MultiHeadAttention | GroupQueryAttention)
         x = x + mlp(ln_2(x))
     logits = ln_f(x) @ wte_T            [batch, seq, vocab]
 
 Residual adds are fused with the following layer norm (SkipLayerNormalization) and
-attention is onnxruntime's MultiHeadAttention: about 9 nodes per block instead of 27,
-which matters at batch 1, where per-node overhead is a large part of a decode step.
+attention is one onnxruntime contrib op: about 9 nodes per block instead of 27, which
+matters at batch 1, where per-node overhead is a large part of a decode step.
+MultiHeadAttention appends the new keys to a copy of the past (the ecosystem's
+past → present contract); GroupQueryAttention, with past and present bound to the same
+buffer, writes them in place, so a step costs no copy of the cache.
 
 Weight matmuls go through a `Linear` strategy, so the INT8 variant differs from
 FP32 only in how a matmul and the embedding lookup are emitted.
@@ -31,7 +35,9 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from gpt2_onnx.manifest import LOGITS_TO_KEEP, Architecture
+from gpt2_onnx.manifest import (
+    IO_KV_BUFFER, IO_PAST_KEY_VALUES, LOGITS_TO_KEEP, SEQLENS_K, TOTAL_SEQUENCE_LENGTH, Architecture,
+)
 
 OPSET = 20  # Gelu with approximate="tanh" is an ONNX op from opset 20
 MS_DOMAIN = "com.microsoft"
@@ -100,21 +106,21 @@ class Fp32Linear:
         return g.op("Transpose", [columns], perm=[1, 2, 0])
 
 
-def build_model(weights: dict[str, np.ndarray], spec: GraphSpec, linear: Linear) -> onnx.ModelProto:
+def build_model(weights: dict[str, np.ndarray], spec: GraphSpec, linear: Linear, io: str = IO_PAST_KEY_VALUES) -> onnx.ModelProto:
     """The whole graph; `weights` maps checkpoint names (without `transformer.`) to arrays,
-    plus `WTE_T`. Matmul weights are `[in, out]` as in GPT-2's Conv1D."""
+    plus `WTE_T`. Matmul weights are `[in, out]` as in GPT-2's Conv1D. `io`: the I/O
+    convention (`IO_PAST_KEY_VALUES` or `IO_KV_BUFFER`)."""
     a, eps = spec.architecture, spec.layer_norm_epsilon
     g = GraphWriter(weights)
-    inputs, outputs = _io(a)
-
-    key_padding_mask = g.op("Cast", ["attention_mask"], to=TensorProto.INT32)  # [batch, total]
+    inputs, outputs = _io(a, io)
+    attend = _MultiHeadAttention(g, a) if io == IO_PAST_KEY_VALUES else _GroupQueryAttention(a)
     tokens = linear.embed(g, WTE_T, "input_ids")
     positions = g.op("Gather", [g.weight("wpe.weight"), "position_ids"])
     x = g.op("Add", [tokens, positions])  # residual stream [batch, seq, n_embd]
     h = _layer_norm(g, x, "h.0.ln_1", eps)
     for i in range(a.n_layer):
         p = f"h.{i}."
-        attention = _attention(g, linear, h, key_padding_mask, p, i, a)
+        attention = _attention(g, linear, attend, h, p, i)
         x, h = _add_and_norm(g, x, attention, p + "ln_2", eps)
         h = g.op("Gelu", [linear.matmul(g, h, p + "mlp.c_fc.weight", p + "mlp.c_fc.bias")], approximate=spec.gelu_approximate)
         mlp = linear.matmul(g, h, p + "mlp.c_proj.weight", p + "mlp.c_proj.bias")
@@ -133,18 +139,24 @@ def build_model(weights: dict[str, np.ndarray], spec: GraphSpec, linear: Linear)
     return model
 
 
-def _io(a: Architecture):
+def _io(a: Architecture, io: str):
     def tensor(name, dtype, shape):
         return helper.make_tensor_value_info(name, dtype, shape)
 
-    inputs = [
-        tensor("input_ids", TensorProto.INT64, ["batch_size", "sequence_length"]),
-        tensor("attention_mask", TensorProto.INT64, ["batch_size", "total_sequence_length"]),
-        tensor("position_ids", TensorProto.INT64, ["batch_size", "sequence_length"]),
-    ]
-    outputs = [tensor("logits", TensorProto.FLOAT, ["batch_size", "sequence_length", a.vocab_size])]
-    kv_past = ["batch_size", a.n_head, "past_sequence_length", a.head_dim]
-    kv_present = ["batch_size", a.n_head, "total_sequence_length", a.head_dim]
+    batch, seq = "batch_size", "sequence_length"
+    inputs = [tensor("input_ids", TensorProto.INT64, [batch, seq])]
+    if io == IO_PAST_KEY_VALUES:
+        inputs.append(tensor("attention_mask", TensorProto.INT64, [batch, "total_sequence_length"]))
+        kv_past = [batch, a.n_head, "past_sequence_length", a.head_dim]
+        kv_present = [batch, a.n_head, "total_sequence_length", a.head_dim]
+    elif io == IO_KV_BUFFER:
+        inputs.append(tensor(SEQLENS_K, TensorProto.INT32, [batch]))
+        inputs.append(tensor(TOTAL_SEQUENCE_LENGTH, TensorProto.INT32, []))
+        kv_past = kv_present = [batch, a.n_head, "capacity", a.head_dim]  # one buffer, written in place
+    else:
+        raise ValueError(f"unknown io convention {io!r}")
+    inputs.append(tensor("position_ids", TensorProto.INT64, [batch, seq]))
+    outputs = [tensor("logits", TensorProto.FLOAT, [batch, seq, a.vocab_size])]
     for i in range(a.n_layer):
         for kind in ("key", "value"):
             inputs.append(tensor(f"past_key_values.{i}.{kind}", TensorProto.FLOAT, kv_past))
@@ -174,16 +186,39 @@ def _add_and_norm(g: GraphWriter, x: str, y: str, prefix: str, eps: float) -> tu
     return total, normed
 
 
-def _attention(g: GraphWriter, linear: Linear, h: str, key_padding_mask: str, p: str, i: int, a: Architecture) -> str:
-    """Causal self-attention over past + new positions; padding keys (mask 0) are ignored.
-    MultiHeadAttention appends the new keys and values to the past: present = [batch, n_head, total, head_dim]."""
-    c = a.n_embd
+class _MultiHeadAttention:
+    """Past and new keys concatenated into a new present; padding keys (mask 0) ignored."""
+
+    def __init__(self, g: GraphWriter, a: Architecture):
+        self.a = a
+        self.key_padding_mask = g.op("Cast", ["attention_mask"], to=TensorProto.INT32)  # [batch, total]
+
+    def __call__(self, g: GraphWriter, qkv: str, i: int) -> str:
+        c = self.a.n_embd
+        q, k, v = g.op("Split", [qkv, g.const([c, c, c])], outputs=3, axis=2)  # [batch, seq, n_embd] each
+        inputs = [q, k, v, "", self.key_padding_mask, "", f"past_key_values.{i}.key", f"past_key_values.{i}.value"]
+        return _emit(g, "MultiHeadAttention", inputs, i, num_heads=self.a.n_head, unidirectional=1)
+
+
+class _GroupQueryAttention:
+    """New keys written into the shared buffer at each row's own length; always causal.
+    It takes the packed [batch, seq, 3 * n_embd] projection as it is (no Split)."""
+
+    def __init__(self, a: Architecture):
+        self.a = a
+
+    def __call__(self, g: GraphWriter, qkv: str, i: int) -> str:
+        inputs = [qkv, "", "", f"past_key_values.{i}.key", f"past_key_values.{i}.value", SEQLENS_K, TOTAL_SEQUENCE_LENGTH]
+        return _emit(g, "GroupQueryAttention", inputs, i, num_heads=self.a.n_head, kv_num_heads=self.a.n_head)
+
+
+def _emit(g: GraphWriter, op_type: str, inputs: list[str], i: int, **attrs) -> str:
+    context, _, _ = g.op(op_type, inputs, outputs=[f"attn_{i}", f"present.{i}.key", f"present.{i}.value"],
+                         domain=MS_DOMAIN, **attrs)
+    return context  # [batch, seq, n_embd]
+
+
+def _attention(g: GraphWriter, linear: Linear, attend, h: str, p: str, i: int) -> str:
+    """Causal self-attention over past + new positions: present = [batch, n_head, total | capacity, head_dim]."""
     qkv = linear.matmul(g, h, p + "attn.c_attn.weight", p + "attn.c_attn.bias")  # [batch, seq, 3*n_embd]
-    q, k, v = g.op("Split", [qkv, g.const([c, c, c])], outputs=3, axis=2)  # [batch, seq, n_embd] each
-    context, _, _ = g.op(
-        "MultiHeadAttention",
-        [q, k, v, "", key_padding_mask, "", f"past_key_values.{i}.key", f"past_key_values.{i}.value"],
-        outputs=[f"attn_{i}", f"present.{i}.key", f"present.{i}.value"],
-        domain=MS_DOMAIN, num_heads=a.n_head, unidirectional=1,
-    )
-    return linear.matmul(g, context, p + "attn.c_proj.weight", p + "attn.c_proj.bias")  # [batch, seq, n_embd]
+    return linear.matmul(g, attend(g, qkv, i), p + "attn.c_proj.weight", p + "attn.c_proj.bias")  # [batch, seq, n_embd]

@@ -1,7 +1,8 @@
 """`check_model`: every variant of a model directory against transformers + torch.
 
-Same inputs on both sides, in the three ways the runtime calls the graph:
-prefill (empty past), decode with past, and a left-padded batch; then greedy
+Same inputs on both sides, through the runtime's decoder (whatever the variant's
+I/O convention): every position of a prompt batch, decode steps with the cache, and
+a batch of prompts of different lengths (left-padded on torch's side); then greedy
 agreement over 64 new tokens from the runtime's own decode loop.
 """
 
@@ -23,8 +24,8 @@ GREEDY_TOKENS = 64
 class VariantReport:
     precision: str
     prefill_max_abs: float  # max |Δlogit| over every position of a 2-row prompt batch
-    decode_max_abs: float  # over 4 decode steps with the KV cache
-    padded_max_abs: float  # over the real positions of a left-padded batch of 3
+    decode_max_abs: float  # last-position logits of the prefill, then of 4 decode steps with the cache
+    padded_max_abs: float  # last-position logits of 3 prompts of different lengths in one batch
     greedy_agreement: int  # new tokens identical to torch's greedy before the first difference
     greedy_tokens: int
 
@@ -78,27 +79,25 @@ def _check_variant(generator: Generator, torch_model) -> VariantReport:
 
     ids = rng.integers(0, vocab, (2, prompt_len))
     mask, positions = np.ones_like(ids), np.tile(np.arange(prompt_len), (2, 1))
-    cache = decoder.empty_cache(2)
-    ours = decoder.forward(ids, positions, mask, cache, all_positions=True)
     theirs, past = _torch_logits(torch_model, ids, mask, positions)
-    prefill = float(np.abs(ours - theirs).max())
+    prefill = float(np.abs(decoder.score(ids) - theirs).max())
 
-    decode = 0.0
+    cache, ours = decoder.prefill(ids.tolist(), prompt_len + 4)
+    decode = float(np.abs(ours - theirs[:, -1]).max())
     for step in range(4):
-        token = theirs[:, -1].argmax(-1)[:, None]
+        token = theirs[:, -1].argmax(-1)
         mask = np.ones((2, prompt_len + step + 1), np.int64)
-        pos = np.full((2, 1), prompt_len + step)
-        ours = decoder.forward(token, pos, mask, cache, all_positions=True)
-        theirs, past = _torch_logits(torch_model, token, mask, pos, past)
-        decode = max(decode, float(np.abs(ours - theirs).max()))
+        ours = decoder.step(cache, token)
+        theirs, past = _torch_logits(torch_model, token[:, None], mask, np.full((2, 1), prompt_len + step), past)
+        decode = max(decode, float(np.abs(ours - theirs[:, -1]).max()))
 
     lengths = [prompt_len, prompt_len // 2 + 1, 3]
     ids = rng.integers(0, vocab, (3, prompt_len))
     mask = np.array([[0] * (prompt_len - n) + [1] * n for n in lengths])
     positions = np.clip(mask.cumsum(-1) - 1, 0, None)
-    ours = decoder.forward(ids, positions, mask, decoder.empty_cache(3), all_positions=True)
+    _, ours = decoder.prefill([row[prompt_len - n:].tolist() for row, n in zip(ids, lengths)], prompt_len)
     theirs, _ = _torch_logits(torch_model, ids, mask, positions)
-    padded = float(np.abs(ours - theirs)[mask.astype(bool)].max())
+    padded = float(np.abs(ours - theirs[:, -1]).max())
 
     agreement, steps = _greedy_agreement(generator, torch_model)
     return VariantReport(generator.precision, prefill, decode, padded, agreement, steps)

@@ -1,8 +1,8 @@
 """The decode loop. `generate`, `stream`, batching and beam search are all this loop.
 
-    prompts ──prefill (left-padded batch)──> last logits [rows, vocab]
+    prompts ──decoder.prefill──> cache, last logits [rows, vocab]
     repeat:  processors ─> select (greedy | sample | beams) ─> (parent row, token) per row
-             cache.select(parents) when rows reorder or leave ─> forward([rows, 1]) ─> logits
+             cache.select(parents) when rows reorder or leave ─> decoder.step([rows]) ─> logits
 
 Greedy and sampling rows each become one returned sequence ("slot") and leave the batch
 when they stop; their tokens and text pieces are yielded as `Event`s as they appear. Beam
@@ -20,7 +20,7 @@ import numpy as np
 
 from .logits import Processors, greedy, log_softmax, sample
 from .options import GenerationConfig
-from .session import KVCache, OnnxDecoder
+from .session import Cache, Decoder
 from .text import TextCodec, TextStream
 
 FINISH_STOP = "stop"  # a stop token was generated (it is the last token id)
@@ -63,11 +63,10 @@ class DecodeJob:
 
 @dataclass
 class Batch:
-    """Rows being decoded: their histories and attention mask."""
+    """Rows being decoded: their cache and histories."""
 
-    cache: KVCache
+    cache: Cache
     histories: list[list[int]]  # every id of the row so far: [rows][len]
-    mask: np.ndarray  # [rows, past_len] 1 = real token, 0 = left padding
     owners: list[int] = field(default_factory=list)  # slot (greedy/sample) or prompt (beams) of each row
 
     def select(self, rows: np.ndarray) -> None:
@@ -75,39 +74,29 @@ class Batch:
             return
         self.cache.select(rows)
         self.histories = [list(self.histories[r]) for r in rows]
-        self.mask = self.mask[rows]
         self.owners = [self.owners[r] for r in rows]
 
-    def advance(self, decoder: OnnxDecoder, tokens: np.ndarray) -> np.ndarray:
+    def advance(self, decoder: Decoder, tokens: np.ndarray) -> np.ndarray:
         """Append one token per row and run it: [rows] ids → [rows, vocab] logits."""
-        for history, t in zip(self.histories, tokens):
-            history.append(int(t))
-        positions = self.mask.sum(axis=1, keepdims=True)  # [rows, 1]: real tokens so far
-        self.mask = np.concatenate([self.mask, np.ones((len(tokens), 1), np.int64)], axis=1)
-        return decoder.forward(tokens[:, None], positions, self.mask, self.cache)
+        for history, t in zip(self.histories, tokens.tolist()):
+            history.append(t)
+        return decoder.step(self.cache, tokens)
 
 
-def prefill(decoder: OnnxDecoder, prompts: Sequence[Sequence[int]], pad_id: int) -> tuple[Batch, np.ndarray]:
-    """Left-pad the prompts into one batch; positions start at 0 at each row's first real token."""
-    width = max(len(p) for p in prompts)
-    ids = np.full((len(prompts), width), pad_id, np.int64)
-    mask = np.zeros((len(prompts), width), np.int64)
-    positions = np.zeros((len(prompts), width), np.int64)
-    for r, p in enumerate(prompts):
-        ids[r, width - len(p):], mask[r, width - len(p):] = p, 1
-        positions[r, width - len(p):] = np.arange(len(p))
-    cache = decoder.empty_cache(len(prompts))
-    logits = decoder.forward(ids, positions, mask, cache)  # [prompts, vocab]
-    return Batch(cache, [list(p) for p in prompts], mask, list(range(len(prompts)))), logits
+def prefill(decoder: Decoder, prompts: Sequence[Sequence[int]], max_new_tokens: int) -> tuple[Batch, np.ndarray]:
+    """Run the prompts; the cache is sized for the longest prompt plus every new token."""
+    capacity = max(len(p) for p in prompts) + max_new_tokens
+    cache, logits = decoder.prefill(prompts, capacity)  # logits [prompts, vocab]
+    return Batch(cache, [list(p) for p in prompts], list(range(len(prompts)))), logits
 
 
-def run(decoder: OnnxDecoder, codec: TextCodec, job: DecodeJob) -> Iterator[Event]:
+def run(decoder: Decoder, codec: TextCodec, job: DecodeJob) -> Iterator[Event]:
     """Yield events until every returned sequence is finished."""
     if job.config.max_new_tokens == 0:
         n = job.config.num_return_sequences
         yield from (Event(s, (), "", FINISH_LENGTH) for s in range(len(job.prompts) * n))
         return
-    batch, logits = prefill(decoder, job.prompts, codec.conventions.pad_token_id)
+    batch, logits = prefill(decoder, job.prompts, job.config.max_new_tokens)
     if job.config.num_beams > 1:
         yield from _beam_search(decoder, codec, job, batch, logits)
     else:

@@ -21,7 +21,7 @@ from .hub import resolve_model_dir
 from .logits import Processors
 from .manifest import TOKENIZER_NAME, Manifest, read_manifest, verified_path
 from .options import GenerationConfig, as_sequence
-from .session import OnnxDecoder, create_session
+from .session import Decoder, create_session, make_decoder
 from .text import TextCodec
 
 DEFAULT_PRECISION = "int8"
@@ -57,7 +57,7 @@ class GenerationResult:
 class Generator:
     """Text generation with one variant of one exported model."""
 
-    def __init__(self, model_dir: Path, manifest: Manifest, codec: TextCodec, decoder: OnnxDecoder, precision: str):
+    def __init__(self, model_dir: Path, manifest: Manifest, codec: TextCodec, decoder: Decoder, precision: str):
         self.model_dir = model_dir
         self.manifest = manifest
         self.codec = codec
@@ -81,7 +81,7 @@ class Generator:
         variant = manifest.variants[precision]
         codec = TextCodec.from_file(verified_path(model_dir, TOKENIZER_NAME, manifest.tokenizer_sha256), manifest.conventions)
         session = create_session(verified_path(model_dir, variant.file, variant.sha256), threads)
-        return cls(model_dir, manifest, codec, OnnxDecoder(session, manifest.architecture), precision)
+        return cls(model_dir, manifest, codec, make_decoder(session, manifest.architecture, variant.io), precision)
 
     def config(self, **options: Any) -> GenerationConfig:
         """The settings a call with these options would use (manifest defaults filled in)."""

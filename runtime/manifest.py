@@ -28,7 +28,17 @@ CONFIG_NAME = "config.json"
 # plus an optional scalar input logits_to_keep (default 0: all positions; the runtime passes 1).
 IO_PAST_KEY_VALUES = "past_key_values"
 LOGITS_TO_KEEP = "logits_to_keep"
-KNOWN_IO = (IO_PAST_KEY_VALUES,)
+# "kv_buffer": a fixed-size KV buffer that the graph writes in place (onnxruntime's
+# GroupQueryAttention with past and present bound to one buffer), so no step copies the
+# cache. Inputs input_ids, position_ids [batch, seq]; seqlens_k [batch] int32 = each row's
+# real tokens after this call - 1; total_sequence_length [] int32 = max over rows of
+# seqlens_k + 1; past_key_values.{i}.key|value [batch, n_head, capacity, head_dim], bound to
+# present.{i}.key|value as well; logits_to_keep. Rows hold their real tokens from position 0
+# (no left padding): a prompt is run from an empty buffer, or one new token per row.
+IO_KV_BUFFER = "kv_buffer"
+SEQLENS_K = "seqlens_k"
+TOTAL_SEQUENCE_LENGTH = "total_sequence_length"
+KNOWN_IO = (IO_PAST_KEY_VALUES, IO_KV_BUFFER)
 
 # How generated ids become text. "wordpiece_cjk": BERT WordPiece pieces joined
 # without the spaces WordPiece decoding puts around CJK characters and

@@ -47,7 +47,8 @@ def test_model_directory_contract(full_model, full_checkpoint):
     assert m.conventions.decode == "wordpiece_cjk"
     for name, variant in m.variants.items():
         assert sha256_file(full_model / variant.file) == variant.sha256
-        assert variant.io == "past_key_values"
+    # FP32 in the ecosystem's convention (optimum loads it); the quantized variants in the in-place buffer
+    assert {name: v.io for name, v in m.variants.items()} == {"fp32": "past_key_values", "int8": "kv_buffer", "int4": "kv_buffer"}
     assert m.variants["fp32"].quantization is None
     q = m.variants["int8"].quantization
     assert q.per_channel and q.symmetric and q.method == "dynamic"
@@ -72,6 +73,20 @@ def test_graph_io_follows_the_ecosystem_convention(full_model):
     assert inputs[-1] == "logits_to_keep" and "logits_to_keep" in {i.name for i in model.graph.initializer}
     assert outputs == ["logits"] + [f"present.{i}.{k}" for i in range(6) for k in ("key", "value")]
     assert not any(n.op_type in ("If", "Loop") for n in model.graph.node)
+
+
+@pytest.mark.parametrize("variant", ["model.int8.onnx", "model.int4.onnx"])
+def test_quantized_graphs_write_the_kv_buffer_in_place(full_model, variant):
+    import onnx
+
+    model = onnx.load(full_model / variant, load_external_data=False)
+    inputs = {i.name: i for i in model.graph.input}
+    assert list(inputs)[:4] == ["input_ids", "seqlens_k", "total_sequence_length", "position_ids"]
+    past = inputs["past_key_values.0.key"].type.tensor_type.shape.dim
+    present = {o.name: o for o in model.graph.output}["present.0.key"].type.tensor_type.shape.dim
+    assert past[2].dim_param == present[2].dim_param == "capacity"  # one buffer, not past + new
+    ops = [n.op_type for n in model.graph.node]
+    assert ops.count("GroupQueryAttention") == 6 and "MultiHeadAttention" not in ops and "Split" not in ops
 
 
 def test_file_sizes(full_model, full_checkpoint, torch_model):
