@@ -17,10 +17,11 @@ import numpy as np
 import onnx
 
 from gpt2_onnx import models
+from gpt2_onnx.checksums import sha256_file
 from gpt2_onnx.errors import SourceError
 from gpt2_onnx.manifest import (
     CONFIG_NAME, IO_KV_BUFFER, IO_PAST_KEY_VALUES, KNOWN_IO, MANIFEST_NAME, TOKENIZER_NAME,
-    Manifest, Variant, sha256_file,
+    Manifest, Variant,
 )
 
 from .checkpoint import Checkpoint, load_checkpoint

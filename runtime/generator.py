@@ -19,7 +19,8 @@ from .decode import DecodeJob, run
 from .errors import ContextLengthError, GenerationOptionError, ModelDirectoryError
 from .hub import resolve_model_dir
 from .logits import Processors
-from .manifest import TOKENIZER_NAME, Manifest, read_manifest, verified_path
+from .checksums import verified_path
+from .manifest import TOKENIZER_NAME, Manifest, read_manifest
 from .options import GenerationConfig, as_sequence
 from .session import Decoder, create_session, make_decoder
 from .text import TextCodec

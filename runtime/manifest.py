@@ -3,12 +3,12 @@
 A model directory holds `model.onnx` (FP32), optional quantized variants such as
 `model.int8.onnx`, `tokenizer.json`, the checkpoint's `config.json` unchanged,
 and this manifest, `gpt2_onnx.json`. The manifest is versioned: the runtime
-refuses a format version it does not know, and files whose sha256 differs.
+refuses a format version it does not know, and files whose sha256 differs
+(`gpt2_onnx.checksums`).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -113,16 +113,9 @@ class Manifest:
         return json.dumps(asdict(self), indent=2, ensure_ascii=False) + "\n"
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def read_manifest(model_dir: Path) -> Manifest:
-    """Parse and validate `gpt2_onnx.json`; the files themselves are checked by `verified_path`."""
+    """Parse and validate `gpt2_onnx.json`; the files themselves are checked by
+    `gpt2_onnx.checksums.verified_path`."""
     path = model_dir / MANIFEST_NAME
     if not model_dir.is_dir():
         raise ModelDirectoryError(
@@ -179,16 +172,3 @@ def _parse(raw: dict[str, Any]) -> Manifest:
         format_version=raw["format_version"],
     )
 
-
-def verified_path(model_dir: Path, name: str, sha256: str) -> Path:
-    """The path of a file of the model directory, after checking it against the manifest."""
-    path = model_dir / name
-    if not path.is_file():
-        raise ModelDirectoryError(
-            f"{path} is missing although {MANIFEST_NAME} lists it; re-export the model directory"
-        )
-    if sha256_file(path) != sha256:
-        raise ModelDirectoryError(
-            f"{path} does not match the sha256 in {MANIFEST_NAME} (corrupt or modified); re-export the model directory"
-        )
-    return path

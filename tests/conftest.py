@@ -6,6 +6,7 @@ exact file layout and shape, the tiny ones its conventions at a fraction of the 
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,15 @@ import pytest
 from gpt2_onnx.export import export_model
 from gpt2_onnx.manifest import IO_KV_BUFFER, IO_PAST_KEY_VALUES
 from gpt2_onnx.export.synthetic import TINY, SyntheticSpec, write_gpt2_bpe_checkpoint, write_uer_checkpoint
+
+
+@pytest.fixture(scope="session", autouse=True)
+def gpt2_onnx_cache(tmp_path_factory) -> Path:
+    """The runtime's cache (verified checksums, hub exports, bench artifacts) for this session
+    only: tests never read or write the user's own."""
+    path = tmp_path_factory.mktemp("gpt2-onnx-cache")
+    os.environ["GPT2_ONNX_CACHE"] = str(path)
+    return path
 
 
 @pytest.fixture(scope="session")

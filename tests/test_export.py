@@ -13,7 +13,8 @@ import torch
 from gpt2_onnx.export import export_model
 from gpt2_onnx.export.parity import FP32_TOLERANCE, check_model
 from gpt2_onnx.export.synthetic import TINY, write_uer_checkpoint
-from gpt2_onnx.manifest import FORMAT_VERSION, read_manifest, sha256_file
+from gpt2_onnx.checksums import sha256_file
+from gpt2_onnx.manifest import FORMAT_VERSION, read_manifest
 
 UER_FILES = {"config.json", "pytorch_model.bin", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json"}
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 
 import pytest
@@ -35,6 +36,30 @@ def test_corrupt_model_file(model_copy):
     path.write_bytes(bytes(data))
     with pytest.raises(ModelDirectoryError, match=r"model\.onnx does not match the sha256.*re-export"):
         Generator.load(model_copy, precision="fp32")
+
+
+def test_verified_files_are_not_hashed_again_until_they_change(model_copy, monkeypatch):
+    import gpt2_onnx.checksums as checksums
+
+    hashed = []
+    real = checksums.sha256_file
+    monkeypatch.setattr(checksums, "sha256_file", lambda path: hashed.append(path.name) or real(path))
+    Generator.load(model_copy, precision="int8")
+    assert sorted(hashed) == ["model.int8.onnx", "tokenizer.json"]
+    hashed.clear()
+    Generator.load(model_copy, precision="int8")
+    assert hashed == []  # the stat signature is unchanged: nothing is read twice
+
+    # same size, modification time set back: the change time still gives it away
+    path = model_copy / "model.int8.onnx"
+    before = path.stat()
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    with pytest.raises(ModelDirectoryError, match=r"model\.int8\.onnx does not match the sha256"):
+        Generator.load(model_copy, precision="int8")
+    assert hashed == ["model.int8.onnx"]
 
 
 def test_unknown_format_version(model_copy):
