@@ -55,9 +55,10 @@ def _ours_load(precision: str):
 
 def _ours_files(precision: str):
     def files(artifact: Path) -> list[Path]:
-        from gpt2_onnx.export.api import VARIANT_FILES
+        from gpt2_onnx.manifest import read_manifest
 
-        return [artifact / VARIANT_FILES[precision], artifact / "tokenizer.json", artifact / "gpt2_onnx.json"]
+        variant = read_manifest(artifact).variants[precision]
+        return [artifact / name for name, _ in variant.files()] + [artifact / "tokenizer.json", artifact / "gpt2_onnx.json"]
 
     return files
 

@@ -81,7 +81,8 @@ class Generator:
             raise GenerationOptionError(f"threads must be an int ≥ 1 or None, got {threads!r}")
         variant = manifest.variants[precision]
         codec = TextCodec.from_file(verified_path(model_dir, TOKENIZER_NAME, manifest.tokenizer_sha256), manifest.conventions)
-        session = create_session(verified_path(model_dir, variant.file, variant.sha256), threads)
+        graph, *_ = [verified_path(model_dir, name, sha256) for name, sha256 in variant.files()]
+        session = create_session(graph, threads)
         return cls(model_dir, manifest, codec, make_decoder(session, manifest.architecture, variant.io), precision)
 
     def config(self, **options: Any) -> GenerationConfig:

@@ -88,12 +88,19 @@ class Quantization:
 
 @dataclass(frozen=True)
 class Variant:
-    """One ONNX graph of the model."""
+    """One ONNX graph of the model: the graph file and, beside it, its weights (`data_file`,
+    the graph's external data), each with its sha256."""
 
     file: str
     sha256: str
     io: str  # one of KNOWN_IO
     quantization: Quantization | None = None
+    data_file: str | None = None  # None: the weights are inside `file`
+    data_sha256: str | None = None
+
+    def files(self) -> list[tuple[str, str]]:
+        """(name, sha256) of every file the variant reads."""
+        return [(self.file, self.sha256)] + ([(self.data_file, self.data_sha256)] if self.data_file else [])
 
 
 @dataclass(frozen=True)
@@ -158,7 +165,8 @@ def _parse(raw: dict[str, Any]) -> Manifest:
     for name, v in raw["variants"].items():
         q = v.get("quantization")
         quant = None if q is None else Quantization(**{**q, "weights": tuple(q["weights"])})
-        variants[name] = Variant(file=v["file"], sha256=v["sha256"], io=v["io"], quantization=quant)
+        variants[name] = Variant(file=v["file"], sha256=v["sha256"], io=v["io"], quantization=quant,
+                                 data_file=v.get("data_file"), data_sha256=v.get("data_sha256"))
         if v["io"] not in KNOWN_IO:
             raise ValueError(f"variant {name!r} has unknown io convention {v['io']!r}")
     return Manifest(

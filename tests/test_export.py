@@ -31,8 +31,9 @@ def test_fixture_has_the_exact_uer_layout(full_checkpoint):
 
 
 def test_model_directory_contract(full_model, full_checkpoint):
+    graphs = ["model.onnx", "model.int8.onnx", "model.int4.onnx"]
     assert {p.name for p in full_model.iterdir()} == {
-        "model.onnx", "model.int8.onnx", "model.int4.onnx", "tokenizer.json", "config.json", "gpt2_onnx.json"
+        *graphs, *(g + ".data" for g in graphs), "tokenizer.json", "config.json", "gpt2_onnx.json"
     }
     assert (full_model / "config.json").read_bytes() == (full_checkpoint / "config.json").read_bytes()
     m = read_manifest(full_model)
@@ -47,7 +48,8 @@ def test_model_directory_contract(full_model, full_checkpoint):
     assert all(i < 21128 for i in m.conventions.special_token_ids)
     assert m.conventions.decode == "wordpiece_cjk"
     for name, variant in m.variants.items():
-        assert sha256_file(full_model / variant.file) == variant.sha256
+        assert variant.data_file == variant.file + ".data"
+        assert all(sha256_file(full_model / f) == sha for f, sha in variant.files())
     # FP32 in the ecosystem's convention (optimum loads it); the quantized variants in the in-place buffer
     assert {name: v.io for name, v in m.variants.items()} == {"fp32": "past_key_values", "int8": "kv_buffer", "int4": "kv_buffer"}
     assert m.variants["fp32"].quantization is None
@@ -92,9 +94,26 @@ def test_quantized_graphs_write_the_kv_buffer_in_place(full_model, variant):
 
 def test_file_sizes(full_model, full_checkpoint, torch_model):
     params = sum(p.numel() for p in torch_model(full_checkpoint).parameters())  # tied weights counted once
-    assert os.path.getsize(full_model / "model.onnx") <= 1.02 * 4 * params
-    assert os.path.getsize(full_model / "model.int8.onnx") <= 65e6
-    assert os.path.getsize(full_model / "model.int4.onnx") <= 42e6  # 4.5 bits per weight + FP32 position embedding
+    variants = read_manifest(full_model).variants
+
+    def size(precision: str) -> int:  # the graph and its weights
+        return sum(os.path.getsize(full_model / name) for name, _ in variants[precision].files())
+
+    assert size("fp32") <= 1.02 * 4 * params
+    assert size("int8") <= 65e6
+    assert size("int4") <= 42e6  # 4.5 bits per weight + FP32 position embedding
+
+
+def test_weights_are_aligned_for_memory_mapping(full_model):
+    """Large tensors sit at 64 KiB-aligned offsets of the data file, so onnxruntime maps them
+    instead of copying them."""
+    import onnx
+
+    model = onnx.load(full_model / "model.int8.onnx", load_external_data=False)
+    external = [{e.key: e.value for e in t.external_data} for t in model.graph.initializer if t.external_data]
+    large = [e for e in external if int(e["length"]) >= 1 << 16]
+    assert len(large) >= 25 and all(int(e["offset"]) % (1 << 16) == 0 for e in large)
+    assert {e["location"] for e in external} == {"model.int8.onnx.data"}
 
 
 def test_full_size_parity_with_torch(full_model, full_checkpoint):

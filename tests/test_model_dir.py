@@ -23,6 +23,12 @@ def test_missing_variant_file(model_copy):
     Generator.load(model_copy, precision="fp32")  # the other variant still loads
 
 
+def test_missing_weights_file(model_copy):
+    (model_copy / "model.onnx.data").unlink()
+    with pytest.raises(ModelDirectoryError, match=r"model\.onnx\.data is missing.*re-export"):
+        Generator.load(model_copy, precision="fp32")
+
+
 def test_missing_tokenizer(model_copy):
     (model_copy / "tokenizer.json").unlink()
     with pytest.raises(ModelDirectoryError, match=r"tokenizer\.json is missing"):
@@ -45,21 +51,21 @@ def test_verified_files_are_not_hashed_again_until_they_change(model_copy, monke
     real = checksums.sha256_file
     monkeypatch.setattr(checksums, "sha256_file", lambda path: hashed.append(path.name) or real(path))
     Generator.load(model_copy, precision="int8")
-    assert sorted(hashed) == ["model.int8.onnx", "tokenizer.json"]
+    assert sorted(hashed) == ["model.int8.onnx", "model.int8.onnx.data", "tokenizer.json"]
     hashed.clear()
     Generator.load(model_copy, precision="int8")
     assert hashed == []  # the stat signature is unchanged: nothing is read twice
 
-    # same size, modification time set back: the change time still gives it away
-    path = model_copy / "model.int8.onnx"
+    # the weights modified, same size, modification time set back: the change time still gives it away
+    path = model_copy / "model.int8.onnx.data"
     before = path.stat()
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0xFF
     path.write_bytes(bytes(data))
     os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
-    with pytest.raises(ModelDirectoryError, match=r"model\.int8\.onnx does not match the sha256"):
+    with pytest.raises(ModelDirectoryError, match=r"model\.int8\.onnx\.data does not match the sha256"):
         Generator.load(model_copy, precision="int8")
-    assert hashed == ["model.int8.onnx"]
+    assert hashed == ["model.int8.onnx.data"]
 
 
 def test_unknown_format_version(model_copy):
