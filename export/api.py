@@ -25,7 +25,7 @@ from gpt2_onnx.manifest import (
 )
 
 from .checkpoint import Checkpoint, load_checkpoint
-from .graph import WTE_T, Fp32Linear, build_model
+from .graph import Fp32Linear, build_model
 from .quantize import Int8Linear, Int8Settings, quantization_record
 from .quantize_blockwise import BlockSettings, Int4Linear, int4_record
 from .tokenizer import TokenizerExport, export_tokenizer
@@ -125,12 +125,10 @@ def _check_destination(out: Path, force: bool, quantize: tuple[str, ...], varian
 
 
 def _weights_for_graph(checkpoint: Checkpoint) -> dict[str, np.ndarray]:
-    """Checkpoint tensors plus the transposed LM head(s) the graph multiplies with."""
+    """The checkpoint's tensors; a tied LM head is `wte.weight` itself, stored once."""
     weights = dict(checkpoint.weights)
-    weights[WTE_T] = np.ascontiguousarray(weights.pop("wte.weight").T)  # [n_embd, vocab], stored once
-    if not checkpoint.spec.tied_lm_head:
-        weights["lm_head.weight.T"] = np.ascontiguousarray(weights.pop("lm_head.weight").T)
-    weights.pop("lm_head.weight", None)  # tied: the same tensor as wte
+    if checkpoint.spec.tied_lm_head:
+        weights.pop("lm_head.weight", None)
     return weights
 
 

@@ -4,16 +4,18 @@ One graph serves prefill (past_len 0) and decode, with the ecosystem's I/O names
 (`gpt2_onnx.manifest.IO_PAST_KEY_VALUES`) or, for the faster variants, a fixed-size
 KV buffer that attention writes in place (`IO_KV_BUFFER`). The graph is written node by node
 rather than traced from torch, so that every tensor is stored exactly once: the
-tied token embedding is kept only as the LM head's `[n_embd, vocab]` matrix, and
-the embedding lookup gathers its columns.
+tied token embedding / LM head keeps the checkpoint's `[vocab, n_embd]` layout. The
+embedding lookup gathers its rows, so only the rows it reads are ever paged in from
+the memory-mapped weights; the LM head multiplies by its transpose, which onnxruntime
+folds and repacks for its matmul kernel when the session is created.
 
-    input_ids ──embed(wte_T)───────────┐
+    input_ids ──embed(wte)─────────────┐
     position_ids ──Gather(wpe)─────────+── x [batch, seq, n_embd]
     attention_mask ─Cast─> key_padding_mask [batch, total]     (or seqlens_k, total_sequence_length)
     for each block h.{i}:
         x = x + attn(ln_1(x), past.{i}) ──> present.{i}.key|value   (MultiHeadAttention | GroupQueryAttention)
         x = x + mlp(ln_2(x))
-    logits = ln_f(x) @ wte_T            [batch, seq, vocab]
+    logits = ln_f(x) @ wteᵀ             [batch, seq, vocab]
 
 Residual adds are fused with the following layer norm (SkipLayerNormalization) and
 attention is one onnxruntime contrib op: about 9 nodes per block instead of 27, which
@@ -41,9 +43,6 @@ from gpt2_onnx.manifest import (
 
 OPSET = 20  # Gelu with approximate="tanh" is an ONNX op from opset 20
 MS_DOMAIN = "com.microsoft"
-WTE_T = "transformer.wte.weight.T"  # tied embedding / LM head, stored once, [n_embd, vocab]
-
-
 @dataclass(frozen=True)
 class GraphSpec:
     """What the graph needs beyond the weights."""
@@ -55,13 +54,16 @@ class GraphSpec:
 
 
 class Linear(Protocol):
-    """Emits `x @ W (+ b)` and the embedding lookup for one precision."""
+    """Emits the weight matmuls and the embedding lookup for one precision."""
 
-    def matmul(self, g: "GraphWriter", x: str, weight: str, bias: str | None) -> str: ...
+    def matmul(self, g: "GraphWriter", x: str, weight: str, bias: str | None) -> str:
+        """`x @ W (+ b)` for a Conv1D weight `W` `[in, out]`."""
+
+    def lm_head(self, g: "GraphWriter", x: str, weight: str) -> str:
+        """`x @ Wᵀ` for the `[vocab, n_embd]` embedding / LM-head matrix `W`."""
 
     def embed(self, g: "GraphWriter", weight: str, ids: str) -> str:
-        """Rows `ids` of the token embedding, from the `[n_embd, vocab]` LM-head matrix `weight`:
-        `[batch, seq]` ids → `[batch, seq, n_embd]`."""
+        """Rows `ids` of the `[vocab, n_embd]` matrix `weight`: `[batch, seq]` ids → `[batch, seq, n_embd]`."""
 
 
 class GraphWriter:
@@ -101,20 +103,22 @@ class Fp32Linear:
         y = g.op("MatMul", [x, g.weight(weight)])
         return y if bias is None else g.op("Add", [y, g.weight(bias)])
 
+    def lm_head(self, g: GraphWriter, x: str, weight: str) -> str:
+        return g.op("MatMul", [x, g.op("Transpose", [g.weight(weight)], perm=[1, 0])])
+
     def embed(self, g: GraphWriter, weight: str, ids: str) -> str:
-        columns = g.op("Gather", [g.weight(weight), ids], axis=1)  # [n_embd, batch, seq]
-        return g.op("Transpose", [columns], perm=[1, 2, 0])
+        return g.op("Gather", [g.weight(weight), ids])
 
 
 def build_model(weights: dict[str, np.ndarray], spec: GraphSpec, linear: Linear, io: str = IO_PAST_KEY_VALUES) -> onnx.ModelProto:
-    """The whole graph; `weights` maps checkpoint names (without `transformer.`) to arrays,
-    plus `WTE_T`. Matmul weights are `[in, out]` as in GPT-2's Conv1D. `io`: the I/O
+    """The whole graph; `weights` maps checkpoint names (without `transformer.`) to arrays.
+    Matmul weights are `[in, out]` as in GPT-2's Conv1D. `io`: the I/O
     convention (`IO_PAST_KEY_VALUES` or `IO_KV_BUFFER`)."""
     a, eps = spec.architecture, spec.layer_norm_epsilon
     g = GraphWriter(weights)
     inputs, outputs = _io(a, io)
     attend = _MultiHeadAttention(g, a) if io == IO_PAST_KEY_VALUES else _GroupQueryAttention(a)
-    tokens = linear.embed(g, WTE_T, "input_ids")
+    tokens = linear.embed(g, "wte.weight", "input_ids")
     positions = g.op("Gather", [g.weight("wpe.weight"), "position_ids"])
     x = g.op("Add", [tokens, positions])  # residual stream [batch, seq, n_embd]
     h = _layer_norm(g, x, "h.0.ln_1", eps)
@@ -125,9 +129,9 @@ def build_model(weights: dict[str, np.ndarray], spec: GraphSpec, linear: Linear,
         h = g.op("Gelu", [linear.matmul(g, h, p + "mlp.c_fc.weight", p + "mlp.c_fc.bias")], approximate=spec.gelu_approximate)
         mlp = linear.matmul(g, h, p + "mlp.c_proj.weight", p + "mlp.c_proj.bias")
         x, h = _add_and_norm(g, x, mlp, f"h.{i + 1}.ln_1" if i + 1 < a.n_layer else "ln_f", eps)
-    lm_head = WTE_T if spec.tied_lm_head else "lm_head.weight.T"
     h = _last_positions(g, h)  # [batch, kept, n_embd]
-    g.op("Identity", [linear.matmul(g, h, lm_head, None)], outputs=["logits"])  # [batch, kept, vocab]
+    lm_head = "wte.weight" if spec.tied_lm_head else "lm_head.weight"
+    g.op("Identity", [linear.lm_head(g, h, lm_head)], outputs=["logits"])  # [batch, kept, vocab]
 
     # an input with a default value: tools that do not know it get every position's logits
     inputs.append(helper.make_tensor_value_info(LOGITS_TO_KEEP, TensorProto.INT64, []))

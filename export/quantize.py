@@ -7,9 +7,9 @@ they are under 2 % of the parameters and are not matmul operands.
 
 Each matmul becomes onnxruntime's `DynamicQuantizeMatMul` (com.microsoft): the
 activation row block is quantized to uint8 at run time, multiplied with the 8-bit weight
-in integer arithmetic and rescaled by the weight's per-column scale. The embedding lookup
-gathers 8-bit columns of the same LM-head matrix and rescales them, so the tied matrix
-is still stored once.
+in integer arithmetic and rescaled by the weight's per-column scale. The tied embedding /
+LM head is stored once, as 8-bit rows `[vocab, n_embd]` with one scale per token: the
+embedding lookup gathers and rescales rows, the LM head multiplies by their transpose.
 """
 
 from __future__ import annotations
@@ -71,11 +71,14 @@ class Int8Linear:
     def __init__(self, settings: Int8Settings = Int8Settings()):
         self.settings = settings
 
-    def _quantized(self, g: GraphWriter, weight: str) -> tuple[str, str, str]:
+    def _quantized(self, g: GraphWriter, weight: str, rows: bool = False) -> tuple[str, str, str]:
+        """Stored ints in the weight's own layout, one scale per output unit: `[in, out]`
+        Conv1D weights per column, the `[vocab, n_embd]` LM head (`rows`) per row."""
         q_name, s_name, z_name = weight + ".quantized", weight + ".scale", weight + ".zero_point"
         if q_name not in g.weights:
-            q, scale = quantize_columns(g.weights[weight], self.settings)
-            g.weights[q_name], g.weights[s_name] = q, scale
+            w = g.weights[weight]
+            q, scale = quantize_columns(w.T if rows else w, self.settings)
+            g.weights[q_name], g.weights[s_name] = np.ascontiguousarray(q.T) if rows else q, scale
             g.weights[z_name] = np.full(scale.shape, self.settings.zero_point, dtype=q.dtype)
         return g.weight(q_name), g.weight(s_name), g.weight(z_name)
 
@@ -84,13 +87,17 @@ class Int8Linear:
         inputs = [x, q, scale, zero] + ([g.weight(bias)] if bias else [])
         return g.op("DynamicQuantizeMatMul", inputs, domain=MS_DOMAIN)
 
+    def lm_head(self, g: GraphWriter, x: str, weight: str) -> str:
+        q, scale, zero = self._quantized(g, weight, rows=True)
+        q_t = g.op("Transpose", [q], perm=[1, 0])  # [n_embd, vocab], folded at session creation
+        return g.op("DynamicQuantizeMatMul", [x, q_t, scale, zero], domain=MS_DOMAIN)
+
     def embed(self, g: GraphWriter, weight: str, ids: str) -> str:
-        q, scale, _ = self._quantized(g, weight)
-        columns = g.op("Cast", [g.op("Gather", [q, ids], axis=1)], to=1)  # [n_embd, batch, seq] float
+        q, scale, _ = self._quantized(g, weight, rows=True)
+        rows = g.op("Cast", [g.op("Gather", [q, ids])], to=1)  # [batch, seq, n_embd] float
         if self.settings.zero_point:
-            columns = g.op("Sub", [columns, g.const(float(self.settings.zero_point), np.float32)])
-        columns = g.op("Mul", [columns, g.op("Gather", [scale, ids])])  # × [batch, seq] scales
-        return g.op("Transpose", [columns], perm=[1, 2, 0])
+            rows = g.op("Sub", [rows, g.const(float(self.settings.zero_point), np.float32)])
+        return g.op("Mul", [rows, g.op("Unsqueeze", [g.op("Gather", [scale, ids]), g.const([-1])])])  # × [batch, seq, 1]
 
 
 def quantization_record(a: Architecture, tied_lm_head: bool, settings: Int8Settings) -> Quantization:

@@ -51,23 +51,32 @@ class Int4Linear:
     def __init__(self, settings: BlockSettings = BlockSettings()):
         self.settings = settings
 
-    def _packed(self, g: GraphWriter, weight: str) -> tuple[str, str, int, int]:
+    def _packed(self, g: GraphWriter, weight: str, rows: bool = False) -> tuple[str, str, int, int]:
+        """Blocks along the input dimension: a Conv1D weight `[in, out]` is transposed first,
+        the `[vocab, n_embd]` LM head (`rows`) already has it last."""
         packed_name, scale_name = weight + ".q4", weight + ".q4_scale"
-        in_features, out_features = g.weights[weight].shape
+        w_t = g.weights[weight] if rows else g.weights[weight].T  # [out, in]
+        out_features, in_features = w_t.shape
         if packed_name not in g.weights:
-            g.weights[packed_name], g.weights[scale_name] = quantize_blocks(g.weights[weight].T, self.settings)
+            g.weights[packed_name], g.weights[scale_name] = quantize_blocks(w_t, self.settings)
         return g.weight(packed_name), g.weight(scale_name), in_features, out_features
 
-    def matmul(self, g: GraphWriter, x: str, weight: str, bias: str | None) -> str:
+    def _matmul_nbits(self, g: GraphWriter, x: str, packed: tuple[str, str, int, int]) -> str:
         s = self.settings
-        packed, scale, k, n = self._packed(g, weight)
-        y = g.op("MatMulNBits", [x, packed, scale], domain=MS_DOMAIN, K=k, N=n, bits=s.bits,
-                 block_size=s.block_size, accuracy_level=s.accuracy_level)
+        b, scale, k, n = packed
+        return g.op("MatMulNBits", [x, b, scale], domain=MS_DOMAIN, K=k, N=n, bits=s.bits,
+                    block_size=s.block_size, accuracy_level=s.accuracy_level)
+
+    def matmul(self, g: GraphWriter, x: str, weight: str, bias: str | None) -> str:
+        y = self._matmul_nbits(g, x, self._packed(g, weight))
         return y if bias is None else g.op("Add", [y, g.weight(bias)])
+
+    def lm_head(self, g: GraphWriter, x: str, weight: str) -> str:
+        return self._matmul_nbits(g, x, self._packed(g, weight, rows=True))
 
     def embed(self, g: GraphWriter, weight: str, ids: str) -> str:
         s = self.settings
-        packed, scale, k, n = self._packed(g, weight)  # rows of `packed` are the vocabulary
+        packed, scale, k, n = self._packed(g, weight, rows=True)  # rows of `packed` are the vocabulary
         rows = g.op("Reshape", [packed, g.const([n, k * s.bits // 8])])  # [vocab, n_embd / 2]
         return g.op("GatherBlockQuantized", [rows, ids, scale], domain=MS_DOMAIN, bits=s.bits,
                     block_size=s.block_size, gather_axis=0, quantize_axis=1)  # [batch, seq, n_embd]
