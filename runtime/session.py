@@ -9,8 +9,8 @@ finished rows leave the batch.
   cache [rows, n_head, total, head_dim].
 - `KVBufferDecoder` (`kv_buffer`): one preallocated buffer [rows, n_head, capacity, head_dim]
   per layer and kind, bound as both past and present; attention writes the new position
-  in place, at each row's own length. Prompts are run row by row into their slice of the
-  buffer, so rows are never padded.
+  in place, at each row's own length. Prompts of different lengths are run row by row
+  into their slice of the buffer, so rows are never padded.
 """
 
 from __future__ import annotations
