@@ -23,7 +23,8 @@ def speed_markdown(doc: dict, command: str) -> str:
         f"Machine: {m['cpu']}, {m['cores']} cores, {m['threads']} threads; Python {m['python']}  ",
         "Versions: " + ", ".join(f"{k} {v}" for k, v in doc["versions"].items()) + "  ",
         f"Checkpoint: {doc['architecture']['n_layer']} layers × {doc['architecture']['n_embd']}, vocab {doc['architecture']['vocab_size']}; "
-        f"greedy, prompt {spec['decode_prompt']} → {spec['new_tokens']} new tokens; medians of {spec['reps']} runs after {spec['warmup']} warm-up runs.",
+        f"greedy, prompt {spec['decode_prompt']} → {spec['new_tokens']} new tokens; medians of {spec['reps']} runs after {spec['warmup']} warm-up runs; "
+        f"engines measured in {spec.get('rounds', 1)} interleaved round(s), each figure the best round's.",
         "",
         "| engine | decode tok/s (batch 1) | ms/token | efficiency | "
         + " | ".join(f"TTFT {n} ms" for n in ttft)

@@ -17,6 +17,7 @@ class BenchSpec:
     batch_reps: int = 3
     warmup: int = 2
     cold_reps: int = 3
+    rounds: int = 2  # every engine measured this many times, interleaved; each figure is the best round's
 
     def __post_init__(self):
         object.__setattr__(self, "ttft_prompts", tuple(self.ttft_prompts))
@@ -24,4 +25,4 @@ class BenchSpec:
 
 
 # CI's smoke run: the tiny model (128 positions), one repetition, seconds per engine
-SMOKE = BenchSpec(decode_prompt=8, new_tokens=8, ttft_prompts=(8, 32), batches=(4,), reps=1, batch_reps=1, warmup=1, cold_reps=1)
+SMOKE = BenchSpec(decode_prompt=8, new_tokens=8, ttft_prompts=(8, 32), batches=(4,), reps=1, batch_reps=1, warmup=1, cold_reps=1, rounds=1)

@@ -17,11 +17,11 @@ import numpy as np
 import onnx
 
 from gpt2_onnx import models
-from gpt2_onnx.checksums import sha256_file
+from gpt2_onnx.checksums import remember_verified, sha256_file
 from gpt2_onnx.errors import SourceError
 from gpt2_onnx.manifest import (
     CONFIG_NAME, IO_KV_BUFFER, IO_PAST_KEY_VALUES, KNOWN_IO, MANIFEST_NAME, TOKENIZER_NAME,
-    Manifest, Variant,
+    Manifest, Variant, read_manifest,
 )
 
 from .checkpoint import Checkpoint, load_checkpoint
@@ -76,7 +76,18 @@ def export_model(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    _remember_checksums(out)
     return out
+
+
+def _remember_checksums(out: Path) -> None:
+    """The files were hashed as they were written; a rename of their directory changes
+    none of their stat signatures, so the first load need not hash them again."""
+    manifest = read_manifest(out)
+    files = {out / TOKENIZER_NAME: manifest.tokenizer_sha256}
+    for variant in manifest.variants.values():
+        files.update({out / name: sha256 for name, sha256 in variant.files()})
+    remember_verified(files)
 
 
 def _write_directory(tmp: Path, checkpoint: Checkpoint, tokenizer: TokenizerExport, quantize: tuple[str, ...],

@@ -38,17 +38,23 @@ def verified_path(model_dir: Path, name: str, sha256: str) -> Path:
         raise ModelDirectoryError(
             f"{path} is missing although {MANIFEST_NAME} lists it; re-export the model directory"
         )
-    key, signature = str(path.resolve()), _signature(path)
-    verified = _read_verified()
-    if verified.get(key) == [signature, sha256]:
+    if _read_verified().get(str(path.resolve())) == [_signature(path), sha256]:
         return path
     if sha256_file(path) != sha256:
         raise ModelDirectoryError(
             f"{path} does not match the sha256 in {MANIFEST_NAME} (corrupt or modified); re-export the model directory"
         )
-    verified[key] = [signature, sha256]
-    _write_verified({k: v for k, v in verified.items() if os.path.exists(k)})
+    remember_verified({path: sha256})
     return path
+
+
+def remember_verified(files: dict[Path, str]) -> None:
+    """Record files whose sha256 is known to be right as they are now (the exporter calls
+    this for the files it has just written and hashed)."""
+    verified = _read_verified()
+    for path, sha256 in files.items():
+        verified[str(path.resolve())] = [_signature(path), sha256]
+    _write_verified({k: v for k, v in verified.items() if os.path.exists(k)})
 
 
 def _signature(path: Path) -> str:

@@ -40,6 +40,19 @@ def test_speed_smoke(tiny_checkpoint, tmp_path):
     assert (tmp_path / "results" / "speed.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_best_of_rounds_takes_the_better_figure_each():
+    from gpt2_onnx.benchmarks.speed import best_of
+
+    first = {"decode_tokens_per_s": 200.0, "decode_ms_per_token": 5.0, "time_to_first_token_ms": {"32": 14.0, "256": 90.0},
+             "throughput_tokens_per_s": {"8": 700.0}, "cold_start_s": 0.5, "size_mb": 64.0}
+    second = {"decode_tokens_per_s": 250.0, "decode_ms_per_token": 4.0, "time_to_first_token_ms": {"32": 16.0, "256": 80.0},
+              "throughput_tokens_per_s": {"8": 650.0}, "cold_start_s": 0.4, "size_mb": 64.0}
+    assert best_of(first, second) == {
+        "decode_tokens_per_s": 250.0, "decode_ms_per_token": 4.0, "time_to_first_token_ms": {"32": 14.0, "256": 80.0},
+        "throughput_tokens_per_s": {"8": 700.0}, "cold_start_s": 0.4, "size_mb": 64.0,
+    }
+
+
 def test_quality_smoke(tmp_path):
     pytest.importorskip("snownlp")
     report = run_quality(None, tmp_path / "results", smoke=True, work=tmp_path / "work")

@@ -68,6 +68,18 @@ def test_verified_files_are_not_hashed_again_until_they_change(model_copy, monke
     assert hashed == ["model.int8.onnx.data"]
 
 
+def test_first_load_after_export_hashes_nothing(tiny_checkpoint, tmp_path, monkeypatch):
+    import gpt2_onnx.checksums as checksums
+    from gpt2_onnx.export import export_model
+
+    model = export_model(str(tiny_checkpoint), tmp_path / "model", quantize=("int8",), check=False)
+    hashed = []
+    real = checksums.sha256_file
+    monkeypatch.setattr(checksums, "sha256_file", lambda path: hashed.append(path.name) or real(path))
+    Generator.load(model, precision="int8").generate("这是", max_new_tokens=3)
+    assert hashed == []  # the exporter recorded what it had just written and hashed
+
+
 def test_unknown_format_version(model_copy):
     manifest = json.loads((model_copy / "gpt2_onnx.json").read_text())
     manifest["format_version"] = 99
