@@ -14,9 +14,8 @@ import numpy as np
 import onnxruntime as ort
 from onnx import TensorProto, helper
 
-from gpt2_onnx.export.graph import MS_DOMAIN, OPSET, Fp32Linear, GraphWriter, Linear
-from gpt2_onnx.export.quantize import Int8Linear
-from gpt2_onnx.export.quantize_blockwise import Int4Linear
+from gpt2_onnx.export.api import linear_for
+from gpt2_onnx.export.graph import MS_DOMAIN, OPSET, GraphWriter, Linear
 from gpt2_onnx.manifest import Architecture
 
 
@@ -46,7 +45,7 @@ def weights_only_model(a: Architecture, linear: Linear, n_inner: int | None = No
 
 def ceiling_ms(a: Architecture, precision: str, threads: int, reps: int = 200) -> float:
     """Median time of one decode step's weight matmuls, in milliseconds."""
-    linear = {"fp32": Fp32Linear, "int8": Int8Linear, "int4": Int4Linear}[precision]()
+    linear = linear_for(precision)
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1

@@ -21,13 +21,13 @@ from gpt2_onnx.checksums import remember_verified, sha256_file
 from gpt2_onnx.errors import SourceError
 from gpt2_onnx.manifest import (
     CONFIG_NAME, IO_KV_BUFFER, IO_PAST_KEY_VALUES, KNOWN_IO, MANIFEST_NAME, TOKENIZER_NAME,
-    Manifest, Variant, read_manifest,
+    Manifest, Variant,
 )
 
 from .checkpoint import Checkpoint, load_checkpoint
-from .graph import Fp32Linear, build_model
-from .quantize import Int8Linear, Int8Settings, quantization_record
-from .quantize_blockwise import BlockSettings, Int4Linear, int4_record
+from .graph import Fp32Linear, Linear, build_model
+from .quantize import Int8Linear, Int8Settings
+from .quantize_blockwise import Int4Linear
 from .tokenizer import TokenizerExport, export_tokenizer
 
 PRECISIONS = ("fp32", "int8", "int4")
@@ -69,21 +69,20 @@ def export_model(
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     try:
-        _write_directory(tmp, checkpoint, tokenizer, quantize, int8, variant_io, progress)
+        manifest = _write_directory(tmp, checkpoint, tokenizer, quantize, int8, variant_io, progress)
         if check:
             _check_parity(tmp, checkpoint, progress)
         _publish(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    _remember_checksums(out)
+    _remember_checksums(out, manifest)
     return out
 
 
-def _remember_checksums(out: Path) -> None:
+def _remember_checksums(out: Path, manifest: Manifest) -> None:
     """The files were hashed as they were written; a rename of their directory changes
     none of their stat signatures, so the first load need not hash them again."""
-    manifest = read_manifest(out)
     files = {out / TOKENIZER_NAME: manifest.tokenizer_sha256}
     for variant in manifest.variants.values():
         files.update({out / name: sha256 for name, sha256 in variant.files()})
@@ -91,8 +90,8 @@ def _remember_checksums(out: Path) -> None:
 
 
 def _write_directory(tmp: Path, checkpoint: Checkpoint, tokenizer: TokenizerExport, quantize: tuple[str, ...],
-                     int8: Int8Settings, variant_io: Mapping[str, str], progress: Callable[[str], None]) -> None:
-    """Every file of the model directory contract, the manifest last."""
+                     int8: Int8Settings, variant_io: Mapping[str, str], progress: Callable[[str], None]) -> Manifest:
+    """Every file of the model directory contract, the manifest last (returned)."""
     variants, weights = {}, _weights_for_graph(checkpoint)
     for precision in ("fp32", *quantize):
         progress(f"writing {VARIANT_FILES[precision]}")
@@ -110,6 +109,7 @@ def _write_directory(tmp: Path, checkpoint: Checkpoint, tokenizer: TokenizerExpo
         tools=package_versions(TOOLS),
     )
     (tmp / MANIFEST_NAME).write_text(manifest.to_json(), encoding="utf-8")
+    return manifest
 
 
 def _check_parity(model_dir: Path, checkpoint: Checkpoint, progress: Callable[[str], None]) -> None:
@@ -145,17 +145,17 @@ def _weights_for_graph(checkpoint: Checkpoint) -> dict[str, np.ndarray]:
 
 def _write_variant(tmp: Path, checkpoint: Checkpoint, weights: dict[str, np.ndarray], precision: str, int8: Int8Settings,
                    io: str) -> Variant:
-    spec = checkpoint.spec
-    a, tied = spec.architecture, spec.tied_lm_head
-    linear, quant = {
-        "fp32": lambda: (Fp32Linear(), None),
-        "int8": lambda: (Int8Linear(int8), quantization_record(a, tied, int8)),
-        "int4": lambda: (Int4Linear(BlockSettings()), int4_record(a, tied, BlockSettings())),
-    }[precision]()
+    spec, linear = checkpoint.spec, linear_for(precision, int8)
     path = tmp / VARIANT_FILES[precision]
     data = save_with_external_data(build_model(dict(weights), spec, linear, io), path)  # a copy: quantizers add their tensors to it
-    return Variant(file=path.name, sha256=sha256_file(path), io=io, quantization=quant,
+    return Variant(file=path.name, sha256=sha256_file(path), io=io,
+                   quantization=linear.quantization(spec.architecture, spec.tied_lm_head),
                    data_file=data.name, data_sha256=sha256_file(data))
+
+
+def linear_for(precision: str, int8: Int8Settings = Int8Settings()) -> Linear:
+    """The matmul strategy that writes a precision's graph."""
+    return {"fp32": Fp32Linear, "int8": lambda: Int8Linear(int8), "int4": Int4Linear}[precision]()
 
 
 def save_with_external_data(model: onnx.ModelProto, path: Path) -> Path:

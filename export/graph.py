@@ -40,7 +40,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from gpt2_onnx.manifest import (
-    IO_KV_BUFFER, IO_PAST_KEY_VALUES, LOGITS_TO_KEEP, SEQLENS_K, TOTAL_SEQUENCE_LENGTH, Architecture,
+    IO_KV_BUFFER, IO_PAST_KEY_VALUES, LOGITS_TO_KEEP, SEQLENS_K, TOTAL_SEQUENCE_LENGTH, Architecture, Quantization,
 )
 
 OPSET = 20  # Gelu with approximate="tanh" is an ONNX op from opset 20
@@ -66,6 +66,9 @@ class Linear(Protocol):
 
     def embed(self, g: "GraphWriter", weight: str, ids: str) -> str:
         """Rows `ids` of the `[vocab, n_embd]` matrix `weight`: `[batch, seq]` ids → `[batch, seq, n_embd]`."""
+
+    def quantization(self, a: Architecture, tied_lm_head: bool) -> Quantization | None:
+        """What the manifest says about the weights this strategy stores (None: as in the checkpoint)."""
 
 
 class GraphWriter:
@@ -110,6 +113,9 @@ class Fp32Linear:
 
     def embed(self, g: GraphWriter, weight: str, ids: str) -> str:
         return g.op("Gather", [g.weight(weight), ids])
+
+    def quantization(self, a: Architecture, tied_lm_head: bool) -> None:
+        return None
 
 
 def build_model(weights: dict[str, np.ndarray], spec: GraphSpec, linear: Linear, io: str = IO_PAST_KEY_VALUES) -> onnx.ModelProto:

@@ -99,13 +99,12 @@ class Int8Linear:
             rows = g.op("Sub", [rows, g.const(float(self.settings.zero_point), np.float32)])
         return g.op("Mul", [rows, g.op("Unsqueeze", [g.op("Gather", [scale, ids]), g.const([-1])])])  # × [batch, seq, 1]
 
-
-def quantization_record(a: Architecture, tied_lm_head: bool, settings: Int8Settings) -> Quantization:
-    """What the manifest says about the INT8 variant."""
-    return Quantization(
-        method="dynamic",
-        weight_type=f"{settings.storage} (zero point {settings.zero_point}, range ±{settings.weight_max})",
-        symmetric=True,
-        per_channel=True,
-        weights=quantized_weight_names(a, tied_lm_head),
-    )
+    def quantization(self, a: Architecture, tied_lm_head: bool) -> Quantization:
+        s = self.settings
+        return Quantization(
+            method="dynamic",
+            weight_type=f"{s.storage} (zero point {s.zero_point}, range ±{s.weight_max})",
+            symmetric=True,
+            per_channel=True,
+            weights=quantized_weight_names(a, tied_lm_head),
+        )

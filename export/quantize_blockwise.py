@@ -81,12 +81,12 @@ class Int4Linear:
         return g.op("GatherBlockQuantized", [rows, ids, scale], domain=MS_DOMAIN, bits=s.bits,
                     block_size=s.block_size, gather_axis=0, quantize_axis=1)  # [batch, seq, n_embd]
 
-
-def int4_record(a: Architecture, tied_lm_head: bool, settings: BlockSettings) -> Quantization:
-    return Quantization(
-        method="weight-only blockwise (activations int8 per block at run time)",
-        weight_type=f"int{settings.bits} (block {settings.block_size}, zero point 8)",
-        symmetric=True,
-        per_channel=False,
-        weights=quantized_weight_names(a, tied_lm_head),
-    )
+    def quantization(self, a: Architecture, tied_lm_head: bool) -> Quantization:
+        s = self.settings
+        return Quantization(
+            method="weight-only blockwise (activations int8 per block at run time)",
+            weight_type=f"int{s.bits} (block {s.block_size}, zero point 8)",
+            symmetric=True,
+            per_channel=False,
+            weights=quantized_weight_names(a, tied_lm_head),
+        )

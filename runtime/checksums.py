@@ -31,27 +31,33 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def verified_path(model_dir: Path, name: str, sha256: str) -> Path:
-    """The path of a file of the model directory, after checking it against the manifest."""
-    path = model_dir / name
-    if not path.is_file():
-        raise ModelDirectoryError(
-            f"{path} is missing although {MANIFEST_NAME} lists it; re-export the model directory"
-        )
-    if _read_verified().get(str(path.resolve())) == [_signature(path), sha256]:
-        return path
-    if sha256_file(path) != sha256:
-        raise ModelDirectoryError(
-            f"{path} does not match the sha256 in {MANIFEST_NAME} (corrupt or modified); re-export the model directory"
-        )
-    remember_verified({path: sha256})
-    return path
-
-
-def remember_verified(files: dict[Path, str]) -> None:
-    """Record files whose sha256 is known to be right as they are now (the exporter calls
-    this for the files it has just written and hashed)."""
+def verified_paths(model_dir: Path, files: list[tuple[str, str]]) -> list[Path]:
+    """The paths of the given (name, sha256) files of a model directory, after checking them
+    against the manifest; the cache of verified signatures is read and written once."""
     verified = _read_verified()
+    paths, newly = [], {}
+    for name, sha256 in files:
+        path = model_dir / name
+        if not path.is_file():
+            raise ModelDirectoryError(
+                f"{path} is missing although {MANIFEST_NAME} lists it; re-export the model directory"
+            )
+        if verified.get(str(path.resolve())) != [_signature(path), sha256]:
+            if sha256_file(path) != sha256:
+                raise ModelDirectoryError(
+                    f"{path} does not match the sha256 in {MANIFEST_NAME} (corrupt or modified); re-export the model directory"
+                )
+            newly[path] = sha256
+        paths.append(path)
+    if newly:
+        remember_verified(newly, verified)
+    return paths
+
+
+def remember_verified(files: dict[Path, str], verified: dict[str, list[str]] | None = None) -> None:
+    """Record files whose sha256 is known to be right as they are now (the exporter calls
+    this for the files it has just written and hashed); `verified`: the cache, if already read."""
+    verified = _read_verified() if verified is None else verified
     for path, sha256 in files.items():
         verified[str(path.resolve())] = [_signature(path), sha256]
     _write_verified({k: v for k, v in verified.items() if os.path.exists(k)})

@@ -129,9 +129,10 @@ def _sample_or_greedy(decoder, codec, job: DecodeJob, batch: Batch, logits: np.n
                 alive.append(r)
         if not alive:
             return
-        alive_rows = np.array(alive)
-        batch.select(alive_rows)
-        logits = batch.advance(decoder, tokens[alive_rows])
+        if len(alive) < len(batch.histories):  # finished rows leave the batch
+            batch.select(np.array(alive))
+            tokens = tokens[alive]
+        logits = batch.advance(decoder, tokens)
 
 
 def _beam_search(decoder, codec, job: DecodeJob, batch: Batch, logits: np.ndarray) -> Iterator[Event]:

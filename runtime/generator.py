@@ -15,11 +15,11 @@ from typing import Any
 
 import numpy as np
 
+from .checksums import verified_paths
 from .decode import DecodeJob, run
 from .errors import ContextLengthError, GenerationOptionError, ModelDirectoryError
 from .hub import resolve_model_dir
 from .logits import Processors
-from .checksums import verified_path
 from .manifest import TOKENIZER_NAME, Manifest, read_manifest
 from .options import GenerationConfig, as_sequence
 from .session import Decoder, create_session, make_decoder
@@ -80,8 +80,8 @@ class Generator:
         if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 1):
             raise GenerationOptionError(f"threads must be an int ≥ 1 or None, got {threads!r}")
         variant = manifest.variants[precision]
-        codec = TextCodec.from_file(verified_path(model_dir, TOKENIZER_NAME, manifest.tokenizer_sha256), manifest.conventions)
-        graph, *_ = [verified_path(model_dir, name, sha256) for name, sha256 in variant.files()]
+        tokenizer, graph, *_ = verified_paths(model_dir, [(TOKENIZER_NAME, manifest.tokenizer_sha256), *variant.files()])
+        codec = TextCodec.from_file(tokenizer, manifest.conventions)
         session = create_session(graph, threads)
         return cls(model_dir, manifest, codec, make_decoder(session, manifest.architecture, variant.io), precision)
 

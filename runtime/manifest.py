@@ -122,7 +122,7 @@ class Manifest:
 
 def read_manifest(model_dir: Path) -> Manifest:
     """Parse and validate `gpt2_onnx.json`; the files themselves are checked by
-    `gpt2_onnx.checksums.verified_path`."""
+    `gpt2_onnx.checksums.verified_paths`."""
     path = model_dir / MANIFEST_NAME
     if not model_dir.is_dir():
         raise ModelDirectoryError(

@@ -223,7 +223,7 @@ class KVBufferDecoder:
         if cache.step_io is None:
             cache.step_io = _BoundCall(self, cache.buffers, len(tokens), 1, keep_all=False)
         logits = cache.step_io(tokens[:, None], cache.lengths)
-        cache.lengths = cache.lengths + 1
+        cache.lengths += 1
         return logits[:, -1]
 
     def score(self, input_ids: np.ndarray) -> np.ndarray:
