@@ -11,16 +11,15 @@ import statistics
 import time
 
 import numpy as np
-import onnxruntime as ort
 from onnx import TensorProto, helper
 
 from gpt2_onnx.export.api import linear_for
 from gpt2_onnx.export.graph import MS_DOMAIN, OPSET, GraphWriter, Linear
 from gpt2_onnx.manifest import Architecture
+from gpt2_onnx.session import create_session
 
 
-def weights_only_model(a: Architecture, linear: Linear, n_inner: int | None = None, seed: int = 0):
-    n_inner = n_inner or 4 * a.n_embd
+def weights_only_model(a: Architecture, linear: Linear, n_inner: int, seed: int = 0):
     rng = np.random.default_rng(seed)
     shapes = {"lm_head": (a.n_embd, a.vocab_size)}
     for i in range(a.n_layer):
@@ -45,13 +44,10 @@ def weights_only_model(a: Architecture, linear: Linear, n_inner: int | None = No
 
 def ceiling_ms(a: Architecture, precision: str, threads: int, reps: int = 200) -> float:
     """Median time of one decode step's weight matmuls, in milliseconds."""
-    linear = linear_for(precision)
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    session = ort.InferenceSession(weights_only_model(a, linear).SerializeToString(), options, providers=["CPUExecutionProvider"])
+    n_inner = 4 * a.n_embd  # GPT-2's MLP width
+    session = create_session(weights_only_model(a, linear_for(precision), n_inner).SerializeToString(), threads)
     rng = np.random.default_rng(1)
-    feeds = {"x": rng.normal(size=(1, a.n_embd)).astype(np.float32), "x_inner": rng.normal(size=(1, 4 * a.n_embd)).astype(np.float32)}
+    feeds = {"x": rng.normal(size=(1, a.n_embd)).astype(np.float32), "x_inner": rng.normal(size=(1, n_inner)).astype(np.float32)}
     for _ in range(20):
         session.run(None, feeds)
     times = []

@@ -16,13 +16,11 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from gpt2_onnx import models
+from gpt2_onnx import models, precisions
 from gpt2_onnx.checksums import remember_verified, sha256_file
 from gpt2_onnx.errors import SourceError
-from gpt2_onnx.manifest import (
-    CONFIG_NAME, IO_KV_BUFFER, IO_PAST_KEY_VALUES, KNOWN_IO, MANIFEST_NAME, TOKENIZER_NAME,
-    Manifest, Variant,
-)
+from gpt2_onnx.graph_io import IO_KV_BUFFER, IO_PAST_KEY_VALUES
+from gpt2_onnx.manifest import CONFIG_NAME, MANIFEST_NAME, TOKENIZER_NAME, Graph, Manifest, Variant
 
 from .checkpoint import Checkpoint, load_checkpoint
 from .graph import Fp32Linear, Linear, build_model
@@ -30,11 +28,8 @@ from .quantize import Int8Linear, Int8Settings
 from .quantize_blockwise import Int4Linear
 from .tokenizer import TokenizerExport, export_tokenizer
 
-PRECISIONS = ("fp32", "int8", "int4")
-VARIANT_FILES = {"fp32": "model.onnx", "int8": "model.int8.onnx", "int4": "model.int4.onnx"}
-# model.onnx keeps the ecosystem's convention, so optimum and other tools load the directory;
-# the quantized variants are ours alone and take the faster in-place KV buffer.
-VARIANT_IO = {"fp32": IO_PAST_KEY_VALUES, "int8": IO_KV_BUFFER, "int4": IO_KV_BUFFER}
+# the matmul strategy named by each row of the precision table (`gpt2_onnx.precisions`)
+STRATEGIES = {"fp32": Fp32Linear, "int8_per_token": Int8Linear, "int4_blockwise": Int4Linear}
 # external data layout: onnxruntime maps a tensor from the file when its offset is a
 # multiple of the allocation granularity (4 KiB on Linux, 64 KiB on Windows)
 EXTERNAL_MIN_BYTES = 1024
@@ -51,17 +46,15 @@ def export_model(
     check: bool = True,
     int8: Int8Settings = Int8Settings(),
     progress: Callable[[str], None] = lambda message: None,
-    variant_io: Mapping[str, str] = VARIANT_IO,
 ) -> Path:
     """Export `source` (local checkpoint dir or hub id) to `out_dir`; return its path.
 
     `quantize`: extra variants beside FP32, e.g. ("int8", "int4"). `check`: compare every
     variant with torch before the directory is published (see `check_model`); the FP32
     graph must agree within `FP32_TOLERANCE`. `progress` receives one line per step.
-    `variant_io`: the graph I/O convention of each precision (see `gpt2_onnx.manifest`).
     """
     out = Path(out_dir).expanduser().resolve()
-    _check_destination(out, force, quantize, variant_io)
+    _check_destination(out, force, quantize)
     progress(f"loading {source}")
     checkpoint = load_checkpoint(source)
     tokenizer = export_tokenizer(checkpoint.path, checkpoint.config, checkpoint.weights["wte.weight"].shape[0])
@@ -69,7 +62,7 @@ def export_model(
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     try:
-        manifest = _write_directory(tmp, checkpoint, tokenizer, quantize, int8, variant_io, progress)
+        manifest = _write_directory(tmp, checkpoint, tokenizer, quantize, int8, progress)
         if check:
             _check_parity(tmp, checkpoint, progress)
         _publish(tmp, out)
@@ -90,12 +83,12 @@ def _remember_checksums(out: Path, manifest: Manifest) -> None:
 
 
 def _write_directory(tmp: Path, checkpoint: Checkpoint, tokenizer: TokenizerExport, quantize: tuple[str, ...],
-                     int8: Int8Settings, variant_io: Mapping[str, str], progress: Callable[[str], None]) -> Manifest:
+                     int8: Int8Settings, progress: Callable[[str], None]) -> Manifest:
     """Every file of the model directory contract, the manifest last (returned)."""
     variants, weights = {}, _weights_for_graph(checkpoint)
-    for precision in ("fp32", *quantize):
-        progress(f"writing {VARIANT_FILES[precision]}")
-        variants[precision] = _write_variant(tmp, checkpoint, weights, precision, int8, variant_io[precision])
+    for name in ("fp32", *quantize):
+        progress(f"writing {precisions.BY_NAME[name].graph_file}")
+        variants[name] = _write_variant(tmp, checkpoint, weights, precisions.BY_NAME[name], int8)
     (tmp / TOKENIZER_NAME).write_text(tokenizer.json, encoding="utf-8")
     shutil.copyfile(checkpoint.path / CONFIG_NAME, tmp / CONFIG_NAME)
     family = models.family_of(checkpoint.source_id, tokenizer.kind)
@@ -122,13 +115,10 @@ def _check_parity(model_dir: Path, checkpoint: Checkpoint, progress: Callable[[s
     require_fp32_parity(reports)
 
 
-def _check_destination(out: Path, force: bool, quantize: tuple[str, ...], variant_io: Mapping[str, str]) -> None:
-    unknown = [q for q in quantize if q not in PRECISIONS or q == "fp32"]
+def _check_destination(out: Path, force: bool, quantize: tuple[str, ...]) -> None:
+    unknown = [q for q in quantize if q not in precisions.QUANTIZED]
     if unknown:
-        raise SourceError(f"unknown quantization {unknown[0]!r}; choose from: {', '.join(PRECISIONS[1:])}")
-    for precision in ("fp32", *quantize):
-        if variant_io.get(precision) not in KNOWN_IO:
-            raise SourceError(f"variant_io[{precision!r}] is {variant_io.get(precision)!r}; choose from: {', '.join(KNOWN_IO)}")
+        raise SourceError(f"unknown quantization {unknown[0]!r}; choose from: {', '.join(precisions.QUANTIZED)}")
     if out.exists() and not force:
         raise SourceError(f"{out} already exists; pass --force (force=True) to replace it, or choose another OUT_DIR")
     if out.exists() and not out.is_dir():
@@ -143,40 +133,50 @@ def _weights_for_graph(checkpoint: Checkpoint) -> dict[str, np.ndarray]:
     return weights
 
 
-def _write_variant(tmp: Path, checkpoint: Checkpoint, weights: dict[str, np.ndarray], precision: str, int8: Int8Settings,
-                   io: str) -> Variant:
-    spec, linear = checkpoint.spec, linear_for(precision, int8)
-    path = tmp / VARIANT_FILES[precision]
-    data = save_with_external_data(build_model(dict(weights), spec, linear, io), path)  # a copy: quantizers add their tensors to it
-    return Variant(file=path.name, sha256=sha256_file(path), io=io,
-                   quantization=linear.quantization(spec.architecture, spec.tied_lm_head),
-                   data_file=data.name, data_sha256=sha256_file(data))
+def _write_variant(tmp: Path, checkpoint: Checkpoint, weights: dict[str, np.ndarray], precision: precisions.Precision,
+                   int8: Int8Settings) -> Variant:
+    """The graph the runtime runs and, for FP32, the ecosystem's graph, on one weights file."""
+    spec, linear = checkpoint.spec, linear_for(precision.name, int8)
+    graphs = {tmp / precision.graph_file: build_model(dict(weights), spec, linear, IO_KV_BUFFER)}  # a copy: quantizers add to it
+    if precision.ecosystem_graph:
+        graphs[tmp / precisions.ECOSYSTEM_GRAPH] = build_model(dict(weights), spec, linear, IO_PAST_KEY_VALUES)
+    data = save_with_external_data(graphs, tmp / precision.data_file)
+    io = dict(zip(graphs, (IO_KV_BUFFER, IO_PAST_KEY_VALUES)))
+    return Variant(graphs=tuple(Graph(path.name, sha256_file(path), io[path]) for path in graphs),
+                   data_file=data.name, data_sha256=sha256_file(data),
+                   quantization=linear.quantization(spec.architecture, spec.tied_lm_head))
 
 
 def linear_for(precision: str, int8: Int8Settings = Int8Settings()) -> Linear:
     """The matmul strategy that writes a precision's graph."""
-    return {"fp32": Fp32Linear, "int8": lambda: Int8Linear(int8), "int4": Int4Linear}[precision]()
+    strategy = STRATEGIES[precisions.BY_NAME[precision].strategy]
+    return strategy(int8) if strategy is Int8Linear else strategy()
 
 
-def save_with_external_data(model: onnx.ModelProto, path: Path) -> Path:
-    """Write the graph to `path` and its tensors to `path` + ".data" (returned), large ones at
-    64 KiB-aligned offsets: onnxruntime then maps them from the file instead of copying
-    them out of a protobuf, so a weight it has repacked for its kernels does not stay in
-    memory twice, and sessions start faster."""
-    data = path.with_name(path.name + ".data")
+def save_with_external_data(graphs: Mapping[Path, onnx.ModelProto], data: Path) -> Path:
+    """Write each graph to its path and their tensors, once each, to `data` (returned), large
+    ones at 64 KiB-aligned offsets: onnxruntime then maps them from the file instead of
+    copying them out of a protobuf, so a weight it has repacked for its kernels does not stay
+    in memory twice, and sessions start faster. Graphs of one variant share their weights."""
+    where: dict[str, tuple[int, int]] = {}  # tensor name → (offset, length) in `data`
     with open(data, "wb") as f:
-        for tensor in model.graph.initializer:
-            if len(tensor.raw_data) < EXTERNAL_MIN_BYTES:
-                continue
-            if len(tensor.raw_data) >= ALIGN_MIN_BYTES:
-                f.write(b"\0" * (-f.tell() % ALIGNMENT))
-            offset = f.tell()
-            f.write(tensor.raw_data)
-            tensor.ClearField("raw_data")
-            tensor.data_location = onnx.TensorProto.EXTERNAL
-            for key, value in (("location", data.name), ("offset", str(offset)), ("length", str(f.tell() - offset))):
-                tensor.external_data.add(key=key, value=value)
-    onnx.save_model(model, path)
+        for model in graphs.values():
+            for tensor in model.graph.initializer:
+                if len(tensor.raw_data) < EXTERNAL_MIN_BYTES and tensor.name not in where:
+                    continue
+                if tensor.name not in where:
+                    if len(tensor.raw_data) >= ALIGN_MIN_BYTES:
+                        f.write(b"\0" * (-f.tell() % ALIGNMENT))
+                    where[tensor.name] = (f.tell(), len(tensor.raw_data))
+                    f.write(tensor.raw_data)
+                offset, length = where[tensor.name]
+                assert length == len(tensor.raw_data), f"graphs of one variant disagree on {tensor.name}"
+                tensor.ClearField("raw_data")
+                tensor.data_location = onnx.TensorProto.EXTERNAL
+                for key, value in (("location", data.name), ("offset", str(offset)), ("length", str(length))):
+                    tensor.external_data.add(key=key, value=value)
+    for path, model in graphs.items():
+        onnx.save_model(model, path)
     return data
 
 

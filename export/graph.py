@@ -1,8 +1,8 @@
 """Build the GPT-2 ONNX graph directly from checkpoint weights.
 
-One graph serves prefill (past_len 0) and decode, with the ecosystem's I/O names
-(`gpt2_onnx.manifest.IO_PAST_KEY_VALUES`) or, for the faster variants, a fixed-size
-KV buffer that attention writes in place (`IO_KV_BUFFER`). The graph is written node by node
+One graph serves prefill (past_len 0) and decode, in either I/O convention of
+`gpt2_onnx.graph_io`: the ecosystem's (`past_key_values`, for other tools) or the
+fixed-size KV buffer that attention writes in place (`kv_buffer`, what the runtime runs). The graph is written node by node
 rather than traced from torch, so that every tensor is stored exactly once: the
 tied token embedding / LM head keeps the checkpoint's `[vocab, n_embd]` layout. The
 embedding lookup gathers its rows, so only the rows it reads are ever paged in from
@@ -39,12 +39,16 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from gpt2_onnx.manifest import (
-    IO_KV_BUFFER, IO_PAST_KEY_VALUES, LOGITS_TO_KEEP, SEQLENS_K, TOTAL_SEQUENCE_LENGTH, Architecture, Quantization,
+from gpt2_onnx.graph_io import (
+    ATTENTION_MASK, INPUT_IDS, IO_KV_BUFFER, IO_PAST_KEY_VALUES, KV_KINDS, LOGITS, LOGITS_TO_KEEP, POSITION_IDS,
+    SEQLENS_K, TOTAL_SEQUENCE_LENGTH, past_name, present_name,
 )
+from gpt2_onnx.manifest import Architecture, Quantization
 
 OPSET = 20  # Gelu with approximate="tanh" is an ONNX op from opset 20
 MS_DOMAIN = "com.microsoft"
+
+
 @dataclass(frozen=True)
 class GraphSpec:
     """What the graph needs beyond the weights."""
@@ -126,8 +130,8 @@ def build_model(weights: dict[str, np.ndarray], spec: GraphSpec, linear: Linear,
     g = GraphWriter(weights)
     inputs, outputs = _io(a, io)
     attend = _MultiHeadAttention(g, a) if io == IO_PAST_KEY_VALUES else _GroupQueryAttention(a)
-    tokens = linear.embed(g, "wte.weight", "input_ids")
-    positions = g.op("Gather", [g.weight("wpe.weight"), "position_ids"])
+    tokens = linear.embed(g, "wte.weight", INPUT_IDS)
+    positions = g.op("Gather", [g.weight("wpe.weight"), POSITION_IDS])
     x = g.op("Add", [tokens, positions])  # residual stream [batch, seq, n_embd]
     h = _layer_norm(g, x, "h.0.ln_1", eps)
     for i in range(a.n_layer):
@@ -139,7 +143,7 @@ def build_model(weights: dict[str, np.ndarray], spec: GraphSpec, linear: Linear,
         x, h = _add_and_norm(g, x, mlp, f"h.{i + 1}.ln_1" if i + 1 < a.n_layer else "ln_f", eps)
     h = _last_positions(g, h)  # [batch, kept, n_embd]
     lm_head = "wte.weight" if spec.tied_lm_head else "lm_head.weight"
-    g.op("Identity", [linear.lm_head(g, h, lm_head)], outputs=["logits"])  # [batch, kept, vocab]
+    g.op("Identity", [linear.lm_head(g, h, lm_head)], outputs=[LOGITS])  # [batch, kept, vocab]
 
     # an input with a default value: tools that do not know it get every position's logits
     inputs.append(helper.make_tensor_value_info(LOGITS_TO_KEEP, TensorProto.INT64, []))
@@ -156,9 +160,9 @@ def _io(a: Architecture, io: str):
         return helper.make_tensor_value_info(name, dtype, shape)
 
     batch, seq = "batch_size", "sequence_length"
-    inputs = [tensor("input_ids", TensorProto.INT64, [batch, seq])]
+    inputs = [tensor(INPUT_IDS, TensorProto.INT64, [batch, seq])]
     if io == IO_PAST_KEY_VALUES:
-        inputs.append(tensor("attention_mask", TensorProto.INT64, [batch, "total_sequence_length"]))
+        inputs.append(tensor(ATTENTION_MASK, TensorProto.INT64, [batch, "total_sequence_length"]))
         kv_past = [batch, a.n_head, "past_sequence_length", a.head_dim]
         kv_present = [batch, a.n_head, "total_sequence_length", a.head_dim]
     elif io == IO_KV_BUFFER:
@@ -167,12 +171,12 @@ def _io(a: Architecture, io: str):
         kv_past = kv_present = [batch, a.n_head, "capacity", a.head_dim]  # one buffer, written in place
     else:
         raise ValueError(f"unknown io convention {io!r}")
-    inputs.append(tensor("position_ids", TensorProto.INT64, [batch, seq]))
-    outputs = [tensor("logits", TensorProto.FLOAT, [batch, seq, a.vocab_size])]
+    inputs.append(tensor(POSITION_IDS, TensorProto.INT64, [batch, seq]))
+    outputs = [tensor(LOGITS, TensorProto.FLOAT, [batch, seq, a.vocab_size])]
     for i in range(a.n_layer):
-        for kind in ("key", "value"):
-            inputs.append(tensor(f"past_key_values.{i}.{kind}", TensorProto.FLOAT, kv_past))
-            outputs.append(tensor(f"present.{i}.{kind}", TensorProto.FLOAT, kv_present))
+        for kind in KV_KINDS:
+            inputs.append(tensor(past_name(i, kind), TensorProto.FLOAT, kv_past))
+            outputs.append(tensor(present_name(i, kind), TensorProto.FLOAT, kv_present))
     return inputs, outputs
 
 
@@ -200,12 +204,12 @@ class _MultiHeadAttention:
 
     def __init__(self, g: GraphWriter, a: Architecture):
         self.a = a
-        self.key_padding_mask = g.op("Cast", ["attention_mask"], to=TensorProto.INT32)  # [batch, total]
+        self.key_padding_mask = g.op("Cast", [ATTENTION_MASK], to=TensorProto.INT32)  # [batch, total]
 
     def __call__(self, g: GraphWriter, qkv: str, i: int) -> str:
         c = self.a.n_embd
         q, k, v = g.op("Split", [qkv, g.const([c, c, c])], outputs=3, axis=2)  # [batch, seq, n_embd] each
-        inputs = [q, k, v, "", self.key_padding_mask, "", f"past_key_values.{i}.key", f"past_key_values.{i}.value"]
+        inputs = [q, k, v, "", self.key_padding_mask, "", past_name(i, "key"), past_name(i, "value")]
         return _emit(g, "MultiHeadAttention", inputs, i, num_heads=self.a.n_head, unidirectional=1)
 
 
@@ -217,12 +221,12 @@ class _GroupQueryAttention:
         self.a = a
 
     def __call__(self, g: GraphWriter, qkv: str, i: int) -> str:
-        inputs = [qkv, "", "", f"past_key_values.{i}.key", f"past_key_values.{i}.value", SEQLENS_K, TOTAL_SEQUENCE_LENGTH]
+        inputs = [qkv, "", "", past_name(i, "key"), past_name(i, "value"), SEQLENS_K, TOTAL_SEQUENCE_LENGTH]
         return _emit(g, "GroupQueryAttention", inputs, i, num_heads=self.a.n_head, kv_num_heads=self.a.n_head)
 
 
 def _emit(g: GraphWriter, op_type: str, inputs: list[str], i: int, **attrs) -> str:
-    context, _, _ = g.op(op_type, inputs, outputs=[f"attn_{i}", f"present.{i}.key", f"present.{i}.value"],
+    context, _, _ = g.op(op_type, inputs, outputs=[f"attn_{i}", present_name(i, "key"), present_name(i, "value")],
                          domain=MS_DOMAIN, **attrs)
     return context  # [batch, seq, n_embd]
 

@@ -1,9 +1,10 @@
 """`check_model`: every variant of a model directory against transformers + torch.
 
-Same inputs on both sides, through the runtime's decoder (whatever the variant's
-I/O convention): every position of a prompt batch, decode steps with the cache, and
-a batch of prompts of different lengths (left-padded on torch's side); then greedy
-agreement over 64 new tokens from the runtime's own decode loop.
+Same inputs on both sides, through the runtime's decoder: every position of a prompt
+batch, decode steps with the cache, and a batch of prompts of different lengths
+(left-padded on torch's side); then greedy agreement over 64 new tokens from the
+runtime's own decode loop. FP32's `model.onnx`, the graph other tools load, is checked
+too: a padded prompt batch, then a decode step fed its own `present` as `past`.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import numpy as np
 
 from gpt2_onnx.errors import SourceError
 from gpt2_onnx.generator import Generator
+from gpt2_onnx.graph_io import ATTENTION_MASK, INPUT_IDS, IO_PAST_KEY_VALUES, LOGITS, POSITION_IDS, cache_names, past_name
+from gpt2_onnx.session import create_session
 
 FP32_TOLERANCE = 1e-3
 GREEDY_TOKENS = 64
@@ -28,12 +31,18 @@ class VariantReport:
     padded_max_abs: float  # last-position logits of 3 prompts of different lengths in one batch
     greedy_agreement: int  # new tokens identical to torch's greedy before the first difference
     greedy_tokens: int
+    ecosystem_max_abs: float | None = None  # model.onnx (past_key_values), when the variant has it
 
     def line(self) -> str:
+        ecosystem = "" if self.ecosystem_max_abs is None else f"  model.onnx {self.ecosystem_max_abs:.2e}"
         return (
             f"{self.precision:>5}  prefill {self.prefill_max_abs:.2e}  decode {self.decode_max_abs:.2e}  "
-            f"padded batch {self.padded_max_abs:.2e}  greedy {self.greedy_agreement}/{self.greedy_tokens} identical"
+            f"padded batch {self.padded_max_abs:.2e}{ecosystem}  greedy {self.greedy_agreement}/{self.greedy_tokens} identical"
         )
+
+    @property
+    def max_abs(self) -> float:
+        return max(self.prefill_max_abs, self.decode_max_abs, self.padded_max_abs, self.ecosystem_max_abs or 0.0)
 
 
 def check_model(model_dir: str | Path, source: str | Path, variants: tuple[str, ...] | None = None) -> list[VariantReport]:
@@ -57,7 +66,7 @@ def check_model(model_dir: str | Path, source: str | Path, variants: tuple[str, 
 
 def require_fp32_parity(reports: list[VariantReport]) -> None:
     for r in reports:
-        if r.precision == "fp32" and max(r.prefill_max_abs, r.decode_max_abs, r.padded_max_abs) > FP32_TOLERANCE:
+        if r.precision == "fp32" and r.max_abs > FP32_TOLERANCE:
             raise SourceError(f"the exported FP32 graph differs from torch beyond {FP32_TOLERANCE}: {r.line()}")
 
 
@@ -100,7 +109,33 @@ def _check_variant(generator: Generator, torch_model) -> VariantReport:
     padded = float(np.abs(ours - theirs[:, -1]).max())
 
     agreement, steps = _greedy_agreement(generator, torch_model)
-    return VariantReport(generator.precision, prefill, decode, padded, agreement, steps)
+    variant = generator.manifest.variants[generator.precision]
+    ecosystem = None
+    if any(g.io == IO_PAST_KEY_VALUES for g in variant.graphs):
+        ecosystem = _ecosystem_max_abs(generator.model_dir / variant.graph(IO_PAST_KEY_VALUES).file, a, torch_model)
+    return VariantReport(generator.precision, prefill, decode, padded, agreement, steps, ecosystem)
+
+
+def _ecosystem_max_abs(graph, a, torch_model) -> float:
+    """The past_key_values graph on a left-padded prompt batch, then one step on its own present."""
+    session = create_session(graph, None)
+    names = cache_names(a.n_layer, past_name)
+    rng = np.random.default_rng(1)
+    n = min(12, a.n_positions // 4)
+    ids = rng.integers(0, a.vocab_size, (2, n))
+    mask = np.array([[1] * n, [0] * (n // 2) + [1] * (n - n // 2)])
+    positions = np.clip(mask.cumsum(-1) - 1, 0, None)
+    empty = np.zeros((2, a.n_head, 0, a.head_dim), np.float32)
+    feeds = {INPUT_IDS: ids, ATTENTION_MASK: mask, POSITION_IDS: positions, **{k: empty for k in names}}
+    ours, *present = session.run(None, feeds)
+    theirs, past = _torch_logits(torch_model, ids, mask, positions)
+    worst = float(np.abs((ours - theirs) * mask[..., None]).max())  # padded positions are not compared
+    token = theirs[:, -1].argmax(-1)[:, None]
+    mask = np.concatenate([mask, np.ones((2, 1), np.int64)], axis=1)
+    feeds = {INPUT_IDS: token, ATTENTION_MASK: mask, POSITION_IDS: positions[:, -1:] + 1, **dict(zip(names, present))}
+    ours = session.run([LOGITS], feeds)[0]
+    theirs, _ = _torch_logits(torch_model, token, mask, positions[:, -1:] + 1, past)
+    return max(worst, float(np.abs(ours - theirs).max()))
 
 
 def _greedy_agreement(generator: Generator, torch_model) -> tuple[int, int]:

@@ -1,15 +1,24 @@
-"""INT8 weights: symmetric 8-bit grid per output column, with dynamic activation quantization.
+"""INT8 weights: symmetric 8-bit grid per output column; activations quantized per token at run time.
 
 What is quantized is an explicit list (`quantized_weight_names`): the four matmul weights of
 every block (`attn.c_attn`, `attn.c_proj`, `mlp.c_fc`, `mlp.c_proj`) and the tied
 embedding / LM head. Biases, layer norms and the position embedding stay FP32: together
 they are under 2 % of the parameters and are not matmul operands.
 
-Each matmul becomes onnxruntime's `DynamicQuantizeMatMul` (com.microsoft): the
-activation row block is quantized to uint8 at run time, multiplied with the 8-bit weight
-in integer arithmetic and rescaled by the weight's per-column scale. The tied embedding /
-LM head is stored once, as 8-bit rows `[vocab, n_embd]` with one scale per token: the
-embedding lookup gathers and rescales rows, the LM head multiplies by their transpose.
+Each activation row (one token) is quantized with its own scale, so a token's result
+depends only on its own values: never on the other rows of a batch, nor on how a prompt
+is split into chunks. onnxruntime's `DynamicQuantizeMatMul` takes one scale for the whole
+input, which made a row's greedy tokens change with its neighbours. The per-token matmul
+costs the same (measured in `gpt2_onnx.benchmarks.kernels`):
+
+    x [batch, seq, in] ─max |x| per token─> s [batch, seq, 1] = max / 127
+    x / s + 128 ─round─> x_q uint8 (zero point 128)
+    MatMulIntegerToFloat(x_q, W_q, 1, w_scale [out]) [batch, seq, out] × s (+ bias)
+
+The integer product is exact, and the scales are applied per row and per column, so a
+row's output is bit-identical in any batch. The tied embedding / LM head is stored once,
+as 8-bit rows `[vocab, n_embd]` with one scale per token: the embedding lookup gathers
+and rescales rows, the LM head multiplies by their transpose.
 """
 
 from __future__ import annotations
@@ -18,9 +27,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from onnx import TensorProto
+
 from gpt2_onnx.manifest import Architecture, Quantization
 
 from .graph import MS_DOMAIN, GraphWriter
+
+ACTIVATION_MAX = 127  # activations use [-127, 127] + 128: uint8 without saturation
 
 
 @dataclass(frozen=True)
@@ -65,8 +78,18 @@ def quantize_columns(w: np.ndarray, settings: Int8Settings) -> tuple[np.ndarray,
     return q.astype(np.dtype(settings.storage)), scale
 
 
+def quantize_tokens(g: GraphWriter, x: str) -> tuple[str, str]:
+    """x [..., in] float → (x_q [..., in] uint8 with zero point 128, scale [..., 1]): each
+    token's row on its own symmetric grid."""
+    amax = g.op("ReduceMax", [g.op("Abs", [x]), g.const([-1])], keepdims=1)  # [..., 1]
+    scale = g.op("Mul", [g.op("Max", [amax, g.const(1e-30, np.float32)]), g.const(1 / ACTIVATION_MAX, np.float32)])
+    # x / s ∈ [-127, 127]; + 128.5 then truncation is round-half-up into [1, 255]
+    shifted = g.op("Add", [g.op("Div", [x, scale]), g.const(128.5, np.float32)])
+    return g.op("Cast", [shifted], to=TensorProto.UINT8), scale
+
+
 class Int8Linear:
-    """Emits DynamicQuantizeMatMul on per-column 8-bit weights."""
+    """Emits per-token quantized activations × per-column 8-bit weights (MatMulIntegerToFloat)."""
 
     def __init__(self, settings: Int8Settings = Int8Settings()):
         self.settings = settings
@@ -83,14 +106,19 @@ class Int8Linear:
         return g.weight(q_name), g.weight(s_name), g.weight(z_name)
 
     def matmul(self, g: GraphWriter, x: str, weight: str, bias: str | None) -> str:
-        q, scale, zero = self._quantized(g, weight)
-        inputs = [x, q, scale, zero] + ([g.weight(bias)] if bias else [])
-        return g.op("DynamicQuantizeMatMul", inputs, domain=MS_DOMAIN)
+        y = self._per_token(g, x, *self._quantized(g, weight))
+        return y if bias is None else g.op("Add", [y, g.weight(bias)])
 
     def lm_head(self, g: GraphWriter, x: str, weight: str) -> str:
         q, scale, zero = self._quantized(g, weight, rows=True)
         q_t = g.op("Transpose", [q], perm=[1, 0])  # [n_embd, vocab], folded at session creation
-        return g.op("DynamicQuantizeMatMul", [x, q_t, scale, zero], domain=MS_DOMAIN)
+        return self._per_token(g, x, q_t, scale, zero)
+
+    def _per_token(self, g: GraphWriter, x: str, q: str, scale: str, zero: str) -> str:
+        """x [..., in] @ dequantized q [in, out] → [..., out], x quantized per token."""
+        x_q, x_scale = quantize_tokens(g, x)
+        inputs = [x_q, q, g.const(1.0, np.float32), scale, g.const(128, np.uint8), zero]
+        return g.op("Mul", [g.op("MatMulIntegerToFloat", inputs, domain=MS_DOMAIN), x_scale])
 
     def embed(self, g: GraphWriter, weight: str, ids: str) -> str:
         q, scale, _ = self._quantized(g, weight, rows=True)
@@ -101,10 +129,6 @@ class Int8Linear:
 
     def quantization(self, a: Architecture, tied_lm_head: bool) -> Quantization:
         s = self.settings
-        return Quantization(
-            method="dynamic",
-            weight_type=f"{s.storage} (zero point {s.zero_point}, range ±{s.weight_max})",
-            symmetric=True,
-            per_channel=True,
-            weights=quantized_weight_names(a, tied_lm_head),
-        )
+        return Quantization(scheme="per_channel", bits=8, block_size=None, symmetric=True, zero_point=s.zero_point,
+                            max_value=s.weight_max, activations="int8_per_token",
+                            weights=quantized_weight_names(a, tied_lm_head))

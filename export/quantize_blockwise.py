@@ -83,10 +83,6 @@ class Int4Linear:
 
     def quantization(self, a: Architecture, tied_lm_head: bool) -> Quantization:
         s = self.settings
-        return Quantization(
-            method="weight-only blockwise (activations int8 per block at run time)",
-            weight_type=f"int{s.bits} (block {s.block_size}, zero point 8)",
-            symmetric=True,
-            per_channel=False,
-            weights=quantized_weight_names(a, tied_lm_head),
-        )
+        return Quantization(scheme="blockwise", bits=s.bits, block_size=s.block_size, symmetric=True,
+                            zero_point=2 ** (s.bits - 1), max_value=2 ** (s.bits - 1) - 1, activations="int8_per_block",
+                            weights=quantized_weight_names(a, tied_lm_head))

@@ -62,7 +62,6 @@ def _wordpiece_conventions(tokenizer, path: Path) -> Conventions:
     return Conventions(
         prompt_prefix_ids=(tokenizer.cls_token_id,),
         stop_token_ids=(tokenizer.sep_token_id,),
-        pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.sep_token_id,
         special_token_ids=tuple(sorted(set(tokenizer.all_special_ids))),
         decode=DECODE_WORDPIECE_CJK,
     )
@@ -78,7 +77,6 @@ def _bpe_conventions(tokenizer, config: dict[str, Any], path: Path) -> Conventio
     return Conventions(
         prompt_prefix_ids=(),
         stop_token_ids=(eos,),
-        pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos,
         special_token_ids=tuple(sorted(set(tokenizer.all_special_ids) | {eos})),
         decode=DECODE_TOKENIZER,
     )

@@ -20,7 +20,7 @@ import numpy as np
 
 from .logits import Processors, greedy, log_softmax, sample
 from .options import GenerationConfig
-from .session import Cache, Decoder
+from .session import Decoder, KVBuffer
 from .text import TextCodec, TextStream
 
 FINISH_STOP = "stop"  # a stop token was generated (it is the last token id)
@@ -65,7 +65,7 @@ class DecodeJob:
 class Batch:
     """Rows being decoded: their cache and histories."""
 
-    cache: Cache
+    cache: KVBuffer
     histories: list[list[int]]  # every id of the row so far: [rows][len]
     owners: list[int] = field(default_factory=list)  # slot (greedy/sample) or prompt (beams) of each row
 
@@ -83,10 +83,12 @@ class Batch:
         return decoder.step(self.cache, tokens)
 
 
-def prefill(decoder: Decoder, prompts: Sequence[Sequence[int]], max_new_tokens: int) -> tuple[Batch, np.ndarray]:
-    """Run the prompts; the cache is sized for the longest prompt plus every new token."""
-    capacity = max(len(p) for p in prompts) + max_new_tokens
-    cache, logits = decoder.prefill(prompts, capacity)  # logits [prompts, vocab]
+def prefill(decoder: Decoder, prompts: Sequence[Sequence[int]], config: GenerationConfig) -> tuple[Batch, np.ndarray]:
+    """Run the prompts into a cache with room for every row the call will decode (beams,
+    returned sequences) and every new token; only written positions take memory."""
+    capacity = max(len(p) for p in prompts) + config.max_new_tokens
+    rows = len(prompts) * max(config.num_beams, config.num_return_sequences)
+    cache, logits = decoder.prefill(prompts, capacity, rows)  # logits [prompts, vocab]
     return Batch(cache, [list(p) for p in prompts], list(range(len(prompts)))), logits
 
 
@@ -96,7 +98,7 @@ def run(decoder: Decoder, codec: TextCodec, job: DecodeJob) -> Iterator[Event]:
         n = job.config.num_return_sequences
         yield from (Event(s, (), "", FINISH_LENGTH) for s in range(len(job.prompts) * n))
         return
-    batch, logits = prefill(decoder, job.prompts, job.config.max_new_tokens)
+    batch, logits = prefill(decoder, job.prompts, job.config)
     if job.config.num_beams > 1:
         yield from _beam_search(decoder, codec, job, batch, logits)
     else:

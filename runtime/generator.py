@@ -22,10 +22,9 @@ from .hub import resolve_model_dir
 from .logits import Processors
 from .manifest import TOKENIZER_NAME, Manifest, read_manifest
 from .options import GenerationConfig, as_sequence
-from .session import Decoder, create_session, make_decoder
+from .precisions import DEFAULT_PRECISION
+from .session import Decoder, create_session
 from .text import TextCodec
-
-DEFAULT_PRECISION = "int8"
 
 
 @dataclass(frozen=True)
@@ -80,10 +79,12 @@ class Generator:
         if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 1):
             raise GenerationOptionError(f"threads must be an int ≥ 1 or None, got {threads!r}")
         variant = manifest.variants[precision]
-        tokenizer, graph, *_ = verified_paths(model_dir, [(TOKENIZER_NAME, manifest.tokenizer_sha256), *variant.files()])
+        graph = variant.graph()
+        tokenizer, graph_path, _ = verified_paths(
+            model_dir, [(TOKENIZER_NAME, manifest.tokenizer_sha256), (graph.file, graph.sha256), (variant.data_file, variant.data_sha256)]
+        )
         codec = TextCodec.from_file(tokenizer, manifest.conventions)
-        session = create_session(graph, threads)
-        return cls(model_dir, manifest, codec, make_decoder(session, manifest.architecture, variant.io), precision)
+        return cls(model_dir, manifest, codec, Decoder(create_session(graph_path, threads), manifest.architecture), precision)
 
     def config(self, **options: Any) -> GenerationConfig:
         """The settings a call with these options would use (manifest defaults filled in)."""

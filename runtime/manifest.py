@@ -1,44 +1,31 @@
 """The model-directory contract between the exporter and the runtime.
 
-A model directory holds `model.onnx` (FP32), optional quantized variants such as
-`model.int8.onnx`, `tokenizer.json`, the checkpoint's `config.json` unchanged,
-and this manifest, `gpt2_onnx.json`. The manifest is versioned: the runtime
-refuses a format version it does not know, and files whose sha256 differs
-(`gpt2_onnx.checksums`).
+A model directory holds, per precision (`gpt2_onnx.precisions`), a graph the runtime runs
+(`model.{precision}.onnx`, `kv_buffer` I/O) and its weights (`….onnx.data`); FP32 also
+`model.onnx`, the same weights in the ecosystem's I/O convention for other tools
+(`gpt2_onnx.graph_io`). Beside them `tokenizer.json`, the checkpoint's `config.json`
+unchanged, and this manifest, `gpt2_onnx.json`. The manifest is versioned and typed: the
+runtime refuses a format version it does not know, a field of the wrong type, and files
+whose sha256 differs (`gpt2_onnx.checksums`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import types
+import typing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .errors import ModelDirectoryError
+from .graph_io import IO_KV_BUFFER, KNOWN_IO
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: typed quantization record, every variant with a kv_buffer graph, no pad id
 MANIFEST_NAME = "gpt2_onnx.json"
 TOKENIZER_NAME = "tokenizer.json"
 CONFIG_NAME = "config.json"
-
-# Graph I/O conventions a variant can follow. "past_key_values": the ecosystem's
-# (optimum, onnxruntime-genai) inputs input_ids, attention_mask, position_ids,
-# past_key_values.{i}.key|value [batch, n_head, past_len, head_dim]; outputs
-# logits [batch, seq, vocab] and present.{i}.key|value [batch, n_head, total_len, head_dim];
-# plus an optional scalar input logits_to_keep (default 0: all positions; the runtime passes 1).
-IO_PAST_KEY_VALUES = "past_key_values"
-LOGITS_TO_KEEP = "logits_to_keep"
-# "kv_buffer": a fixed-size KV buffer that the graph writes in place (onnxruntime's
-# GroupQueryAttention with past and present bound to one buffer), so no step copies the
-# cache. Inputs input_ids, position_ids [batch, seq]; seqlens_k [batch] int32 = each row's
-# real tokens after this call - 1; total_sequence_length [] int32 = max over rows of
-# seqlens_k + 1; past_key_values.{i}.key|value [batch, n_head, capacity, head_dim], bound to
-# present.{i}.key|value as well; logits_to_keep. Rows hold their real tokens from position 0
-# (no left padding): a prompt is run from an empty buffer, or one new token per row.
-IO_KV_BUFFER = "kv_buffer"
-SEQLENS_K = "seqlens_k"
-TOTAL_SEQUENCE_LENGTH = "total_sequence_length"
-KNOWN_IO = (IO_PAST_KEY_VALUES, IO_KV_BUFFER)
 
 # How generated ids become text. "wordpiece_cjk": BERT WordPiece pieces joined
 # without the spaces WordPiece decoding puts around CJK characters and
@@ -59,9 +46,19 @@ class Architecture:
     vocab_size: int
     n_positions: int
 
+    def __post_init__(self):
+        for f in dataclasses.fields(self):
+            if getattr(self, f.name) < 1:
+                raise ValueError(f"{f.name} must be ≥ 1, got {getattr(self, f.name)}")
+
     @property
     def head_dim(self) -> int:
         return self.n_embd // self.n_head
+
+    @property
+    def kv_bytes_per_token(self) -> int:
+        """FP32 keys and values of one position in every layer."""
+        return self.n_layer * 2 * self.n_embd * 4
 
 
 @dataclass(frozen=True)
@@ -70,37 +67,59 @@ class Conventions:
 
     prompt_prefix_ids: tuple[int, ...]  # prepended to every prompt, e.g. (101,) = [CLS]
     stop_token_ids: tuple[int, ...]  # generation ends at any of these, e.g. (102,) = [SEP]
-    pad_token_id: int  # fills left padding and finished rows; never attended to
     special_token_ids: tuple[int, ...]  # stripped from decoded text
     decode: str  # one of KNOWN_DECODE
+
+    def __post_init__(self):
+        if self.decode not in KNOWN_DECODE:
+            raise ValueError(f"decode must be one of {', '.join(KNOWN_DECODE)}, got {self.decode!r}")
 
 
 @dataclass(frozen=True)
 class Quantization:
-    """How a variant's weights were quantized."""
+    """How a variant's weights are stored, and how its activations are quantized at run time."""
 
-    method: str  # "dynamic": activations quantized at run time per call
-    weight_type: str  # "int8"
+    scheme: str  # "per_channel": one scale per output column; "blockwise": one per block of inputs
+    bits: int
+    block_size: int | None  # blockwise: inputs sharing a scale
     symmetric: bool
-    per_channel: bool  # one scale per output column of each weight
+    zero_point: int  # the stored value that means 0
+    max_value: int  # largest stored magnitude around the zero point (63 for 7-bit INT8)
+    activations: str  # "int8_per_token" or "int8_per_block": each token's row on its own grid
     weights: tuple[str, ...]  # the checkpoint names of the quantized tensors
 
 
 @dataclass(frozen=True)
-class Variant:
-    """One ONNX graph of the model: the graph file and, beside it, its weights (`data_file`,
-    the graph's external data), each with its sha256."""
+class Graph:
+    """One ONNX graph file of a variant, in one I/O convention."""
 
     file: str
     sha256: str
     io: str  # one of KNOWN_IO
+
+    def __post_init__(self):
+        if self.io not in KNOWN_IO:
+            raise ValueError(f"io must be one of {', '.join(KNOWN_IO)}, got {self.io!r}")
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One precision of the model: its graphs and the weights file they share."""
+
+    graphs: tuple[Graph, ...]
+    data_file: str
+    data_sha256: str
     quantization: Quantization | None = None
-    data_file: str | None = None  # None: the weights are inside `file`
-    data_sha256: str | None = None
+
+    def graph(self, io: str = IO_KV_BUFFER) -> Graph:
+        found = [g for g in self.graphs if g.io == io]
+        if not found:
+            raise ValueError(f"no graph in the {io} convention")
+        return found[0]
 
     def files(self) -> list[tuple[str, str]]:
-        """(name, sha256) of every file the variant reads."""
-        return [(self.file, self.sha256)] + ([(self.data_file, self.data_sha256)] if self.data_file else [])
+        """(name, sha256) of every file the variant holds."""
+        return [(g.file, g.sha256) for g in self.graphs] + [(self.data_file, self.data_sha256)]
 
 
 @dataclass(frozen=True)
@@ -109,12 +128,16 @@ class Manifest:
 
     architecture: Architecture
     conventions: Conventions
-    variants: dict[str, Variant]  # keyed by precision: "fp32", "int8"
+    variants: dict[str, Variant]  # keyed by precision name (`gpt2_onnx.precisions`)
     tokenizer_sha256: str
     generation_defaults: dict[str, Any] = field(default_factory=dict)
-    source: dict[str, str | None] = field(default_factory=dict)  # id, revision
+    source: dict[str, str | None] = field(default_factory=dict)  # id, revision, family
     tools: dict[str, str] = field(default_factory=dict)  # package -> version
     format_version: int = FORMAT_VERSION
+
+    def __post_init__(self):
+        for name, variant in self.variants.items():
+            variant.graph(IO_KV_BUFFER)  # the runtime runs this one
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, ensure_ascii=False) + "\n"
@@ -131,7 +154,7 @@ def read_manifest(model_dir: Path) -> Manifest:
     if not path.is_file():
         raise ModelDirectoryError(
             f"{path} is missing, so {model_dir} is not a gpt2-onnx model directory; "
-            f"export one with `gpt2-onnx export SOURCE {model_dir} --force`"
+            f"export one with `gpt2-onnx export SOURCE {model_dir}`"
         )
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
@@ -139,44 +162,52 @@ def read_manifest(model_dir: Path) -> Manifest:
     except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as e:
         raise ModelDirectoryError(f"{path} is not valid JSON ({e}); re-export the model directory") from None
     if version != FORMAT_VERSION:
+        source = (raw.get("source") or {}).get("id") if isinstance(raw.get("source"), dict) else None
         raise ModelDirectoryError(
-            f"{path} has format_version {version!r}, this gpt2-onnx reads version {FORMAT_VERSION}; "
-            "re-export the model with this version of gpt2-onnx (or install the version that wrote it)"
+            f"{path} has format_version {version!r}, this gpt2-onnx reads version {FORMAT_VERSION}; re-export it: "
+            f"`gpt2-onnx export {source or 'SOURCE'} {model_dir} --force` (or install the gpt2-onnx that wrote it)"
         )
     try:
-        manifest = _parse(raw)
+        return parse(Manifest, raw, "")
     except (KeyError, TypeError, ValueError) as e:
-        raise ModelDirectoryError(f"{path} is malformed ({e!r}); re-export the model directory") from None
-    return manifest
+        message = f"missing field {e}" if isinstance(e, KeyError) else str(e)
+        raise ModelDirectoryError(f"{path} is malformed ({message}); re-export the model directory") from None
 
 
-def _parse(raw: dict[str, Any]) -> Manifest:
-    conv = raw["conventions"]
-    conventions = Conventions(
-        prompt_prefix_ids=tuple(conv["prompt_prefix_ids"]),
-        stop_token_ids=tuple(conv["stop_token_ids"]),
-        pad_token_id=int(conv["pad_token_id"]),
-        special_token_ids=tuple(conv["special_token_ids"]),
-        decode=conv["decode"],
-    )
-    if conventions.decode not in KNOWN_DECODE:
-        raise ValueError(f"unknown decode convention {conventions.decode!r}")
-    variants = {}
-    for name, v in raw["variants"].items():
-        q = v.get("quantization")
-        quant = None if q is None else Quantization(**{**q, "weights": tuple(q["weights"])})
-        variants[name] = Variant(file=v["file"], sha256=v["sha256"], io=v["io"], quantization=quant,
-                                 data_file=v.get("data_file"), data_sha256=v.get("data_sha256"))
-        if v["io"] not in KNOWN_IO:
-            raise ValueError(f"variant {name!r} has unknown io convention {v['io']!r}")
-    return Manifest(
-        architecture=Architecture(**raw["architecture"]),
-        conventions=conventions,
-        variants=variants,
-        tokenizer_sha256=raw["tokenizer_sha256"],
-        generation_defaults=dict(raw.get("generation_defaults", {})),
-        source=dict(raw.get("source", {})),
-        tools=dict(raw.get("tools", {})),
-        format_version=raw["format_version"],
-    )
-
+def parse(cls, raw: Any, where: str):
+    """`raw` JSON as an instance of the (frozen dataclass) type `cls`, every field checked
+    against its annotation; errors name the field's path, e.g. `architecture.n_layer`."""
+    if dataclasses.is_dataclass(cls):
+        if not isinstance(raw, dict):
+            raise TypeError(f"{where or 'the manifest'} must be an object, got {raw!r}")
+        hints = typing.get_type_hints(cls)
+        values = {}
+        for f in dataclasses.fields(cls):
+            if f.name in raw:
+                values[f.name] = parse(hints[f.name], raw[f.name], f"{where}.{f.name}".lstrip("."))
+            elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise KeyError(f"{where}.{f.name}".lstrip("."))
+        try:
+            return cls(**values)
+        except ValueError as e:
+            raise ValueError(f"{where or 'the manifest'}: {e}") from None
+    origin, args = typing.get_origin(cls), typing.get_args(cls)
+    if origin in (types.UnionType, typing.Union):
+        if raw is None and type(None) in args:
+            return None
+        return parse(next(a for a in args if a is not type(None)), raw, where)
+    if origin is tuple:
+        if not isinstance(raw, list):
+            raise TypeError(f"{where} must be a list, got {raw!r}")
+        return tuple(parse(args[0], item, f"{where}[{k}]") for k, item in enumerate(raw))
+    if origin is dict:
+        if not isinstance(raw, dict):
+            raise TypeError(f"{where} must be an object, got {raw!r}")
+        return {k: parse(args[1], v, f"{where}.{k}") for k, v in raw.items()}
+    if cls is Any:
+        return raw
+    if cls is float and isinstance(raw, int) and not isinstance(raw, bool):
+        return float(raw)
+    if not isinstance(raw, cls) or (cls is int and isinstance(raw, bool)):
+        raise TypeError(f"{where} must be {cls.__name__}, got {raw!r}")
+    return raw

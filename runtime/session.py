@@ -1,30 +1,29 @@
-"""One onnxruntime session over a model variant, and the KV cache of its I/O convention.
+"""One onnxruntime session over a variant's `kv_buffer` graph, and its KV cache.
 
-Both decoders keep the cache in memory that onnxruntime reads in place: nothing is copied
-through numpy per token. Rows are gathered (one copy) only when beams reorder or
-finished rows leave the batch.
-
-- `PastKeyValuesDecoder` (`past_key_values`): the previous step's `present` OrtValues are
-  fed back as `past`; the graph appends the new position, so each step writes a new
-  cache [rows, n_head, total, head_dim].
-- `KVBufferDecoder` (`kv_buffer`): one preallocated buffer [rows, n_head, capacity, head_dim]
-  per layer and kind, bound as both past and present; attention writes the new position
-  in place, at each row's own length. Prompts of different lengths are run row by row
-  into their slice of the buffer, so rows are never padded.
+The cache is one buffer [rows, n_head, capacity, head_dim] per layer and kind, bound as
+both past and present: attention writes each new position in place, at each row's own
+length, so no step copies the cache, and rows of different lengths are never padded.
+The buffers live in anonymous memory that the OS commits page by page as positions are
+written: a row costs what its tokens cost whatever the capacity, and a row that leaves
+gives its pages back. Beam reordering copies only rows whose parent is another row, and
+only the positions that parent has filled.
 """
 
 from __future__ import annotations
 
+import mmap
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Protocol
+from dataclasses import dataclass, field
 
 import numpy as np
 import onnxruntime as ort
 
-from .manifest import IO_KV_BUFFER, LOGITS_TO_KEEP, SEQLENS_K, TOTAL_SEQUENCE_LENGTH, Architecture
+from .graph_io import (
+    INPUT_IDS, LOGITS, LOGITS_TO_KEEP, POSITION_IDS, SEQLENS_K, TOTAL_SEQUENCE_LENGTH, cache_names, past_name,
+    present_name,
+)
+from .manifest import Architecture
 
 
 def default_threads() -> int:
@@ -36,152 +35,104 @@ def default_threads() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def create_session(model: Path, threads: int | None) -> ort.InferenceSession:
-    """onnxruntime reads the file itself: no second copy of the weights in Python memory."""
+def session_options(threads: int | None) -> ort.SessionOptions:
+    """One thread pool of `threads` (default: the cores this process may use), sequential nodes."""
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads or default_threads()
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3
-    return ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
+    return options
 
 
-class Cache(Protocol):
-    """The KV state of the rows being decoded."""
-
-    def select(self, rows: np.ndarray) -> None:
-        """Keep (and reorder, or repeat) the given rows: beam reordering, finished rows leaving."""
-
-
-class Decoder(Protocol):
-    """Runs a variant's graph; `*_ids` are token ids, logits are float32."""
-
-    architecture: Architecture
-
-    def prefill(self, prompts: Sequence[Sequence[int]], capacity: int) -> tuple[Cache, np.ndarray]:
-        """Run the prompts (of any lengths) from an empty cache that will hold `capacity`
-        positions per row: (cache, last-position logits [rows, vocab])."""
-
-    def step(self, cache: Cache, tokens: np.ndarray) -> np.ndarray:
-        """One new token per row [rows] → logits [rows, vocab]; the cache grows by one."""
-
-    def score(self, input_ids: np.ndarray) -> np.ndarray:
-        """Logits of every position [rows, seq, vocab] of equal-length rows [rows, seq]."""
+def create_session(model, threads: int | None) -> ort.InferenceSession:
+    """`model`: a path (onnxruntime reads the file itself: no second copy of the weights in
+    Python memory) or serialized bytes."""
+    source = model if isinstance(model, bytes) else str(model)
+    return ort.InferenceSession(source, session_options(threads), providers=["CPUExecutionProvider"])
 
 
-def make_decoder(session: ort.InferenceSession, architecture: Architecture, io: str) -> Decoder:
-    """The decoder of a variant's I/O convention (`Variant.io`)."""
-    return (KVBufferDecoder if io == IO_KV_BUFFER else PastKeyValuesDecoder)(session, architecture)
-
-
-def _ortvalue(array: np.ndarray, dtype=np.int64) -> ort.OrtValue:
-    return ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array, dtype=dtype))
-
-
-def _names(a: Architecture, prefix: str) -> list[str]:
-    return [f"{prefix}.{i}.{kind}" for i in range(a.n_layer) for kind in ("key", "value")]
-
-
-@dataclass
-class PastKeyValues:
-    """`past_key_values` cache: [rows, n_head, past_len, head_dim] per layer and kind, and the
-    attention mask [rows, past_len] (0 = left padding)."""
-
-    values: list[ort.OrtValue]  # key, value of layer 0, then layer 1, ...
-    mask: np.ndarray
-
-    def select(self, rows: np.ndarray) -> None:
-        self.values = [_ortvalue(v.numpy()[rows], np.float32) for v in self.values]
-        self.mask = self.mask[rows]
-
-
-class PastKeyValuesDecoder:
-    """The ecosystem convention: prompts left-padded into one batch; the graph returns a
-    new present per step, fed back as the next past."""
-
-    def __init__(self, session: ort.InferenceSession, architecture: Architecture):
-        self.session, self.architecture = session, architecture
-        self._past_names = _names(architecture, "past_key_values")
-        self._output_names = ["logits"] + _names(architecture, "present")
-        self._keep_all, self._keep_last = _ortvalue(0), _ortvalue(1)
-
-    def prefill(self, prompts: Sequence[Sequence[int]], capacity: int) -> tuple[PastKeyValues, np.ndarray]:
-        """Positions start at 0 at each row's first real token, as transformers computes them."""
-        width = max(len(p) for p in prompts)
-        ids = np.zeros((len(prompts), width), np.int64)  # padding ids are never attended to
-        mask = np.zeros((len(prompts), width), np.int64)
-        for r, p in enumerate(prompts):
-            ids[r, width - len(p):], mask[r, width - len(p):] = p, 1
-        positions = np.clip(mask.cumsum(axis=1) - 1, 0, None)
-        cache = self._empty(len(prompts))
-        return cache, self._run(cache, ids, positions, mask, self._keep_last)[:, -1]
-
-    def step(self, cache: PastKeyValues, tokens: np.ndarray) -> np.ndarray:
-        positions = cache.mask.sum(axis=1, keepdims=True)  # [rows, 1]: real tokens so far
-        mask = np.concatenate([cache.mask, np.ones((len(tokens), 1), np.int64)], axis=1)
-        return self._run(cache, tokens[:, None], positions, mask, self._keep_last)[:, -1]
-
-    def score(self, input_ids: np.ndarray) -> np.ndarray:
-        mask = np.ones_like(input_ids)
-        positions = np.broadcast_to(np.arange(input_ids.shape[1]), input_ids.shape)
-        return self._run(self._empty(len(input_ids)), input_ids, positions, mask, self._keep_all)
-
-    def _empty(self, rows: int) -> PastKeyValues:
-        a = self.architecture
-        empty = np.zeros((rows, a.n_head, 0, a.head_dim), dtype=np.float32)
-        return PastKeyValues([_ortvalue(empty, np.float32) for _ in self._past_names], np.zeros((rows, 0), np.int64))
-
-    def _run(self, cache: PastKeyValues, ids, positions, mask, keep: ort.OrtValue) -> np.ndarray:
-        """[rows, seq] ids, positions; mask [rows, past + seq] → logits [rows, kept, vocab]."""
-        feeds = dict(zip(self._past_names, cache.values))
-        feeds.update(input_ids=_ortvalue(ids), position_ids=_ortvalue(positions), attention_mask=_ortvalue(mask))
-        feeds[LOGITS_TO_KEEP] = keep
-        outputs = self.session.run_with_ort_values(self._output_names, feeds)
-        cache.values, cache.mask = list(outputs[1:]), mask
-        return outputs[0].numpy()
+def _anonymous_array(shape: tuple[int, ...]) -> tuple[np.ndarray, mmap.mmap]:
+    """float32 zeros in memory the OS commits only where written, and can take back."""
+    memory = mmap.mmap(-1, max(1, int(np.prod(shape)) * 4))
+    return np.frombuffer(memory, np.float32).reshape(shape), memory
 
 
 @dataclass
 class KVBuffer:
-    """`kv_buffer` cache: buffers [rows, n_head, capacity, head_dim] per layer and kind that
-    onnxruntime writes in place, and each row's length (positions filled)."""
+    """The cache of `rows` rows (up to `max_rows`): buffers [rows, n_head, capacity, head_dim]
+    per layer and kind, and each row's length (positions filled)."""
 
-    buffers: list[np.ndarray]  # key, value of layer 0, then layer 1, ...
+    full: list[np.ndarray]  # [max_rows, n_head, capacity, head_dim] each
+    memory: list[mmap.mmap]
     lengths: np.ndarray  # [rows] int64
-    step_io: "_BoundCall | None" = None  # the one-token step bound to these buffers, made on first use
+    step_io: "_BoundCall | None" = None  # the one-token step bound to these rows, made on first use
+    buffers: list[np.ndarray] = field(init=False)  # views of the first `rows` rows
+
+    def __post_init__(self):
+        self.buffers = [b[: len(self.lengths)] for b in self.full]
+
+    @property
+    def max_rows(self) -> int:
+        return self.full[0].shape[0]
 
     def select(self, rows: np.ndarray) -> None:
-        used = int(self.lengths.max())
-        for k, buffer in enumerate(self.buffers):
-            kept = np.empty((len(rows), *buffer.shape[1:]), np.float32)
-            kept[:, :, :used] = buffer[rows, :, :used]  # only the filled positions are copied
-            self.buffers[k] = kept
+        """Keep, reorder or repeat rows (beams, rows leaving), in place: a row whose source is
+        another row copies that row's filled positions only; rows past the new count give
+        their pages back to the OS."""
+        rows = np.asarray(rows, np.int64)
+        if len(rows) > self.max_rows:
+            raise ValueError(f"{len(rows)} rows do not fit a cache made for {self.max_rows}")
+        moves = [(dst, int(src)) for dst, src in enumerate(rows) if dst != src]
+        overwritten = {dst for dst, _ in moves}
+        # a source that is itself overwritten before it is read is staged first
+        staged = {src: [b[src, :, : self.lengths[src]].copy() for b in self.full] for _, src in moves if src in overwritten}
+        for dst, src in moves:
+            n = self.lengths[src]
+            for k, b in enumerate(self.full):
+                b[dst, :, :n] = staged[src][k] if src in staged else b[src, :, :n]
+        old = len(self.lengths)
         self.lengths = self.lengths[rows]
-        self.step_io = None
+        if len(rows) < old:
+            self._release(len(rows), old)
+        if len(rows) != old:
+            self.buffers = [b[: len(rows)] for b in self.full]
+            self.step_io = None
+
+    def _release(self, first: int, end: int) -> None:
+        """Give back the whole pages of rows [first, end)."""
+        row_bytes = self.full[0][0].nbytes
+        start = -(-first * row_bytes // mmap.PAGESIZE) * mmap.PAGESIZE
+        stop = end * row_bytes // mmap.PAGESIZE * mmap.PAGESIZE
+        for memory in self.memory:
+            if stop > start and hasattr(memory, "madvise"):  # Linux, macOS; elsewhere the pages stay committed
+                memory.madvise(mmap.MADV_DONTNEED, start, stop - start)
 
 
 class _BoundCall:
-    """One call shape of a `kv_buffer` graph, bound once: inputs, logits and the KV buffers are
-    numpy arrays that onnxruntime reads and writes in place, so a call only writes a few
-    numbers into them (no OrtValue or output objects are made per token)."""
+    """One call shape of the graph, bound once: inputs, logits and the KV buffers are numpy
+    arrays that onnxruntime reads and writes in place, so a call only writes a few numbers
+    into them (no OrtValue or output objects are made per token)."""
 
-    def __init__(self, decoder: "KVBufferDecoder", buffers: list[np.ndarray], rows: int, seq: int, keep_all: bool):
+    def __init__(self, decoder: "Decoder", buffers: list[np.ndarray], rows: int, seq: int, keep: int):
         self.session = decoder.session
         self.input_ids = np.zeros((rows, seq), np.int64)
         self.position_ids = np.zeros((rows, seq), np.int64)
         self.seqlens_k = np.zeros(rows, np.int32)
         self.total_sequence_length = np.zeros((), np.int32)
-        self.logits = np.empty((rows, seq if keep_all else 1, decoder.architecture.vocab_size), np.float32)
+        self.keep = np.array(keep, np.int64)
+        self.logits = np.empty((rows, keep or seq, decoder.architecture.vocab_size), np.float32)
         self.binding = binding = self.session.io_binding()
-        for name in ("input_ids", "position_ids", SEQLENS_K, TOTAL_SEQUENCE_LENGTH):
-            binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(getattr(self, name)))
-        binding.bind_ortvalue_input(LOGITS_TO_KEEP, decoder.keep_all if keep_all else decoder.keep_last)
-        binding.bind_ortvalue_output("logits", ort.OrtValue.ortvalue_from_numpy(self.logits))
-        for past_name, present_name, buffer in zip(decoder.past_names, decoder.present_names, buffers):
+        inputs = {INPUT_IDS: self.input_ids, POSITION_IDS: self.position_ids, SEQLENS_K: self.seqlens_k,
+                  TOTAL_SEQUENCE_LENGTH: self.total_sequence_length, LOGITS_TO_KEEP: self.keep}
+        for name, array in inputs.items():
+            binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(array))
+        binding.bind_ortvalue_output(LOGITS, ort.OrtValue.ortvalue_from_numpy(self.logits))
+        for past, present, buffer in zip(decoder.past_names, decoder.present_names, buffers):
             value = ort.OrtValue.ortvalue_from_numpy(buffer)  # shares the numpy memory
-            binding.bind_ortvalue_input(past_name, value)
-            binding.bind_ortvalue_output(present_name, value)
+            binding.bind_ortvalue_input(past, value)
+            binding.bind_ortvalue_output(present, value)
 
     def __call__(self, ids: np.ndarray, past: np.ndarray) -> np.ndarray:
         """ids [rows, seq] after `past` [rows] filled positions → logits [rows, kept, vocab] (a copy).
@@ -195,45 +146,47 @@ class _BoundCall:
         return self.logits.copy()
 
 
-class KVBufferDecoder:
-    """The in-place convention: past and present bound to one preallocated buffer."""
+class Decoder:
+    """Runs a variant's `kv_buffer` graph; `*_ids` are token ids, logits float32."""
 
     def __init__(self, session: ort.InferenceSession, architecture: Architecture):
         self.session, self.architecture = session, architecture
-        self.past_names = _names(architecture, "past_key_values")
-        self.present_names = _names(architecture, "present")
-        self.keep_all, self.keep_last = _ortvalue(0), _ortvalue(1)
+        self.past_names = cache_names(architecture.n_layer, past_name)
+        self.present_names = cache_names(architecture.n_layer, present_name)
 
-    def prefill(self, prompts: Sequence[Sequence[int]], capacity: int) -> tuple[KVBuffer, np.ndarray]:
-        """Equal-length prompts run as one batch; otherwise each row runs alone into its slice
-        of the buffer, so no row is padded."""
-        cache = self._empty(len(prompts), capacity)
+    def prefill(self, prompts: Sequence[Sequence[int]], capacity: int, max_rows: int | None = None) -> tuple[KVBuffer, np.ndarray]:
+        """Run the prompts (of any lengths) into an empty cache of `capacity` positions per row
+        that can grow to `max_rows` rows: (cache, last-position logits [rows, vocab]).
+        Equal-length prompts run as one batch; otherwise each row runs alone into its slice."""
+        cache = self.empty(len(prompts), capacity, max_rows)
         if len({len(p) for p in prompts}) == 1:
-            call = _BoundCall(self, cache.buffers, len(prompts), len(prompts[0]), keep_all=False)
-            logits = call(np.array(prompts, np.int64), cache.lengths)
+            logits = _BoundCall(self, cache.buffers, len(prompts), len(prompts[0]), 1)(np.array(prompts, np.int64), cache.lengths)
         else:
             logits = np.concatenate([
-                _BoundCall(self, [b[r:r + 1] for b in cache.buffers], 1, len(p), keep_all=False)(np.array([p]), np.zeros(1, np.int64))
+                _BoundCall(self, [b[r:r + 1] for b in cache.buffers], 1, len(p), 1)(np.array([p]), np.zeros(1, np.int64))
                 for r, p in enumerate(prompts)
             ])
         cache.lengths = np.array([len(p) for p in prompts], np.int64)
         return cache, logits[:, -1]
 
     def step(self, cache: KVBuffer, tokens: np.ndarray) -> np.ndarray:
+        """One new token per row [rows] → logits [rows, vocab]; the cache grows by one."""
         if cache.step_io is None:
-            cache.step_io = _BoundCall(self, cache.buffers, len(tokens), 1, keep_all=False)
+            cache.step_io = _BoundCall(self, cache.buffers, len(tokens), 1, 1)
         logits = cache.step_io(tokens[:, None], cache.lengths)
         cache.lengths += 1
         return logits[:, -1]
 
     def score(self, input_ids: np.ndarray) -> np.ndarray:
+        """Logits of every position [rows, seq, vocab] of equal-length rows [rows, seq]."""
         rows, seq = input_ids.shape
-        cache = self._empty(rows, seq)
-        return _BoundCall(self, cache.buffers, rows, seq, keep_all=True)(input_ids, cache.lengths)
+        cache = self.empty(rows, seq)
+        return _BoundCall(self, cache.buffers, rows, seq, 0)(input_ids, cache.lengths)
 
-    def _empty(self, rows: int, capacity: int) -> KVBuffer:
+    def empty(self, rows: int, capacity: int, max_rows: int | None = None) -> KVBuffer:
         a = self.architecture
         if capacity > a.n_positions:
             raise ValueError(f"KV capacity {capacity} exceeds the model's {a.n_positions} positions")
-        shape = (rows, a.n_head, capacity, a.head_dim)
-        return KVBuffer([np.zeros(shape, np.float32) for _ in self.past_names], np.zeros(rows, np.int64))
+        shape = (max(rows, max_rows or rows), a.n_head, capacity, a.head_dim)
+        full, memory = zip(*(_anonymous_array(shape) for _ in self.past_names))
+        return KVBuffer(list(full), list(memory), np.zeros(rows, np.int64))

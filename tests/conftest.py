@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 
 from gpt2_onnx.export import export_model
-from gpt2_onnx.manifest import IO_KV_BUFFER, IO_PAST_KEY_VALUES
 from gpt2_onnx.export.synthetic import TINY, SyntheticSpec, write_gpt2_bpe_checkpoint, write_uer_checkpoint
 
 
@@ -36,20 +35,6 @@ def tiny_model(tiny_checkpoint, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def tiny_buffer_model(tiny_checkpoint, tmp_path_factory) -> Path:
-    """The tiny model with FP32 in the `kv_buffer` convention too, so both cache managers are
-    compared with transformers on the same FP32 weights."""
-    io = {"fp32": IO_KV_BUFFER, "int8": IO_KV_BUFFER}
-    return export_model(str(tiny_checkpoint), tmp_path_factory.mktemp("tiny-buffer") / "model", quantize=("int8",), variant_io=io)
-
-
-@pytest.fixture(params=[IO_PAST_KEY_VALUES, IO_KV_BUFFER])
-def tiny_models(request) -> Path:
-    """The tiny model directory of each I/O convention (its FP32 variant follows it)."""
-    return request.getfixturevalue("tiny_model" if request.param == IO_PAST_KEY_VALUES else "tiny_buffer_model")
-
-
-@pytest.fixture(scope="session")
 def full_checkpoint(tmp_path_factory) -> Path:
     return write_uer_checkpoint(tmp_path_factory.mktemp("full") / "checkpoint", SyntheticSpec())
 
@@ -58,18 +43,6 @@ def full_checkpoint(tmp_path_factory) -> Path:
 def full_model(full_checkpoint, tmp_path_factory) -> Path:
     # check=False: test_export measures parity itself and asserts on the numbers
     return export_model(str(full_checkpoint), tmp_path_factory.mktemp("full-onnx") / "model", quantize=("int8", "int4"), check=False)
-
-
-@pytest.fixture(scope="session")
-def full_buffer_model(full_checkpoint, tmp_path_factory) -> Path:
-    return export_model(str(full_checkpoint), tmp_path_factory.mktemp("full-buffer") / "model", check=False,
-                        variant_io={"fp32": IO_KV_BUFFER})
-
-
-@pytest.fixture(params=[IO_PAST_KEY_VALUES, IO_KV_BUFFER])
-def full_models(request) -> Path:
-    """The full-size model directory of each I/O convention (FP32 only for kv_buffer)."""
-    return request.getfixturevalue("full_model" if request.param == IO_PAST_KEY_VALUES else "full_buffer_model")
 
 
 @pytest.fixture(scope="session")

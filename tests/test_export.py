@@ -31,33 +31,36 @@ def test_fixture_has_the_exact_uer_layout(full_checkpoint):
 
 
 def test_model_directory_contract(full_model, full_checkpoint):
-    graphs = ["model.onnx", "model.int8.onnx", "model.int4.onnx"]
-    assert {p.name for p in full_model.iterdir()} == {
-        *graphs, *(g + ".data" for g in graphs), "tokenizer.json", "config.json", "gpt2_onnx.json"
-    }
+    graphs = ["model.onnx", "model.fp32.onnx", "model.int8.onnx", "model.int4.onnx"]
+    data = ["model.fp32.onnx.data", "model.int8.onnx.data", "model.int4.onnx.data"]
+    assert {p.name for p in full_model.iterdir()} == {*graphs, *data, "tokenizer.json", "config.json", "gpt2_onnx.json"}
     assert (full_model / "config.json").read_bytes() == (full_checkpoint / "config.json").read_bytes()
     m = read_manifest(full_model)
-    assert m.format_version == FORMAT_VERSION
+    assert m.format_version == FORMAT_VERSION == 2
     a = m.architecture
     assert (a.n_layer, a.n_head, a.n_embd, a.vocab_size, a.n_positions, a.head_dim) == (6, 12, 768, 21128, 1024, 64)
     # the ids that work for uer, not the config's 50256 (outside the vocabulary)
     assert m.conventions.prompt_prefix_ids == (101,)
     assert m.conventions.stop_token_ids == (102,)
-    assert m.conventions.pad_token_id == 0
     assert {0, 100, 101, 102, 103} <= set(m.conventions.special_token_ids)
     assert all(i < 21128 for i in m.conventions.special_token_ids)
     assert m.conventions.decode == "wordpiece_cjk"
     for name, variant in m.variants.items():
-        assert variant.data_file == variant.file + ".data"
+        assert variant.data_file == f"model.{name}.onnx.data"
         assert all(sha256_file(full_model / f) == sha for f, sha in variant.files())
-    # FP32 in the ecosystem's convention (optimum loads it); the quantized variants in the in-place buffer
-    assert {name: v.io for name, v in m.variants.items()} == {"fp32": "past_key_values", "int8": "kv_buffer", "int4": "kv_buffer"}
+    # every variant has the graph the runtime runs; FP32 also the ecosystem's (optimum loads it), on the same weights
+    assert {name: [(g.file, g.io) for g in v.graphs] for name, v in m.variants.items()} == {
+        "fp32": [("model.fp32.onnx", "kv_buffer"), ("model.onnx", "past_key_values")],
+        "int8": [("model.int8.onnx", "kv_buffer")],
+        "int4": [("model.int4.onnx", "kv_buffer")],
+    }
     assert m.variants["fp32"].quantization is None
     q = m.variants["int8"].quantization
-    assert q.per_channel and q.symmetric and q.method == "dynamic"
+    assert (q.scheme, q.bits, q.block_size, q.symmetric, q.zero_point, q.max_value, q.activations) == (
+        "per_channel", 8, None, True, 0, 63, "int8_per_token")
     assert len(q.weights) == 6 * 4 + 1 and "wte.weight" in q.weights and "h.5.mlp.c_proj.weight" in q.weights
     q4 = m.variants["int4"].quantization
-    assert q4.weights == q.weights and q4.weight_type.startswith("int4 (block 32")
+    assert q4.weights == q.weights and (q4.scheme, q4.bits, q4.block_size, q4.zero_point) == ("blockwise", 4, 32, 8)
     assert m.tokenizer_sha256 == sha256_file(full_model / "tokenizer.json")
     assert m.source["id"] == str(full_checkpoint) and m.source["family"] == "uer-chinese"
     assert {"onnx", "onnxruntime", "torch", "transformers", "tokenizers", "gpt2-onnx"} <= set(m.tools)
@@ -78,8 +81,8 @@ def test_graph_io_follows_the_ecosystem_convention(full_model):
     assert not any(n.op_type in ("If", "Loop") for n in model.graph.node)
 
 
-@pytest.mark.parametrize("variant", ["model.int8.onnx", "model.int4.onnx"])
-def test_quantized_graphs_write_the_kv_buffer_in_place(full_model, variant):
+@pytest.mark.parametrize("variant", ["model.fp32.onnx", "model.int8.onnx", "model.int4.onnx"])
+def test_runtime_graphs_write_the_kv_buffer_in_place(full_model, variant):
     import onnx
 
     model = onnx.load(full_model / variant, load_external_data=False)
@@ -99,7 +102,7 @@ def test_file_sizes(full_model, full_checkpoint, torch_model):
     def size(precision: str) -> int:  # the graph and its weights
         return sum(os.path.getsize(full_model / name) for name, _ in variants[precision].files())
 
-    assert size("fp32") <= 1.02 * 4 * params
+    assert size("fp32") <= 1.02 * 4 * params  # two graphs, one copy of the weights
     assert size("int8") <= 65e6
     assert size("int4") <= 42e6  # 4.5 bits per weight + FP32 position embedding
 

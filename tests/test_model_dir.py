@@ -24,8 +24,8 @@ def test_missing_variant_file(model_copy):
 
 
 def test_missing_weights_file(model_copy):
-    (model_copy / "model.onnx.data").unlink()
-    with pytest.raises(ModelDirectoryError, match=r"model\.onnx\.data is missing.*re-export"):
+    (model_copy / "model.fp32.onnx.data").unlink()
+    with pytest.raises(ModelDirectoryError, match=r"model\.fp32\.onnx\.data is missing.*re-export"):
         Generator.load(model_copy, precision="fp32")
 
 
@@ -36,11 +36,11 @@ def test_missing_tokenizer(model_copy):
 
 
 def test_corrupt_model_file(model_copy):
-    path = model_copy / "model.onnx"
+    path = model_copy / "model.fp32.onnx"
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0xFF
     path.write_bytes(bytes(data))
-    with pytest.raises(ModelDirectoryError, match=r"model\.onnx does not match the sha256.*re-export"):
+    with pytest.raises(ModelDirectoryError, match=r"model\.fp32\.onnx does not match the sha256.*re-export"):
         Generator.load(model_copy, precision="fp32")
 
 
@@ -84,7 +84,7 @@ def test_unknown_format_version(model_copy):
     manifest = json.loads((model_copy / "gpt2_onnx.json").read_text())
     manifest["format_version"] = 99
     (model_copy / "gpt2_onnx.json").write_text(json.dumps(manifest))
-    with pytest.raises(ModelDirectoryError, match=r"format_version 99.*reads version 1.*re-export"):
+    with pytest.raises(ModelDirectoryError, match=r"format_version 99.*reads version 2.*re-export"):
         Generator.load(model_copy)
 
 

@@ -33,8 +33,8 @@ print(heavy)
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
 
 
-def test_seeded_sampling_is_reproducible(tiny_models, generators):
-    gen = generators(tiny_models)
+def test_seeded_sampling_is_reproducible(tiny_model, generators):
+    gen = generators(tiny_model)
     a = gen.generate(PROMPT, max_new_tokens=30, do_sample=True, seed=7)
     b = gen.generate(PROMPT, max_new_tokens=30, do_sample=True, seed=7)
     c = gen.generate(PROMPT, max_new_tokens=30, do_sample=True, seed=8)
@@ -42,16 +42,16 @@ def test_seeded_sampling_is_reproducible(tiny_models, generators):
     assert a.token_ids != c.token_ids
 
 
-def test_top_k_1_sampling_equals_greedy(tiny_models, generators):
-    gen = generators(tiny_models)
+def test_top_k_1_sampling_equals_greedy(tiny_model, generators):
+    gen = generators(tiny_model)
     greedy = gen.generate(PROMPT, max_new_tokens=30, do_sample=False)
     for seed in range(3):
         assert gen.generate(PROMPT, max_new_tokens=30, do_sample=True, top_k=1, seed=seed).token_ids == greedy.token_ids
     assert gen.generate(PROMPT, max_new_tokens=30, do_sample=True, temperature=0).token_ids == greedy.token_ids
 
 
-def test_num_return_sequences_sampling(tiny_models, generators):
-    gen = generators(tiny_models)
+def test_num_return_sequences_sampling(tiny_model, generators):
+    gen = generators(tiny_model)
     results = gen.generate(PROMPT, max_new_tokens=20, do_sample=True, num_return_sequences=3, seed=1)
     assert len(results) == 3 and len({r.token_ids for r in results}) == 3
     batched = gen.generate([PROMPT, "今天"], max_new_tokens=5, do_sample=True, num_return_sequences=2, seed=1)
@@ -59,8 +59,8 @@ def test_num_return_sequences_sampling(tiny_models, generators):
 
 
 @pytest.mark.parametrize("options", [dict(do_sample=False), dict(do_sample=True, seed=3, top_p=0.9), dict(do_sample=False, stop=["了"])])
-def test_stream_pieces_join_to_generate_text(tiny_models, generators, options):
-    gen = generators(tiny_models)
+def test_stream_pieces_join_to_generate_text(tiny_model, generators, options):
+    gen = generators(tiny_model)
     pieces = list(gen.stream(PROMPT, max_new_tokens=40, **options))
     assert "".join(pieces) == gen.generate(PROMPT, max_new_tokens=40, **options).text
     assert all(pieces)
@@ -75,8 +75,8 @@ def test_stream_is_incremental(tiny_model, generators):
     assert first + "".join(stream) == gen.generate(PROMPT, max_new_tokens=40, do_sample=False).text
 
 
-def test_stop_strings(tiny_models, generators):
-    gen = generators(tiny_models)
+def test_stop_strings(tiny_model, generators):
+    gen = generators(tiny_model)
     full = gen.generate(PROMPT, max_new_tokens=40, do_sample=False)
     stop = full.text[6:8]
     expected = full.text[: full.text.find(stop)]
@@ -139,11 +139,11 @@ def test_results_carry_timings(tiny_model, generators):
     assert result.timings.time_to_first_token_s > 0 and result.timings.decode_s > 0
 
 
-def test_beam_search_times_its_first_token_when_chosen(tiny_models, generators):
+def test_beam_search_times_its_first_token_when_chosen(tiny_model, generators):
     """Beam search yields its results only at the end; the clock is marked at the first step."""
     from gpt2_onnx.decode import run
 
-    gen = generators(tiny_models)
+    gen = generators(tiny_model)
     job = gen._job([gen.codec.encode(PROMPT)], gen.config(max_new_tokens=10, do_sample=False, num_beams=3))
     events = run(gen.decoder, gen.codec, job)
     assert job.clock.first_token is None
@@ -183,8 +183,8 @@ def test_bad_prompt_types(tiny_model, generators, prompt):
         generators(tiny_model).generate(prompt)
 
 
-def test_context_limit(tiny_models, generators):
-    gen = generators(tiny_models)  # 128 positions
+def test_context_limit(tiny_model, generators):
+    gen = generators(tiny_model)  # 128 positions
     long_prompt = "这是很久之前的事情了" * 12  # 121 tokens with [CLS]
     with pytest.raises(ContextLengthError, match=r"121 tokens.*max_new_tokens is 20.*141 > 128.*truncate='left'"):
         gen.generate(long_prompt, max_new_tokens=20)
@@ -194,8 +194,8 @@ def test_context_limit(tiny_models, generators):
         gen.generate("这", max_new_tokens=200, truncate="left")
 
 
-def test_concurrent_calls_give_sequential_results(tiny_models, generators):
-    gen = generators(tiny_models, "int8")
+def test_concurrent_calls_give_sequential_results(tiny_model, generators):
+    gen = generators(tiny_model, "int8")
     jobs = [dict(do_sample=True, seed=s, max_new_tokens=25) for s in range(8)] + [dict(do_sample=False, num_beams=3, max_new_tokens=10)]
     sequential = [gen.generate(PROMPT, **j) for j in jobs]
     with ThreadPoolExecutor(4) as pool:
@@ -203,9 +203,9 @@ def test_concurrent_calls_give_sequential_results(tiny_models, generators):
     assert [r.token_ids for r in concurrent] == [r.token_ids for r in sequential]
 
 
-def test_kv_buffer_is_written_in_place(tiny_buffer_model, generators):
+def test_kv_buffer_is_written_in_place(tiny_model, generators):
     """A decode step writes the new position into the cache's own buffers: no new cache per token."""
-    decoder = generators(tiny_buffer_model, "int8").decoder
+    decoder = generators(tiny_model, "int8").decoder
     cache, _ = decoder.prefill([[101, 5, 6, 7], [101, 8]], capacity=10)  # rows of different lengths, no padding
     buffers = list(cache.buffers)
     assert [b.shape for b in buffers] == [(2, 4, 10, 16)] * len(buffers)  # [rows, n_head, capacity, head_dim]

@@ -1,5 +1,5 @@
 """The runtime decodes exactly like transformers' generate() on the same checkpoint (FP32), with
-either cache manager (`tiny_models` and `full_models` run each test once per I/O convention)."""
+either cache manager (`tiny_model` and `full_model` run each test once per I/O convention)."""
 
 from __future__ import annotations
 
@@ -25,8 +25,8 @@ def transformers_generate(model, rows: list[list[int]], pad_id: int, **kwargs) -
     return result
 
 
-def test_greedy_64_tokens_batch_1_full_size(full_models, full_checkpoint, torch_model, generators):
-    gen = generators(full_models)
+def test_greedy_64_tokens_batch_1_full_size(full_model, full_checkpoint, torch_model, generators):
+    gen = generators(full_model)
     ours = gen.generate(PROMPTS[0], max_new_tokens=64, do_sample=False)
     prompt = gen.codec.encode(PROMPTS[0])
     theirs = transformers_generate(torch_model(full_checkpoint), [prompt], 0, max_new_tokens=64, do_sample=False, eos_token_id=102)
@@ -34,8 +34,8 @@ def test_greedy_64_tokens_batch_1_full_size(full_models, full_checkpoint, torch_
     assert len(set(ours.token_ids)) > 5  # a varied path, not one repeated token
 
 
-def test_greedy_64_tokens_batch_of_4_full_size(full_models, full_checkpoint, torch_model, generators):
-    gen = generators(full_models)
+def test_greedy_64_tokens_batch_of_4_full_size(full_model, full_checkpoint, torch_model, generators):
+    gen = generators(full_model)
     rows = [gen.codec.encode(p) for p in PROMPTS]
     assert len(set(map(len, rows))) == 4
     ours = gen.generate(PROMPTS, max_new_tokens=64, do_sample=False)
@@ -45,8 +45,8 @@ def test_greedy_64_tokens_batch_of_4_full_size(full_models, full_checkpoint, tor
     assert [r.token_ids for r in ours] == alone
 
 
-def test_finished_rows_leave_the_batch_and_others_continue(tiny_models, generators):
-    gen = generators(tiny_models)
+def test_finished_rows_leave_the_batch_and_others_continue(tiny_model, generators):
+    gen = generators(tiny_model)
     free = gen.generate(PROMPTS, max_new_tokens=20, do_sample=False)
     stop = free[1].token_ids[3]  # row 1 produces this token at step 4 at the latest
     stopped = gen.generate(PROMPTS, max_new_tokens=20, do_sample=False, stop_token_ids=[stop])
@@ -68,8 +68,8 @@ def test_finished_rows_leave_the_batch_and_others_continue(tiny_models, generato
         dict(num_beams=4, length_penalty=-1.0, num_return_sequences=3),  # favours short, finished beams
     ],
 )
-def test_beam_search_matches_transformers(tiny_models, tiny_checkpoint, torch_model, generators, options):
-    gen = generators(tiny_models)
+def test_beam_search_matches_transformers(tiny_model, tiny_checkpoint, torch_model, generators, options):
+    gen = generators(tiny_model)
     # a stop token the beams meet early, so finished hypotheses and the stopping rules matter
     stop = gen.generate(PROMPTS[0], max_new_tokens=8, do_sample=False).token_ids[0]
     prompt = gen.codec.encode(PROMPTS[0])
@@ -83,8 +83,8 @@ def test_beam_search_matches_transformers(tiny_models, tiny_checkpoint, torch_mo
         assert any(r.finish_reason == "stop" and r.token_ids[-1] == stop for r in ours)
 
 
-def test_beam_search_batch_of_prompts(tiny_models, tiny_checkpoint, torch_model, generators):
-    gen = generators(tiny_models)
+def test_beam_search_batch_of_prompts(tiny_model, tiny_checkpoint, torch_model, generators):
+    gen = generators(tiny_model)
     rows = [gen.codec.encode(p) for p in PROMPTS]
     ours = gen.generate(PROMPTS, max_new_tokens=16, do_sample=False, num_beams=4, num_return_sequences=2)
     theirs = transformers_generate(
@@ -102,8 +102,8 @@ def test_beam_search_batch_of_prompts(tiny_models, tiny_checkpoint, torch_model,
         (dict(repetition_penalty=0.7), dict(repetition_penalty=0.7)),
     ],
 )
-def test_processors_match_transformers_generate(tiny_models, tiny_checkpoint, torch_model, generators, ours_options, theirs_options):
-    gen = generators(tiny_models)
+def test_processors_match_transformers_generate(tiny_model, tiny_checkpoint, torch_model, generators, ours_options, theirs_options):
+    gen = generators(tiny_model)
     prompt = gen.codec.encode(PROMPTS[2])
     plain = gen.generate(PROMPTS[2], max_new_tokens=40, do_sample=False).token_ids
     ours = gen.generate(PROMPTS[2], max_new_tokens=40, do_sample=False, **ours_options).token_ids
@@ -114,8 +114,8 @@ def test_processors_match_transformers_generate(tiny_models, tiny_checkpoint, to
     assert ours != plain  # the option changed the outcome, so the comparison says something
 
 
-def test_min_new_tokens_matches_transformers(tiny_models, tiny_checkpoint, torch_model, generators):
-    gen = generators(tiny_models)
+def test_min_new_tokens_matches_transformers(tiny_model, tiny_checkpoint, torch_model, generators):
+    gen = generators(tiny_model)
     first = gen.generate(PROMPTS[0], max_new_tokens=1, do_sample=False).token_ids[0]
     prompt = gen.codec.encode(PROMPTS[0])
     early = gen.generate(PROMPTS[0], max_new_tokens=30, do_sample=False, stop_token_ids=[first])
@@ -127,8 +127,8 @@ def test_min_new_tokens_matches_transformers(tiny_models, tiny_checkpoint, torch
     assert list(ours.token_ids) == theirs and len(theirs) >= 6
 
 
-def test_bad_words_match_transformers(tiny_models, tiny_checkpoint, torch_model, generators):
-    gen = generators(tiny_models)
+def test_bad_words_match_transformers(tiny_model, tiny_checkpoint, torch_model, generators):
+    gen = generators(tiny_model)
     prompt = gen.codec.encode(PROMPTS[0])
     plain = gen.generate(PROMPTS[0], max_new_tokens=30, do_sample=False).token_ids
     single = gen.codec._pieces[plain[0]]  # a one-token word the model wants first

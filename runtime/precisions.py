@@ -1,0 +1,41 @@
+"""The precisions a model directory can hold: one row each, read by the exporter (which
+writes them), the runtime and CLI (which load them) and the benchmarks (which measure them).
+
+Adding a precision is one row here plus its matmul strategy in `gpt2_onnx.export`
+(`STRATEGIES`, keyed by `Precision.strategy`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Precision:
+    name: str
+    strategy: str  # the exporter's matmul strategy that writes it
+    description: str
+    ecosystem_graph: bool = False  # also write model.onnx: the same weights in the ecosystem's I/O convention
+
+    @property
+    def graph_file(self) -> str:
+        """The graph the runtime runs (`kv_buffer` convention)."""
+        return f"model.{self.name}.onnx"
+
+    @property
+    def data_file(self) -> str:
+        """The weights, ONNX external data shared by every graph of the variant."""
+        return self.graph_file + ".data"
+
+
+ECOSYSTEM_GRAPH = "model.onnx"  # where optimum, onnxruntime-genai and transformers.js look
+
+PRECISIONS = (
+    Precision("fp32", "fp32", "the checkpoint's FP32 weights", ecosystem_graph=True),
+    Precision("int8", "int8_per_token", "8-bit weights per output column, activations quantized per token"),
+    Precision("int4", "int4_blockwise", "4-bit weights in blocks of 32, activations int8 per block"),
+)
+BY_NAME = {p.name: p for p in PRECISIONS}
+NAMES = tuple(BY_NAME)
+QUANTIZED = tuple(p.name for p in PRECISIONS if p.name != "fp32")
+DEFAULT_PRECISION = "int8"
