@@ -242,7 +242,12 @@ def publish(tmp: Path, out: Path) -> None:
 
 
 def current_umask() -> int:
-    """The process umask; reading it means setting it, so it is set straight back."""
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
+    """The process umask: as Linux shows it in /proc, else by setting it and straight back
+    (which another thread creating a file at that instant would notice)."""
+    try:
+        status = Path("/proc/self/status").read_text()
+        return int(next(line.split()[1] for line in status.splitlines() if line.startswith("Umask:")), 8)
+    except (OSError, StopIteration):
+        mask = os.umask(0o022)
+        os.umask(mask)
+        return mask
