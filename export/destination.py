@@ -35,11 +35,11 @@ from gpt2_onnx.manifest import MANIFEST_NAME
 SIZE_FACTORS = {"fp32": 1.0, "int8": 0.27, "int4": 0.18}
 # rounding of the factors, plus tokenizer.json, config.json and the manifest
 MARGIN_FACTOR, MARGIN_BYTES = 1.1, 16 << 20
-SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGINT", "SIGHUP") if hasattr(signal, name))
+SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
 def estimate_export_bytes(weight_bytes: int, precisions: Iterable[str]) -> int:
-    """Disk space an export of FP32 weights of `weight_bytes` into `precisions` needs, at most."""
+    """Disk space an export of FP32 weights of `weight_bytes` into `precisions` needs, with a margin."""
     return int(weight_bytes * sum(SIZE_FACTORS[p] for p in precisions) * MARGIN_FACTOR) + MARGIN_BYTES
 
 

@@ -134,6 +134,15 @@ def test_missing_parent(capsys, tmp_path, tiny_checkpoint):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_export_size_estimate():
+    from gpt2_onnx.export.destination import estimate_export_bytes
+
+    fp32 = 400 << 20  # the distil checkpoint's pytorch_model.bin is about 300 MB
+    assert fp32 < estimate_export_bytes(fp32, ["fp32"]) < 1.2 * fp32 + (16 << 20)
+    assert 1.45 * fp32 < estimate_export_bytes(fp32, ["fp32", "int8", "int4"]) < 1.7 * fp32 + (16 << 20)
+    assert estimate_export_bytes(0, ["fp32"]) > 0  # a hub id not yet downloaded: the margin alone
+
+
 @pytest.fixture
 def never_loaded(monkeypatch):
     """Destination checks come first: loading the checkpoint fails the test."""
