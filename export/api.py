@@ -1,14 +1,14 @@
 """`export_model`: checkpoint → model directory (see `gpt2_onnx.manifest`).
 
-Load and validate the checkpoint, convert the tokenizer, build each graph variant,
-write everything into a temporary directory beside OUT_DIR, check parity against
-torch, and only then move it into place: a failed export leaves nothing behind.
+Claim OUT_DIR (see `destination`: checks, lock, signals), load and validate the
+checkpoint, convert the tokenizer, build each graph variant, write everything into a
+partial directory beside OUT_DIR, check parity against torch, and only then move it
+into place: a failed or interrupted export leaves nothing behind.
 """
 
 from __future__ import annotations
 
 import shutil
-import tempfile
 from importlib.metadata import PackageNotFoundError, version
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -22,6 +22,7 @@ from gpt2_onnx.errors import SourceError
 from gpt2_onnx.graph_io import IO_KV_BUFFER, IO_PAST_KEY_VALUES
 from gpt2_onnx.manifest import CONFIG_NAME, MANIFEST_NAME, TOKENIZER_NAME, Graph, Manifest, Variant
 
+from . import destination
 from .checkpoint import Checkpoint, load_checkpoint
 from .graph import Fp32Linear, Linear, build_model
 from .quantize import Int8Linear, Int8Settings
@@ -46,30 +47,31 @@ def export_model(
     check: bool = True,
     int8: Int8Settings = Int8Settings(),
     progress: Callable[[str], None] = lambda message: None,
+    wait: bool = False,
 ) -> Path:
     """Export `source` (local checkpoint dir or hub id) to `out_dir`; return its path.
 
-    `quantize`: extra variants beside FP32, e.g. ("int8", "int4"). `check`: compare every
-    variant with torch before the directory is published (see `check_model`); the FP32
-    graph must agree within `FP32_TOLERANCE`. `progress` receives one line per step.
+    `quantize`: extra variants beside FP32, e.g. ("int8", "int4"). `force`: replace an
+    earlier gpt2-onnx export at `out_dir` (no other directory is ever replaced). `check`:
+    compare every variant with torch before the directory is published (see `check_model`);
+    the FP32 graph must agree within `FP32_TOLERANCE`. `progress` receives one line per step.
+    `wait`: when another export to `out_dir` is running, wait for it and return the model
+    directory it finished instead of failing at once (the hub cache's first uses).
     """
     out = Path(out_dir).expanduser().resolve()
-    _check_destination(out, force, quantize)
-    progress(f"loading {source}")
-    checkpoint = load_checkpoint(source)
-    tokenizer = export_tokenizer(checkpoint.path, checkpoint.config, checkpoint.weights["wte.weight"].shape[0])
-
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
-    try:
-        manifest = _write_directory(tmp, checkpoint, tokenizer, quantize, int8, progress)
-        if check:
-            _check_parity(tmp, checkpoint, progress)
-        _publish(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    _remember_checksums(out, manifest)
+    _check_options(quantize)
+    with destination.claim(out, source, ("fp32", *quantize), force, wait, progress) as finished:
+        if finished:
+            return out
+        progress(f"loading {source}")
+        checkpoint = load_checkpoint(source)
+        tokenizer = export_tokenizer(checkpoint.path, checkpoint.config, checkpoint.weights["wte.weight"].shape[0])
+        with destination.partial(out) as tmp:
+            manifest = _write_directory(tmp, checkpoint, tokenizer, quantize, int8, progress)
+            if check:
+                _check_parity(tmp, checkpoint, progress)
+            destination.publish(tmp, out)
+        _remember_checksums(out, manifest)
     return out
 
 
@@ -115,14 +117,10 @@ def _check_parity(model_dir: Path, checkpoint: Checkpoint, progress: Callable[[s
     require_fp32_parity(reports)
 
 
-def _check_destination(out: Path, force: bool, quantize: tuple[str, ...]) -> None:
+def _check_options(quantize: tuple[str, ...]) -> None:
     unknown = [q for q in quantize if q not in precisions.QUANTIZED]
     if unknown:
         raise SourceError(f"unknown quantization {unknown[0]!r}; choose from: {', '.join(precisions.QUANTIZED)}")
-    if out.exists() and not force:
-        raise SourceError(f"{out} already exists; pass --force (force=True) to replace it, or choose another OUT_DIR")
-    if out.exists() and not out.is_dir():
-        raise SourceError(f"{out} exists and is not a directory; choose another OUT_DIR")
 
 
 def _weights_for_graph(checkpoint: Checkpoint) -> dict[str, np.ndarray]:
@@ -189,16 +187,4 @@ def package_versions(names: tuple[str, ...]) -> dict[str, str]:
         except PackageNotFoundError:
             pass
     return found
-
-
-def _publish(tmp: Path, out: Path) -> None:
-    """Move the finished directory into place; an old one (with --force) goes only after."""
-    old = None
-    if out.exists():
-        old = out.with_name(f".{out.name}.old-{tmp.name.rsplit('-', 1)[-1]}")
-        out.rename(old)
-    tmp.rename(out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
 

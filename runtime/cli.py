@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 from collections.abc import Sequence
 from dataclasses import asdict
@@ -49,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("paths", nargs="+", metavar="[SOURCE] OUT_DIR",
                         help="checkpoint directory or hub id (default: the registry's default model), then the output directory")
     export.add_argument("--quantize", action="append", choices=["int8", "int4"], default=[], help="also write this variant (repeatable)")
-    export.add_argument("--force", action="store_true", help="replace OUT_DIR if it exists")
+    export.add_argument("--force", action="store_true", help="replace an existing gpt2-onnx model directory at OUT_DIR (never any other directory)")
     export.add_argument("--no-check", action="store_true", help="skip the comparison with transformers + torch")
 
     check = sub.add_parser("check", help="compare a model directory with its checkpoint in torch")
@@ -88,8 +89,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Gpt2OnnxError as e:
         print(f"gpt2-onnx: error: {e}", file=sys.stderr)
         return EXIT_ERROR
-    except KeyboardInterrupt:
-        return 130
+    except KeyboardInterrupt as e:  # Ctrl-C, or a signal during export (errors.Interrupted)
+        return 128 + getattr(e, "signum", signal.SIGINT)
 
 
 def _export_extra():
@@ -107,11 +108,17 @@ def _export_extra():
 def _export(args) -> int:
     from gpt2_onnx.models import default_model
 
-    export, _ = _export_extra()
-
     if len(args.paths) > 2:
         raise Gpt2OnnxError(f"export takes [SOURCE] OUT_DIR, got {len(args.paths)} paths")
-    source, out = (default_model(), args.paths[0]) if len(args.paths) == 1 else args.paths
+    if len(args.paths) == 1:
+        out = args.paths[0]
+        if (Path(out).expanduser() / "config.json").is_file():
+            raise Gpt2OnnxError(f"export got one path, {out}, which is a checkpoint; pass an OUT_DIR: gpt2-onnx export {out} OUT_DIR")
+        source = default_model()
+        print_progress(f"no SOURCE given: exporting the default model {source} into {out}")
+    else:
+        source, out = args.paths
+    export, _ = _export_extra()
     path = export.export_model(source, out, quantize=tuple(args.quantize), force=args.force, check=not args.no_check, progress=print_progress)
     print(path)
     return 0

@@ -19,3 +19,12 @@ class ContextLengthError(GenerationOptionError):
 
 class SourceError(Gpt2OnnxError):
     """A checkpoint source (local directory or hub id) cannot be used for export."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM, SIGINT or SIGHUP arrived during an export. A KeyboardInterrupt, so that it
+    unwinds through every cleanup as Ctrl-C does; the CLI exits with 128 + `signum`."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum

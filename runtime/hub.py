@@ -62,7 +62,14 @@ def _export_to_cache(hub_id: str, target: Path) -> Path:
             "pip install torch==2.13.0 'gpt2-onnx[export]', or export it elsewhere and pass the model directory"
         ) from None
     print_progress(f"exporting {hub_id} into {target} (first use only)")
-    return export_model(hub_id, target, quantize=("int8", "int4"), force=True, progress=print_progress)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ModelDirectoryError(
+            f"cannot create the cache {target.parent} ({e.strerror}); set GPT2_ONNX_CACHE to a writable directory"
+        ) from None
+    # wait: a concurrent first use of the same id exports it once, the other loads its result
+    return export_model(hub_id, target, quantize=("int8", "int4"), force=True, wait=True, progress=print_progress)
 
 
 def print_progress(message: str) -> None:

@@ -15,6 +15,7 @@ class Precision:
     name: str
     strategy: str  # the exporter's matmul strategy that writes it
     description: str
+    size_factor: float  # bytes on disk per byte of FP32 weights (for the exporter's free-space check)
     ecosystem_graph: bool = False  # also write model.onnx: the same weights in the ecosystem's I/O convention
 
     @property
@@ -31,9 +32,9 @@ class Precision:
 ECOSYSTEM_GRAPH = "model.onnx"  # where optimum, onnxruntime-genai and transformers.js look
 
 PRECISIONS = (
-    Precision("fp32", "fp32", "the checkpoint's FP32 weights", ecosystem_graph=True),
-    Precision("int8", "int8_per_token", "8-bit weights per output column, activations quantized per token"),
-    Precision("int4", "int4_blockwise", "4-bit weights in blocks of 32, activations int8 per block"),
+    Precision("fp32", "fp32", "the checkpoint's FP32 weights", 1.0, ecosystem_graph=True),
+    Precision("int8", "int8_per_token", "8-bit weights per output column, activations quantized per token", 0.27),
+    Precision("int4", "int4_blockwise", "4-bit weights in blocks of 32, activations int8 per block", 0.18),
 )
 BY_NAME = {p.name: p for p in PRECISIONS}
 NAMES = tuple(BY_NAME)

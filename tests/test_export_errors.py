@@ -3,19 +3,25 @@ exit, and no half-written output."""
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import http.server
 import json
 import os
 import shutil
+import signal
 import socket
+import stat
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
 
 from gpt2_onnx.cli import main
+from gpt2_onnx.errors import SourceError
 
 
 def run_cli(capsys, *argv) -> tuple[int, str]:
@@ -38,7 +44,12 @@ def copy_checkpoint(src: Path, dst: Path) -> Path:
 
 
 def no_leftovers(parent: Path) -> bool:
-    return not any(".partial-" in p.name or ".old-" in p.name for p in parent.iterdir())
+    return not any(".partial-" in p.name or ".old-" in p.name or p.name.endswith(".lock") for p in parent.iterdir())
+
+
+def snapshot(root: Path) -> dict[str, bytes | None]:
+    """Every file and directory under `root`, with the files' contents."""
+    return {str(p.relative_to(root)): p.read_bytes() if p.is_file() else None for p in sorted(root.rglob("*"))}
 
 
 def test_missing_source_path(capsys, tmp_path):
@@ -75,16 +86,132 @@ def test_vocabulary_size_differs_from_embedding_rows(capsys, tmp_path, tiny_chec
     assert not (tmp_path / "out").exists() and no_leftovers(tmp_path)
 
 
-def test_out_dir_exists_without_force(capsys, tmp_path, tiny_checkpoint):
+@pytest.mark.parametrize("case", ["itself", "inside", "parent", "project", "one path", "one path --force"])
+def test_force_never_replaces_what_export_did_not_write(capsys, tmp_path, tiny_checkpoint, case):
+    project = tmp_path / "project"
+    (project / "data").mkdir(parents=True)
+    (project / "main.py").write_text("print('mine')")
+    (project / "data" / "notes.txt").write_text("keep me")
+    checkpoint = copy_checkpoint(tiny_checkpoint, project / "finetune")
+    argv, needle = {
+        "itself": ([checkpoint, checkpoint], "is the checkpoint SOURCE"),
+        "inside": ([checkpoint, checkpoint / "sub"], "lies inside the checkpoint SOURCE"),
+        "parent": ([checkpoint, project], "contains the checkpoint SOURCE"),
+        "project": ([tiny_checkpoint, project / "data"], "holds notes.txt, not a gpt2-onnx model directory"),
+        "one path": ([checkpoint], f"export got one path, {checkpoint}, which is a checkpoint; pass an OUT_DIR"),
+        "one path --force": ([checkpoint], "pass an OUT_DIR"),
+    }[case]
+    before = snapshot(tmp_path)
+    code, err = run_cli(capsys, "export", *map(str, argv), "--no-check", *(["--force"] if case != "one path" else []))
+    assert_one_line_error(code, err, needle)
+    assert snapshot(tmp_path) == before
+
+
+def test_force_replaces_an_earlier_export_and_an_empty_directory_is_used(capsys, tmp_path, tiny_checkpoint):
     out = tmp_path / "out"
     out.mkdir()
-    (out / "keep.txt").write_text("mine")
-    code, err = run_cli(capsys, "export", str(tiny_checkpoint), str(out))
-    assert_one_line_error(code, err, "already exists", "--force")
-    assert [p.name for p in out.iterdir()] == ["keep.txt"]
+    code, _ = run_cli(capsys, "export", str(tiny_checkpoint), str(out), "--no-check")
+    assert code == 0 and (out / "gpt2_onnx.json").is_file()
+    (out / "stale.txt").write_text("from an earlier export")
+    code, err = run_cli(capsys, "export", str(tiny_checkpoint), str(out), "--no-check")
+    assert_one_line_error(code, err, "already holds a gpt2-onnx model", "--force")
+    assert (out / "stale.txt").exists()
     code, _ = run_cli(capsys, "export", str(tiny_checkpoint), str(out), "--force", "--no-check")
-    assert code == 0 and (out / "gpt2_onnx.json").exists() and not (out / "keep.txt").exists()
+    assert code == 0 and (out / "gpt2_onnx.json").is_file() and not (out / "stale.txt").exists()
     assert no_leftovers(tmp_path)
+
+
+def test_one_path_that_is_no_checkpoint_says_the_default_model_is_exported(tmp_path):
+    proc = run_export_subprocess([str(tmp_path / "out")], {"HF_HUB_OFFLINE": "1"}, tmp_path)
+    progress = [line for line in proc.stderr.splitlines() if "no SOURCE given" in line]
+    assert len(progress) == 1 and "uer/gpt2-distil-chinese-cluecorpussmall" in progress[0], proc.stderr
+    assert_one_line_error(proc.returncode, proc.stderr, "cannot download")
+
+
+def test_missing_parent(capsys, tmp_path, tiny_checkpoint):
+    code, err = run_cli(capsys, "export", str(tiny_checkpoint), str(tmp_path / "no" / "such" / "out"), "--no-check")
+    assert_one_line_error(code, err, f"{tmp_path / 'no' / 'such'}, does not exist", "mkdir -p")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_export_size_estimate():
+    from gpt2_onnx.export.destination import estimate_export_bytes
+
+    fp32 = 400 << 20  # the distil checkpoint's pytorch_model.bin is about 300 MB
+    assert fp32 < estimate_export_bytes(fp32, ["fp32"]) < 1.2 * fp32 + (16 << 20)
+    assert 1.45 * fp32 < estimate_export_bytes(fp32, ["fp32", "int8", "int4"]) < 1.7 * fp32 + (16 << 20)
+    assert estimate_export_bytes(0, ["fp32"]) > 0  # a hub id not yet downloaded: the margin alone
+
+
+@pytest.fixture
+def never_loaded(monkeypatch):
+    """Destination checks come first: loading the checkpoint fails the test."""
+    from gpt2_onnx.export import api
+
+    def load(source):
+        raise AssertionError(f"the checkpoint {source} was loaded before the destination was checked")
+
+    monkeypatch.setattr(api, "load_checkpoint", load)
+
+
+@pytest.fixture
+def tmpfs(tmp_path):
+    """mount(options) → a fresh tmpfs, or None where this process may not mount one."""
+    mounted = []
+
+    def mount(options: str) -> Path | None:
+        target = tmp_path / f"mnt{len(mounted)}"
+        target.mkdir()
+        if os.geteuid() != 0 or not shutil.which("mount"):
+            return None
+        if subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(target)], capture_output=True).returncode:
+            return None
+        mounted.append(target)
+        return target
+
+    yield mount
+    for target in mounted:
+        subprocess.run(["umount", str(target)], check=True)
+
+
+def test_read_only_target(capsys, tmp_path, tiny_checkpoint, tmpfs, never_loaded, monkeypatch):
+    target = tmpfs("size=1m,ro")
+    if target is None:
+        from gpt2_onnx.export import destination
+
+        target = tmp_path / "mnt0"
+        monkeypatch.setattr(destination.os, "access", lambda path, mode: False)
+    code, err = run_cli(capsys, "export", str(tiny_checkpoint), str(target / "out"), "--no-check")
+    assert_one_line_error(code, err, f"cannot write to {target}", "writable")
+    assert list(target.iterdir()) == []
+
+
+def test_full_target_is_refused_before_loading(capsys, tmp_path, tiny_checkpoint, tmpfs, never_loaded, monkeypatch):
+    target = tmpfs("size=1m")
+    if target is None:
+        target = tmp_path / "mnt0"
+        monkeypatch.setattr(shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(1 << 20, 1 << 20, 0))
+    code, err = run_cli(capsys, "export", str(tiny_checkpoint), str(target / "out"), "--quantize", "int8", "--no-check")
+    assert_one_line_error(code, err, str(target), "MiB free", "needs about", "fp32, int8")
+    assert list(target.iterdir()) == []
+
+
+def test_disk_full_while_writing(capsys, tmp_path, tiny_checkpoint, tmpfs, monkeypatch):
+    """The free-space estimate passes (reported generously), the writing runs out of space."""
+    from gpt2_onnx.export import api
+
+    target = tmpfs("size=256k")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(1 << 40, 0, 1 << 40))
+    if target is None:
+        target = tmp_path / "mnt0"
+
+        def full(*args, **kwargs):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+        monkeypatch.setattr(api.onnx, "save_model", full)
+    code, err = run_cli(capsys, "export", str(tiny_checkpoint), str(target / "out"), "--no-check")
+    assert_one_line_error(code, err, f"cannot write {target / 'out'}: No space left on device", "free some space")
+    assert list(target.iterdir()) == []
 
 
 def test_failure_while_writing_leaves_nothing(tmp_path, tiny_checkpoint, monkeypatch):
@@ -94,9 +221,110 @@ def test_failure_while_writing_leaves_nothing(tmp_path, tiny_checkpoint, monkeyp
         raise OSError("disk full")
 
     monkeypatch.setattr(api.onnx, "save_model", explode)
-    with pytest.raises(OSError):
+    with pytest.raises(SourceError, match=f"cannot write {tmp_path / 'out'}: disk full"):
         api.export_model(str(tiny_checkpoint), tmp_path / "out", check=False)
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o755), (0o027, 0o750)])
+def test_permissions_follow_the_umask(tmp_path, tiny_checkpoint, umask, mode):
+    from gpt2_onnx.export import export_model
+
+    previous = os.umask(umask)
+    try:
+        out = export_model(str(tiny_checkpoint), tmp_path / "out", check=False)
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(out.stat().st_mode) == mode
+    assert {stat.S_IMODE(p.stat().st_mode) for p in out.iterdir()} == {mode & 0o666}
+
+
+# the export pauses after its first graph, so that the signal surely arrives mid-export
+SLOW_EXPORT = """
+import sys, time
+from gpt2_onnx.cli import main
+from gpt2_onnx.errors import SourceError
+from gpt2_onnx.export import api
+
+write_variant = api._write_variant
+def slow(*args, **kwargs):
+    variant = write_variant(*args, **kwargs)
+    time.sleep(120)
+    return variant
+api._write_variant = slow
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
+def test_signal_during_export_removes_the_partial_directory(tmp_path, tiny_checkpoint, signum):
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-c", SLOW_EXPORT, "export", str(tiny_checkpoint), str(out), "--no-check"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not any((p / "model.onnx").exists() for p in tmp_path.glob(".out.partial-*")):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.05)
+    proc.send_signal(signum)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signum, err
+    assert "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_stale_partial_directory_is_removed(tmp_path, tiny_checkpoint):
+    from gpt2_onnx.export import export_model
+
+    stale = tmp_path / ".out.partial-killed"
+    stale.mkdir()
+    (stale / "model.onnx").write_bytes(b"half")
+    export_model(str(tiny_checkpoint), tmp_path / "out", check=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_live_partial_directory_of_a_concurrent_export_is_left_alone(tmp_path, tiny_checkpoint):
+    from gpt2_onnx.export import export_model
+
+    live = tmp_path / ".out.partial-live"
+    live.mkdir()
+    with open(tmp_path / ".out.lock", "w") as lock:  # held as a running export holds it
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        with pytest.raises(SourceError, match=f"another export to {tmp_path / 'out'} is running"):
+            export_model(str(tiny_checkpoint), tmp_path / "out", check=False)
+        assert live.is_dir() and not (tmp_path / "out").exists()
+
+
+def test_concurrent_first_uses_of_a_hub_id_export_once(tmp_path, tiny_checkpoint, monkeypatch):
+    from gpt2_onnx import hub
+    from gpt2_onnx.export import api
+
+    loads = []
+
+    def load(source):
+        loads.append(source)
+        time.sleep(0.5)  # the other first use arrives meanwhile
+        return real_load(str(tiny_checkpoint))
+
+    real_load = api.load_checkpoint
+    monkeypatch.setattr(api, "load_checkpoint", load)
+    monkeypatch.setattr(api, "_check_parity", lambda *args: None)
+    monkeypatch.setenv("GPT2_ONNX_CACHE", str(tmp_path / "cache"))
+    results, errors = [], []
+
+    def first_use():
+        try:
+            results.append(hub.resolve_model_dir("someone/tiny"))
+        except BaseException as e:
+            errors.append(e)
+
+    threads = [threading.Thread(target=first_use) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == [] and loads == ["someone/tiny"]
+    assert results == [tmp_path / "cache" / "someone--tiny"] * 2 and (results[0] / "gpt2_onnx.json").is_file()
+    assert no_leftovers(tmp_path / "cache")
 
 
 def _free_port() -> int:
