@@ -2,7 +2,8 @@
 
 Load and validate the checkpoint, convert the tokenizer, build each graph variant,
 write everything into a temporary directory beside OUT_DIR, check parity against
-torch, and only then move it into place: a failed export leaves nothing behind.
+transformers + torch when they are installed (the `check` extra; the export itself
+needs neither), and only then move it into place: a failed export leaves nothing behind.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ EXTERNAL_MIN_BYTES = 1024
 ALIGN_MIN_BYTES = 1 << 16
 ALIGNMENT = 1 << 16
 TOOLS = ("gpt2-onnx", "onnx", "onnxruntime", "torch", "transformers", "tokenizers")
+CHECK_PACKAGES = ("torch", "transformers")  # the parity check's reference
 
 
 def export_model(
@@ -57,7 +59,8 @@ def export_model(
 
     `quantize`: extra variants beside FP32, e.g. ("int8", "int4"). `check`: compare every
     variant with torch before the directory is published (see `check_model`); the FP32
-    graph must agree within `FP32_TOLERANCE`. `progress` receives one line per step.
+    graph must agree within `FP32_TOLERANCE`. Without torch or transformers installed the
+    check is skipped, with a note through `progress` saying how to run it later. `progress` receives one line per step.
     `variant_io`: the graph I/O convention of each precision (see `gpt2_onnx.manifest`).
     """
     out = Path(out_dir).expanduser().resolve()
@@ -71,7 +74,7 @@ def export_model(
     try:
         manifest = _write_directory(tmp, checkpoint, tokenizer, quantize, int8, variant_io, progress)
         if check:
-            _check_parity(tmp, checkpoint, progress)
+            _check_parity(tmp, checkpoint, out, progress)
         _publish(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -112,7 +115,15 @@ def _write_directory(tmp: Path, checkpoint: Checkpoint, tokenizer: TokenizerExpo
     return manifest
 
 
-def _check_parity(model_dir: Path, checkpoint: Checkpoint, progress: Callable[[str], None]) -> None:
+def _check_parity(model_dir: Path, checkpoint: Checkpoint, out: Path, progress: Callable[[str], None]) -> None:
+    # looked up as installed distributions, not imported: a light install never touches torch
+    missing = [name for name in CHECK_PACKAGES if name not in package_versions(CHECK_PACKAGES)]
+    if missing:
+        progress(
+            f"parity check against transformers + torch skipped ({' and '.join(missing)} not installed); to run it: "
+            f"pip install 'gpt2-onnx[check]', then gpt2-onnx check {out} --against {checkpoint.source_id}"
+        )
+        return
     from .parity import check_model, require_fp32_parity
 
     progress(f"checking against transformers + torch ({checkpoint.path})")
