@@ -1,4 +1,4 @@
-"""Checkpoint → ONNX model directory. Needs the `export` extra (torch, transformers, onnx)."""
+"""Checkpoint → ONNX model directory. Needs the `hub` extra (onnx, huggingface_hub); the parity check, the `check` extra (torch, transformers)."""
 
 from .api import export_model
 

@@ -2,8 +2,9 @@
 
 Claim OUT_DIR (see `destination`: checks, lock, signals), load and validate the
 checkpoint, convert the tokenizer, build each graph variant, write everything into a
-partial directory beside OUT_DIR, check parity against torch, and only then move it
-into place: a failed or interrupted export leaves nothing behind.
+partial directory beside OUT_DIR, check parity against transformers + torch when they
+are installed (the `check` extra; the export itself needs neither), and only then move
+it into place: a failed or interrupted export leaves nothing behind.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ EXTERNAL_MIN_BYTES = 1024
 ALIGN_MIN_BYTES = 1 << 16
 ALIGNMENT = 1 << 16
 TOOLS = ("gpt2-onnx", "onnx", "onnxruntime", "torch", "transformers", "tokenizers")
+CHECK_PACKAGES = ("torch", "transformers")  # the parity check's reference
 
 
 def export_model(
@@ -54,7 +56,9 @@ def export_model(
     `quantize`: extra variants beside FP32, e.g. ("int8", "int4"). `force`: replace an
     earlier gpt2-onnx export at `out_dir` (no other directory is ever replaced). `check`:
     compare every variant with torch before the directory is published (see `check_model`);
-    the FP32 graph must agree within `FP32_TOLERANCE`. `progress` receives one line per step.
+    the FP32 graph must agree within `FP32_TOLERANCE`; without torch or transformers installed
+    the check is skipped, with a note through `progress` saying how to run it later.
+    `progress` receives one line per step.
     `wait`: when another export to `out_dir` is running, wait for it and return the model
     directory it finished instead of failing at once (the hub cache's first uses).
     """
@@ -69,7 +73,7 @@ def export_model(
         with destination.partial(out) as tmp:
             manifest = _write_directory(tmp, checkpoint, tokenizer, quantize, int8, progress)
             if check:
-                _check_parity(tmp, checkpoint, progress)
+                _check_parity(tmp, checkpoint, out, progress)
             destination.publish(tmp, out)
         _remember_checksums(out, manifest)
     return out
@@ -107,7 +111,15 @@ def _write_directory(tmp: Path, checkpoint: Checkpoint, tokenizer: TokenizerExpo
     return manifest
 
 
-def _check_parity(model_dir: Path, checkpoint: Checkpoint, progress: Callable[[str], None]) -> None:
+def _check_parity(model_dir: Path, checkpoint: Checkpoint, out: Path, progress: Callable[[str], None]) -> None:
+    # looked up as installed distributions, not imported: a light install never touches torch
+    missing = [name for name in CHECK_PACKAGES if name not in package_versions(CHECK_PACKAGES)]
+    if missing:
+        progress(
+            f"parity check against transformers + torch skipped ({' and '.join(missing)} not installed); to run it: "
+            f"pip install 'gpt2-onnx[check]', then gpt2-onnx check {out} --against {checkpoint.source_id}"
+        )
+        return
     from .parity import check_model, require_fp32_parity
 
     progress(f"checking against transformers + torch ({checkpoint.path})")

@@ -2,7 +2,7 @@
 
 Accepted layouts: uer's (`config.json`, `pytorch_model.bin`, `vocab.txt`, no
 `tokenizer.json`), safetensors checkpoints, fine-tunes, and English GPT-2 with
-`vocab.json` + `merges.txt`. Weights are read without unpickling code.
+`vocab.json` + `merges.txt`. Weights are read without torch and without running the checkpoint's pickle.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from gpt2_onnx.hub import CHECKPOINT_WEIGHTS, looks_like_path
 from gpt2_onnx.manifest import Architecture
 
 from .graph import GraphSpec
+from .weights import read_tensors
 
 # activation_function → ONNX Gelu's `approximate` attribute
 GELU_APPROXIMATE = {"gelu_new": "tanh", "gelu_pytorch_tanh": "tanh", "gelu": "none"}
@@ -123,29 +124,16 @@ def graph_spec(config: dict[str, Any], path: Path) -> GraphSpec:
 
 
 def load_weights(path: Path) -> dict[str, np.ndarray]:
-    """Read safetensors, else pytorch_model.bin with `weights_only=True`; FP32 numpy out."""
-    import torch
-
+    """The checkpoint's weights (safetensors first) as FP32 numpy, read without torch (see `weights`)."""
     file = next((path / f for f in CHECKPOINT_WEIGHTS if (path / f).is_file()), None)
     if file is None:
         raise SourceError(f"{path} has no weights; expected one of {', '.join(CHECKPOINT_WEIGHTS)}")
-    try:
-        if file.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            state = load_file(str(file))
-        else:
-            state = torch.load(file, map_location="cpu", weights_only=True, mmap=False)
-    except Exception as e:  # torch and safetensors raise many kinds for a bad file
-        raise SourceError(f"{file} is truncated or corrupt ({type(e).__name__}); download the checkpoint again") from None
-    if not isinstance(state, dict):
-        raise SourceError(f"{file} holds a {type(state).__name__}, not a state dict of tensors; save the model with save_pretrained")
     weights = {}
-    for name, tensor in state.items():
+    for name, array in read_tensors(file).items():
         name = name.removeprefix("transformer.")
         if name.endswith((".attn.bias", ".attn.masked_bias")):
             continue  # causal-mask buffers of old checkpoints, not weights
-        weights[name] = tensor.detach().to(torch.float32).numpy()
+        weights[name] = array.astype(np.float32, copy=False)
     return weights
 
 

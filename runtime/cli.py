@@ -1,12 +1,14 @@
 """`gpt2-onnx` command line: export, check, generate, bench.
 
 A thin layer over the Python API. Errors are one line on stderr and a non-zero exit.
-`export` and `check` import the export extra (torch) only when they run.
+`export` imports the hub extra (onnx, huggingface_hub) and `check` the check extra
+(torch, transformers) only when they run.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import signal
 import sys
@@ -93,20 +95,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 128 + getattr(e, "signum", signal.SIGINT)
 
 
-def _export_extra():
-    """The export package, or a one-line error naming the extra to install."""
-    try:
-        from . import export
-        from .export import parity
-    except ImportError as e:
-        raise Gpt2OnnxError(
-            f"this command needs the export extra ({e.name} is missing): pip install torch==2.13.0 'gpt2-onnx[export]'"
-        ) from None
-    return export, parity
+# extra → (modules it brings that a command imports, how to install it)
+EXTRAS = {
+    "hub": (("onnx", "huggingface_hub"), "pip install 'gpt2-onnx[hub]'"),
+    "check": (("onnx", "huggingface_hub", "torch", "transformers"),
+              "pip install 'gpt2-onnx[check]' (CPU-only torch: pip install torch --index-url https://download.pytorch.org/whl/cpu first)"),
+}
+
+
+def _require(extra: str) -> None:
+    """Import the extra's modules, or fail with a one-line error naming the extra to install."""
+    modules, install = EXTRAS[extra]
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            raise Gpt2OnnxError(f"this command needs the {extra} extra ({module} is missing): {install}") from None
 
 
 def _export(args) -> int:
     from gpt2_onnx.models import default_model
+
+    _require("hub")
+    from . import export
 
     if len(args.paths) > 2:
         raise Gpt2OnnxError(f"export takes [SOURCE] OUT_DIR, got {len(args.paths)} paths")
@@ -118,14 +129,14 @@ def _export(args) -> int:
         print_progress(f"no SOURCE given: exporting the default model {source} into {out}")
     else:
         source, out = args.paths
-    export, _ = _export_extra()
     path = export.export_model(source, out, quantize=tuple(args.quantize), force=args.force, check=not args.no_check, progress=print_progress)
     print(path)
     return 0
 
 
 def _check(args) -> int:
-    _, parity = _export_extra()
+    _require("check")
+    from .export import parity
     reports = parity.check_model(args.model_dir, args.against)
     for report in reports:
         print(report.line())
@@ -134,7 +145,7 @@ def _check(args) -> int:
 
 
 def _bench(args) -> int:
-    _export_extra()
+    _require("check")
     try:
         import matplotlib  # noqa: F401  (the plots are written after every measurement)
     except ImportError:

@@ -1,6 +1,6 @@
 """Where a model name points: a model directory, or a hub id exported into the cache.
 
-A hub id is exported once (this needs the `export` extra, which brings torch) into
+A hub id is exported once (this needs the `hub` extra: onnx and huggingface_hub, no torch) into
 `$GPT2_ONNX_CACHE` (default `~/.cache/gpt2-onnx/`), FP32, INT8 and INT4, with the
 download's progress bar and each export step shown on stderr; later loads read
 the cached directory without importing torch.
@@ -58,8 +58,8 @@ def _export_to_cache(hub_id: str, target: Path) -> Path:
         from gpt2_onnx.export import export_model
     except ImportError as e:
         raise ModelDirectoryError(
-            f"{hub_id} has not been exported yet and exporting needs the export extra ({e.name} is missing): "
-            "pip install torch==2.13.0 'gpt2-onnx[export]', or export it elsewhere and pass the model directory"
+            f"{hub_id} has not been exported yet and exporting needs the hub extra ({e.name} is missing): "
+            "pip install 'gpt2-onnx[hub]' (no torch), or export it elsewhere and pass the model directory"
         ) from None
     print_progress(f"exporting {hub_id} into {target} (first use only)")
     try:
