@@ -20,7 +20,7 @@ def speed_markdown(doc: dict, command: str) -> str:
         "# Speed",
         "",
         f"Command: `{command}`  ",
-        f"Machine: {m['cpu']}, {m['cores']} cores, {m['threads']} threads; Python {m['python']}  ",
+        f"Machine: {m['cpu']} ({m.get('isa', 'instruction set not recorded')}), {m['cores']} cores, {m['threads']} threads; Python {m['python']}  ",
         "Versions: " + ", ".join(f"{k} {v}" for k, v in doc["versions"].items()) + "  ",
         f"Checkpoint: {doc['architecture']['n_layer']} layers × {doc['architecture']['n_embd']}, vocab {doc['architecture']['vocab_size']}; "
         f"greedy, prompt {spec['decode_prompt']} → {spec['new_tokens']} new tokens; medians of {spec['reps']} runs after {spec['warmup']} warm-up runs; "
@@ -101,7 +101,7 @@ def speed_plot(doc: dict, path: Path) -> None:
     ax.legend(fontsize=8)
     ax.invert_yaxis()
     m = doc["machine"]
-    fig.suptitle(f"gpt2-onnx vs peers — {m['cpu']}, {m['threads']} threads")
+    fig.suptitle(f"gpt2-onnx vs peers — {m['cpu']} ({m.get('isa', '?')}), {m['threads']} threads")
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)

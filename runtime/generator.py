@@ -22,7 +22,7 @@ from .hub import resolve_model_dir
 from .logits import Processors
 from .manifest import TOKENIZER_NAME, Manifest, read_manifest
 from .options import GenerationConfig, as_sequence
-from .precisions import DEFAULT_PRECISION
+from .precisions import BY_NAME, DEFAULT_PRECISION
 from .session import Decoder, create_session
 from .text import TextCodec
 
@@ -84,7 +84,9 @@ class Generator:
             model_dir, [(TOKENIZER_NAME, manifest.tokenizer_sha256), (graph.file, graph.sha256), (variant.data_file, variant.data_sha256)]
         )
         codec = TextCodec.from_file(tokenizer, manifest.conventions)
-        return cls(model_dir, manifest, codec, Decoder(create_session(graph_path, threads), manifest.architecture), precision)
+        min_rows = BY_NAME[precision].min_call_rows if precision in BY_NAME else 1
+        decoder = Decoder(create_session(graph_path, threads), manifest.architecture, min_rows)
+        return cls(model_dir, manifest, codec, decoder, precision)
 
     def config(self, **options: Any) -> GenerationConfig:
         """The settings a call with these options would use (manifest defaults filled in)."""

@@ -17,6 +17,10 @@ class Precision:
     description: str
     size_factor: float  # bytes on disk per byte of FP32 weights (for the exporter's free-space check)
     ecosystem_graph: bool = False  # also write model.onnx: the same weights in the ecosystem's I/O convention
+    # onnxruntime's MatMulNBits takes another kernel for a one-row input, whose activation
+    # quantization gives other logits (by up to 0.17 at full size): INT4 calls run ≥ 2 rows,
+    # a scratch row beside a lone one, so a row's result never depends on its batch
+    min_call_rows: int = 1
 
     @property
     def graph_file(self) -> str:
@@ -34,7 +38,7 @@ ECOSYSTEM_GRAPH = "model.onnx"  # where optimum, onnxruntime-genai and transform
 PRECISIONS = (
     Precision("fp32", "fp32", "the checkpoint's FP32 weights", 1.0, ecosystem_graph=True),
     Precision("int8", "int8_per_token", "8-bit weights per output column, activations quantized per token", 0.27),
-    Precision("int4", "int4_blockwise", "4-bit weights in blocks of 32, activations int8 per block", 0.18),
+    Precision("int4", "int4_blockwise", "4-bit weights in blocks of 32, activations int8 per block", 0.18, min_call_rows=2),
 )
 BY_NAME = {p.name: p for p in PRECISIONS}
 NAMES = tuple(BY_NAME)

@@ -54,28 +54,36 @@ def create_session(model, threads: int | None) -> ort.InferenceSession:
 
 
 def _anonymous_array(shape: tuple[int, ...]) -> tuple[np.ndarray, mmap.mmap]:
-    """float32 zeros in memory the OS commits only where written, and can take back."""
-    memory = mmap.mmap(-1, max(1, int(np.prod(shape)) * 4))
+    """float32 zeros in memory the OS commits only where written, and can take back
+    (private: shared anonymous memory keeps pages that MADV_DONTNEED unmaps)."""
+    size = max(1, int(np.prod(shape)) * 4)
+    private = {"flags": mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS} if hasattr(mmap, "MAP_PRIVATE") else {}
+    memory = mmap.mmap(-1, size, **private)
     return np.frombuffer(memory, np.float32).reshape(shape), memory
 
 
 @dataclass
 class KVBuffer:
     """The cache of `rows` rows (up to `max_rows`): buffers [rows, n_head, capacity, head_dim]
-    per layer and kind, and each row's length (positions filled)."""
+    per layer and kind, and each row's length (positions filled). Calls bind at least
+    `min_rows` rows: scratch rows past the real ones fill a call up (see `Precision.min_call_rows`)."""
 
-    full: list[np.ndarray]  # [max_rows, n_head, capacity, head_dim] each
+    full: list[np.ndarray]  # [max_rows + min_rows - 1, n_head, capacity, head_dim] each
     memory: list[mmap.mmap]
     lengths: np.ndarray  # [rows] int64
+    min_rows: int = 1
     step_io: "_BoundCall | None" = None  # the one-token step bound to these rows, made on first use
-    buffers: list[np.ndarray] = field(init=False)  # views of the first `rows` rows
+    buffers: list[np.ndarray] = field(init=False)  # views of the rows a call binds
 
     def __post_init__(self):
-        self.buffers = [b[: len(self.lengths)] for b in self.full]
+        self._bind()
+
+    def _bind(self) -> None:
+        self.buffers = [b[: max(len(self.lengths), self.min_rows)] for b in self.full]
 
     @property
     def max_rows(self) -> int:
-        return self.full[0].shape[0]
+        return self.full[0].shape[0] - self.min_rows + 1
 
     def select(self, rows: np.ndarray) -> None:
         """Keep, reorder or repeat rows (beams, rows leaving), in place: a row whose source is
@@ -88,23 +96,29 @@ class KVBuffer:
         overwritten = {dst for dst, _ in moves}
         # a source that is itself overwritten before it is read is staged first
         staged = {src: [b[src, :, : self.lengths[src]].copy() for b in self.full] for _, src in moves if src in overwritten}
+        old_lengths = np.zeros(len(self.full[0]), np.int64)
+        old_lengths[: len(self.lengths)] = self.lengths
         for dst, src in moves:
             n = self.lengths[src]
             for k, b in enumerate(self.full):
                 b[dst, :, :n] = staged[src][k] if src in staged else b[src, :, :n]
+            if old_lengths[dst] > n:  # a longer row lived here: its tail pages go back
+                for head in range(self.full[0].shape[1]):
+                    self._release_range((dst, head, n), (dst, head, old_lengths[dst]))
         old = len(self.lengths)
         self.lengths = self.lengths[rows]
         if len(rows) < old:
-            self._release(len(rows), old)
+            self._release_range((len(rows), 0, 0), (old, 0, 0))
         if len(rows) != old:
-            self.buffers = [b[: len(rows)] for b in self.full]
+            self._bind()
             self.step_io = None
 
-    def _release(self, first: int, end: int) -> None:
-        """Give back the whole pages of rows [first, end)."""
-        row_bytes = self.full[0][0].nbytes
-        start = -(-first * row_bytes // mmap.PAGESIZE) * mmap.PAGESIZE
-        stop = end * row_bytes // mmap.PAGESIZE * mmap.PAGESIZE
+    def _release_range(self, first: tuple[int, int, int], end: tuple[int, int, int]) -> None:
+        """Give back the whole pages between (row, head, position) `first` and `end`."""
+        _, heads, capacity, head_dim = self.full[0].shape
+        offset = lambda row, head, position: ((row * heads + head) * capacity + position) * head_dim * 4
+        start = -(-offset(*first) // mmap.PAGESIZE) * mmap.PAGESIZE
+        stop = offset(*end) // mmap.PAGESIZE * mmap.PAGESIZE
         for memory in self.memory:
             if stop > start and hasattr(memory, "madvise"):  # Linux, macOS; elsewhere the pages stay committed
                 memory.madvise(mmap.MADV_DONTNEED, start, stop - start)
@@ -135,22 +149,26 @@ class _BoundCall:
             binding.bind_ortvalue_output(present, value)
 
     def __call__(self, ids: np.ndarray, past: np.ndarray) -> np.ndarray:
-        """ids [rows, seq] after `past` [rows] filled positions → logits [rows, kept, vocab] (a copy).
+        """ids [n, seq] after `past` [n] filled positions → logits [n, kept, vocab] (a copy), for
+        the first n ≤ bound rows; bound rows past n are scratch (token 0 from position 0).
         The rows' real tokens start at position 0, so past is also their first new position."""
-        seq = self.input_ids.shape[1]
-        self.input_ids[:] = ids
-        self.position_ids[:] = past[:, None] + np.arange(seq)
-        self.seqlens_k[:] = past + seq - 1
+        n, seq = ids.shape
+        self.input_ids[:n] = ids
+        self.position_ids[:n] = past[:, None] + np.arange(seq)
+        self.position_ids[n:] = np.arange(seq)
+        self.seqlens_k[:n] = past + seq - 1
+        self.seqlens_k[n:] = seq - 1
         self.total_sequence_length[...] = past.max() + seq
         self.session.run_with_iobinding(self.binding)
-        return self.logits.copy()
+        return self.logits[:n].copy()
 
 
 class Decoder:
-    """Runs a variant's `kv_buffer` graph; `*_ids` are token ids, logits float32."""
+    """Runs a variant's `kv_buffer` graph; `*_ids` are token ids, logits float32. Every call
+    binds at least `min_rows` rows (`Precision.min_call_rows`)."""
 
-    def __init__(self, session: ort.InferenceSession, architecture: Architecture):
-        self.session, self.architecture = session, architecture
+    def __init__(self, session: ort.InferenceSession, architecture: Architecture, min_rows: int = 1):
+        self.session, self.architecture, self.min_rows = session, architecture, min_rows
         self.past_names = cache_names(architecture.n_layer, past_name)
         self.present_names = cache_names(architecture.n_layer, present_name)
 
@@ -160,10 +178,12 @@ class Decoder:
         Equal-length prompts run as one batch; otherwise each row runs alone into its slice."""
         cache = self.empty(len(prompts), capacity, max_rows)
         if len({len(p) for p in prompts}) == 1:
-            logits = _BoundCall(self, cache.buffers, len(prompts), len(prompts[0]), 1)(np.array(prompts, np.int64), cache.lengths)
-        else:
+            call = _BoundCall(self, cache.buffers, len(cache.buffers[0]), len(prompts[0]), 1)
+            logits = call(np.array(prompts, np.int64), cache.lengths)
+        else:  # in row order: a row's scratch neighbour is a later row (prefilled after) or a scratch row
+            width = self.min_rows
             logits = np.concatenate([
-                _BoundCall(self, [b[r:r + 1] for b in cache.buffers], 1, len(p), 1)(np.array([p]), np.zeros(1, np.int64))
+                _BoundCall(self, [b[r:r + width] for b in cache.full], width, len(p), 1)(np.array([p]), np.zeros(1, np.int64))
                 for r, p in enumerate(prompts)
             ])
         cache.lengths = np.array([len(p) for p in prompts], np.int64)
@@ -172,7 +192,7 @@ class Decoder:
     def step(self, cache: KVBuffer, tokens: np.ndarray) -> np.ndarray:
         """One new token per row [rows] → logits [rows, vocab]; the cache grows by one."""
         if cache.step_io is None:
-            cache.step_io = _BoundCall(self, cache.buffers, len(tokens), 1, 1)
+            cache.step_io = _BoundCall(self, cache.buffers, len(cache.buffers[0]), 1, 1)
         logits = cache.step_io(tokens[:, None], cache.lengths)
         cache.lengths += 1
         return logits[:, -1]
@@ -181,12 +201,16 @@ class Decoder:
         """Logits of every position [rows, seq, vocab] of equal-length rows [rows, seq]."""
         rows, seq = input_ids.shape
         cache = self.empty(rows, seq)
-        return _BoundCall(self, cache.buffers, rows, seq, 0)(input_ids, cache.lengths)
+        return _BoundCall(self, cache.buffers, len(cache.buffers[0]), seq, 0)(input_ids, cache.lengths)
 
     def empty(self, rows: int, capacity: int, max_rows: int | None = None) -> KVBuffer:
         a = self.architecture
         if capacity > a.n_positions:
             raise ValueError(f"KV capacity {capacity} exceeds the model's {a.n_positions} positions")
-        shape = (max(rows, max_rows or rows), a.n_head, capacity, a.head_dim)
+        # each row's run of positions per head starts on a page boundary, so a row commits
+        # whole pages of its own and nothing of its neighbours'
+        per_page = max(1, mmap.PAGESIZE // (a.head_dim * 4))
+        capacity = min(a.n_positions, -(-capacity // per_page) * per_page)
+        shape = (max(rows, max_rows or rows) + self.min_rows - 1, a.n_head, capacity, a.head_dim)
         full, memory = zip(*(_anonymous_array(shape) for _ in self.past_names))
-        return KVBuffer(list(full), list(memory), np.zeros(rows, np.int64))
+        return KVBuffer(list(full), list(memory), np.zeros(rows, np.int64), self.min_rows)

@@ -208,7 +208,8 @@ def test_kv_buffer_is_written_in_place(tiny_model, generators):
     decoder = generators(tiny_model, "int8").decoder
     cache, _ = decoder.prefill([[101, 5, 6, 7], [101, 8]], capacity=10)  # rows of different lengths, no padding
     buffers = list(cache.buffers)
-    assert [b.shape for b in buffers] == [(2, 4, 10, 16)] * len(buffers)  # [rows, n_head, capacity, head_dim]
+    # [rows, n_head, capacity, head_dim]: capacity 10 rounded up to a page of positions (64 × 16 floats)
+    assert [b.shape for b in buffers] == [(2, 4, 64, 16)] * len(buffers)
     assert not buffers[0][1, :, 2:].any()  # row 1 filled its 2 positions only
     decoder.step(cache, np.array([9, 9]))
     assert all(a is b for a, b in zip(cache.buffers, buffers)) and cache.lengths.tolist() == [5, 3]
