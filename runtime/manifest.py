@@ -10,7 +10,7 @@ refuses a format version it does not know, and files whose sha256 differs
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -144,39 +144,94 @@ def read_manifest(model_dir: Path) -> Manifest:
             "re-export the model with this version of gpt2-onnx (or install the version that wrote it)"
         )
     try:
-        manifest = _parse(raw)
-    except (KeyError, TypeError, ValueError) as e:
-        raise ModelDirectoryError(f"{path} is malformed ({e!r}); re-export the model directory") from None
-    return manifest
+        return _parse(raw)
+    except ValueError as e:
+        raise ModelDirectoryError(f"{path} is malformed: {e}; correct it or re-export the model directory") from None
 
 
 def _parse(raw: dict[str, Any]) -> Manifest:
-    conv = raw["conventions"]
+    # every field is checked for its type, so a hand-edited manifest fails here, naming the
+    # field, rather than deep inside the decoder
+    conv = _table(raw, "conventions")
     conventions = Conventions(
-        prompt_prefix_ids=tuple(conv["prompt_prefix_ids"]),
-        stop_token_ids=tuple(conv["stop_token_ids"]),
-        pad_token_id=int(conv["pad_token_id"]),
-        special_token_ids=tuple(conv["special_token_ids"]),
-        decode=conv["decode"],
+        prompt_prefix_ids=_ids(conv, "prompt_prefix_ids", "conventions"),
+        stop_token_ids=_ids(conv, "stop_token_ids", "conventions"),
+        pad_token_id=_int(conv, "pad_token_id", "conventions", low=0),
+        special_token_ids=_ids(conv, "special_token_ids", "conventions"),
+        decode=_choice(conv, "decode", "conventions", KNOWN_DECODE),
     )
-    if conventions.decode not in KNOWN_DECODE:
-        raise ValueError(f"unknown decode convention {conventions.decode!r}")
-    variants = {}
-    for name, v in raw["variants"].items():
-        q = v.get("quantization")
-        quant = None if q is None else Quantization(**{**q, "weights": tuple(q["weights"])})
-        variants[name] = Variant(file=v["file"], sha256=v["sha256"], io=v["io"], quantization=quant,
-                                 data_file=v.get("data_file"), data_sha256=v.get("data_sha256"))
-        if v["io"] not in KNOWN_IO:
-            raise ValueError(f"variant {name!r} has unknown io convention {v['io']!r}")
+    arch = _table(raw, "architecture")
+    unknown = sorted(set(arch) - {f.name for f in fields(Architecture)})
+    if unknown:
+        raise ValueError(f"architecture has the unknown field {unknown[0]!r}")
+    architecture = Architecture(**{f.name: _int(arch, f.name, "architecture", low=1) for f in fields(Architecture)})
+    variants = {name: _variant(_table(raw["variants"], name, "variants"), f"variants.{name}") for name in _table(raw, "variants")}
     return Manifest(
-        architecture=Architecture(**raw["architecture"]),
+        architecture=architecture,
         conventions=conventions,
         variants=variants,
-        tokenizer_sha256=raw["tokenizer_sha256"],
-        generation_defaults=dict(raw.get("generation_defaults", {})),
-        source=dict(raw.get("source", {})),
-        tools=dict(raw.get("tools", {})),
+        tokenizer_sha256=_str(raw, "tokenizer_sha256"),
+        generation_defaults=dict(_table(raw, "generation_defaults", default={})),
+        source=dict(_table(raw, "source", default={})),
+        tools=dict(_table(raw, "tools", default={})),
         format_version=raw["format_version"],
     )
 
+
+def _variant(v: dict[str, Any], where: str) -> Variant:
+    q = _table(v, "quantization", where, default=None)
+    quant = None
+    if q is not None:  # descriptive only: the graph carries the numbers; its fields need only be the known ones
+        try:
+            quant = Quantization(**{**q, "weights": tuple(_strs(q, "weights", f"{where}.quantization"))})
+        except TypeError:
+            names = ", ".join(f.name for f in fields(Quantization))
+            raise ValueError(f"the field {where}.quantization must hold exactly {names}, got {sorted(q)}") from None
+    data_file = _str(v, "data_file", where, default=None)
+    return Variant(file=_str(v, "file", where), sha256=_str(v, "sha256", where), io=_choice(v, "io", where, KNOWN_IO),
+                   quantization=quant, data_file=data_file, data_sha256=_str(v, "data_sha256", where, default=None))
+
+
+_REQUIRED = object()
+
+
+def _field(table: dict[str, Any], key: str, where: str, default: Any, check, expected: str) -> Any:
+    """table[key] if `check` accepts it; a ValueError naming the field and what it must be otherwise."""
+    name = f"{where}.{key}" if where else key
+    if key not in table:
+        if default is _REQUIRED:
+            raise ValueError(f"the field {name} is missing")
+        return default
+    value = table[key]
+    if (value is None and default is None) or check(value):
+        return value
+    raise ValueError(f"the field {name} must be {expected}, got {value!r}")
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _int(t, key, where="", low=0, default=_REQUIRED) -> int:
+    return _field(t, key, where, default, lambda v: _is_int(v) and v >= low, f"an integer ≥ {low}")
+
+
+def _ids(t, key, where="", default=_REQUIRED) -> tuple[int, ...]:
+    ok = lambda v: isinstance(v, list) and all(_is_int(i) and i >= 0 for i in v)  # noqa: E731
+    return tuple(_field(t, key, where, default, ok, "a list of token ids (integers ≥ 0)"))
+
+
+def _str(t, key, where="", default=_REQUIRED) -> str:
+    return _field(t, key, where, default, lambda v: isinstance(v, str) and v != "", "a non-empty string")
+
+
+def _strs(t, key, where="", default=_REQUIRED) -> list[str]:
+    return _field(t, key, where, default, lambda v: isinstance(v, list) and all(isinstance(i, str) for i in v), "a list of strings")
+
+
+def _choice(t, key, where, choices: tuple[str, ...]) -> str:
+    return _field(t, key, where, _REQUIRED, lambda v: v in choices, "one of " + ", ".join(choices))
+
+
+def _table(t, key, where="", default=_REQUIRED) -> dict[str, Any]:
+    return _field(t, key, where, default, lambda v: isinstance(v, dict), "a JSON object")

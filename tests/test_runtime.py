@@ -92,7 +92,7 @@ def test_bpe_stream_never_splits_a_character(bpe_model, generators):
     tokenizer's one-shot decoding (a split character would show up as U+FFFD)."""
     gen = generators(bpe_model)
     codec = gen.codec
-    e_acute = codec.token_sequence("é")
+    e_acute, = codec.token_sequences("é")
     assert len(e_acute) == 2  # two byte tokens, so the held-back path is exercised
     pieces = [codec.assembler().push(i) for i in e_acute[:1]]
     assert pieces == [""]
