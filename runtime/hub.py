@@ -28,8 +28,11 @@ def cached_dir(hub_id: str) -> Path:
 
 
 def looks_like_path(name: str) -> bool:
-    """True for names that cannot be hub ids (owner/name), so a missing one is a missing path."""
-    return name.startswith((".", "/", "~")) or name.count("/") > 1 or "\\" in name
+    """True for names that cannot be hub ids (owner/name), so a missing one is a missing path;
+    `models/distil` is a path too when `models` is a local directory."""
+    if name.startswith((".", "/", "~")) or name.count("/") > 1 or "\\" in name:
+        return True
+    return "/" in name and Path(name.split("/")[0]).is_dir()
 
 
 def resolve_model_dir(model: str | Path | None) -> Path:
