@@ -6,7 +6,7 @@ import hashlib
 import json
 import shlex
 import sys
-
+from dataclasses import replace
 from pathlib import Path
 
 from gpt2_onnx.hub import cache_root

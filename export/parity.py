@@ -4,7 +4,8 @@ Same inputs on both sides, through the runtime's decoder: every position of a pr
 batch, decode steps with the cache, and a batch of prompts of different lengths
 (left-padded on torch's side); then greedy agreement over 64 new tokens from the
 runtime's own decode loop. FP32's `model.onnx`, the graph other tools load, is checked
-too: a padded prompt batch, then a decode step fed its own `present` as `past`.
+too: a padded prompt batch, then a decode step fed its own `present` as `past`. Each
+variant's figures come with a verdict against its quality gate (`GATES`).
 """
 
 from __future__ import annotations
@@ -24,6 +25,28 @@ GREEDY_TOKENS = 64
 
 
 @dataclass(frozen=True)
+class Gate:
+    """What a quantized variant's figures must meet. The logit error is its root mean square
+    over the prefill relative to the spread (standard deviation) of torch's logits, so one
+    gate fits checkpoints whose logits are far apart or close together (the maximum over a
+    whole vocabulary is too rare an event to gate on). Greedy agreement is no gate: with
+    random weights the best two logits are often nearly tied, so one rounding flips a token
+    and the rest of the sequence diverges; top-1 agreement over the prefill positions counts
+    each position once instead."""
+
+    max_relative_error: float
+    min_top1: float  # share of prefill positions whose best token equals torch's
+
+
+# Measured on the random-weight checkpoints of the tests (relative error, top-1): INT8 tiny
+# 0.05, 94 %; full-size 0.14, 88 %; INT8 with every weight scale doubled 1.4, 19 %. INT4 tiny
+# 0.36, 47 %; full-size 0.53, 22 %. Random weights amplify quantization error far beyond a
+# trained model's (see the bench quality report), so these gates catch a broken quantizer,
+# not a small loss of quality; INT4's top-1 on random weights is too low to gate on.
+GATES = {"int8": Gate(max_relative_error=0.25, min_top1=0.75), "int4": Gate(max_relative_error=0.75, min_top1=0.0)}
+
+
+@dataclass(frozen=True)
 class VariantReport:
     precision: str
     prefill_max_abs: float  # max |Δlogit| over every position of a 2-row prompt batch
@@ -31,14 +54,33 @@ class VariantReport:
     padded_max_abs: float  # last-position logits of 3 prompts of different lengths in one batch
     greedy_agreement: int  # new tokens identical to torch's greedy before the first difference
     greedy_tokens: int
+    prefill_relative_error: float  # rms Δlogit over the prefill / std of torch's prefill logits
+    prefill_top1: float  # share of the prefill positions whose argmax equals torch's
+
     ecosystem_max_abs: float | None = None  # model.onnx (past_key_values), when the variant has it
+
+    def verdict(self) -> str:
+        """"ok" / "within INT8 gate", or what failed; "" for a precision without a gate."""
+        if self.precision == "fp32":
+            failed = [f"max |Δlogit| > {FP32_TOLERANCE}"] * (self.max_abs > FP32_TOLERANCE)
+            failed += ["greedy differs"] * (self.greedy_agreement < self.greedy_tokens)
+            return "ok" if not failed else f"outside FP32 gate ({', '.join(failed)})"
+        gate = GATES.get(self.precision)
+        if gate is None:
+            return ""
+        error, limit = self.prefill_relative_error, gate.max_relative_error
+        failed = [f"relative error {error:.2g} > {limit:g}"] * (error > limit)
+        failed += [f"top-1 {self.prefill_top1:.0%} < {gate.min_top1:.0%}"] * (self.prefill_top1 < gate.min_top1)
+        name = self.precision.upper()
+        return f"within {name} gate" if not failed else f"outside {name} gate ({', '.join(failed)})"
 
     def line(self) -> str:
         ecosystem = "" if self.ecosystem_max_abs is None else f"  model.onnx {self.ecosystem_max_abs:.2e}"
         return (
             f"{self.precision:>5}  prefill {self.prefill_max_abs:.2e}  decode {self.decode_max_abs:.2e}  "
-            f"padded batch {self.padded_max_abs:.2e}{ecosystem}  greedy {self.greedy_agreement}/{self.greedy_tokens} identical"
-        )
+            f"padded batch {self.padded_max_abs:.2e}{ecosystem}  greedy {self.greedy_agreement}/{self.greedy_tokens} identical  "
+            f"relative error {self.prefill_relative_error:.1e}  top-1 {self.prefill_top1:.0%}  {self.verdict()}"
+        ).rstrip()
 
     @property
     def max_abs(self) -> float:
@@ -89,7 +131,10 @@ def _check_variant(generator: Generator, torch_model) -> VariantReport:
     ids = rng.integers(0, vocab, (2, prompt_len))
     mask, positions = np.ones_like(ids), np.tile(np.arange(prompt_len), (2, 1))
     theirs, past = _torch_logits(torch_model, ids, mask, positions)
-    prefill = float(np.abs(decoder.score(ids) - theirs).max())
+    scores = decoder.score(ids)  # [2, prompt_len, vocab]
+    prefill = float(np.abs(scores - theirs).max())
+    relative = float(np.sqrt(np.mean((scores - theirs) ** 2)) / theirs.std())
+    top1 = float((scores.argmax(-1) == theirs.argmax(-1)).mean())
 
     cache, ours = decoder.prefill(ids.tolist(), prompt_len + 4)
     decode = float(np.abs(ours - theirs[:, -1]).max())
@@ -113,7 +158,7 @@ def _check_variant(generator: Generator, torch_model) -> VariantReport:
     ecosystem = None
     if any(g.io == IO_PAST_KEY_VALUES for g in variant.graphs):
         ecosystem = _ecosystem_max_abs(generator.model_dir / variant.graph(IO_PAST_KEY_VALUES).file, a, torch_model)
-    return VariantReport(generator.precision, prefill, decode, padded, agreement, steps, ecosystem)
+    return VariantReport(generator.precision, prefill, decode, padded, agreement, steps, relative, top1, ecosystem)
 
 
 def _ecosystem_max_abs(graph, a, torch_model) -> float:

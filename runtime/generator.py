@@ -21,7 +21,7 @@ from .errors import ContextLengthError, GenerationOptionError, ModelDirectoryErr
 from .hub import resolve_model_dir
 from .logits import Processors
 from .manifest import TOKENIZER_NAME, Manifest, read_manifest
-from .options import GenerationConfig, as_sequence
+from .options import GenerationConfig, as_sequence, require_utf8
 from .precisions import BY_NAME, DEFAULT_PRECISION
 from .session import Decoder, create_session
 from .text import TextCodec
@@ -89,7 +89,8 @@ class Generator:
         return cls(model_dir, manifest, codec, decoder, precision)
 
     def config(self, **options: Any) -> GenerationConfig:
-        """The settings a call with these options would use (manifest defaults filled in)."""
+        """The settings a call with these options would use (manifest defaults filled in; an
+        option given as None takes its default)."""
         return GenerationConfig.from_options(self.manifest.generation_defaults, options)
 
     def generate(self, prompt: str | Sequence[str], **options: Any):
@@ -144,7 +145,7 @@ class Generator:
         ids = [self._fit_context(p, config) for p in id_lists]
         stop_ids = conventions.stop_token_ids if config.stop_token_ids is None else config.stop_token_ids
         vocab = self.manifest.architecture.vocab_size
-        bad = tuple(tuple(self.codec.token_sequence(w)) if isinstance(w, str) else w for w in config.bad_words)
+        bad = tuple(seq for w in config.bad_words for seq in (self.codec.token_sequences(w) if isinstance(w, str) else [w]))
         for name, seq in (("stop_token_ids", stop_ids), *(("bad_words", b) for b in bad)):
             if any(t >= vocab for t in seq):
                 raise GenerationOptionError(f"{name} holds an id ≥ the vocabulary size {vocab}: {seq}")
@@ -152,6 +153,7 @@ class Generator:
         return DecodeJob(ids, config, processors, np.random.default_rng(config.seed))
 
     def _encode(self, prompt: str) -> list[int]:
+        require_utf8(prompt, "the prompt")
         ids = self.codec.encode(prompt)
         # a family without a prompt prefix (English GPT-2) starts an empty prompt from its
         # end-of-text token, as transformers does with GPT-2's bos (= eos)

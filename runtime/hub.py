@@ -14,6 +14,7 @@ from pathlib import Path
 
 from .errors import ModelDirectoryError
 from .manifest import CONFIG_NAME, MANIFEST_NAME
+from .precisions import QUANTIZED
 
 # the weight files of a (not exported) checkpoint, in the order the exporter prefers them
 CHECKPOINT_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
@@ -28,8 +29,11 @@ def cached_dir(hub_id: str) -> Path:
 
 
 def looks_like_path(name: str) -> bool:
-    """True for names that cannot be hub ids (owner/name), so a missing one is a missing path."""
-    return name.startswith((".", "/", "~")) or name.count("/") > 1 or "\\" in name
+    """True for names that cannot be hub ids (owner/name), so a missing one is a missing path;
+    `models/distil` is a path too when `models` is a local directory."""
+    if name.startswith((".", "/", "~")) or name.count("/") > 1 or "\\" in name:
+        return True
+    return "/" in name and Path(name.split("/")[0]).is_dir()
 
 
 def resolve_model_dir(model: str | Path | None) -> Path:
@@ -69,7 +73,7 @@ def _export_to_cache(hub_id: str, target: Path) -> Path:
             f"cannot create the cache {target.parent} ({e.strerror}); set GPT2_ONNX_CACHE to a writable directory"
         ) from None
     # wait: a concurrent first use of the same id exports it once, the other loads its result
-    return export_model(hub_id, target, quantize=("int8", "int4"), force=True, wait=True, progress=print_progress)
+    return export_model(hub_id, target, quantize=QUANTIZED, force=True, wait=True, progress=print_progress)
 
 
 def print_progress(message: str) -> None:

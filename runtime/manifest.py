@@ -169,28 +169,31 @@ def read_manifest(model_dir: Path) -> Manifest:
         )
     try:
         return parse(Manifest, raw, "")
-    except (KeyError, TypeError, ValueError) as e:
-        message = f"missing field {e}" if isinstance(e, KeyError) else str(e)
-        raise ModelDirectoryError(f"{path} is malformed ({message}); re-export the model directory") from None
+    except ValueError as e:
+        raise ModelDirectoryError(f"{path} is malformed: {e}; correct it or re-export the model directory") from None
 
 
 def parse(cls, raw: Any, where: str):
     """`raw` JSON as an instance of the (frozen dataclass) type `cls`, every field checked
-    against its annotation; errors name the field's path, e.g. `architecture.n_layer`."""
+    against its annotation: a ValueError names the field, e.g. `the field architecture.n_layer
+    must be int, got 'six'`, so a hand-edited manifest fails here, not deep in the decoder."""
+    def wrong(expected: str) -> ValueError:
+        return ValueError(f"the field {where or 'manifest'} must be {expected}, got {raw!r}")
+
     if dataclasses.is_dataclass(cls):
         if not isinstance(raw, dict):
-            raise TypeError(f"{where or 'the manifest'} must be an object, got {raw!r}")
-        hints = typing.get_type_hints(cls)
-        values = {}
+            raise wrong("an object")
+        hints, values = typing.get_type_hints(cls), {}
         for f in dataclasses.fields(cls):
+            name = f"{where}.{f.name}" if where else f.name
             if f.name in raw:
-                values[f.name] = parse(hints[f.name], raw[f.name], f"{where}.{f.name}".lstrip("."))
+                values[f.name] = parse(hints[f.name], raw[f.name], name)
             elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-                raise KeyError(f"{where}.{f.name}".lstrip("."))
+                raise ValueError(f"the field {name} is missing")
         try:
             return cls(**values)
-        except ValueError as e:
-            raise ValueError(f"{where or 'the manifest'}: {e}") from None
+        except ValueError as e:  # a dataclass's own check: "n_head must be ≥ 1, got 0"
+            raise ValueError(f"the field {where + '.' if where else ''}{e}") from None
     origin, args = typing.get_origin(cls), typing.get_args(cls)
     if origin in (types.UnionType, typing.Union):
         if raw is None and type(None) in args:
@@ -198,16 +201,16 @@ def parse(cls, raw: Any, where: str):
         return parse(next(a for a in args if a is not type(None)), raw, where)
     if origin is tuple:
         if not isinstance(raw, list):
-            raise TypeError(f"{where} must be a list, got {raw!r}")
+            raise wrong(f"a list of {args[0].__name__}")
         return tuple(parse(args[0], item, f"{where}[{k}]") for k, item in enumerate(raw))
     if origin is dict:
         if not isinstance(raw, dict):
-            raise TypeError(f"{where} must be an object, got {raw!r}")
+            raise wrong("an object")
         return {k: parse(args[1], v, f"{where}.{k}") for k, v in raw.items()}
     if cls is Any:
         return raw
     if cls is float and isinstance(raw, int) and not isinstance(raw, bool):
         return float(raw)
     if not isinstance(raw, cls) or (cls is int and isinstance(raw, bool)):
-        raise TypeError(f"{where} must be {cls.__name__}, got {raw!r}")
+        raise wrong(cls.__name__)
     return raw

@@ -1,8 +1,9 @@
 """Generation options, named and defaulted as in `transformers.GenerationConfig`.
 
 The manifest's `generation_defaults` (e.g. uer: sampling with top_k 70) override the
-defaults here; options passed to a call override both. Every value is validated once,
-with an error that names the parameter and its allowed range.
+defaults here; options passed to a call override both, and an option passed as None
+means "the default", as in transformers. Every value is validated once, with an error
+that names the parameter and its allowed range.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ class GenerationConfig:
                 raise GenerationOptionError(
                     f"unknown option {unknown[0]!r} in {source}; known options: {', '.join(sorted(names))}"
                 )
-        merged = {**defaults, **options}
+        merged = {**defaults, **{k: v for k, v in options.items() if v is not None}}
         for key in ("stop", "stop_token_ids", "bad_words"):
             if isinstance(merged.get(key), (list, tuple)):
                 merged[key] = tuple(tuple(v) if isinstance(v, list) else v for v in merged[key])
@@ -75,11 +76,15 @@ class GenerationConfig:
             raise GenerationOptionError(f"truncate must be None or 'left', got {self.truncate!r}")
         if not all(isinstance(s, str) and s for s in self.stop):
             raise GenerationOptionError(f"stop must be a list of non-empty strings, got {self.stop!r}")
+        for s in self.stop:
+            require_utf8(s, f"the stop string {s!r}")
         if self.stop_token_ids is not None and not all(_is_int(t) and t >= 0 for t in self.stop_token_ids):
             raise GenerationOptionError(f"stop_token_ids must be a list of token ids (ints ≥ 0), got {self.stop_token_ids!r}")
         for word in self.bad_words:
             if not (isinstance(word, str) and word) and not (isinstance(word, tuple) and word and all(_is_int(t) for t in word)):
                 raise GenerationOptionError(f"bad_words entries must be non-empty strings or lists of token ids, got {word!r}")
+            if isinstance(word, str):
+                require_utf8(word, f"the bad word {word!r}")
         self._validate_combination()
 
     def _validate_combination(self) -> None:
@@ -138,3 +143,17 @@ def as_sequence(prompts: str | Sequence[str]) -> tuple[list[str], bool]:
     if isinstance(prompts, Sequence) and prompts and all(isinstance(p, str) for p in prompts):
         return list(prompts), False
     raise GenerationOptionError(f"prompt must be a string or a non-empty list of strings, got {type(prompts).__name__}")
+
+
+def require_utf8(text: str, what: str) -> None:
+    """Refuse text holding lone surrogates: Python's stand-ins for bytes that were not valid
+    UTF-8 (command-line arguments and standard input decode with `surrogateescape`)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        code = ord(text[e.start])
+        found = f"the byte 0x{code - 0xDC00:02x}" if 0xDC80 <= code <= 0xDCFF else f"a lone surrogate U+{code:04X}"
+        raise GenerationOptionError(
+            f"{what} is not valid UTF-8: it holds {found} at character {e.start}; pass UTF-8 text "
+            "(convert the input with iconv, or set the terminal to UTF-8)"
+        ) from None

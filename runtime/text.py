@@ -47,6 +47,7 @@ class TextCodec:
         # id → WordPiece string, looked up once per generated token (byte-level BPE decodes with the tokenizer)
         size = tokenizer.get_vocab_size(with_added_tokens=True) if self._wordpiece else 0
         self._pieces = [tokenizer.id_to_token(i) or "" for i in range(size)]
+        self._piece_ids = {piece: i for i, piece in enumerate(self._pieces)}
 
     @classmethod
     def from_file(cls, path: Path, conventions: Conventions) -> "TextCodec":
@@ -61,9 +62,30 @@ class TextCodec:
         ids = self.tokenizer.encode(prompt, add_special_tokens=False).ids
         return list(self.conventions.prompt_prefix_ids) + ids
 
-    def token_sequence(self, text: str) -> list[int]:
-        """Ids of a text fragment, without prefix (for bad words)."""
-        return self.tokenizer.encode(text, add_special_tokens=False).ids
+    def token_sequences(self, text: str) -> list[list[int]]:
+        """Every id sequence that decodes to a text fragment (for bad words), without prefix:
+        its tokenization and, for WordPiece, also its first word as the `##` continuation of
+        a preceding word (`鬍` → [鬍] and [##鬍], `ing` → [i, ##n, ##g] and [##ing]), when the
+        vocabulary can spell it so."""
+        encoding = self.tokenizer.encode(text, add_special_tokens=False)
+        ids = encoding.ids
+        if not self._wordpiece or not ids:
+            return [ids]
+        first = sum(1 for w in encoding.word_ids if w == encoding.word_ids[0])  # tokens of the first word
+        word = "".join(self._pieces[i].removeprefix("##") for i in ids[:first])
+        continued = self._continuation(word)
+        return [ids] if continued is None or continued == ids[:first] else [ids, continued + ids[first:]]
+
+    def _continuation(self, word: str) -> list[int] | None:
+        """WordPiece's greedy longest match of `word` with every piece a `##` piece, or None."""
+        ids, start = [], 0
+        while start < len(word):
+            end = next((e for e in range(len(word), start, -1) if "##" + word[start:e] in self._piece_ids), None)
+            if end is None:
+                return None
+            ids.append(self._piece_ids["##" + word[start:end]])
+            start = end
+        return ids
 
     def decode(self, ids: Sequence[int]) -> str:
         assembler = self.assembler()

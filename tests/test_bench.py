@@ -61,3 +61,19 @@ def test_quality_smoke(tmp_path):
     assert 1 < fp32["perplexity"] < 5000 and abs(report["torch_fp32_perplexity"] / fp32["perplexity"] - 1) < 1e-4
     assert 0 <= int8["top1_agreement"] <= 1 and int8["perplexity"] > 1
     assert "| int8 |" in (tmp_path / "results" / "quality.md").read_text()
+
+
+def test_train_minutes_sets_the_training_time(tmp_path, monkeypatch):
+    """`bench --train-minutes` reaches the quality model's TrainSpec (it once raised NameError)."""
+    import gpt2_onnx.benchmarks.quality as quality
+
+    class Trained(Exception):
+        pass
+
+    def train_checkpoint(path, spec, log):
+        raise Trained(spec)
+
+    monkeypatch.setattr(quality, "train_checkpoint", train_checkpoint)
+    with pytest.raises(Trained) as caught:
+        run_quality(None, tmp_path, smoke=True, train_minutes=0.25, work=tmp_path)
+    assert caught.value.args[0].minutes == 0.25

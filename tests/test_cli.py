@@ -36,6 +36,7 @@ def test_generate_json_lines(tiny_model):
     for r in records:
         assert r["prompt"] == "今天" and len(r["token_ids"]) == 8 and r["finish_reason"] == "length"
         assert r["timings"]["new_tokens"] == 16 and r["timings"]["decode_tokens_per_s"] > 0
+        assert all(round(v, 4) == v for v in r["timings"].values())  # seconds to 0.1 ms, not 17 digits
 
 
 def test_prompts_from_standard_input(tiny_model):
@@ -59,7 +60,8 @@ def test_check_command(tiny_model, tiny_checkpoint):
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     assert [line.split()[0] for line in lines] == ["fp32", "int8"]
-    assert "greedy 64/64 identical" in lines[0]
+    assert "greedy 64/64 identical" in lines[0] and lines[0].endswith("ok")
+    assert lines[1].endswith("within INT8 gate")
 
 
 def fake_hub_cache(home, repo_id, checkpoint) -> None:
@@ -87,3 +89,91 @@ def test_hub_id_is_exported_on_first_use_then_loaded_from_cache(tiny_checkpoint,
     code = "import sys; from gpt2_onnx import Generator; Generator.load('someone/tiny-chinese-gpt2'); print('torch' in sys.modules)"
     probe = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ, **env})
     assert probe.stdout.strip() == "False", probe.stderr
+
+
+def raw_cli(*args, stdin: bytes | None = None) -> subprocess.CompletedProcess:
+    """The CLI with bytes in and out, for input that is not valid UTF-8."""
+    return subprocess.run([sys.executable, "-m", "gpt2_onnx.cli", *args], input=stdin, capture_output=True, timeout=600)
+
+
+def test_invalid_utf8_prompt_is_one_line(tiny_model):
+    for args, stdin in (([b"\xff\xfe"], None), ([], b"\xe4\xbd\xa0\xff\n")):
+        proc = raw_cli("generate", *args, "--model", str(tiny_model), "--max-new-tokens", "3", stdin=stdin)
+        err = proc.stderr.decode()
+        assert proc.returncode == 1 and err.count("\n") == 1, err
+        assert err.startswith("gpt2-onnx: error: the prompt is not valid UTF-8") and "0xff" in err
+
+
+def test_broken_pipe_exits_quietly(tiny_model):
+    """`gpt2-onnx generate ... | head -1`: the reader leaves, the CLI ends without a traceback."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gpt2_onnx.cli", "generate", "--model", str(tiny_model), "--max-new-tokens", "4"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )
+    proc.stdin.write("这是\n".encode() * 3000)
+    proc.stdin.close()
+    assert proc.stdout.readline()
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=600) == 141 and err == ""
+
+
+def test_heavy_imports_happen_inside_main(tiny_model, monkeypatch, capsys):
+    """Ctrl-C while numpy / onnxruntime load is handled by main: importing the CLI loads neither."""
+    code = "import sys, gpt2_onnx.cli; print(sorted({'numpy', 'onnxruntime'} & set(sys.modules)))"
+    probe = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert probe.stdout.strip() == "[]"
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    from gpt2_onnx.generator import Generator as Loaded
+
+    monkeypatch.setattr(Loaded, "load", interrupted)
+    assert main(["generate", "x", "--model", str(tiny_model)]) == 130
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def test_usage_errors_name_the_parser(capsys):
+    for argv, hint in ((["bogus"], "see `gpt2-onnx --help`"), (["generate", "--top-k", "x"], "see `gpt2-onnx generate --help`")):
+        try:
+            main(argv)
+        except SystemExit as e:
+            assert e.code == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and hint in err, err
+
+
+def test_version(capsys):
+    from importlib.metadata import version
+
+    try:
+        main(["--version"])
+    except SystemExit as e:
+        assert e.code == 0
+    assert capsys.readouterr().out == f"gpt2-onnx {version('gpt2-onnx')}\n" == "gpt2-onnx 0.1.0\n"
+
+
+def test_help_shows_defaults(capsys):
+    def help_text(*argv) -> str:
+        try:
+            main([*argv, "--help"])
+        except SystemExit:
+            pass
+        return " ".join(capsys.readouterr().out.split())  # unwrapped
+
+    text = help_text("generate")
+    assert "--top-k TOP_K sample among the k best tokens (0: all) (default: the model's)" in text
+    assert "model variant (default: int8)" in text
+    assert "results directory (default: benchmarks/results)" in help_text("bench")
+
+
+def test_streaming_follows_the_manifest_defaults(tiny_model, tmp_path):
+    """A model whose manifest defaults to beams prints the beam result instead of failing in stream()."""
+    model = shutil.copytree(tiny_model, tmp_path / "model")
+    manifest = json.loads((model / "gpt2_onnx.json").read_text())
+    manifest["generation_defaults"] = {"num_beams": 2, "do_sample": False}
+    (model / "gpt2_onnx.json").write_text(json.dumps(manifest))
+    proc = cli("generate", "这是", "--model", str(model), "--max-new-tokens", "6")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == Generator.load(model).generate("这是", max_new_tokens=6).text + "\n"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import os
 import shutil
 
@@ -121,3 +122,31 @@ def test_precision_not_exported(tiny_checkpoint, tmp_path):
 def test_bad_threads(tiny_model):
     with pytest.raises(ValueError, match="threads"):
         Generator.load(tiny_model, threads=0)
+
+
+@pytest.mark.parametrize("section, key, value, field", [
+    ("architecture", "n_layer", "six", "architecture.n_layer"),
+    ("architecture", "n_head", 0, "architecture.n_head"),
+    ("conventions", "stop_token_ids", "102", "conventions.stop_token_ids"),
+    ("conventions", "special_token_ids", [0, 1.5], r"conventions.special_token_ids\[1\]"),
+    ("conventions", "decode", "spaces", "conventions.decode"),
+    ("variants", "int8", ["model.int8.onnx"], "variants.int8"),
+    (None, "tokenizer_sha256", 5, "tokenizer_sha256"),
+])
+def test_manifest_field_of_the_wrong_type(model_copy, section, key, value, field):
+    path = model_copy / "gpt2_onnx.json"
+    manifest = json.loads(path.read_text())
+    (manifest[section] if section else manifest)[key] = value
+    path.write_text(json.dumps(manifest))
+    got = value[-1] if isinstance(value, list) and field.endswith("]") else value
+    with pytest.raises(ModelDirectoryError, match=rf"malformed: the field {field} must be .*got {re.escape(repr(got))}"):
+        Generator.load(model_copy)
+
+
+def test_missing_relative_path_is_not_a_hub_id(tmp_path, monkeypatch):
+    """`models/distil` with a local `models/` directory is a missing path, never a download."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    (tmp_path / "models").mkdir()
+    with pytest.raises(ModelDirectoryError, match=r"model directory models/distil does not exist; export one"):
+        Generator.load("models/distil")

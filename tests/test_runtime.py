@@ -92,7 +92,7 @@ def test_bpe_stream_never_splits_a_character(bpe_model, generators):
     tokenizer's one-shot decoding (a split character would show up as U+FFFD)."""
     gen = generators(bpe_model)
     codec = gen.codec
-    e_acute = codec.token_sequence("é")
+    e_acute, = codec.token_sequences("é")
     assert len(e_acute) == 2  # two byte tokens, so the held-back path is exercised
     pieces = [codec.assembler().push(i) for i in e_acute[:1]]
     assert pieces == [""]
@@ -285,3 +285,51 @@ def test_sampling_follows_the_distribution():
         expected = p ** (1 / temperature)
         expected[top_k or 4:] = 0
         np.testing.assert_allclose(np.bincount(draws, minlength=4) / len(draws), expected / expected.sum(), atol=0.015)
+
+
+def test_none_means_the_default(tiny_model, generators):
+    gen = generators(tiny_model)
+    nones = dict(stop=None, bad_words=None, top_k=None, temperature=None, num_beams=None, stop_token_ids=None, truncate=None)
+    with_nones, plain = (gen.generate(PROMPT, max_new_tokens=8, seed=1, **o) for o in (nones, {}))
+    assert with_nones.token_ids == plain.token_ids and with_nones.text == plain.text
+    assert gen.config(max_new_tokens=None, do_sample=None) == gen.config()
+
+
+@pytest.mark.parametrize("options", [dict(), dict(stop=["\udcff"]), dict(bad_words=["a\ud800"])])
+def test_text_that_is_not_utf8_is_refused(tiny_model, generators, options):
+    gen = generators(tiny_model)
+    prompt = "这是\udcff" if not options else PROMPT  # \udcff: the byte 0xff, as argv and stdin decode it
+    with pytest.raises(GenerationOptionError, match="is not valid UTF-8"):
+        gen.generate(prompt, max_new_tokens=3, **options)
+
+
+class _Biased:
+    """A decoder whose logits favour some tokens by far, to force the model toward them."""
+
+    def __init__(self, decoder, token_ids):
+        self._decoder, self._ids = decoder, list(token_ids)
+
+    def _bias(self, logits):
+        logits = logits.copy()
+        logits[..., self._ids] += 100.0
+        return logits
+
+    def prefill(self, prompts, capacity):
+        cache, logits = self._decoder.prefill(prompts, capacity)
+        return cache, self._bias(logits)
+
+    def step(self, cache, tokens):
+        return self._bias(self._decoder.step(cache, tokens))
+
+
+def test_bad_word_text_is_banned_in_its_continuation_form(tiny_model, generators):
+    """`--bad-word ing` bans [in, ##g] and the one-token continuation ##ing alike."""
+    gen = generators(tiny_model)
+    vocab = gen.codec.tokenizer.get_vocab()
+    continuation = vocab["##ing"]
+    forced = Generator(gen.model_dir, gen.manifest, gen.codec, _Biased(gen.decoder, [continuation]), gen.precision)
+    assert continuation in forced.generate(PROMPT, max_new_tokens=10, do_sample=False).token_ids  # the bias works
+    tokens = forced.generate(PROMPT, max_new_tokens=30, do_sample=False, bad_words=["ing"]).token_ids
+    assert continuation not in tokens
+    plain = gen.codec.encode("ing")[1:]  # [in, ##g], without [CLS]
+    assert not any(list(tokens[i:i + len(plain)]) == plain for i in range(len(tokens)))

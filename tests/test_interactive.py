@@ -1,0 +1,114 @@
+"""`gpt2-onnx generate` on a terminal, driven through a pseudo-terminal: line editing and
+history (readline), Ctrl-C cancelling the running answer, Ctrl-C twice or Ctrl-D quitting."""
+
+from __future__ import annotations
+
+import json
+import os
+import pty
+import re
+import select
+import sys
+import time
+
+import pytest
+
+from gpt2_onnx import Generator
+
+pytest.importorskip("readline")
+
+# the child slows every decode event by 20 ms, so that Ctrl-C surely lands inside an answer
+SLOW_DECODE = """
+import time
+import gpt2_onnx.generator as generator
+real_run = generator.run
+def slow_run(*args, **kwargs):
+    for event in real_run(*args, **kwargs):
+        time.sleep(0.02)
+        yield event
+generator.run = slow_run
+"""
+ESCAPES = re.compile(rb"\x1b\[[0-9;?]*[A-Za-z]")  # readline's cursor moves and bracketed-paste mode
+
+
+def spawn(*args: str, slow: bool = False) -> tuple[int, int]:
+    """The CLI as the session leader of a new pseudo-terminal: (pid, the terminal's master fd)."""
+    code = (SLOW_DECODE if slow else "") + "import sys\nfrom gpt2_onnx.cli import main\nsys.exit(main(sys.argv[1:]))"
+    pid, fd = pty.fork()
+    if pid == 0:
+        os.execve(sys.executable, [sys.executable, "-c", code, "generate", *args], {**os.environ, "TERM": "xterm"})
+    return pid, fd
+
+
+def read_until(fd: int, marker: bytes | None, timeout: float = 120) -> bytes:
+    """Terminal output up to `marker` (escape sequences removed); None: up to the end."""
+    out, deadline = b"", time.monotonic() + timeout
+    while marker is None or marker not in ESCAPES.sub(b"", out):
+        ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
+        if not ready:
+            raise AssertionError(f"no {marker!r} within {timeout} s; the terminal showed {out!r}")
+        try:
+            chunk = os.read(fd, 4096)
+        except OSError:  # EIO: the child has exited and closed the terminal
+            chunk = b""
+        if not chunk:
+            if marker is None:
+                break
+            raise AssertionError(f"the CLI ended before {marker!r}; the terminal showed {out!r}")
+        out += chunk
+    return ESCAPES.sub(b"", out)
+
+
+def exit_code(pid: int) -> int:
+    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+
+
+def test_ctrl_c_cancels_the_answer_and_returns_to_the_prompt(tiny_model):
+    options = dict(max_new_tokens=60, min_new_tokens=60, do_sample=False)
+    pid, fd = spawn("--model", str(tiny_model), "--max-new-tokens", "60", "--min-new-tokens", "60", "--no-do-sample", slow=True)
+    shown = read_until(fd, b"> ")
+    os.write(fd, "这是\r".encode())
+    shown += read_until(fd, "这是\r\n".encode())
+    answer = os.read(fd, 4096)  # the first streamed piece(s)
+    os.write(fd, b"\x03")
+    answer = ESCAPES.sub(b"", answer + read_until(fd, b"> ")).decode()
+    shown += answer.encode()
+    cancelled = answer.split("\r\n")[0].replace("^C", "")
+    generator = Generator.load(tiny_model)
+    full = generator.generate("这是", **options).text
+    assert cancelled and full.startswith(cancelled) and len(cancelled) < len(full), (cancelled, full)
+
+    os.write(fd, "今天\r".encode())
+    second = read_until(fd, b"> ").decode()
+    shown += second.encode()
+    assert generator.generate("今天", **options).text + "\r\n" in second
+    os.write(fd, b"\x04")  # Ctrl-D: quit
+    shown += read_until(fd, None)
+    assert exit_code(pid) == 0
+    assert b"Traceback" not in shown
+
+
+def test_line_editing_history_and_ctrl_c_twice(tiny_model):
+    pid, fd = spawn("--model", str(tiny_model), "--max-new-tokens", "3", "--json")
+    shown = read_until(fd, b"> ")
+
+    def prompt_of_answer(keys: bytes) -> str:
+        nonlocal shown
+        os.write(fd, keys)
+        out = read_until(fd, b'"prompt"') + read_until(fd, b"> ")
+        shown += out
+        line = next(line for line in out.decode().split("\r\n") if '"prompt"' in line)
+        return json.loads(line[line.index("{"):])["prompt"]
+
+    assert prompt_of_answer(b"ab\x1b[Dc\r") == "acb"  # left arrow moves the cursor, inserts no ^[[D
+    assert prompt_of_answer(b"\x1b[A\r") == "acb"  # up arrow recalls the previous prompt
+    # readline shows the prompt before it waits for keys: a Ctrl-C in between would wait for
+    # the next key, as no typist is fast enough to notice, so the test pauses as a person would
+    time.sleep(1)
+    os.write(fd, b"\x03")
+    shown += read_until(fd, b"Ctrl-C again") + read_until(fd, b"> ")
+    time.sleep(1)
+    os.write(fd, b"\x03")
+    shown += read_until(fd, None)
+    assert exit_code(pid) == 0
+    assert b"Traceback" not in shown
