@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from .checksums import verified_paths
-from .decode import DecodeJob, run
+from .engine import Engine, Event, Request
 from .errors import ContextLengthError, GenerationOptionError, ModelDirectoryError
 from .hub import resolve_model_dir
 from .logits import Processors
@@ -109,23 +109,29 @@ class Generator:
         return self._generate([[int(t) for t in p] for p in id_lists], single, self.config(**options))
 
     def _generate(self, id_lists: list[list[int]], single: bool, config: GenerationConfig):
-        job = self._job(id_lists, config)
         n = config.num_return_sequences
-        slots = len(id_lists) * n
-        texts, tokens, reasons = [""] * slots, [[] for _ in range(slots)], [""] * slots
+        texts, tokens, reasons = {}, {}, {}
+
+        def collector(i: int):
+            def on_event(event: Event) -> None:
+                key = (i, event.slot)
+                texts[key] = texts.get(key, "") + event.text
+                tokens.setdefault(key, []).extend(event.tokens)
+                reasons[key] = event.finish_reason or reasons.get(key, "")
+            return on_event
+
+        requests = [self.request(ids, config, collector(i)) for i, ids in enumerate(id_lists)]
         start = time.perf_counter()
-        for event in run(self.decoder, self.codec, job):
-            texts[event.slot] += event.text
-            tokens[event.slot].extend(event.tokens)
-            reasons[event.slot] = event.finish_reason or reasons[event.slot]
+        self.run(requests)
         end = time.perf_counter()
-        first = job.clock.first_token or end
-        timings = Timings(first - start, end - first, sum(map(len, tokens)))
+        first = min((r.clock.first_token for r in requests if r.clock.first_token), default=end)
+        timings = Timings(first - start, end - first, sum(map(len, tokens.values())))
         results = [
-            GenerationResult(texts[s], tuple(tokens[s]), reasons[s], len(job.prompts[s // n]), timings)
-            for s in range(slots)
+            [GenerationResult(texts.get((i, j), ""), tuple(tokens.get((i, j), ())), reasons.get((i, j), ""),
+                              len(r.prompt_ids), timings) for j in range(n)]
+            for i, r in enumerate(requests)
         ]
-        grouped = [results[i * n] if n == 1 else results[i * n:(i + 1) * n] for i in range(len(id_lists))]
+        grouped = [group[0] if n == 1 else group for group in results]
         return grouped[0] if single else grouped
 
     def stream(self, prompt: str, **options: Any) -> Iterator[str]:
@@ -136,13 +142,32 @@ class Generator:
         config = self.config(**options)
         if config.num_beams > 1 or config.num_return_sequences > 1:
             raise GenerationOptionError("stream() produces one sequence: use num_beams=1 and num_return_sequences=1, or generate()")
-        for event in run(self.decoder, self.codec, self._job([self._encode(prompt)], config)):
-            if event.text:
-                yield event.text
+        pieces: list[str] = []
+        request = self.request(self._encode(prompt), config, lambda event: pieces.append(event.text))
+        engine = self.engine([request])
+        engine.submit(request)
+        while engine.step() or pieces:
+            yield from filter(None, pieces)
+            pieces.clear()
 
-    def _job(self, id_lists: list[list[int]], config: GenerationConfig) -> DecodeJob:
+    def engine(self, requests: Sequence[Request], **options: Any) -> Engine:
+        """An engine sized for these requests (their rows, their longest prompt + new tokens)."""
+        capacity = max(len(r.prompt_ids) + r.config.max_new_tokens for r in requests)
+        return Engine(self.decoder, self.codec, max_rows=sum(r.rows for r in requests), capacity=capacity, **options)
+
+    def run(self, requests: Sequence[Request]) -> None:
+        """Decode the requests to the end in this thread, on an engine of their own."""
+        engine = self.engine(requests)
+        for request in requests:
+            engine.submit(request)
+        while engine.step():
+            pass
+
+    def request(self, prompt_ids: list[int], config: GenerationConfig, on_event) -> Request:
+        """An engine request: the prompt fitted to the context, stop and bad-word ids resolved,
+        its own random generator (seeded: the same tokens in any batch)."""
         conventions = self.manifest.conventions
-        ids = [self._fit_context(p, config) for p in id_lists]
+        ids = self._fit_context(prompt_ids, config)
         stop_ids = conventions.stop_token_ids if config.stop_token_ids is None else config.stop_token_ids
         vocab = self.manifest.architecture.vocab_size
         bad = tuple(seq for w in config.bad_words for seq in (self.codec.token_sequences(w) if isinstance(w, str) else [w]))
@@ -150,7 +175,7 @@ class Generator:
             if any(t >= vocab for t in seq):
                 raise GenerationOptionError(f"{name} holds an id ≥ the vocabulary size {vocab}: {seq}")
         processors = Processors(config, tuple(stop_ids), tuple(b for b in bad if b))
-        return DecodeJob(ids, config, processors, np.random.default_rng(config.seed))
+        return Request(ids, config, processors, np.random.default_rng(config.seed), on_event)
 
     def _encode(self, prompt: str) -> list[int]:
         require_utf8(prompt, "the prompt")

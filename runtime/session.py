@@ -72,7 +72,7 @@ class KVBuffer:
     memory: list[mmap.mmap]
     lengths: np.ndarray  # [rows] int64
     min_rows: int = 1
-    step_io: "_BoundCall | None" = None  # the one-token step bound to these rows, made on first use
+    step_io: "_BoundCall | None" = None  # the decode step's binding (to the first rows), kept while their count holds
     buffers: list[np.ndarray] = field(init=False)  # views of the rows a call binds
 
     def __post_init__(self):
@@ -84,6 +84,13 @@ class KVBuffer:
     @property
     def max_rows(self) -> int:
         return self.full[0].shape[0] - self.min_rows + 1
+
+    def append(self, count: int) -> None:
+        """`count` empty rows after the others."""
+        if len(self.lengths) + count > self.max_rows:
+            raise ValueError(f"{len(self.lengths) + count} rows do not fit a cache made for {self.max_rows}")
+        self.lengths = np.concatenate([self.lengths, np.zeros(count, np.int64)])
+        self._bind()
 
     def select(self, rows: np.ndarray) -> None:
         """Keep, reorder or repeat rows (beams, rows leaving), in place: a row whose source is
@@ -111,7 +118,6 @@ class KVBuffer:
             self._release_range((len(rows), 0, 0), (old, 0, 0))
         if len(rows) != old:
             self._bind()
-            self.step_io = None
 
     def _release_range(self, first: tuple[int, int, int], end: tuple[int, int, int]) -> None:
         """Give back the whole pages between (row, head, position) `first` and `end`."""
@@ -125,11 +131,13 @@ class KVBuffer:
 
 
 class _BoundCall:
-    """One call shape of the graph, bound once: inputs, logits and the KV buffers are numpy
-    arrays that onnxruntime reads and writes in place, so a call only writes a few numbers
-    into them (no OrtValue or output objects are made per token)."""
+    """One call shape of the graph, bound once to `k` rows of a cache (and the scratch rows
+    that fill a call up to `min_rows`): inputs, logits and the KV buffers are numpy arrays
+    that onnxruntime reads and writes in place, so a call only writes a few numbers into
+    them (no OrtValue or output objects are made per token)."""
 
-    def __init__(self, decoder: "Decoder", buffers: list[np.ndarray], rows: int, seq: int, keep: int):
+    def __init__(self, decoder: "Decoder", buffers: list[np.ndarray], seq: int, keep: int):
+        rows = buffers[0].shape[0]
         self.session = decoder.session
         self.input_ids = np.zeros((rows, seq), np.int64)
         self.position_ids = np.zeros((rows, seq), np.int64)
@@ -149,18 +157,17 @@ class _BoundCall:
             binding.bind_ortvalue_output(present, value)
 
     def __call__(self, ids: np.ndarray, past: np.ndarray) -> np.ndarray:
-        """ids [n, seq] after `past` [n] filled positions → logits [n, kept, vocab] (a copy), for
-        the first n ≤ bound rows; bound rows past n are scratch (token 0 from position 0).
-        The rows' real tokens start at position 0, so past is also their first new position."""
-        n, seq = ids.shape
-        self.input_ids[:n] = ids
-        self.position_ids[:n] = past[:, None] + np.arange(seq)
-        self.position_ids[n:] = np.arange(seq)
-        self.seqlens_k[:n] = past + seq - 1
-        self.seqlens_k[n:] = seq - 1
+        """ids [rows, seq] after `past` [rows] filled positions → logits [rows, kept, vocab] (a
+        copy). The rows' real tokens start at position 0, so past is also their first new
+        position; a scratch row's past is its own length, so what it writes lies beyond
+        anything it holds."""
+        seq = ids.shape[1]
+        self.input_ids[:] = ids
+        self.position_ids[:] = past[:, None] + np.arange(seq)
+        self.seqlens_k[:] = past + seq - 1
         self.total_sequence_length[...] = past.max() + seq
         self.session.run_with_iobinding(self.binding)
-        return self.logits[:n].copy()
+        return self.logits.copy()
 
 
 class Decoder:
@@ -172,36 +179,48 @@ class Decoder:
         self.past_names = cache_names(architecture.n_layer, past_name)
         self.present_names = cache_names(architecture.n_layer, present_name)
 
+    def run(self, cache: KVBuffer, first: int, ids: np.ndarray) -> np.ndarray:
+        """Rows [first, first + k) of the cache each take `seq` more tokens, ids [k, seq], after
+        their filled positions → last-position logits [k, vocab]; their lengths grow by seq.
+        The decode step (first 0, seq 1, the same rows each time) keeps its binding."""
+        k, seq = ids.shape
+        width = max(k, self.min_rows)
+        lengths = np.zeros(width, np.int64)
+        known = cache.lengths[first:first + width]
+        lengths[: len(known)] = known
+        if first == 0 and seq == 1:
+            if cache.step_io is None or cache.step_io.input_ids.shape[0] != width:
+                cache.step_io = _BoundCall(self, [b[:width] for b in cache.full], 1, 1)
+            call = cache.step_io
+        else:
+            call = _BoundCall(self, [b[first:first + width] for b in cache.full], seq, 1)
+        padded = np.zeros((width, seq), np.int64)
+        padded[:k] = ids
+        logits = call(padded, lengths)[:k, -1]
+        cache.lengths[first:first + k] += seq
+        return logits
+
     def prefill(self, prompts: Sequence[Sequence[int]], capacity: int, max_rows: int | None = None) -> tuple[KVBuffer, np.ndarray]:
         """Run the prompts (of any lengths) into an empty cache of `capacity` positions per row
         that can grow to `max_rows` rows: (cache, last-position logits [rows, vocab]).
         Equal-length prompts run as one batch; otherwise each row runs alone into its slice."""
         cache = self.empty(len(prompts), capacity, max_rows)
         if len({len(p) for p in prompts}) == 1:
-            call = _BoundCall(self, cache.buffers, len(cache.buffers[0]), len(prompts[0]), 1)
-            logits = call(np.array(prompts, np.int64), cache.lengths)
-        else:  # in row order: a row's scratch neighbour is a later row (prefilled after) or a scratch row
-            width = self.min_rows
-            logits = np.concatenate([
-                _BoundCall(self, [b[r:r + width] for b in cache.full], width, len(p), 1)(np.array([p]), np.zeros(1, np.int64))
-                for r, p in enumerate(prompts)
-            ])
-        cache.lengths = np.array([len(p) for p in prompts], np.int64)
-        return cache, logits[:, -1]
+            return cache, self.run(cache, 0, np.array(prompts, np.int64))
+        return cache, np.concatenate([self.run(cache, r, np.array([p], np.int64)) for r, p in enumerate(prompts)])
 
     def step(self, cache: KVBuffer, tokens: np.ndarray) -> np.ndarray:
-        """One new token per row [rows] → logits [rows, vocab]; the cache grows by one."""
-        if cache.step_io is None:
-            cache.step_io = _BoundCall(self, cache.buffers, len(cache.buffers[0]), 1, 1)
-        logits = cache.step_io(tokens[:, None], cache.lengths)
-        cache.lengths += 1
-        return logits[:, -1]
+        """One new token for each of the first len(tokens) rows → logits [rows, vocab]."""
+        return self.run(cache, 0, tokens[:, None])
 
     def score(self, input_ids: np.ndarray) -> np.ndarray:
         """Logits of every position [rows, seq, vocab] of equal-length rows [rows, seq]."""
         rows, seq = input_ids.shape
         cache = self.empty(rows, seq)
-        return _BoundCall(self, cache.buffers, len(cache.buffers[0]), seq, 0)(input_ids, cache.lengths)
+        call = _BoundCall(self, cache.buffers, seq, 0)
+        padded = np.zeros((call.input_ids.shape[0], seq), np.int64)
+        padded[:rows] = input_ids
+        return call(padded, np.zeros(len(padded), np.int64))[:rows]
 
     def empty(self, rows: int, capacity: int, max_rows: int | None = None) -> KVBuffer:
         a = self.architecture

@@ -83,21 +83,21 @@ def test_mixed_length_beams_hold_only_what_their_rows_need(full_model, generator
     gen = generators(full_model, "int8")
     caches: list[KVBuffer] = []
     peaks: list[tuple[int, int]] = []  # (resident bytes, bytes the rows' lengths need)
-    original_empty, original_step = Decoder.empty, Decoder.step
+    original_empty, original_run = Decoder.empty, Decoder.run
 
     def empty(self, *args, **kwargs):
         caches.append(original_empty(self, *args, **kwargs))
         return caches[-1]
 
-    def step(self, cache, tokens):
+    def run(self, cache, first, ids):
         a = self.architecture
         per_head = -(-cache.lengths * a.head_dim * 4 // mmap.PAGESIZE) * mmap.PAGESIZE  # [rows] bytes per head
         needed = int(per_head.sum()) * a.n_head * 2 * a.n_layer
         peaks.append((sum(resident_bytes(b) for b in cache.full), needed))
-        return original_step(self, cache, tokens)
+        return original_run(self, cache, first, ids)
 
     monkeypatch.setattr(Decoder, "empty", empty)
-    monkeypatch.setattr(Decoder, "step", step)
+    monkeypatch.setattr(Decoder, "run", run)
     prompts = mixed_prompts(7, seed=2, longest=12) + ["这是很久之前的事情了" * 88]
     results = gen.generate(prompts, max_new_tokens=20, do_sample=False, num_beams=4, stop_token_ids=[])
     assert len(results) == 8 and len(caches) == 1

@@ -17,16 +17,15 @@ from gpt2_onnx import Generator
 
 pytest.importorskip("readline")
 
-# the child slows every decode event by 20 ms, so that Ctrl-C surely lands inside an answer
+# the child slows every engine step by 20 ms, so that Ctrl-C surely lands inside an answer
 SLOW_DECODE = """
 import time
-import gpt2_onnx.generator as generator
-real_run = generator.run
-def slow_run(*args, **kwargs):
-    for event in real_run(*args, **kwargs):
-        time.sleep(0.02)
-        yield event
-generator.run = slow_run
+from gpt2_onnx.engine import Engine
+real_step = Engine.step
+def slow_step(self):
+    time.sleep(0.02)
+    return real_step(self)
+Engine.step = slow_step
 """
 ESCAPES = re.compile(rb"\x1b\[[0-9;?]*[A-Za-z]")  # readline's cursor moves and bracketed-paste mode
 

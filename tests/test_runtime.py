@@ -120,7 +120,7 @@ def test_characters_outside_the_vocabulary_become_unk(full_model, generators):
     gen = generators(full_model)
     ids = gen.codec.encode("😀 ϕ 这")
     assert ids == [101, 100, 100, gen.codec.tokenizer.token_to_id("这")]
-    assert len(gen.generate("😀 ϕ 这", max_new_tokens=3).token_ids) == 3
+    assert len(gen.generate("😀 ϕ 这", max_new_tokens=3, stop_token_ids=[]).token_ids) == 3
 
 
 def test_empty_prompt_starts_from_cls(tiny_model, generators):
@@ -141,14 +141,16 @@ def test_results_carry_timings(tiny_model, generators):
 
 def test_beam_search_times_its_first_token_when_chosen(tiny_model, generators):
     """Beam search yields its results only at the end; the clock is marked at the first step."""
-    from gpt2_onnx.decode import run
-
     gen = generators(tiny_model)
-    job = gen._job([gen.codec.encode(PROMPT)], gen.config(max_new_tokens=10, do_sample=False, num_beams=3))
-    events = run(gen.decoder, gen.codec, job)
-    assert job.clock.first_token is None
-    next(events)  # beam search has run to the end
-    assert job.clock.first_token is not None
+    events = []
+    request = gen.request(gen.codec.encode(PROMPT), gen.config(max_new_tokens=10, do_sample=False, num_beams=3), events.append)
+    engine = gen.engine([request])
+    engine.submit(request)
+    engine.step()  # prefill and the first beam step
+    assert request.clock.first_token is not None and events == []
+    while engine.step():
+        pass
+    assert len(events) == 1 and len(events[0].tokens) == 10
 
 
 @pytest.mark.parametrize(
@@ -314,12 +316,11 @@ class _Biased:
         logits[..., self._ids] += 100.0
         return logits
 
-    def prefill(self, prompts, capacity):
-        cache, logits = self._decoder.prefill(prompts, capacity)
-        return cache, self._bias(logits)
+    def empty(self, *args, **kwargs):
+        return self._decoder.empty(*args, **kwargs)
 
-    def step(self, cache, tokens):
-        return self._bias(self._decoder.step(cache, tokens))
+    def run(self, cache, first, ids):
+        return self._bias(self._decoder.run(cache, first, ids))
 
 
 def test_bad_word_text_is_banned_in_its_continuation_form(tiny_model, generators):

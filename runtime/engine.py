@@ -1,0 +1,297 @@
+"""The engine: the one decode loop, over a batch that requests join and leave at step boundaries.
+
+    submit ─> waiting ─admit (free rows, KV budget)─> prefilling: one row, a chunk per call
+          ─last chunk─> its sequences' rows (num_return_sequences, or num_beams) decode ─> leave
+    step(): cancellations │ admissions │ prefill chunks │ one decode call for every decoding row
+            │ per request: processors ─> greedy | sample | beams ─> events │ rows reordered once
+
+`Generator.generate` and `stream` drive an engine of their own in the caller's thread; a
+server drives a long-lived one from a thread of its own. Every request has its own
+options, processors and random generator, and every kernel is row-exact (`Precision`), so
+a request's tokens are the same whatever else is in the batch.
+
+Rows live in one KV cache (`session.KVBuffer`): decoding rows first, grouped by request,
+then one row per admitted request whose prompt is being prefilled, in arrival order.
+Prefill works on the first prompts only, so the row after them is always untouched (a
+scratch row for kernels that need two rows is never one holding a prompt being prefilled).
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .beams import BeamGroup
+from .errors import ContextLengthError
+from .logits import Processors, greedy, log_softmax, sample
+from .options import GenerationConfig
+from .session import Decoder, KVBuffer
+from .text import TextCodec, TextStream
+
+FINISH_STOP = "stop"  # a stop token was generated (it is the last token id)
+FINISH_STOP_STRING = "stop_string"  # a stop string appeared (the text ends before it)
+FINISH_LENGTH = "length"  # max_new_tokens reached
+FINISH_CANCELLED = "cancelled"  # the caller cancelled the request
+
+
+@dataclass(frozen=True)
+class Event:
+    """New output of one returned sequence (slot j of the request's num_return_sequences)."""
+
+    slot: int
+    tokens: tuple[int, ...]
+    text: str
+    finish_reason: str | None = None
+
+
+@dataclass
+class Clock:
+    """When the request's first new token was chosen (beam search yields its events only at the end)."""
+
+    first_token: float | None = None
+
+    def mark(self) -> None:
+        if self.first_token is None:
+            self.first_token = time.perf_counter()
+
+
+@dataclass(eq=False)
+class Request:
+    """One prompt with its own options; `on_event` is called from the thread driving the engine."""
+
+    prompt_ids: list[int]  # with the family's prefix
+    config: GenerationConfig
+    processors: Processors
+    rng: np.random.Generator
+    on_event: Callable[[Event], None]
+    clock: Clock = field(default_factory=Clock)
+
+    @property
+    def rows(self) -> int:
+        """Cache rows the request decodes with."""
+        return max(self.config.num_beams, self.config.num_return_sequences)
+
+
+@dataclass(eq=False)
+class _Active:
+    """An admitted request: its rows' histories, and where it stands."""
+
+    request: Request
+    reserved: int  # KV positions reserved for it
+    filled: int = 0  # prompt tokens in the cache (prefill)
+    histories: list[list[int]] = field(default_factory=list)  # every id of each row so far
+    slots: list[int] = field(default_factory=list)  # returned sequence of each row (greedy, sampling)
+    streams: list[TextStream] = field(default_factory=list)  # per slot
+    beams: BeamGroup | None = None
+    new_tokens: int = 0
+    next_tokens: list[int] = field(default_factory=list)  # what each row feeds at the next decode call
+
+
+class Engine:
+    """Rows join and leave one KV cache of `max_rows` rows × `capacity` positions; at most
+    `budget_positions` positions are reserved at once (each request reserves prompt +
+    max_new_tokens per row). `prefill_chunk`: prompt tokens run per step (None: all)."""
+
+    def __init__(self, decoder: Decoder, codec: TextCodec, max_rows: int, capacity: int,
+                 budget_positions: int | None = None, prefill_chunk: int | None = None):
+        self.decoder, self.codec = decoder, codec
+        self.max_rows, self.capacity = max_rows, capacity
+        self.budget = budget_positions if budget_positions is not None else max_rows * capacity
+        self.prefill_chunk = prefill_chunk
+        self.cache: KVBuffer = decoder.empty(0, capacity, max_rows)
+        self.decoding: list[_Active] = []  # in row order
+        self.prefilling: list[_Active] = []  # one row each, after the decoding rows
+        self.waiting: deque[Request] = deque()
+        self._cancelled: set[Request] = set()
+        self._lock = threading.Lock()
+
+    # --- called from any thread -----------------------------------------------------------
+
+    def submit(self, request: Request) -> None:
+        """Queue a request; refused at once (ContextLengthError) if it could never fit."""
+        need = self._reservation(request)
+        if len(request.prompt_ids) + request.config.max_new_tokens > self.capacity or request.rows > self.max_rows \
+                or need > self.budget:
+            raise ContextLengthError(
+                f"the request needs {request.rows} row(s) of {len(request.prompt_ids)} prompt + "
+                f"{request.config.max_new_tokens} new tokens; this engine holds {self.max_rows} rows of {self.capacity} "
+                f"positions with a KV budget of {self.budget} positions; shorten the prompt or max_new_tokens"
+            )
+        with self._lock:
+            self.waiting.append(request)
+
+    def cancel(self, request: Request) -> None:
+        """The request's rows leave at the next step boundary, with a `cancelled` event per open sequence."""
+        with self._lock:
+            self._cancelled.add(request)
+
+    @property
+    def has_work(self) -> bool:
+        return bool(self.waiting or self.prefilling or self.decoding)
+
+    # --- the loop -------------------------------------------------------------------------
+
+    def step(self) -> bool:
+        """One step of the loop; returns whether work remains."""
+        self._drop_cancelled()
+        self._admit()
+        entering = self._prefill()  # (request, its row, logits [1, vocab]) whose prompt is complete
+        keep: list[int] = []
+        decoding = []
+        for active, rows, scores in [*self._decode(), *entering]:
+            kept = self._advance(active, scores, rows)
+            keep += kept
+            if kept:
+                decoding.append(active)
+        first_prefilling = len(self.cache.lengths) - len(self.prefilling)
+        keep += range(first_prefilling, len(self.cache.lengths))
+        self.decoding = decoding
+        self.cache.select(np.array(keep, np.int64))
+        return self.has_work
+
+    def _reservation(self, request: Request) -> int:
+        return request.rows * min(self.capacity, len(request.prompt_ids) + request.config.max_new_tokens)
+
+    def _drop_cancelled(self) -> None:
+        with self._lock:
+            cancelled, self._cancelled = self._cancelled, set()
+            self.waiting = deque(r for r in self.waiting if r not in cancelled)
+        if not cancelled:
+            return
+        gone = [a for a in self.decoding + self.prefilling if a.request in cancelled]
+        for request in cancelled:
+            active = next((a for a in gone if a.request is request), None)
+            decoding = active is not None and active.new_tokens > 0 and active.beams is None
+            for slot in active.slots if decoding else range(request.config.num_return_sequences):
+                request.on_event(Event(slot, (), "", FINISH_CANCELLED))
+        keep, row = [], 0
+        for a in self.decoding + self.prefilling:
+            width = len(a.histories) if a in self.decoding else 1
+            if a not in gone:
+                keep += range(row, row + width)
+            row += width
+        self.decoding = [a for a in self.decoding if a not in gone]
+        self.prefilling = [a for a in self.prefilling if a not in gone]
+        self.cache.select(np.array(keep, np.int64))
+
+    def _admit(self) -> None:
+        reserved = sum(a.reserved for a in self.decoding + self.prefilling)
+        rows = sum(a.request.rows for a in self.decoding + self.prefilling)
+        while True:
+            with self._lock:
+                if not self.waiting:
+                    return
+                request = self.waiting[0]
+                need = self._reservation(request)
+                if rows + request.rows > self.max_rows or reserved + need > self.budget:
+                    return
+                self.waiting.popleft()
+            if request.config.max_new_tokens == 0:
+                for slot in range(request.config.num_return_sequences):
+                    request.on_event(Event(slot, (), "", FINISH_LENGTH))
+                continue
+            self.prefilling.append(_Active(request, need))
+            self.cache.append(1)
+            reserved, rows = reserved + need, rows + request.rows
+
+    def _prefill(self) -> list[tuple[_Active, list[int], np.ndarray]]:
+        """Prompt chunks within the step's budget, first prompts first: prompts at the same
+        point run in one call; a prompt longer than the budget runs alone, a chunk a step."""
+        budget = self.prefill_chunk or float("inf")
+        done = []
+        row = len(self.cache.lengths) - len(self.prefilling)
+        while self.prefilling and budget > 0:
+            head = self.prefilling[0]
+            point = (head.filled, len(head.request.prompt_ids))
+            group = list(itertools.takewhile(lambda a: (a.filled, len(a.request.prompt_ids)) == point, self.prefilling))
+            left = point[1] - point[0]
+            take = int(min(left, budget))
+            group = group[: 1 if take < left else int(min(len(group), max(1, budget // left)))]
+            ids = np.array([a.request.prompt_ids[a.filled:a.filled + take] for a in group], np.int64)
+            logits = self.decoder.run(self.cache, row, ids)  # [group, vocab]
+            budget -= take * len(group)
+            for a in group:
+                a.filled += take
+            if take < left:
+                break  # the rest of this prompt runs in later steps
+            for k, a in enumerate(group):
+                a.histories = [list(a.request.prompt_ids)]
+                done.append((a, [row + k], logits[k:k + 1]))
+            row += len(group)
+            del self.prefilling[: len(group)]
+        return done
+
+    def _decode(self) -> list[tuple[_Active, list[int], np.ndarray]]:
+        """One call for every decoding row: (request, its rows, their logits) in row order."""
+        if not self.decoding:
+            return []
+        tokens = np.array([t for a in self.decoding for t in a.next_tokens], np.int64)
+        logits = self.decoder.run(self.cache, 0, tokens[:, None])
+        out, row = [], 0
+        for a in self.decoding:
+            width = len(a.histories)
+            out.append((a, list(range(row, row + width)), logits[row:row + width]))
+            row += width
+        return out
+
+    def _advance(self, a: _Active, logits: np.ndarray, rows: list[int]) -> list[int]:
+        """Choose each row's next token; returns the cache rows that go on (sources, in order)."""
+        if a.new_tokens == 0:  # just prefilled: one row becomes the request's rows
+            a.histories = a.histories * a.request.rows
+            rows, logits = rows * a.request.rows, np.repeat(logits, a.request.rows, axis=0)
+            if a.request.config.num_beams > 1:
+                stops = len(a.request.processors.stop_token_ids)
+                a.beams = BeamGroup(a.request.config, len(a.request.prompt_ids), stops)
+            else:
+                a.slots = list(range(a.request.rows))
+                a.streams = [TextStream(self.codec, a.request.config.stop) for _ in a.slots]
+        step = a.new_tokens
+        a.new_tokens += 1
+        if a.beams is not None:
+            return self._advance_beams(a, logits, rows, step)
+        return self._advance_sequences(a, logits, rows, step)
+
+    def _advance_sequences(self, a: _Active, logits: np.ndarray, rows: list[int], step: int) -> list[int]:
+        request, c = a.request, a.request.config
+        scores = request.processors(logits, a.histories, step)
+        tokens = sample(scores, c, request.rng) if c.sampling else greedy(scores)
+        request.clock.mark()
+        stop_ids = set(request.processors.stop_token_ids)
+        kept, histories, slots, next_tokens = [], [], [], []
+        for r, (slot, token) in enumerate(zip(a.slots, tokens.tolist())):
+            text, hit_stop_string = a.streams[slot].push(token)
+            reason = FINISH_STOP if token in stop_ids else FINISH_STOP_STRING if hit_stop_string else None
+            if reason is None and step + 1 == c.max_new_tokens:
+                reason = FINISH_LENGTH
+            if reason in (FINISH_STOP, FINISH_LENGTH):
+                text += a.streams[slot].finish()
+            request.on_event(Event(slot, (token,), text, reason))
+            if reason is None:
+                kept.append(rows[r])
+                histories.append(a.histories[r] + [token])
+                slots.append(slot)
+                next_tokens.append(token)
+        a.histories, a.slots, a.next_tokens = histories, slots, next_tokens
+        return kept
+
+    def _advance_beams(self, a: _Active, logits: np.ndarray, rows: list[int], step: int) -> list[int]:
+        request, c = a.request, a.request.config
+        scores = request.processors(log_softmax(logits), a.histories, step)  # [beams, vocab]
+        stop_ids = np.array(request.processors.stop_token_ids, np.int64)
+        parents, tokens = a.beams.step(scores, a.histories, stop_ids, step + 1 == c.max_new_tokens)
+        request.clock.mark()
+        if a.beams.done:
+            stop_set = set(request.processors.stop_token_ids)
+            for j, (ids, _) in enumerate(a.beams.best(c.num_return_sequences)):
+                reason = FINISH_STOP if ids and ids[-1] in stop_set else FINISH_LENGTH
+                request.on_event(Event(j, tuple(ids), self.codec.decode(ids), reason))
+            return []
+        a.histories = [a.histories[p] + [int(t)] for p, t in zip(parents, tokens)]
+        a.next_tokens = [int(t) for t in tokens]
+        return [rows[p] for p in parents]
