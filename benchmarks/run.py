@@ -9,7 +9,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from gpt2_onnx.hub import cache_root
+from gpt2_onnx.cache import cache_root
 
 from .report import speed_markdown, speed_plot
 from .spec import SMOKE, BenchSpec

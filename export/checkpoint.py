@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from gpt2_onnx.errors import SourceError
-from gpt2_onnx.hub import CHECKPOINT_WEIGHTS, looks_like_path
+from gpt2_onnx.sources import CHECKPOINT_WEIGHTS, looks_like_path
 from gpt2_onnx.manifest import Architecture
 
 from .graph import GraphSpec
