@@ -51,6 +51,12 @@ class Architecture:
             if getattr(self, f.name) < 1:
                 raise ValueError(f"{f.name} must be ≥ 1, got {getattr(self, f.name)}")
 
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> "Architecture":
+        """The shape numbers of a checkpoint's config.json; KeyError for a missing entry,
+        TypeError or ValueError for one that is not a positive whole number."""
+        return cls(**{f.name: int(config[f.name]) for f in dataclasses.fields(cls)})
+
     @property
     def head_dim(self) -> int:
         return self.n_embd // self.n_head
