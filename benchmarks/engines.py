@@ -10,10 +10,12 @@ from __future__ import annotations
 import json
 import shutil
 from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
+
+from gpt2_onnx.precisions import NAMES, QUANTIZED
 
 # An engine's generate: (prompt ids [batch][len], new_tokens) → None; it must run to the end.
 GenerateFn = Callable[[list[list[int]], int], None]
@@ -32,12 +34,17 @@ class Engine:
 # --- gpt2-onnx ---------------------------------------------------------------------------
 
 
+def ours_name(precision: str) -> str:
+    """The engine name of one gpt2-onnx precision."""
+    return f"gpt2-onnx {precision}"
+
+
 def _ours_prepare(checkpoint: Path, work: Path) -> Path:
     from gpt2_onnx.export import export_model
 
     # always re-exported (seconds): a cached export would measure an older gpt2-onnx
     work.mkdir(parents=True, exist_ok=True)  # export creates OUT_DIR, never its parents
-    return export_model(str(checkpoint), work / "gpt2-onnx", quantize=("int8", "int4"), force=True, check=False)
+    return export_model(str(checkpoint), work / "gpt2-onnx", quantize=QUANTIZED, force=True, check=False)
 
 
 def _ours_load(precision: str):
@@ -186,9 +193,7 @@ def _ct2_files(artifact: Path) -> list[Path]:
 
 
 ENGINES = [
-    Engine("gpt2-onnx fp32", "fp32", "gpt2_onnx", _ours_prepare, _ours_load("fp32"), _ours_files("fp32")),
-    Engine("gpt2-onnx int8", "int8", "gpt2_onnx", _ours_prepare, _ours_load("int8"), _ours_files("int8")),
-    Engine("gpt2-onnx int4", "int4", "gpt2_onnx", _ours_prepare, _ours_load("int4"), _ours_files("int4")),
+    *(Engine(ours_name(p), p, "gpt2_onnx", _ours_prepare, _ours_load(p), _ours_files(p)) for p in NAMES),
     Engine("transformers+torch fp32", "fp32", "torch", lambda c, w: c, _torch_load, _torch_files),
     Engine("optimum-onnx fp32", "fp32", "optimum.onnxruntime", _optimum_prepare("fp32"), _optimum_load, _optimum_files),
     Engine("optimum-onnx int8", "int8", "optimum.onnxruntime", _optimum_prepare("int8"), _optimum_load, _optimum_files),
@@ -198,7 +203,9 @@ ENGINES = [
 BY_NAME = {e.name: e for e in ENGINES}
 
 
-def random_prompts(vocab_size: int, batch: int, length: int, seed: int) -> list[list[int]]:
-    """[CLS] + ids drawn from the ordinary (non-special) part of the vocabulary."""
+def random_prompts(prefix_ids: Sequence[int], vocab_size: int, batch: int, length: int, seed: int) -> list[list[int]]:
+    """`length` ids: the family's prompt prefix ([CLS] for uer), then ids drawn from the
+    ordinary (non-special) part of the vocabulary."""
     rng = np.random.default_rng(seed)
-    return [[101] + rng.integers(min(1000, vocab_size // 2), vocab_size, length - 1).tolist() for _ in range(batch)]
+    low = min(1000, vocab_size // 2)
+    return [[*prefix_ids] + rng.integers(low, vocab_size, length - len(prefix_ids)).tolist() for _ in range(batch)]

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from gpt2_onnx.generator import Generator
+from gpt2_onnx.logits import log_softmax
 
 BLOCK = 128  # training and evaluation window, in tokens
 INT8_PERPLEXITY_GATE = 0.01  # INT8 perplexity within +1 % of FP32
@@ -97,7 +98,8 @@ def train_checkpoint(out: Path, spec: TrainSpec = TrainSpec(), log=print) -> Pat
     tmp.mkdir(parents=True, exist_ok=True)
     (tmp / "vocab.txt").write_text("\n".join(build_vocabulary(train_lines, spec.min_char_count)) + "\n", encoding="utf-8")
     tokenizer = BertTokenizerFast(vocab_file=str(tmp / "vocab.txt"), do_lower_case=False)
-    data = torch.from_numpy(_blocks(tokenizer.backend_tokenizer, train_lines, 101, 102))
+    cls, sep = tokenizer.convert_tokens_to_ids(["[CLS]", "[SEP]"])  # the uer document marks
+    data = torch.from_numpy(_blocks(tokenizer.backend_tokenizer, train_lines, cls, sep))
     torch.manual_seed(spec.seed)
     config = GPT2Config(
         vocab_size=len(tokenizer), n_positions=BLOCK, n_embd=spec.n_embd, n_layer=spec.n_layer, n_head=spec.n_head,
@@ -170,9 +172,7 @@ def _logits(gen: Generator, blocks: np.ndarray, batch: int = 8) -> np.ndarray:
 
 
 def _perplexity(logits: np.ndarray, blocks: np.ndarray) -> float:
-    shifted = logits[:, :-1] - logits[:, :-1].max(-1, keepdims=True)
-    log_probs = shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
-    nll = -np.take_along_axis(log_probs, blocks[:, 1:, None], axis=-1).mean()
+    nll = -np.take_along_axis(log_softmax(logits[:, :-1]), blocks[:, 1:, None], axis=-1).mean()
     return float(math.exp(nll))
 
 

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+from itertools import cycle
 from pathlib import Path
 
-OURS = ("gpt2-onnx int4", "gpt2-onnx int8", "gpt2-onnx fp32")
+from gpt2_onnx.precisions import PRECISIONS
+
+from .engines import ours_name
+
+OURS = tuple(ours_name(p.name) for p in sorted(PRECISIONS, key=lambda p: p.size_factor))  # smallest first
+CEILING_STYLES = (":", "--", "-.", (0, (1, 4)))  # one per precision, in the table's order
 
 
 def _fmt(value, digits=1) -> str:
@@ -87,8 +93,8 @@ def speed_plot(doc: dict, path: Path) -> None:
     fig, axes = plt.subplots(2, 2, figsize=(13, 9))
     ax = axes[0][0]
     ax.barh(names, [engines[n]["decode_tokens_per_s"] for n in names], color=colors)
-    for precision, style in (("fp32", ":"), ("int8", "--"), ("int4", "-.")):
-        ax.axvline(doc["weights_only_ceiling_tokens_per_s"][precision], color="k", linestyle=style, label=f"{precision} weights-only ceiling")
+    for (precision, rate), style in zip(doc["weights_only_ceiling_tokens_per_s"].items(), cycle(CEILING_STYLES)):
+        ax.axvline(rate, color="k", linestyle=style, label=f"{precision} weights-only ceiling")
     ax.set_title("decode tokens/s, batch 1 (higher: better)")
     ax.legend(fontsize=8)
     ax.invert_yaxis()

@@ -9,7 +9,8 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from gpt2_onnx.hub import cache_root
+from gpt2_onnx.cache import cache_root
+from gpt2_onnx.precisions import QUANTIZED
 
 from .report import speed_markdown, speed_plot
 from .spec import SMOKE, BenchSpec
@@ -92,7 +93,7 @@ def run_quality(source: str | None, out: Path, smoke: bool = False, train_minute
         checkpoint, label = resolve_source(source)[0], source
     work = work or _work_dir(checkpoint)
     work.mkdir(parents=True, exist_ok=True)  # export creates OUT_DIR, never its parents
-    model_dir = export_model(str(checkpoint), work / "quality-model", quantize=("int8", "int4"), force=True, check=False)
+    model_dir = export_model(str(checkpoint), work / "quality-model", quantize=QUANTIZED, force=True, check=False)
     sizes = dict(windows=8, prompts=4, new_tokens=8) if smoke else {}
     report = evaluate(model_dir, checkpoint, **sizes)
     report["command"], report["checkpoint"] = _command(), label

@@ -19,11 +19,14 @@ import platform
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 
 from gpt2_onnx.export.api import package_versions
+from gpt2_onnx.export.tokenizer import export_tokenizer
 from gpt2_onnx.manifest import Architecture
+from gpt2_onnx.precisions import NAMES
 from gpt2_onnx.session import default_threads
 
 from .ceiling import ceiling_ms
@@ -40,7 +43,9 @@ def run_speed(
     """Measure every engine (or the named ones); returns the results document."""
     threads = threads or default_threads()
     config = json.loads((checkpoint / "config.json").read_text())
-    arch = Architecture(config["n_layer"], config["n_head"], config["n_embd"], config["vocab_size"], config["n_positions"])
+    arch = Architecture.from_config(config)
+    # every engine's prompts start as gpt2-onnx's export of this checkpoint starts them ([CLS] for uer)
+    prefix_ids = export_tokenizer(checkpoint, config, arch.vocab_size).conventions.prompt_prefix_ids
     results, skipped, prepared, ceilings = {}, {}, {}, {}
     for round_ in range(spec.rounds):
         for engine in ENGINES:
@@ -54,7 +59,7 @@ def run_speed(
             try:
                 if engine.prepare not in prepared:  # gpt2-onnx's variants share one export
                     prepared[engine.prepare] = engine.prepare(checkpoint, work)
-                measured = _measure_engine(engine, prepared[engine.prepare], threads, arch.vocab_size, spec)
+                measured = _measure_engine(engine, prepared[engine.prepare], threads, prefix_ids, arch.vocab_size, spec)
             except Exception as e:  # a peer that fails is reported as such; our own failures are bugs
                 if engine.name.startswith("gpt2-onnx"):
                     raise
@@ -64,7 +69,7 @@ def run_speed(
                 log(f"skip {engine.name}: {skipped[engine.name]}")
                 continue
             results[engine.name] = best_of(results[engine.name], measured) if engine.name in results else measured
-        for p in ("fp32", "int8", "int4"):
+        for p in NAMES:
             ceilings[p] = min(ceilings.get(p, float("inf")), ceiling_ms(arch, p, threads))
     for name, r in results.items():
         precision = next(e.precision for e in ENGINES if e.name == name)
@@ -99,9 +104,11 @@ def _importable(module: str) -> bool:
         return False
 
 
-def _worker(engine: Engine, artifact: Path, threads: int, vocab_size: int, spec: BenchSpec, cold: bool) -> tuple[dict, float]:
+def _worker(engine: Engine, artifact: Path, threads: int, prefix_ids: Sequence[int], vocab_size: int, spec: BenchSpec,
+            cold: bool) -> tuple[dict, float]:
     cmd = [sys.executable, "-m", "gpt2_onnx.benchmarks.worker", "--engine", engine.name, "--artifact", str(artifact),
-           "--threads", str(threads), "--vocab-size", str(vocab_size), "--spec", json.dumps(asdict(spec))]
+           "--threads", str(threads), "--prefix-ids", json.dumps(list(prefix_ids)), "--vocab-size", str(vocab_size),
+           "--spec", json.dumps(asdict(spec))]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "TOKENIZERS_PARALLELISM": "false"}
     start = time.perf_counter()
     proc = subprocess.run(cmd + (["--cold"] if cold else []), capture_output=True, text=True, env=env, check=True)
@@ -109,9 +116,9 @@ def _worker(engine: Engine, artifact: Path, threads: int, vocab_size: int, spec:
     return json.loads(proc.stdout.strip().splitlines()[-1]), elapsed
 
 
-def _measure_engine(engine: Engine, artifact: Path, threads: int, vocab_size: int, spec: BenchSpec) -> dict:
-    result, _ = _worker(engine, artifact, threads, vocab_size, spec, cold=False)
-    colds = [_worker(engine, artifact, threads, vocab_size, spec, cold=True) for _ in range(spec.cold_reps)]
+def _measure_engine(engine: Engine, artifact: Path, threads: int, prefix_ids: Sequence[int], vocab_size: int, spec: BenchSpec) -> dict:
+    result, _ = _worker(engine, artifact, threads, prefix_ids, vocab_size, spec, cold=False)
+    colds = [_worker(engine, artifact, threads, prefix_ids, vocab_size, spec, cold=True) for _ in range(spec.cold_reps)]
     result["cold_start_s"] = sorted(t for _, t in colds)[len(colds) // 2]
     result["peak_rss_mb_first_token"] = sorted(r["peak_rss_mb_first_token"] for r, _ in colds)[len(colds) // 2]
     result["size_mb"] = sum(p.stat().st_size for p in engine.files(artifact)) / 1e6

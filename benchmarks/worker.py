@@ -30,16 +30,16 @@ def peak_rss_mb() -> float:
         return next(int(line.split()[1]) for line in f if line.startswith("VmHWM")) / 1024
 
 
-def measure(engine_name: str, artifact: Path, threads: int, vocab_size: int, spec: BenchSpec) -> dict:
+def measure(engine_name: str, artifact: Path, threads: int, prefix_ids: list[int], vocab_size: int, spec: BenchSpec) -> dict:
     """Warm up, then medians of: time to first token per prompt length, batch-1 decode rate,
     batch throughput. Decode per token = (time of N new tokens - time of 1) / (N - 1)."""
     generate = BY_NAME[engine_name].load(artifact, threads)
-    prompt = random_prompts(vocab_size, 1, spec.decode_prompt, seed=0)
+    prompt = random_prompts(prefix_ids, vocab_size, 1, spec.decode_prompt, seed=0)
     for _ in range(max(1, spec.warmup)):
         generate(prompt, spec.new_tokens)
     ttft = {}
     for length in spec.ttft_prompts:
-        p = random_prompts(vocab_size, 1, length, seed=length)
+        p = random_prompts(prefix_ids, vocab_size, 1, length, seed=length)
         generate(p, 1)  # first call at a new length allocates
         ttft[length] = _median_time(lambda: generate(p, 1), spec.reps)
     firsts, fulls = [], []
@@ -49,7 +49,7 @@ def measure(engine_name: str, artifact: Path, threads: int, vocab_size: int, spe
     per_token = (statistics.median(fulls) - statistics.median(firsts)) / (spec.new_tokens - 1)
     throughput = {}
     for batch in spec.batches:
-        prompts = random_prompts(vocab_size, batch, spec.decode_prompt, seed=batch)
+        prompts = random_prompts(prefix_ids, vocab_size, batch, spec.decode_prompt, seed=batch)
         generate(prompts, 2)
         throughput[batch] = batch * spec.new_tokens / _median_time(lambda: generate(prompts, spec.new_tokens), spec.batch_reps)
     return {
@@ -61,10 +61,10 @@ def measure(engine_name: str, artifact: Path, threads: int, vocab_size: int, spe
     }
 
 
-def cold_start(engine_name: str, artifact: Path, threads: int, vocab_size: int, prompt_length: int) -> dict:
+def cold_start(engine_name: str, artifact: Path, threads: int, prefix_ids: list[int], vocab_size: int, prompt_length: int) -> dict:
     """Load and produce one token; the parent times this whole process from its start."""
     generate = BY_NAME[engine_name].load(artifact, threads)
-    generate(random_prompts(vocab_size, 1, prompt_length, seed=0), 1)
+    generate(random_prompts(prefix_ids, vocab_size, 1, prompt_length, seed=0), 1)
     return {"peak_rss_mb_first_token": peak_rss_mb()}
 
 
@@ -73,15 +73,16 @@ def main() -> None:
     parser.add_argument("--engine", required=True)
     parser.add_argument("--artifact", required=True, type=Path)
     parser.add_argument("--threads", required=True, type=int)
+    parser.add_argument("--prefix-ids", required=True, help="the prompt prefix ids as JSON, e.g. [101]")
     parser.add_argument("--vocab-size", required=True, type=int)
     parser.add_argument("--spec", required=True, help="BenchSpec as JSON")
     parser.add_argument("--cold", action="store_true", help="only load and generate one token")
     args = parser.parse_args()
-    spec = BenchSpec(**json.loads(args.spec))
+    spec, prefix_ids = BenchSpec(**json.loads(args.spec)), json.loads(args.prefix_ids)
     if args.cold:
-        result = cold_start(args.engine, args.artifact, args.threads, args.vocab_size, spec.decode_prompt)
+        result = cold_start(args.engine, args.artifact, args.threads, prefix_ids, args.vocab_size, spec.decode_prompt)
     else:
-        result = measure(args.engine, args.artifact, args.threads, args.vocab_size, spec)
+        result = measure(args.engine, args.artifact, args.threads, prefix_ids, args.vocab_size, spec)
     print(json.dumps(result))
     sys.stdout.flush()
 

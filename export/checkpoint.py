@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from gpt2_onnx.errors import SourceError
-from gpt2_onnx.hub import CHECKPOINT_WEIGHTS, looks_like_path
+from gpt2_onnx.sources import CHECKPOINT_WEIGHTS, looks_like_path
 from gpt2_onnx.manifest import Architecture
 
 from .graph import GraphSpec
@@ -107,10 +107,7 @@ def graph_spec(config: dict[str, Any], path: Path) -> GraphSpec:
     if config.get("scale_attn_weights") is False:
         raise SourceError(f"{path}/config.json sets scale_attn_weights false, which gpt2-onnx does not implement")
     try:
-        arch = Architecture(
-            n_layer=int(config["n_layer"]), n_head=int(config["n_head"]), n_embd=int(config["n_embd"]),
-            vocab_size=int(config["vocab_size"]), n_positions=int(config["n_positions"]),
-        )
+        arch = Architecture.from_config(config)
     except (KeyError, TypeError, ValueError) as e:
         raise SourceError(f"{path}/config.json lacks a valid {e} entry; restore the checkpoint's config.json") from None
     if arch.n_embd % arch.n_head:

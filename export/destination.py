@@ -28,7 +28,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from gpt2_onnx.errors import Interrupted, SourceError
-from gpt2_onnx.hub import CHECKPOINT_WEIGHTS
+from gpt2_onnx.sources import CHECKPOINT_WEIGHTS
 from gpt2_onnx.manifest import MANIFEST_NAME
 from gpt2_onnx.precisions import BY_NAME
 

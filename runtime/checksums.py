@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 
 from .errors import ModelDirectoryError
-from .hub import cache_root
+from .cache import cache_root
 from .manifest import MANIFEST_NAME
 
 VERIFIED_NAME = "verified.json"

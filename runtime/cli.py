@@ -23,7 +23,7 @@ from typing import Any
 
 from . import __version__, precisions
 from .errors import Gpt2OnnxError
-from .hub import print_progress
+from .progress import print_progress
 
 EXIT_ERROR, EXIT_USAGE, EXIT_BROKEN_PIPE = 1, 2, 141  # 141 = 128 + SIGPIPE
 TIMING_DECIMALS = 4  # JSON timings: seconds to 0.1 ms

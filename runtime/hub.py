@@ -8,32 +8,14 @@ the cached directory without importing torch.
 
 from __future__ import annotations
 
-import os
-import sys
 from pathlib import Path
 
+from .cache import cached_dir
 from .errors import ModelDirectoryError
 from .manifest import CONFIG_NAME, MANIFEST_NAME
 from .precisions import QUANTIZED
-
-# the weight files of a (not exported) checkpoint, in the order the exporter prefers them
-CHECKPOINT_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("GPT2_ONNX_CACHE", Path.home() / ".cache" / "gpt2-onnx")).expanduser()
-
-
-def cached_dir(hub_id: str) -> Path:
-    return cache_root() / hub_id.replace("/", "--")
-
-
-def looks_like_path(name: str) -> bool:
-    """True for names that cannot be hub ids (owner/name), so a missing one is a missing path;
-    `models/distil` is a path too when `models` is a local directory."""
-    if name.startswith((".", "/", "~")) or name.count("/") > 1 or "\\" in name:
-        return True
-    return "/" in name and Path(name.split("/")[0]).is_dir()
+from .progress import print_progress
+from .sources import CHECKPOINT_WEIGHTS, looks_like_path
 
 
 def resolve_model_dir(model: str | Path | None) -> Path:
@@ -75,7 +57,3 @@ def _export_to_cache(hub_id: str, target: Path) -> Path:
     # wait: a concurrent first use of the same id exports it once, the other loads its result
     return export_model(hub_id, target, quantize=QUANTIZED, force=True, wait=True, progress=print_progress)
 
-
-def print_progress(message: str) -> None:
-    """One line of progress on stderr, as the CLI shows it."""
-    print(f"gpt2-onnx: {message}", file=sys.stderr, flush=True)

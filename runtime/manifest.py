@@ -36,6 +36,12 @@ DECODE_TOKENIZER = "tokenizer"
 KNOWN_DECODE = (DECODE_WORDPIECE_CJK, DECODE_TOKENIZER)
 
 
+def _check_known(field_name: str, value: str, known: tuple[str, ...]) -> None:
+    """A field that names one of a few known things; the error lists them."""
+    if value not in known:
+        raise ValueError(f"{field_name} must be one of {', '.join(known)}, got {value!r}")
+
+
 @dataclass(frozen=True)
 class Architecture:
     """GPT-2 shape numbers, read from the checkpoint's config."""
@@ -50,6 +56,12 @@ class Architecture:
         for f in dataclasses.fields(self):
             if getattr(self, f.name) < 1:
                 raise ValueError(f"{f.name} must be ≥ 1, got {getattr(self, f.name)}")
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> "Architecture":
+        """The shape numbers of a checkpoint's config.json; KeyError for a missing entry,
+        TypeError or ValueError for one that is not a positive whole number."""
+        return cls(**{f.name: int(config[f.name]) for f in dataclasses.fields(cls)})
 
     @property
     def head_dim(self) -> int:
@@ -71,8 +83,7 @@ class Conventions:
     decode: str  # one of KNOWN_DECODE
 
     def __post_init__(self):
-        if self.decode not in KNOWN_DECODE:
-            raise ValueError(f"decode must be one of {', '.join(KNOWN_DECODE)}, got {self.decode!r}")
+        _check_known("decode", self.decode, KNOWN_DECODE)
 
 
 @dataclass(frozen=True)
@@ -98,8 +109,7 @@ class Graph:
     io: str  # one of KNOWN_IO
 
     def __post_init__(self):
-        if self.io not in KNOWN_IO:
-            raise ValueError(f"io must be one of {', '.join(KNOWN_IO)}, got {self.io!r}")
+        _check_known("io", self.io, KNOWN_IO)
 
 
 @dataclass(frozen=True)

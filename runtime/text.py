@@ -87,6 +87,19 @@ class TextCodec:
             start = end
         return ids
 
+    @property
+    def wordpiece(self) -> bool:
+        """Whether ids decode as WordPiece pieces (`piece`) rather than by the tokenizer's decoder."""
+        return self._wordpiece
+
+    def is_special(self, token_id: int) -> bool:
+        """Special tokens ([CLS], [SEP], ...) never appear in decoded text."""
+        return token_id in self._special
+
+    def piece(self, token_id: int) -> str:
+        """The WordPiece string of an id (`##` continuations keep their mark)."""
+        return self._pieces[token_id]
+
     def decode(self, ids: Sequence[int]) -> str:
         assembler = self.assembler()
         return "".join(assembler.push(i) for i in ids) + assembler.flush()
@@ -105,10 +118,10 @@ class TextAssembler:
 
     def push(self, token_id: int) -> str:
         codec = self._codec
-        if token_id in codec._special:
+        if codec.is_special(token_id):
             return ""
-        if codec._wordpiece:
-            return self._wordpiece_piece(codec._pieces[token_id])
+        if codec.wordpiece:
+            return self._wordpiece_piece(codec.piece(token_id))
         self._pending.append(token_id)
         text = codec.tokenizer.decode(self._pending, skip_special_tokens=True)
         if text.endswith(REPLACEMENT_CHAR):
