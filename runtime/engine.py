@@ -29,7 +29,7 @@ import numpy as np
 
 from .beams import BeamGroup
 from .errors import ContextLengthError
-from .logits import Processors, greedy, log_softmax, sample
+from .logits import Processors, greedy, log_softmax, sample, top_logprobs
 from .options import GenerationConfig
 from .session import Decoder, KVBuffer
 from .text import TextCodec, TextStream
@@ -48,6 +48,21 @@ class Event:
     tokens: tuple[int, ...]
     text: str
     finish_reason: str | None = None
+    # with config.logprobs = N: per token, (its log-probability, the N most likely (id, log-probability))
+    logprobs: tuple[tuple[float, list[tuple[int, float]]], ...] | None = None
+
+
+@dataclass(frozen=True)
+class Stats:
+    """What the engine holds now (for /metrics)."""
+
+    decoding_requests: int
+    decoding_rows: int
+    prefilling_requests: int
+    waiting_requests: int
+    reserved_positions: int
+    budget_positions: int
+    max_rows: int
 
 
 @dataclass
@@ -110,6 +125,7 @@ class Engine:
         self.waiting: deque[Request] = deque()
         self._cancelled: set[Request] = set()
         self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)  # a submission or cancellation arrived
 
     # --- called from any thread -----------------------------------------------------------
 
@@ -125,15 +141,32 @@ class Engine:
             )
         with self._lock:
             self.waiting.append(request)
+            self._wake.notify()
 
     def cancel(self, request: Request) -> None:
         """The request's rows leave at the next step boundary, with a `cancelled` event per open sequence."""
         with self._lock:
             self._cancelled.add(request)
+            self._wake.notify()
 
     @property
     def has_work(self) -> bool:
-        return bool(self.waiting or self.prefilling or self.decoding)
+        return bool(self.waiting or self.prefilling or self.decoding or self._cancelled)
+
+    def stats(self) -> Stats:
+        active = self.decoding + self.prefilling
+        return Stats(len(self.decoding), sum(len(a.histories) for a in self.decoding), len(self.prefilling),
+                     len(self.waiting), sum(a.reserved for a in active), self.budget, self.max_rows)
+
+    def serve_forever(self, stop: threading.Event, idle_wait_s: float = 0.1) -> None:
+        """Step while there is work, sleep until a submission otherwise, until `stop` is set
+        (a server's engine thread)."""
+        while not stop.is_set():
+            with self._wake:
+                if not self.has_work:
+                    self._wake.wait(idle_wait_s)
+                    continue
+            self.step()
 
     # --- the loop -------------------------------------------------------------------------
 
@@ -259,9 +292,11 @@ class Engine:
 
     def _advance_sequences(self, a: _Active, logits: np.ndarray, rows: list[int], step: int) -> list[int]:
         request, c = a.request, a.request.config
+        raw = logits.copy() if c.logprobs else None  # processors change `logits` in place
         scores = request.processors(logits, a.histories, step)
         tokens = sample(scores, c, request.rng) if c.sampling else greedy(scores)
         request.clock.mark()
+        logprobs = top_logprobs(raw, tokens, c.logprobs) if c.logprobs else [None] * len(tokens)
         stop_ids = set(request.processors.stop_token_ids)
         kept, histories, slots, next_tokens = [], [], [], []
         for r, (slot, token) in enumerate(zip(a.slots, tokens.tolist())):
@@ -271,7 +306,7 @@ class Engine:
                 reason = FINISH_LENGTH
             if reason in (FINISH_STOP, FINISH_LENGTH):
                 text += a.streams[slot].finish()
-            request.on_event(Event(slot, (token,), text, reason))
+            request.on_event(Event(slot, (token,), text, reason, None if logprobs[r] is None else (logprobs[r],)))
             if reason is None:
                 kept.append(rows[r])
                 histories.append(a.histories[r] + [token])

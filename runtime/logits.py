@@ -1,7 +1,8 @@
 """Logits processors and token selection: pure numpy, the semantics of transformers'.
 
 Order, as in transformers: repetition penalty, no-repeat n-grams, bad words, min new
-tokens; then, when sampling, temperature, top-k, top-p. `scores` is `[rows, vocab]`
+tokens (OpenAI's presence and frequency penalties, over the generated tokens, come with
+the repetition penalty); then, when sampling, temperature, top-k, top-p. `scores` is `[rows, vocab]`
 (the last position's logits of each row) and is modified in place. Every function
 touches one row of the vocabulary at most once per step; the rest works on the few
 ids a row's history names.
@@ -31,10 +32,13 @@ class Processors:
     def __call__(self, scores: np.ndarray, histories: Sequence[Sequence[int]], n_new: int) -> np.ndarray:
         """histories[r]: every id of row r so far (prefix, prompt, generated); n_new: generated so far."""
         c = self.config
-        per_row = c.repetition_penalty != 1.0 or c.no_repeat_ngram_size > 0 or self.bad_words_ids
+        openai = c.presence_penalty != 0.0 or c.frequency_penalty != 0.0
+        per_row = c.repetition_penalty != 1.0 or c.no_repeat_ngram_size > 0 or self.bad_words_ids or openai
         for row, history in zip(scores, histories) if per_row else ():
             if c.repetition_penalty != 1.0:
                 repetition_penalty(row, history, c.repetition_penalty)
+            if openai and n_new:
+                presence_frequency_penalty(row, history[len(history) - n_new:], c.presence_penalty, c.frequency_penalty)
             if c.no_repeat_ngram_size > 0:
                 row[banned_ngram_tokens(history, c.no_repeat_ngram_size)] = NEG_INF
             if self.bad_words_ids:
@@ -48,6 +52,20 @@ def repetition_penalty(row: np.ndarray, history: Sequence[int], penalty: float) 
     ids = np.unique(np.asarray(history, dtype=np.int64))
     s = row[ids]
     row[ids] = np.where(s < 0, s * penalty, s / penalty)
+
+
+def presence_frequency_penalty(row: np.ndarray, generated: Sequence[int], presence: float, frequency: float) -> None:
+    """OpenAI's penalties: logit -= presence × [count > 0] + frequency × count, over the generated ids."""
+    ids, counts = np.unique(np.asarray(generated, dtype=np.int64), return_counts=True)
+    row[ids] -= presence + frequency * counts
+
+
+def top_logprobs(logits: np.ndarray, tokens: np.ndarray, n: int) -> list[tuple[float, list[tuple[int, float]]]]:
+    """Per row: (log-probability of the chosen token, the n most likely (id, log-probability),
+    best first), from the model's own distribution (logits before any processor)."""
+    logp = log_softmax(logits.astype(np.float64))
+    best = np.argsort(-logp, axis=-1, kind="stable")[:, :n]
+    return [(float(lp[t]), [(int(i), float(lp[i])) for i in b]) for lp, t, b in zip(logp, tokens, best)]
 
 
 def banned_ngram_tokens(history: Sequence[int], n: int) -> list[int]:

@@ -27,6 +27,8 @@ class GenerationConfig:
     top_p: float = 1.0
     repetition_penalty: float = 1.0  # 1.0 disables; >1 discourages tokens already in the sequence
     no_repeat_ngram_size: int = 0  # 0 disables
+    presence_penalty: float = 0.0  # OpenAI's: subtracted once from every token already generated
+    frequency_penalty: float = 0.0  # OpenAI's: subtracted per occurrence among the generated tokens
     num_return_sequences: int = 1
     num_beams: int = 1
     length_penalty: float = 1.0  # beam score = log-prob sum / generated_length ** length_penalty
@@ -35,6 +37,7 @@ class GenerationConfig:
     stop_token_ids: tuple[int, ...] | None = None
     bad_words: tuple[str | tuple[int, ...], ...] = ()  # texts or id sequences never to generate
     seed: int | None = None
+    logprobs: int = 0  # also return the log-probabilities of each chosen token and of the N most likely
     truncate: str | None = None  # "left": drop the prompt's oldest tokens to fit the context
 
     @classmethod
@@ -63,10 +66,13 @@ class GenerationConfig:
         _int(self, "no_repeat_ngram_size", 0)
         _int(self, "num_return_sequences", 1)
         _int(self, "num_beams", 1)
+        _int(self, "logprobs", 0)
         _bool(self, "do_sample")
         _float(self, "temperature", 0.0, None, "≥ 0")
         _float(self, "top_p", 0.0, 1.0, "in (0, 1]", open_low=True)
         _float(self, "repetition_penalty", 0.0, None, "> 0", open_low=True)
+        _float(self, "presence_penalty", -2.0, 2.0, "in [-2, 2]")
+        _float(self, "frequency_penalty", -2.0, 2.0, "in [-2, 2]")
         _float(self, "length_penalty", None, None, "a number")
         if self.early_stopping not in (True, False, "never"):
             raise GenerationOptionError(f"early_stopping must be True, False or 'never', got {self.early_stopping!r}")
@@ -97,6 +103,8 @@ class GenerationConfig:
                 )
             if self.stop:
                 raise GenerationOptionError("stop strings are not supported with beam search; use stop_token_ids or num_beams=1")
+            if self.logprobs:
+                raise GenerationOptionError("logprobs are not supported with beam search; use num_beams=1")
         elif self.num_return_sequences > 1 and not self.sampling:
             raise GenerationOptionError(
                 f"num_return_sequences={self.num_return_sequences} needs do_sample=True or num_beams ≥ num_return_sequences "
