@@ -41,6 +41,9 @@ GENERATE_OPTIONS = [
     ("--num-return-sequences", "num_return_sequences", int, "sequences per prompt"),
     ("--length-penalty", "length_penalty", float, "beam score length exponent"),
     ("--seed", "seed", int, "random seed for sampling"),
+    ("--presence-penalty", "presence_penalty", float, "OpenAI's: subtract once from tokens already generated"),
+    ("--frequency-penalty", "frequency_penalty", float, "OpenAI's: subtract per occurrence among generated tokens"),
+    ("--context-keep", "context_keep", int, "with --context-overflow slide: prompt tokens every window keeps"),
 ]
 
 
@@ -94,6 +97,11 @@ def build_parser() -> argparse.ArgumentParser:
                      help="never generate this text, however it is tokenized (repeatable; default: none)")
     gen.add_argument("--truncate", choices=["left"], default=None,
                      help="drop the prompt's oldest tokens to fit the context (default: refuse a prompt that does not fit)")
+    gen.add_argument("--context-overflow", choices=["error", "slide"], default=None,
+                     help="slide: generate past the model's positions, re-encoding a window of recent text when the context is full "
+                          "(default: error)")
+    gen.add_argument("--prefix-cache-mb", type=float, default=0,
+                     help="keep recent prompts' keys and values in this many MB, so prompts that begin alike compute only the rest")
     bench = sub.add_parser("bench", help="speed side by side with the peers (and quality); writes JSON, markdown, PNG")
     bench.add_argument("--checkpoint", type=Path, default=None, help="checkpoint directory (default: full-size distil architecture, random weights)")
     bench.add_argument("--out", type=Path, default=Path("benchmarks/results"), help="results directory")
@@ -192,7 +200,7 @@ def _bench(args) -> int:
 
 
 def _options(args) -> dict[str, Any]:
-    names = ["do_sample", "stop", "bad_words", "truncate"] + [dest for _, dest, _, _ in GENERATE_OPTIONS]
+    names = ["do_sample", "stop", "bad_words", "truncate", "context_overflow"] + [dest for _, dest, _, _ in GENERATE_OPTIONS]
     return {n: getattr(args, n) for n in names if getattr(args, n) is not None}
 
 
@@ -200,7 +208,7 @@ def _generate(args) -> int:
     from .generator import Generator
     from .interactive import interactive_loop
 
-    generator = Generator.load(args.model, precision=args.precision, threads=args.threads)
+    generator = Generator.load(args.model, precision=args.precision, threads=args.threads, prefix_cache_mb=args.prefix_cache_mb)
     options = _options(args)
     config = generator.config(**options)  # rejects bad options before reading any input
     # one sequence streams; beams and several sequences print when complete (manifest defaults count)

@@ -31,6 +31,7 @@ from .beams import BeamGroup
 from .errors import ContextLengthError
 from .logits import Processors, greedy, log_softmax, sample, top_logprobs
 from .options import GenerationConfig
+from .prefix_cache import PrefixCache
 from .session import Decoder, KVBuffer
 from .text import TextCodec, TextStream
 
@@ -86,6 +87,7 @@ class Request:
     rng: np.random.Generator
     on_event: Callable[[Event], None]
     clock: Clock = field(default_factory=Clock)
+    prefix_len: int = 0  # leading ids that are the family's prompt prefix ([CLS]): kept when a row slides
 
     @property
     def rows(self) -> int:
@@ -111,14 +113,17 @@ class _Active:
 class Engine:
     """Rows join and leave one KV cache of `max_rows` rows × `capacity` positions; at most
     `budget_positions` positions are reserved at once (each request reserves prompt +
-    max_new_tokens per row). `prefill_chunk`: prompt tokens run per step (None: all)."""
+    max_new_tokens per row, at most `capacity`). `prefill_chunk`: prompt tokens run per
+    step (None: all). `prefix_cache`: prompts start from the cached blocks they begin with."""
 
     def __init__(self, decoder: Decoder, codec: TextCodec, max_rows: int, capacity: int,
-                 budget_positions: int | None = None, prefill_chunk: int | None = None):
+                 budget_positions: int | None = None, prefill_chunk: int | None = None,
+                 prefix_cache: PrefixCache | None = None):
         self.decoder, self.codec = decoder, codec
         self.max_rows, self.capacity = max_rows, capacity
         self.budget = budget_positions if budget_positions is not None else max_rows * capacity
         self.prefill_chunk = prefill_chunk
+        self.prefix_cache = prefix_cache
         self.cache: KVBuffer = decoder.empty(0, capacity, max_rows)
         self.decoding: list[_Active] = []  # in row order
         self.prefilling: list[_Active] = []  # one row each, after the decoding rows
@@ -132,8 +137,10 @@ class Engine:
     def submit(self, request: Request) -> None:
         """Queue a request; refused at once (ContextLengthError) if it could never fit."""
         need = self._reservation(request)
-        if len(request.prompt_ids) + request.config.max_new_tokens > self.capacity or request.rows > self.max_rows \
-                or need > self.budget:
+        total = len(request.prompt_ids) + (1 if request.config.context_overflow == "slide" else request.config.max_new_tokens)
+        if request.config.context_overflow == "slide":
+            slide_window([], request, self.capacity)  # refuses a context_keep that leaves no room
+        if total > self.capacity or request.rows > self.max_rows or need > self.budget:
             raise ContextLengthError(
                 f"the request needs {request.rows} row(s) of {len(request.prompt_ids)} prompt + "
                 f"{request.config.max_new_tokens} new tokens; this engine holds {self.max_rows} rows of {self.capacity} "
@@ -229,9 +236,22 @@ class Engine:
                 for slot in range(request.config.num_return_sequences):
                     request.on_event(Event(slot, (), "", FINISH_LENGTH))
                 continue
-            self.prefilling.append(_Active(request, need))
+            active = _Active(request, need)
+            self.prefilling.append(active)
             self.cache.append(1)
+            if self.prefix_cache is not None:
+                self._start_from_cache(active, len(self.cache.lengths) - 1)
             reserved, rows = reserved + need, rows + request.rows
+
+    def _start_from_cache(self, active: _Active, row: int) -> None:
+        """Copy the cached blocks the prompt begins with into its row; prefill goes on after them.
+        The row is the last one and nothing before it in the prefill queue has started, so it
+        keeps the queue's rule (only the first prompts are part-way)."""
+        blocks = self.prefix_cache.lookup(active.request.prompt_ids)
+        for k, kv in enumerate(blocks):
+            self.cache.write_positions(row, k * self.prefix_cache.block_size, kv)
+        active.filled = len(blocks) * self.prefix_cache.block_size
+        self.cache.lengths[row] = active.filled
 
     def _prefill(self) -> list[tuple[_Active, list[int], np.ndarray]]:
         """Prompt chunks within the step's budget, first prompts first: prompts at the same
@@ -256,6 +276,8 @@ class Engine:
             for k, a in enumerate(group):
                 a.histories = [list(a.request.prompt_ids)]
                 done.append((a, [row + k], logits[k:k + 1]))
+                if self.prefix_cache is not None:
+                    self.prefix_cache.insert(a.request.prompt_ids, lambda start, end, r=row + k: self.cache.read_positions(r, start, end))
             row += len(group)
             del self.prefilling[: len(group)]
         return done
@@ -264,6 +286,7 @@ class Engine:
         """One call for every decoding row: (request, its rows, their logits) in row order."""
         if not self.decoding:
             return []
+        self._slide_full_rows()
         tokens = np.array([t for a in self.decoding for t in a.next_tokens], np.int64)
         logits = self.decoder.run(self.cache, 0, tokens[:, None])
         out, row = [], 0
@@ -272,6 +295,21 @@ class Engine:
             out.append((a, list(range(row, row + width)), logits[row:row + width]))
             row += width
         return out
+
+    def _slide_full_rows(self) -> None:
+        """A row with no position left for its next token re-encodes a window of its history:
+        the family's prefix, `context_keep` prompt tokens, and the most recent tokens, half
+        the context shorter than it was (so re-encoding is paid once per half context)."""
+        row = 0
+        for a in self.decoding:
+            for r, history in enumerate(a.histories):
+                if self.cache.lengths[row + r] < self.capacity:
+                    continue
+                window = slide_window(history[:-1], a.request, self.capacity)  # the pending token is fed next
+                scratch = self.decoder.empty(1, len(window))
+                self.decoder.run(scratch, 0, np.array([window], np.int64))
+                self.cache.replace_row(row + r, scratch.read_positions(0, 0, len(window)))
+            row += len(a.histories)
 
     def _advance(self, a: _Active, logits: np.ndarray, rows: list[int]) -> list[int]:
         """Choose each row's next token; returns the cache rows that go on (sources, in order)."""
@@ -330,3 +368,15 @@ class Engine:
         a.histories = [a.histories[p] + [int(t)] for p, t in zip(parents, tokens)]
         a.next_tokens = [int(t) for t in tokens]
         return [rows[p] for p in parents]
+
+
+def slide_window(ids: list[int], request: Request, capacity: int) -> list[int]:
+    """What a full row keeps of its ids: the prompt's prefix and first `context_keep` tokens,
+    then the most recent tokens, `capacity // 2` in all."""
+    head = request.prompt_ids[: request.prefix_len + request.config.context_keep]
+    recent = capacity // 2 - len(head)
+    if recent < 1:
+        raise ContextLengthError(
+            f"context_keep {request.config.context_keep} leaves no room for recent tokens in a window of {capacity // 2}"
+        )
+    return head + ids[len(ids) - recent:]

@@ -23,8 +23,12 @@ from .logits import Processors
 from .manifest import TOKENIZER_NAME, Manifest, read_manifest
 from .options import GenerationConfig, as_sequence, require_utf8
 from .precisions import BY_NAME, DEFAULT_PRECISION
+from .prefix_cache import PrefixCache
 from .session import Decoder, create_session
 from .text import TextCodec
+
+
+PREFIX_BLOCK_TOKENS = 16  # the prefix cache's block: vLLM's default size
 
 
 @dataclass(frozen=True)
@@ -57,18 +61,22 @@ class GenerationResult:
 class Generator:
     """Text generation with one variant of one exported model."""
 
-    def __init__(self, model_dir: Path, manifest: Manifest, codec: TextCodec, decoder: Decoder, precision: str):
+    def __init__(self, model_dir: Path, manifest: Manifest, codec: TextCodec, decoder: Decoder, precision: str,
+                 prefix_cache: PrefixCache | None = None):
         self.model_dir = model_dir
         self.manifest = manifest
         self.codec = codec
         self.decoder = decoder
         self.precision = precision
+        self.prefix_cache = prefix_cache  # shared by every call (and thread) of this Generator
 
     @classmethod
-    def load(cls, model: str | Path | None = None, precision: str = DEFAULT_PRECISION, threads: int | None = None) -> "Generator":
+    def load(cls, model: str | Path | None = None, precision: str = DEFAULT_PRECISION, threads: int | None = None,
+             prefix_cache_mb: float = 0) -> "Generator":
         """`model`: a model directory, or a hub id (exported into the cache on first use);
         None: the default model. `precision`: "int8", "int4" or "fp32" (what the directory holds). `threads`: intra-op threads
-        (default: the cores this process may use)."""
+        (default: the cores this process may use). `prefix_cache_mb` > 0: keep the keys and values of recent
+        prompts in that many MB, so a prompt that begins like an earlier one computes only the rest."""
         model_dir = resolve_model_dir(model)
         manifest = read_manifest(model_dir)
         if precision not in manifest.variants:
@@ -84,9 +92,12 @@ class Generator:
             model_dir, [(TOKENIZER_NAME, manifest.tokenizer_sha256), (graph.file, graph.sha256), (variant.data_file, variant.data_sha256)]
         )
         codec = TextCodec.from_file(tokenizer, manifest.conventions)
+        if isinstance(prefix_cache_mb, bool) or not isinstance(prefix_cache_mb, (int, float)) or not prefix_cache_mb >= 0:
+            raise GenerationOptionError(f"prefix_cache_mb must be a number ≥ 0, got {prefix_cache_mb!r}")
         min_rows = BY_NAME[precision].min_call_rows if precision in BY_NAME else 1
         decoder = Decoder(create_session(graph_path, threads), manifest.architecture, min_rows)
-        return cls(model_dir, manifest, codec, decoder, precision)
+        cache = PrefixCache(PREFIX_BLOCK_TOKENS, int(prefix_cache_mb * 2**20)) if prefix_cache_mb else None
+        return cls(model_dir, manifest, codec, decoder, precision, cache)
 
     def config(self, **options: Any) -> GenerationConfig:
         """The settings a call with these options would use (manifest defaults filled in; an
@@ -152,8 +163,10 @@ class Generator:
 
     def engine(self, requests: Sequence[Request], **options: Any) -> Engine:
         """An engine sized for these requests (their rows, their longest prompt + new tokens)."""
-        capacity = max(len(r.prompt_ids) + r.config.max_new_tokens for r in requests)
-        return Engine(self.decoder, self.codec, max_rows=sum(r.rows for r in requests), capacity=capacity, **options)
+        longest = max(len(r.prompt_ids) + r.config.max_new_tokens for r in requests)
+        capacity = min(longest, self.manifest.architecture.n_positions)
+        return Engine(self.decoder, self.codec, max_rows=sum(r.rows for r in requests), capacity=capacity,
+                      prefix_cache=self.prefix_cache, **options)
 
     def run(self, requests: Sequence[Request]) -> None:
         """Decode the requests to the end in this thread, on an engine of their own."""
@@ -175,7 +188,9 @@ class Generator:
             if any(t >= vocab for t in seq):
                 raise GenerationOptionError(f"{name} holds an id ≥ the vocabulary size {vocab}: {seq}")
         processors = Processors(config, tuple(stop_ids), tuple(b for b in bad if b))
-        return Request(ids, config, processors, np.random.default_rng(config.seed), on_event)
+        prefix = list(conventions.prompt_prefix_ids)
+        prefix_len = len(prefix) if ids[: len(prefix)] == prefix else 0
+        return Request(ids, config, processors, np.random.default_rng(config.seed), on_event, prefix_len=prefix_len)
 
     def _encode(self, prompt: str) -> list[int]:
         require_utf8(prompt, "the prompt")
@@ -186,7 +201,7 @@ class Generator:
 
     def _fit_context(self, ids: list[int], config: GenerationConfig) -> list[int]:
         limit = self.manifest.architecture.n_positions
-        if len(ids) + config.max_new_tokens <= limit:
+        if len(ids) + config.max_new_tokens <= limit or (config.context_overflow == "slide" and len(ids) < limit):
             return ids
         prefix = len(self.manifest.conventions.prompt_prefix_ids)
         room = limit - config.max_new_tokens - prefix

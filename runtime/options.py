@@ -39,6 +39,11 @@ class GenerationConfig:
     seed: int | None = None
     logprobs: int = 0  # also return the log-probabilities of each chosen token and of the N most likely
     truncate: str | None = None  # "left": drop the prompt's oldest tokens to fit the context
+    # "slide": max_new_tokens may pass the model's positions: when a row is full, its last
+    # tokens are re-encoded as a window (the prompt prefix, context_keep prompt tokens, the
+    # most recent half of the context) and generation goes on; "error": refuse such a call
+    context_overflow: str = "error"
+    context_keep: int = 0
 
     @classmethod
     def from_options(cls, defaults: Mapping[str, Any], options: Mapping[str, Any]) -> "GenerationConfig":
@@ -78,6 +83,11 @@ class GenerationConfig:
             raise GenerationOptionError(f"early_stopping must be True, False or 'never', got {self.early_stopping!r}")
         if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0):
             raise GenerationOptionError(f"seed must be a non-negative int or None, got {self.seed!r}")
+        _int(self, "context_keep", 0)
+        if self.context_overflow not in ("error", "slide"):
+            raise GenerationOptionError(f"context_overflow must be 'error' or 'slide', got {self.context_overflow!r}")
+        if self.context_overflow == "slide" and self.num_beams > 1:
+            raise GenerationOptionError("context_overflow='slide' is not supported with beam search; use num_beams=1")
         if self.truncate not in (None, "left"):
             raise GenerationOptionError(f"truncate must be None or 'left', got {self.truncate!r}")
         if not all(isinstance(s, str) and s for s in self.stop):

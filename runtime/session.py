@@ -119,6 +119,24 @@ class KVBuffer:
         if len(rows) != old:
             self._bind()
 
+    def read_positions(self, row: int, start: int, end: int) -> np.ndarray:
+        """A copy of positions [start, end) of a row: [layers × kinds, n_head, end - start, head_dim]."""
+        return np.stack([b[row, :, start:end] for b in self.full])
+
+    def write_positions(self, row: int, start: int, values: np.ndarray) -> None:
+        """Put `read_positions` output at positions [start, start + n) of a row."""
+        for b, v in zip(self.full, values):
+            b[row, :, start:start + v.shape[1]] = v
+
+    def replace_row(self, row: int, values: np.ndarray) -> None:
+        """The row holds exactly `values` [layers × kinds, n_head, n, head_dim] from position 0;
+        the pages of anything it held past them go back."""
+        n = values.shape[2]
+        self.write_positions(row, 0, values)
+        for head in range(self.full[0].shape[1]):
+            self._release_range((row, head, n), (row, head, int(self.lengths[row])))
+        self.lengths[row] = n
+
     def _release_range(self, first: tuple[int, int, int], end: tuple[int, int, int]) -> None:
         """Give back the whole pages between (row, head, position) `first` and `end`."""
         _, heads, capacity, head_dim = self.full[0].shape
