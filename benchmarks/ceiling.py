@@ -33,8 +33,8 @@ def weights_only_model(a: Architecture, linear: Linear, n_inner: int, seed: int 
     for name, (rows, _) in shapes.items():
         x = "x" if rows == a.n_embd else "x_inner"  # [1, n_embd] or [1, n_inner]
         outputs.append(g.op("Identity", [linear.matmul(g, x, name, None)], outputs=[name + ".out"]))
-    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, a.n_embd]),
-              helper.make_tensor_value_info("x_inner", TensorProto.FLOAT, [1, n_inner])]
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["rows", a.n_embd]),
+              helper.make_tensor_value_info("x_inner", TensorProto.FLOAT, ["rows", n_inner])]
     outs = [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in outputs]
     graph = helper.make_graph(g.nodes, "weights_only", inputs, outs, g.initializers)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid(MS_DOMAIN, 1)])

