@@ -21,9 +21,9 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from . import __version__, precisions
-from .errors import Gpt2OnnxError
-from .progress import print_progress
+from gpt2_onnx import __version__, precisions
+from gpt2_onnx.errors import Gpt2OnnxError
+from gpt2_onnx.progress import print_progress
 
 EXIT_ERROR, EXIT_USAGE, EXIT_BROKEN_PIPE = 1, 2, 141  # 141 = 128 + SIGPIPE
 TIMING_DECIMALS = 4  # JSON timings: seconds to 0.1 ms
@@ -147,7 +147,7 @@ def _export(args) -> int:
     from gpt2_onnx.models import default_model
 
     _require("hub")
-    from . import export
+    from gpt2_onnx import export
 
     if len(args.paths) > 2:
         raise Gpt2OnnxError(f"export takes [SOURCE] OUT_DIR, got {len(args.paths)} paths")
@@ -166,7 +166,7 @@ def _export(args) -> int:
 
 def _check(args) -> int:
     _require("check")
-    from .export import parity
+    from gpt2_onnx.export import parity
     reports = parity.check_model(args.model_dir, args.against)
     for report in reports:
         print(report.line())
@@ -180,7 +180,7 @@ def _bench(args) -> int:
         import matplotlib  # noqa: F401  (the plots are written after every measurement)
     except ImportError:
         raise Gpt2OnnxError("bench needs the bench extra (matplotlib is missing): pip install 'gpt2-onnx[bench]'") from None
-    from .benchmarks.run import run_bench, run_kernels_report, run_quality
+    from gpt2_onnx.benchmarks.run import run_bench, run_kernels_report, run_quality
 
     if args.only in (None, "speed"):
         run_bench(args.checkpoint, args.out, smoke=args.smoke, threads=args.threads, engines=args.engines)
@@ -197,7 +197,7 @@ def _options(args) -> dict[str, Any]:
 
 
 def _generate(args) -> int:
-    from .generator import Generator
+    from gpt2_onnx.generator import Generator
     from .interactive import interactive_loop
 
     generator = Generator.load(args.model, precision=args.precision, threads=args.threads)
