@@ -11,11 +11,14 @@ prompt prefix ([CLS] for uer), as the runtime counts them.
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
+
+from gpt2_onnx.options import GenerationConfig
 
 DEFAULT_MAX_TOKENS = 16  # OpenAI's default for /v1/completions
 DEFAULT_CHAT_TEMPLATE = "{content}"  # one line per message, in order: GPT-2 is no chat model
@@ -24,6 +27,7 @@ DEFAULT_CHAT_TEMPLATE = "{content}"  # one line per message, in order: GPT-2 is 
 FINISH_REASONS = {"stop": "stop", "stop_string": "stop", "length": "length", "cancelled": "stop"}
 # runtime option → the body field that set it, for error messages naming the field
 FIELD_OF_OPTION = {"max_new_tokens": "max_tokens", "num_return_sequences": "n", "do_sample": "temperature"}
+OPTION_NAMES = frozenset(f.name for f in fields(GenerationConfig))
 
 
 class ApiError(Exception):
@@ -168,8 +172,8 @@ def _content(message: Any, i: int) -> str:
 
 def option_error(message: str) -> ApiError:
     """A runtime option error (GenerationOptionError) as a 400 naming the body field."""
-    first = message.split(" ", 1)[0].strip("'\"")
-    param = FIELD_OF_OPTION.get(first, first if first.isidentifier() else None)
+    first = re.match(r"[A-Za-z_]*", message).group()  # the runtime's messages start with the option
+    param = FIELD_OF_OPTION.get(first, first if first in OPTION_NAMES else None)
     for option, name in FIELD_OF_OPTION.items():
         message = message.replace(option, name)
     return ApiError(400, message, param, "invalid_value")
