@@ -107,7 +107,10 @@ class Call:
                 metrics.cancelled.inc()
             if self.open_slots[i] == 0:
                 self.service.release(1)
-        self.loop.call_soon_threadsafe(self.queue.put_nowait, (i * self.job.n + event.slot, event))
+        try:
+            self.loop.call_soon_threadsafe(self.queue.put_nowait, (i * self.job.n + event.slot, event))
+        except RuntimeError:  # the event loop has closed (shutdown): nobody waits, and the engine must go on
+            pass
 
 
 class Service:

@@ -25,7 +25,7 @@ DEFAULT_CHAT_TEMPLATE = "{content}"  # one line per message, in order: GPT-2 is 
 
 # an OpenAI finish reason per runtime finish reason (a stop string is a stop, as in OpenAI)
 FINISH_REASONS = {"stop": "stop", "stop_string": "stop", "length": "length", "cancelled": "stop"}
-# runtime option → the body field that set it, for error messages naming the field
+# runtime option → the body field that sets it, for errors naming the field
 FIELD_OF_OPTION = {"max_new_tokens": "max_tokens", "num_return_sequences": "n", "do_sample": "temperature"}
 OPTION_NAMES = frozenset(f.name for f in fields(GenerationConfig))
 
@@ -174,8 +174,10 @@ def option_error(message: str) -> ApiError:
     """A runtime option error (GenerationOptionError) as a 400 naming the body field."""
     first = re.match(r"[A-Za-z_]*", message).group()  # the runtime's messages start with the option
     param = FIELD_OF_OPTION.get(first, first if first in OPTION_NAMES else None)
-    for option, name in FIELD_OF_OPTION.items():
-        message = message.replace(option, name)
+    for option in ("max_new_tokens", "num_return_sequences"):
+        message = message.replace(option, FIELD_OF_OPTION[option])
+    if "do_sample" in message:
+        message += " (here temperature > 0 means do_sample=True)"
     return ApiError(400, message, param, "invalid_value")
 
 
