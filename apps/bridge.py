@@ -1,0 +1,181 @@
+"""One long-lived engine in a thread of its own, and the bridge from its events to asyncio.
+
+    handler ─Service.submit(job)─> admission (in-flight limit) ─> engine.submit per prompt
+    engine thread: on_event ─loop.call_soon_threadsafe─> the call's asyncio.Queue ─> handler
+    handler leaves early (client gone, error) ─> Call.cancel ─> engine.cancel: rows leave next step
+
+A request counts as in flight from submission until the engine's last event for it (a
+finish or a cancellation), so the limit never counts a freed row and never misses a held one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from dataclasses import dataclass, field
+
+from gpt2_onnx.engine import FINISH_CANCELLED, Engine, Event, Request, Stats
+from gpt2_onnx.generator import Generator
+
+from .metrics import Metrics
+from .openai_api import ApiError, Choice, Job, option_error
+
+
+class ClientGone(Exception):
+    """The client disconnected before its answer was complete."""
+
+
+@dataclass(frozen=True)
+class Capacity:
+    """Engine sizing and admission limits."""
+
+    max_running: int = 8  # rows decoding at once (the engine's max_rows)
+    max_waiting: int = 64  # requests queued beyond those; more → 429
+    kv_cache_mb: float | None = None  # None: every row may hold the full context
+    prefill_chunk: int | None = 256  # prompt tokens per step, so long prompts do not stall the decoding rows
+
+    def budget_positions(self, generator: Generator) -> int:
+        architecture = generator.manifest.architecture
+        if self.kv_cache_mb is None:
+            return self.max_running * architecture.n_positions
+        return int(self.kv_cache_mb * 2**20 // architecture.kv_bytes_per_token)
+
+
+@dataclass(eq=False)
+class Call:
+    """One API call's engine requests and the queue their events arrive on."""
+
+    job: Job
+    service: "Service"
+    loop: asyncio.AbstractEventLoop
+    queue: asyncio.Queue = field(default_factory=asyncio.Queue)
+    requests: list[Request] = field(default_factory=list)
+    choices: list[Choice] = field(default_factory=list)
+    open_slots: list[int] = field(default_factory=list)  # per request: sequences not finished (engine thread)
+    submitted: float = field(default_factory=time.perf_counter)
+    last_token: dict[tuple[int, int], float] = field(default_factory=dict)  # per (request, slot)
+    started: set[int] = field(default_factory=set)  # requests with a first token
+    cancelled: set[int] = field(default_factory=set)
+    remaining: int = 0  # choices not finished (event loop)
+
+    @property
+    def prompt_tokens(self) -> int:
+        return sum(len(r.prompt_ids) for r in self.requests)
+
+    async def next(self, gone: asyncio.Future) -> tuple[int, Event]:
+        """The next (choice index, event); ClientGone if `gone` completes first."""
+        get = asyncio.ensure_future(self.queue.get())
+        done, _ = await asyncio.wait({get, gone}, return_when=asyncio.FIRST_COMPLETED)
+        if get not in done:
+            get.cancel()
+            raise ClientGone
+        index, event = get.result()
+        choice = self.choices[index]
+        choice.text += event.text
+        choice.tokens += len(event.tokens)
+        for token, (logprob, top) in zip(event.tokens, event.logprobs or ()):
+            piece = self.service.piece
+            choice.logprobs.append((piece(token), logprob, [(piece(t), lp) for t, lp in top]))
+        if event.finish_reason:
+            choice.finish_reason = event.finish_reason
+            self.remaining -= 1
+        return index, event
+
+    def cancel(self) -> None:
+        """Cancel every request with a sequence still open (a no-op once all finished)."""
+        for request, left in zip(self.requests, self.open_slots):
+            if left:
+                self.service.engine.cancel(request)
+
+    def _on_event(self, i: int, event: Event) -> None:
+        """Engine thread: metrics, in-flight accounting, then hand the event to the loop."""
+        now, key, metrics = time.perf_counter(), (i, event.slot), self.service.metrics
+        if event.tokens:
+            metrics.generated_tokens.inc(len(event.tokens))
+            last = self.last_token.get(key)
+            if i not in self.started:
+                self.started.add(i)
+                metrics.time_to_first_token.observe(now - self.submitted)
+            elif last is not None:
+                metrics.inter_token_latency.observe(now - last)
+            self.last_token[key] = now
+        if event.finish_reason:
+            self.open_slots[i] -= 1
+            if event.finish_reason == FINISH_CANCELLED and i not in self.cancelled:
+                self.cancelled.add(i)
+                metrics.cancelled.inc()
+            if self.open_slots[i] == 0:
+                self.service.release(1)
+        try:
+            self.loop.call_soon_threadsafe(self.queue.put_nowait, (i * self.job.n + event.slot, event))
+        except RuntimeError:  # the event loop has closed (shutdown): nobody waits, and the engine must go on
+            pass
+
+
+class Service:
+    """The generator, its engine and the thread that drives it."""
+
+    def __init__(self, generator: Generator, capacity: Capacity):
+        self.generator, self.capacity = generator, capacity
+        context = generator.manifest.architecture.n_positions
+        self.engine = Engine(generator.decoder, generator.codec, max_rows=capacity.max_running, capacity=context,
+                             budget_positions=capacity.budget_positions(generator), prefill_chunk=capacity.prefill_chunk,
+                             prefix_cache=generator.prefix_cache)
+        self.metrics: Metrics | None = None
+        self.in_flight = 0
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self.engine.serve_forever, args=(self._stop,), name="gpt2-onnx-engine", daemon=True)
+        codec = generator.codec
+        self.piece = codec.piece if codec.wordpiece else (lambda token: codec.decode([token]))
+
+    def start(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+
+    def stats(self) -> Stats:
+        return self.engine.stats()
+
+    def release(self, count: int) -> None:
+        with self._lock:
+            self.in_flight -= count
+
+    def submit(self, job: Job) -> Call:
+        """Build and submit the job's requests: 400 for bad options or a prompt that cannot
+        fit, 429 when the running and waiting limits are full."""
+        generator = self.generator
+        try:
+            config = generator.config(**job.options)
+            id_lists = [generator._encode(p) for p in job.prompts]
+        except ValueError as e:  # GenerationOptionError
+            raise option_error(str(e)) from None
+        call = Call(job, self, asyncio.get_running_loop())
+        try:
+            requests = [generator.request(ids, config, lambda e, i=i: call._on_event(i, e)) for i, ids in enumerate(id_lists)]
+        except ValueError as e:  # ContextLengthError: the prompt and max_tokens exceed the context
+            raise ApiError(400, str(e).replace("max_new_tokens", "max_tokens"), "prompt", "context_length_exceeded") from None
+        with self._lock:
+            if self.in_flight + len(requests) > self.capacity.max_running + self.capacity.max_waiting:
+                self.metrics.rejected.inc()
+                raise ApiError(429, f"the server is full: {self.in_flight} requests are running or waiting "
+                               f"(limit {self.capacity.max_running} running + {self.capacity.max_waiting} waiting); retry later",
+                               None, "too_many_requests", "rate_limit_error")
+            self.in_flight += len(requests)
+        call.requests, call.open_slots = requests, [job.n] * len(requests)
+        call.choices, call.remaining = [Choice() for _ in range(len(requests) * job.n)], len(requests) * job.n
+        for k, request in enumerate(requests):
+            try:
+                self.engine.submit(request)
+            except ValueError as e:  # can never fit this engine (rows or KV budget)
+                for earlier in requests[:k]:
+                    self.engine.cancel(earlier)
+                self.release(len(requests) - k)
+                raise ApiError(400, str(e).replace("max_new_tokens", "max_tokens"), "prompt", "context_length_exceeded") from None
+            self.metrics.requests.inc()
+            self.metrics.prompt_tokens.inc(len(request.prompt_ids))
+        return call

@@ -1,0 +1,258 @@
+"""OpenAI's HTTP API shapes: request bodies → a `Job` (prompts + runtime options), and the
+response, chunk and error bodies built from the runtime's events.
+
+Defaults follow OpenAI, not the model's manifest, for the fields OpenAI defines:
+max_tokens 16, temperature 1.0 (so sampling: do_sample is `temperature > 0`), top_p 1.0,
+top_k 0 (off; OpenAI has none). Fields OpenAI does not define keep the runtime's names
+(`top_k`, `repetition_penalty`, `no_repeat_ngram_size`, `min_new_tokens`, `bad_words`,
+`truncate`, `context_overflow`, `context_keep`) and, when absent, the manifest's defaults. Token counts include the family's
+prompt prefix ([CLS] for uer), as the runtime counts them.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from gpt2_onnx.options import GenerationConfig
+
+DEFAULT_MAX_TOKENS = 16  # OpenAI's default for /v1/completions
+DEFAULT_CHAT_TEMPLATE = "{content}"  # one line per message, in order: GPT-2 is no chat model
+
+# an OpenAI finish reason per runtime finish reason (a stop string is a stop, as in OpenAI)
+FINISH_REASONS = {"stop": "stop", "stop_string": "stop", "length": "length", "cancelled": "stop"}
+# runtime option → the body field that sets it, for errors naming the field
+FIELD_OF_OPTION = {"max_new_tokens": "max_tokens", "num_return_sequences": "n", "do_sample": "temperature"}
+OPTION_NAMES = frozenset(f.name for f in fields(GenerationConfig))
+
+
+class ApiError(Exception):
+    """An error answered with OpenAI's body: {"error": {"message", "type", "param", "code"}}."""
+
+    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
+                 kind: str = "invalid_request_error"):
+        super().__init__(message)
+        self.status, self.message, self.param, self.code, self.kind = status, message, param, code, kind
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}}
+
+
+@dataclass(frozen=True)
+class Job:
+    """One API call: its prompts (texts) and the runtime options every prompt runs with."""
+
+    chat: bool
+    model: str
+    prompts: tuple[str, ...]
+    options: Mapping[str, Any]  # GenerationConfig fields
+    n: int
+    stream: bool
+    include_usage: bool
+    echo: bool = False
+    logprobs: int | None = None  # top-N per token (None: not asked for)
+    id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    created: int = field(default_factory=lambda: int(time.time()))
+
+
+# --- reading bodies ---------------------------------------------------------------------------
+
+_NUMBER, _INT, _BOOL, _STR = (int, float), (int,), (bool,), (str,)
+_TYPE_NAMES = {_NUMBER: "a number", _INT: "an integer", _BOOL: "true or false", _STR: "a string"}
+
+
+def _get(body: Mapping[str, Any], name: str, kinds: tuple[type, ...], default: Any = None) -> Any:
+    """body[name] if of one of `kinds` (null → default); a 400 naming the field otherwise."""
+    value = body.get(name)
+    if value is None:
+        return default
+    if isinstance(value, bool) and bool not in kinds or not isinstance(value, kinds):
+        raise ApiError(400, f"{name} must be {_TYPE_NAMES[kinds]}, got {value!r}", name, "invalid_type")
+    return value
+
+
+def _string_list(body: Mapping[str, Any], name: str) -> list[str] | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return value
+    raise ApiError(400, f"{name} must be a string or a list of strings, got {value!r}", name, "invalid_type")
+
+
+def _options(body: Mapping[str, Any], n: int, logprobs: int | None) -> dict[str, Any]:
+    """The runtime options of a completion or chat body (ranges are checked by the runtime)."""
+    temperature = _get(body, "temperature", _NUMBER, 1.0)
+    bad_words = body.get("bad_words")
+    if bad_words is not None and not (isinstance(bad_words, list) and all(isinstance(w, (str, list)) for w in bad_words)):
+        raise ApiError(400, f"bad_words must be a list of strings or of token-id lists, got {bad_words!r}", "bad_words", "invalid_type")
+    return {
+        "max_new_tokens": _get(body, "max_tokens", _INT, _get(body, "max_completion_tokens", _INT, DEFAULT_MAX_TOKENS)),
+        "do_sample": temperature > 0,
+        "temperature": temperature,
+        "top_p": _get(body, "top_p", _NUMBER, 1.0),
+        "top_k": _get(body, "top_k", _INT, 0),
+        "num_return_sequences": n,
+        "stop": _string_list(body, "stop"),
+        "seed": _get(body, "seed", _INT),
+        "presence_penalty": _get(body, "presence_penalty", _NUMBER),
+        "frequency_penalty": _get(body, "frequency_penalty", _NUMBER),
+        "repetition_penalty": _get(body, "repetition_penalty", _NUMBER),
+        "no_repeat_ngram_size": _get(body, "no_repeat_ngram_size", _INT),
+        "min_new_tokens": _get(body, "min_new_tokens", _INT),
+        "bad_words": bad_words,
+        "truncate": _get(body, "truncate", _STR),
+        "context_overflow": _get(body, "context_overflow", _STR),
+        "context_keep": _get(body, "context_keep", _INT),
+        "logprobs": logprobs,
+    }
+
+
+def _common(body: Any) -> tuple[str, int, bool, bool]:
+    if not isinstance(body, dict):
+        raise ApiError(400, f"the request body must be a JSON object, got {type(body).__name__}", None, "invalid_type")
+    model = _get(body, "model", _STR)
+    if model is None:
+        raise ApiError(400, "model is required: pass the id listed by GET /v1/models", "model", "missing_field")
+    _get(body, "user", _STR)
+    options = body.get("stream_options")
+    if options is not None and not isinstance(options, dict):
+        raise ApiError(400, f"stream_options must be an object, got {options!r}", "stream_options", "invalid_type")
+    usage = bool(_get(options or {}, "include_usage", _BOOL, False))
+    return model, _get(body, "n", _INT, 1), bool(_get(body, "stream", _BOOL, False)), usage
+
+
+def completion_job(body: Any) -> Job:
+    """A /v1/completions body → its Job (400 naming the field for a wrong type)."""
+    model, n, stream, usage = _common(body)
+    prompt = body.get("prompt")
+    if isinstance(prompt, str):
+        prompts = (prompt,)
+    elif isinstance(prompt, list) and prompt and all(isinstance(p, str) for p in prompt):
+        prompts = tuple(prompt)
+    else:
+        raise ApiError(400, f"prompt must be a string or a non-empty list of strings, got {prompt!r}", "prompt", "invalid_type")
+    logprobs = _get(body, "logprobs", _INT)
+    echo = bool(_get(body, "echo", _BOOL, False))
+    if echo and logprobs:
+        raise ApiError(400, "echo with logprobs is not supported (prompt tokens have no log-probabilities here); drop one", "echo")
+    return Job(False, model, prompts, _options(body, n, logprobs), n, stream, usage, echo, logprobs)
+
+
+def chat_job(body: Any, template: str) -> Job:
+    """A /v1/chat/completions body → its Job: each message through `template` ({role},
+    {content}), one per line, in order, is the prompt."""
+    model, n, stream, usage = _common(body)
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise ApiError(400, f"messages must be a non-empty list of {{role, content}} objects, got {messages!r}", "messages", "invalid_type")
+    lines = [template.format(role=m.get("role", ""), content=_content(m, i)) for i, m in enumerate(messages)]
+    top = _get(body, "top_logprobs", _INT, 0)
+    wanted = _get(body, "logprobs", _BOOL, False)
+    # the runtime returns the chosen token's log-probability only beside a top-N of N ≥ 1
+    options = _options(body, n, max(top, 1) if wanted else None)
+    return Job(True, model, ("\n".join(lines),), options, n, stream, usage, False, top if wanted else None)
+
+
+def _content(message: Any, i: int) -> str:
+    param = f"messages[{i}].content"
+    if not isinstance(message, dict) or not isinstance(message.get("role"), str):
+        raise ApiError(400, f"messages[{i}] must be an object with a string role, got {message!r}", f"messages[{i}]", "invalid_type")
+    content = message.get("content")
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list) and all(isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str) for p in content):
+        return "".join(p["text"] for p in content)
+    raise ApiError(400, f"{param} must be a string or a list of text parts, got {content!r}", param, "invalid_type")
+
+
+def option_error(message: str) -> ApiError:
+    """A runtime option error (GenerationOptionError) as a 400 naming the body field."""
+    first = re.match(r"[A-Za-z_]*", message).group()  # the runtime's messages start with the option
+    param = FIELD_OF_OPTION.get(first, first if first in OPTION_NAMES else None)
+    for option in ("max_new_tokens", "num_return_sequences"):
+        message = message.replace(option, FIELD_OF_OPTION[option])
+    if "do_sample" in message:
+        message += " (here temperature > 0 means do_sample=True)"
+    return ApiError(400, message, param, "invalid_value")
+
+
+# --- writing responses ------------------------------------------------------------------------
+
+@dataclass
+class Choice:
+    """What one returned sequence has produced so far."""
+
+    text: str = ""
+    tokens: int = 0
+    finish_reason: str | None = None
+    logprobs: list[tuple[str, float, list[tuple[str, float]]]] = field(default_factory=list)  # (token, lp, top)
+
+
+def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens}
+
+
+def _completion_logprobs(entries: Sequence[tuple[str, float, list[tuple[str, float]]]], offset: int) -> dict[str, Any]:
+    offsets, at = [], offset
+    for token, _, _ in entries:
+        offsets.append(at)
+        at += len(token)
+    return {"tokens": [t for t, _, _ in entries], "token_logprobs": [lp for _, lp, _ in entries],
+            "top_logprobs": [dict(top) for _, _, top in entries], "text_offset": offsets}
+
+
+def _chat_logprobs(entries: Sequence[tuple[str, float, list[tuple[str, float]]]], top_n: int) -> dict[str, Any]:
+    def item(token: str, lp: float) -> dict[str, Any]:
+        return {"token": token, "logprob": lp, "bytes": list(token.encode())}
+    return {"content": [{**item(t, lp), "top_logprobs": [item(a, b) for a, b in top[:top_n]]} for t, lp, top in entries]}
+
+
+def _choice_body(job: Job, index: int, text: str, reason: str | None, entries, offset: int = 0) -> dict[str, Any]:
+    logprobs = None
+    if job.logprobs is not None:
+        logprobs = _chat_logprobs(entries, job.logprobs) if job.chat else _completion_logprobs(entries, offset)
+    finish = FINISH_REASONS.get(reason) if reason else None
+    if job.chat:
+        return {"index": index, "message": {"role": "assistant", "content": text}, "logprobs": logprobs, "finish_reason": finish}
+    return {"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish}
+
+
+def response(job: Job, model: str, choices: Sequence[Choice], prompt_tokens: int) -> dict[str, Any]:
+    """The non-streamed response body; choice i*n + j is prompt i's sequence j."""
+    bodies = []
+    for index, choice in enumerate(choices):
+        prefix = job.prompts[index // job.n] if job.echo else ""
+        bodies.append(_choice_body(job, index, prefix + choice.text, choice.finish_reason, choice.logprobs, len(prefix)))
+    return {"id": ("chatcmpl-" if job.chat else "cmpl-") + job.id, "object": "chat.completion" if job.chat else "text_completion",
+            "created": job.created, "model": model, "choices": bodies,
+            "usage": usage(prompt_tokens, sum(c.tokens for c in choices))}
+
+
+def chunk(job: Job, model: str, index: int, text: str, reason: str | None, entries, offset: int = 0,
+          first: bool = False) -> dict[str, Any]:
+    """One streamed chunk of choice `index`."""
+    body = _choice_body(job, index, text, reason, entries, offset)
+    if job.chat:
+        delta = {"role": "assistant", "content": text} if first else {"content": text}
+        body = {"index": index, "delta": delta, "logprobs": body["logprobs"], "finish_reason": body["finish_reason"]}
+    out = {"id": ("chatcmpl-" if job.chat else "cmpl-") + job.id,
+           "object": "chat.completion.chunk" if job.chat else "text_completion", "created": job.created, "model": model,
+           "choices": [body]}
+    if job.include_usage:
+        out["usage"] = None
+    return out
+
+
+def usage_chunk(job: Job, model: str, prompt_tokens: int, completion_tokens: int) -> dict[str, Any]:
+    """The last chunk with stream_options.include_usage: no choices, the whole call's usage."""
+    return {"id": ("chatcmpl-" if job.chat else "cmpl-") + job.id,
+            "object": "chat.completion.chunk" if job.chat else "text_completion", "created": job.created, "model": model,
+            "choices": [], "usage": usage(prompt_tokens, completion_tokens)}

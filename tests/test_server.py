@@ -1,0 +1,374 @@
+"""`gpt2-onnx serve` as a real process on 127.0.0.1, driven by the real `openai` client (and
+httpx for what that client cannot send): outputs equal the Python API's, streamed or not,
+alone or joining a running batch; every error class; cancellation; back-pressure; SIGTERM."""
+
+from __future__ import annotations
+
+import json
+import random
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+
+import pytest
+
+openai = pytest.importorskip("openai")
+httpx = pytest.importorskip("httpx")
+pytest.importorskip("fastapi")
+
+KEY = "test-key"
+MODEL = "tiny"
+# the slow servers' children sleep 20 ms per engine step, so requests surely overlap
+SLOW_STEP = """
+import time
+from gpt2_onnx.engine import Engine
+real_step = Engine.step
+def slow_step(self):
+    time.sleep(0.02)
+    return real_step(self)
+Engine.step = slow_step
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def running_server(model, *args: str, slow: bool = False):
+    """A `gpt2-onnx serve` child on a free loopback port, up once /health says ok: its base URL
+    and the process."""
+    port = _free_port()
+    code = (SLOW_STEP if slow else "") + "import sys\nfrom gpt2_onnx.apps.cli import main\nsys.exit(main(sys.argv[1:]))"
+    command = [sys.executable, "-c", code, "serve", "--model", str(model), "--model-name", MODEL, "--port", str(port),
+               "--api-key", KEY, "--threads", "1", *args]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert proc.poll() is None, f"the server exited: {proc.communicate()}"
+            try:
+                if httpx.get(url + "/health", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "the server did not become healthy within 120 s"
+            time.sleep(0.2)
+        yield url, proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def server(tiny_model):
+    with running_server(tiny_model, "--max-running", "8", "--max-waiting", "64", "--max-body-bytes", "65536") as (url, _):
+        yield url
+
+
+@pytest.fixture(scope="module")
+def slow_server(tiny_model):
+    with running_server(tiny_model, "--max-running", "1", "--max-waiting", "2", slow=True) as (url, _):
+        yield url
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return openai.OpenAI(base_url=server + "/v1", api_key=KEY, max_retries=0, timeout=60)
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_model, generators):
+    return generators(tiny_model, "int8")
+
+
+def metrics(url: str) -> dict[str, float]:
+    text = httpx.get(url + "/metrics", timeout=10).text
+    return {line.split()[0]: float(line.split()[1]) for line in text.splitlines() if line and not line.startswith("#")}
+
+
+def wait_for(url: str, condition, timeout: float = 30) -> dict[str, float]:
+    deadline = time.monotonic() + timeout
+    while not condition(values := metrics(url)):
+        assert time.monotonic() < deadline, f"metrics never met the condition: {values}"
+        time.sleep(0.05)
+    return values
+
+
+def idle(values: dict[str, float]) -> bool:
+    return values["gpt2_onnx_requests_running"] == 0 and values["gpt2_onnx_requests_waiting"] == 0
+
+
+# --- outputs -----------------------------------------------------------------------------------
+
+def test_runtime_imports_no_front_door(tiny_model):
+    code = ("import sys, gpt2_onnx; g = gpt2_onnx.Generator.load(sys.argv[1]); g.generate('这是', max_new_tokens=2); "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('fastapi', 'uvicorn', 'starlette') "
+            "or m.startswith('gpt2_onnx.apps')))")
+    probe = subprocess.run([sys.executable, "-c", code, str(tiny_model)], capture_output=True, text=True, timeout=300)
+    assert probe.returncode == 0, probe.stderr
+    assert probe.stdout.strip() == "[]"
+
+
+def test_health_is_503_while_the_model_loads(tiny_model, generators):
+    from fastapi.testclient import TestClient
+
+    from gpt2_onnx.apps.server import Settings, create_app
+
+    loaded = threading.Event()
+
+    def load():
+        assert loaded.wait(60)
+        return generators(tiny_model, "int8")
+
+    with TestClient(create_app(load, Settings(MODEL))) as http:
+        assert http.get("/health").status_code == 503
+        r = http.post("/v1/completions", json={"model": MODEL, "prompt": "这是", "max_tokens": 2})
+        assert r.status_code == 503 and r.json()["error"]["type"] == "server_error"
+        loaded.set()
+        deadline = time.monotonic() + 60
+        while http.get("/health").status_code != 200:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        r = http.post("/v1/completions", json={"model": MODEL, "prompt": "这是", "max_tokens": 2, "temperature": 0})
+        assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] >= 1
+
+
+def test_health_and_models(server):
+    assert httpx.get(server + "/health", timeout=10).json() == {"status": "ok"}
+    models = httpx.get(server + "/v1/models", headers={"Authorization": f"Bearer {KEY}"}, timeout=10).json()
+    assert [m["id"] for m in models["data"]] == [MODEL]
+
+
+def test_completion_equals_generator_greedy_and_seeded(client, reference):
+    for prompt, options, api in [
+        ("这是很久之前的事情了", dict(do_sample=False), dict(temperature=0)),
+        ("今天", dict(do_sample=True, temperature=0.9, top_k=0, top_p=0.95, seed=7), dict(temperature=0.9, top_p=0.95, seed=7)),
+    ]:
+        expected = reference.generate(prompt, max_new_tokens=12, **options)
+        out = client.completions.create(model=MODEL, prompt=prompt, max_tokens=12, **api)
+        assert out.choices[0].text == expected.text
+        assert out.choices[0].finish_reason == {"length": "length"}.get(expected.finish_reason, "stop")
+        assert out.usage.prompt_tokens == len(reference._encode(prompt))  # [CLS] counted, as the runtime does
+        assert out.usage.completion_tokens == len(expected.token_ids)
+
+
+def test_streamed_equals_unstreamed_with_usage(client):
+    kwargs = dict(model=MODEL, prompt="这是", max_tokens=15, temperature=0.8, seed=3)
+    whole = client.completions.create(**kwargs)
+    chunks = list(client.completions.create(**kwargs, stream=True, stream_options={"include_usage": True}))
+    assert "".join(c.choices[0].text for c in chunks if c.choices) == whole.choices[0].text
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == whole.usage.completion_tokens
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == whole.choices[0].finish_reason
+
+
+def test_chat_streamed_and_not(client, reference):
+    messages = [{"role": "system", "content": "你好"}, {"role": "user", "content": "今天天气"}]
+    expected = reference.generate("你好\n今天天气", max_new_tokens=10, do_sample=False)  # the default template
+    out = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=10, temperature=0)
+    assert out.object == "chat.completion" and out.choices[0].message.role == "assistant"
+    assert out.choices[0].message.content == expected.text
+    stream = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=10, temperature=0, stream=True)
+    chunks = [c for c in stream if c.choices]
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == expected.text
+
+
+def test_n_and_prompt_lists(client, reference):
+    out = client.completions.create(model=MODEL, prompt=["这是", "今天"], n=2, max_tokens=6, temperature=1.0, seed=11)
+    assert [c.index for c in out.choices] == [0, 1, 2, 3]
+    for i, prompt in enumerate(["这是", "今天"]):
+        expected = reference.generate(prompt, max_new_tokens=6, do_sample=True, top_k=0, seed=11, num_return_sequences=2)
+        assert [c.text for c in out.choices[2 * i:2 * i + 2]] == [r.text for r in expected]
+
+
+def test_stop_strings_never_leak(client):
+    text = client.completions.create(model=MODEL, prompt="这是", max_tokens=30, temperature=0).choices[0].text
+    stop = next(text[i:i + 2] for i in range(3, len(text) - 1) if " " not in text[i:i + 2])
+    streamed = client.completions.create(model=MODEL, prompt="这是", max_tokens=30, temperature=0, stop=[stop], stream=True)
+    pieces = [c.choices[0] for c in streamed]
+    joined = "".join(p.text for p in pieces)
+    assert joined == text[:text.index(stop)]  # everything before the stop string's first appearance, nothing of it
+    assert stop not in joined and len(pieces) > 1
+    assert pieces[-1].finish_reason == "stop"
+    whole = client.completions.create(model=MODEL, prompt="这是", max_tokens=30, temperature=0, stop=stop)
+    assert whole.choices[0].text == joined and whole.choices[0].finish_reason == "stop"
+
+
+def test_logprobs(client):
+    out = client.completions.create(model=MODEL, prompt="这是", max_tokens=5, temperature=0, logprobs=3)
+    lp = out.choices[0].logprobs
+    assert len(lp.tokens) == len(lp.token_logprobs) == out.usage.completion_tokens == 5
+    for chosen, top in zip(lp.token_logprobs, lp.top_logprobs):
+        assert len(top) <= 3 and chosen <= 0 and chosen == pytest.approx(max(top.values()))  # greedy: the best
+    chat = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "这是"}], max_tokens=4,
+                                          temperature=0, logprobs=True, top_logprobs=2)
+    content = chat.choices[0].logprobs.content
+    assert len(content) == 4 and all(len(c.top_logprobs) == 2 for c in content)
+
+
+def test_staggered_requests_join_the_batch_and_return_what_they_return_alone(client, reference):
+    cases = [(p, s) for p in ("这是很久之前的事情了", "今天", "天气") for s in (None, 5)]
+
+    def ask(k: int):
+        prompt, seed = cases[k]
+        time.sleep(0.03 * k)  # arrive while earlier ones decode
+        api = dict(temperature=0) if seed is None else dict(temperature=1.0, seed=seed)
+        return client.completions.create(model=MODEL, prompt=prompt, max_tokens=40, **api).choices[0].text
+
+    with ThreadPoolExecutor(len(cases)) as pool:
+        texts = list(pool.map(ask, range(len(cases))))
+    for (prompt, seed), text in zip(cases, texts):
+        options = dict(do_sample=False) if seed is None else dict(do_sample=True, top_k=0, seed=seed)
+        assert text == reference.generate(prompt, max_new_tokens=40, **options).text
+
+
+# --- errors ------------------------------------------------------------------------------------
+
+def error_of(call) -> tuple[int, dict]:
+    with pytest.raises(openai.APIStatusError) as info:
+        call()
+    return info.value.status_code, info.value.body
+
+
+@pytest.mark.parametrize("body, param", [
+    (dict(max_tokens="many"), "max_tokens"),
+    (dict(temperature=-1), "temperature"),
+    (dict(top_p=2), "top_p"),
+    (dict(n=0), "n"),
+    (dict(n=2, temperature=0), "n"),
+    (dict(presence_penalty=3), "presence_penalty"),
+    (dict(stop=[1, 2]), "stop"),
+    (dict(max_tokens=5000), "prompt"),
+])
+def test_bad_values_are_400_naming_the_field(client, body, param):
+    extra = {k: v for k, v in body.items() if k not in ("max_tokens", "temperature", "n", "stop")}
+    known = {k: v for k, v in body.items() if k in ("max_tokens", "temperature", "n", "stop")}
+    status, error = error_of(lambda: client.completions.create(model=MODEL, prompt="这是", extra_body=extra, **known))
+    assert status == 400 and error["param"] == param and error["message"]
+    if param == "prompt":
+        assert error["code"] == "context_length_exceeded" and "5000" in error["message"] and "128" in error["message"]
+
+
+def test_unknown_model_missing_key_and_wrong_key(server, client):
+    status, error = error_of(lambda: client.completions.create(model="gpt-4", prompt="x"))
+    assert status == 404 and error["code"] == "model_not_found"
+    for key in ("wrong", None):
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        r = httpx.post(server + "/v1/completions", json={"model": MODEL, "prompt": "x"}, headers=headers, timeout=10)
+        assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
+    assert httpx.get(server + "/health", timeout=10).status_code == 200  # no key needed
+
+
+def test_malformed_json_and_too_large_bodies(server):
+    headers = {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"}
+    r = httpx.post(server + "/v1/completions", content=b'{"model": "tiny", "prompt": ', headers=headers, timeout=10)
+    assert r.status_code == 400 and "not valid JSON" in r.json()["error"]["message"]
+    r = httpx.post(server + "/v1/chat/completions", json={"model": MODEL, "messages": "hi"}, headers=headers, timeout=10)
+    assert r.status_code == 400 and r.json()["error"]["param"] == "messages"
+    big = json.dumps({"model": MODEL, "prompt": "这" * 70000}).encode()
+    r = httpx.post(server + "/v1/completions", content=big, headers=headers, timeout=10)
+    assert r.status_code == 413 and set(r.json()["error"]) == {"message", "type", "param", "code"}
+
+
+# --- load --------------------------------------------------------------------------------------
+
+def test_64_concurrent_streams_complete_and_metrics_agree(server):
+    before = metrics(server)
+    rng = random.Random(0)
+    sizes = [rng.randint(3, 30) for _ in range(64)]
+
+    def stream(max_tokens: int) -> tuple[int, int, bool]:
+        body = {"model": MODEL, "prompt": "这是", "max_tokens": max_tokens, "stream": True,
+                "stream_options": {"include_usage": True}}
+        with httpx.Client(timeout=60) as http, http.stream("POST", server + "/v1/completions", json=body,
+                                                            headers={"Authorization": f"Bearer {KEY}"}) as r:
+            lines = [line for line in r.iter_lines() if line.startswith("data: ")]
+        usage = json.loads(lines[-2][6:])["usage"]
+        return r.status_code, usage["completion_tokens"], lines[-1] == "data: [DONE]"
+
+    with ThreadPoolExecutor(64) as pool:
+        results = list(pool.map(stream, sizes))
+    assert all(status == 200 and done for status, _, done in results)
+    assert all(0 < tokens <= size for (_, tokens, _), size in zip(results, sizes))  # a stop token may end one early
+    after = wait_for(server, idle)
+    assert after["gpt2_onnx_generated_tokens_total"] - before["gpt2_onnx_generated_tokens_total"] == sum(t for _, t, _ in results)
+    assert after["gpt2_onnx_requests_total"] - before["gpt2_onnx_requests_total"] == 64
+
+
+def test_past_the_limits_only_429_and_successes(slow_server):
+    """1 running + 2 waiting: of 12 simultaneous 30-token requests (0.6 s each here), the rest get 429 at once."""
+    before = metrics(slow_server)
+    barrier = threading.Barrier(12)
+
+    def ask(_) -> int:
+        barrier.wait(timeout=30)
+        body = {"model": MODEL, "prompt": "这是", "max_tokens": 30, "temperature": 0}
+        r = httpx.post(slow_server + "/v1/completions", json=body, headers={"Authorization": f"Bearer {KEY}"}, timeout=60)
+        if r.status_code == 429:
+            assert r.json()["error"]["type"] == "rate_limit_error"
+        return r.status_code
+
+    with ThreadPoolExecutor(12) as pool:
+        statuses = list(pool.map(ask, range(12)))
+    assert set(statuses) <= {200, 429} and 1 <= statuses.count(200) and statuses.count(429) >= 12 - 3
+    after = wait_for(slow_server, idle)
+    assert after["gpt2_onnx_requests_rejected_total"] - before["gpt2_onnx_requests_rejected_total"] == statuses.count(429)
+
+
+def test_a_closed_stream_is_cancelled_and_frees_its_slot(slow_server):
+    client = openai.OpenAI(base_url=slow_server + "/v1", api_key=KEY, max_retries=0, timeout=60)
+    before = metrics(slow_server)
+    stream = client.completions.create(model=MODEL, prompt="这是", max_tokens=100, temperature=0, stream=True)
+    for k, _ in enumerate(stream):
+        if k == 2:
+            break
+    stream.close()
+    after = wait_for(slow_server, lambda v: v["gpt2_onnx_requests_cancelled_total"] > before["gpt2_onnx_requests_cancelled_total"])
+    generated = after["gpt2_onnx_generated_tokens_total"] - before["gpt2_onnx_generated_tokens_total"]
+    assert generated < 100  # stopped, not decoded to the end
+    # the only running row was the cancelled one: a following request is admitted and completes
+    out = client.completions.create(model=MODEL, prompt="今天", max_tokens=5, temperature=0)
+    assert out.choices[0].finish_reason in ("length", "stop") and out.usage.completion_tokens >= 1
+    assert idle(wait_for(slow_server, idle))
+
+
+def test_a_client_leaving_a_plain_request_cancels_it(slow_server):
+    before = metrics(slow_server)
+    body = {"model": MODEL, "prompt": "这是", "max_tokens": 100, "temperature": 0}
+    with pytest.raises(httpx.ReadTimeout):  # 100 steps take 2 s here: the client leaves after 0.3 s
+        httpx.post(slow_server + "/v1/completions", json=body, headers={"Authorization": f"Bearer {KEY}"}, timeout=0.3)
+    after = wait_for(slow_server, lambda v: v["gpt2_onnx_requests_cancelled_total"] > before["gpt2_onnx_requests_cancelled_total"])
+    assert after["gpt2_onnx_generated_tokens_total"] - before["gpt2_onnx_generated_tokens_total"] < 100
+    assert idle(wait_for(slow_server, idle))
+
+
+def test_nothing_stays_occupied_after_bad_requests_and_cancellations(server):
+    headers = {"Authorization": f"Bearer {KEY}"}
+    for body in ({"model": MODEL}, {"model": MODEL, "prompt": "x", "n": 3, "temperature": 0}, {"model": MODEL, "prompt": "x", "max_tokens": 999}):
+        assert httpx.post(server + "/v1/completions", json=body, headers=headers, timeout=10).status_code == 400
+    values = wait_for(server, idle)
+    assert values["gpt2_onnx_kv_reserved_positions"] == 0 and values["gpt2_onnx_batch_rows"] == 0
+
+
+def test_sigterm_lets_the_running_request_finish_and_exits_0(tiny_model):
+    with running_server(tiny_model, slow=True) as (url, proc):
+        body = {"model": MODEL, "prompt": "这是", "max_tokens": 40, "temperature": 0, "stream": True}
+        with httpx.Client(timeout=60) as http, http.stream("POST", url + "/v1/completions", json=body,
+                                                            headers={"Authorization": f"Bearer {KEY}"}) as r:
+            lines = r.iter_lines()
+            first = next(line for line in lines if line.startswith("data: "))
+            proc.send_signal(signal.SIGTERM)
+            rest = [line for line in lines if line.startswith("data: ")]
+        assert json.loads(first[6:])["choices"][0]["finish_reason"] is None
+        assert rest[-1] == "data: [DONE]" and json.loads(rest[-2][6:])["choices"][0]["finish_reason"] in ("length", "stop")
+        assert proc.wait(timeout=60) == 0
