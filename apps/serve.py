@@ -14,6 +14,7 @@ import uvicorn
 
 from gpt2_onnx.errors import Gpt2OnnxError
 from gpt2_onnx.generator import Generator
+from gpt2_onnx.precisions import BY_NAME
 
 from .bridge import Capacity, Service
 from .server import Settings, create_app
@@ -49,7 +50,8 @@ def serve(args) -> int:
 
     if args.prefix_cache_mb < 0:
         raise Gpt2OnnxError(f"--prefix-cache-mb must be ≥ 0, got {args.prefix_cache_mb}")
-    load = lambda: Generator.load(args.model, precision=args.precision, threads=args.threads, prefix_cache_mb=args.prefix_cache_mb)
+    cache_mb = args.prefix_cache_mb if BY_NAME[args.precision].shape_exact else 0  # see Precision.shape_exact
+    load = lambda: Generator.load(args.model, precision=args.precision, threads=args.threads, prefix_cache_mb=cache_mb)
     config.app = create_app(load, settings, on_load)
     signal.signal(signal.SIGTERM, lambda signum, frame: None)
     server.run()

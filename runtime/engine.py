@@ -33,12 +33,17 @@ from .logits import Processors, greedy, log_softmax, sample, top_logprobs
 from .options import GenerationConfig
 from .prefix_cache import PrefixCache
 from .session import Decoder, KVBuffer
+from .speculative import Speculation, verify_sample
 from .text import TextCodec, TextStream
 
 FINISH_STOP = "stop"  # a stop token was generated (it is the last token id)
 FINISH_STOP_STRING = "stop_string"  # a stop string appeared (the text ends before it)
 FINISH_LENGTH = "length"  # max_new_tokens reached
 FINISH_CANCELLED = "cancelled"  # the caller cancelled the request
+# proposals are verified only while one row decodes: onnxruntime's GroupQueryAttention takes
+# several new tokens after a past for one row per call, and in a batch, where a pass is
+# compute-bound, a second pass per speculating row would cost more than it saves
+SPECULATION_MAX_ROWS = 1
 
 
 @dataclass(frozen=True)
@@ -111,6 +116,7 @@ class _Active:
     beams: BeamGroup | None = None
     new_tokens: int = 0
     next_tokens: list[int] = field(default_factory=list)  # what each row feeds at the next decode call
+    speculation: Speculation | None = None  # prompt lookup (one-row requests)
 
 
 class Engine:
@@ -189,8 +195,11 @@ class Engine:
         entering = self._prefill()  # (request, its row, logits [1, vocab]) whose prompt is complete
         keep: list[int] = []
         decoding = []
-        for active, rows, scores in [*self._decode(), *entering]:
-            kept = self._advance(active, scores, rows)
+        for active, rows, scores, proposal, verified in [*self._decode(), *((*e, None, None) for e in entering)]:
+            if proposal:
+                kept = self._advance_speculative(active, verified, rows[0], proposal)
+            else:
+                kept = self._advance(active, scores, rows)
             keep += kept
             if kept:
                 decoding.append(active)
@@ -259,8 +268,9 @@ class Engine:
         self.cache.lengths[row] = active.filled
 
     def _prefill(self) -> list[tuple[_Active, list[int], np.ndarray]]:
-        """Prompt chunks within the step's budget, first prompts first: prompts at the same
-        point run in one call; a prompt longer than the budget runs alone, a chunk a step."""
+        """Prompt chunks within the step's budget, first prompts first: prompts of one length
+        not started yet run in one call; a prompt longer than the budget, or continuing after
+        cached blocks, runs alone, a chunk a step."""
         budget = self.prefill_chunk or float("inf")
         done = []
         row = len(self.cache.lengths) - len(self.prefilling)
@@ -270,7 +280,9 @@ class Engine:
             group = list(itertools.takewhile(lambda a: (a.filled, len(a.request.prompt_ids)) == point, self.prefilling))
             left = point[1] - point[0]
             take = int(min(left, budget))
-            group = group[: 1 if take < left else int(min(len(group), max(1, budget // left)))]
+            # several rows only from position 0 (GroupQueryAttention takes several tokens after a past for one row)
+            alone = take < left or (head.filled > 0 and take > 1)
+            group = group[: 1 if alone else int(min(len(group), max(1, budget // left)))]
             ids = np.array([a.request.prompt_ids[a.filled:a.filled + take] for a in group], np.int64)
             logits = self.decoder.run(self.cache, row, ids)  # [group, vocab]
             budget -= take * len(group)
@@ -287,19 +299,45 @@ class Engine:
             del self.prefilling[: len(group)]
         return done
 
-    def _decode(self) -> list[tuple[_Active, list[int], np.ndarray]]:
-        """One call for every decoding row: (request, its rows, their logits) in row order."""
+    def _decode(self) -> list[tuple[_Active, list[int], np.ndarray, list[int] | None]]:
+        """One call for every decoding row, with the proposals of speculating rows after their
+        pending token: (request, its rows, their logits, its proposal) in row order."""
         if not self.decoding:
             return []
         self._slide_full_rows()
-        tokens = np.array([t for a in self.decoding for t in a.next_tokens], np.int64)
-        logits = self.decoder.run(self.cache, 0, tokens[:, None])
+        tokens = [t for a in self.decoding for t in a.next_tokens]
+        bases = self.cache.lengths[: len(tokens)].copy()
+        proposals = self._proposals(len(tokens))
+        seq = 1 + max(map(len, proposals), default=0)
+        ids = np.zeros((len(tokens), seq), np.int64)
+        ids[:, 0] = tokens
         out, row = [], 0
-        for a in self.decoding:
+        for a, proposal in zip(self.decoding, proposals):
+            ids[row, 1:1 + len(proposal)] = proposal
+            row += len(a.histories)
+        logits = self.decoder.run(self.cache, 0, ids, every_position=seq > 1)  # [rows, vocab] or [rows, seq, vocab]
+        self.cache.lengths[: len(tokens)] = bases + 1  # accepted proposals extend a row in _advance
+        row = 0
+        for a, proposal in zip(self.decoding, proposals):
             width = len(a.histories)
-            out.append((a, list(range(row, row + width)), logits[row:row + width]))
+            rows_logits = logits[row:row + width]
+            out.append((a, list(range(row, row + width)), rows_logits if seq == 1 else rows_logits[:, 0], proposal,
+                        rows_logits[0, : len(proposal) + 1] if proposal else None))
             row += width
         return out
+
+    def _proposals(self, rows: int) -> list[list[int]]:
+        """Each decoding request's proposed tokens ([] for none), within the room every row of
+        the call has (capacity) and the request's tokens left."""
+        if rows > SPECULATION_MAX_ROWS or not any(a.speculation for a in self.decoding):
+            return [[] for _ in self.decoding]
+        bound = self.cache.lengths[: max(rows, self.decoder.min_rows)]  # scratch rows write as far
+        room = int(self.capacity - bound.max()) - 1
+        return [
+            a.speculation.propose(a.histories[0], min(room, a.request.config.max_new_tokens - a.new_tokens - 1),
+                                  a.request.processors.stop_token_ids) if a.speculation and room > 0 else []
+            for a in self.decoding
+        ]
 
     def _slide_full_rows(self) -> None:
         """A row with no position left for its next token re-encodes a window of its history:
@@ -327,6 +365,9 @@ class Engine:
             else:
                 a.slots = list(range(a.request.rows))
                 a.streams = [TextStream(self.codec, a.request.config.stop) for _ in a.slots]
+                c = a.request.config
+                if c.prompt_lookup_num_tokens:
+                    a.speculation = Speculation(c.prompt_lookup_num_tokens, c.max_matching_ngram_size)
         step = a.new_tokens
         a.new_tokens += 1
         if a.beams is not None:
@@ -340,23 +381,55 @@ class Engine:
         tokens = sample(scores, c, request.rng) if c.sampling else greedy(scores)
         request.clock.mark()
         logprobs = top_logprobs(raw, tokens, c.logprobs) if c.logprobs else [None] * len(tokens)
-        stop_ids = set(request.processors.stop_token_ids)
         kept, histories, slots, next_tokens = [], [], [], []
         for r, (slot, token) in enumerate(zip(a.slots, tokens.tolist())):
-            text, hit_stop_string = a.streams[slot].push(token)
-            reason = FINISH_STOP if token in stop_ids else FINISH_STOP_STRING if hit_stop_string else None
-            if reason is None and step + 1 == c.max_new_tokens:
-                reason = FINISH_LENGTH
-            if reason in (FINISH_STOP, FINISH_LENGTH):
-                text += a.streams[slot].finish()
-            request.on_event(Event(slot, (token,), text, reason, None if logprobs[r] is None else (logprobs[r],)))
-            if reason is None:
+            if self._emit(a, slot, token, step, logprobs[r]) is None:
                 kept.append(rows[r])
                 histories.append(a.histories[r] + [token])
                 slots.append(slot)
                 next_tokens.append(token)
         a.histories, a.slots, a.next_tokens = histories, slots, next_tokens
         return kept
+
+    def _advance_speculative(self, a: _Active, logits: np.ndarray, row: int, proposal: list[int]) -> list[int]:
+        """A one-row request's pass over [pending, *proposal]: logits [len(proposal) + 1, vocab].
+        Each position's token is chosen as a plain step would choose it; proposals are kept
+        while they agree, and the row's cache keeps the positions of what was kept."""
+        request, c = a.request, a.request.config
+        history = a.histories[0]
+        for j, position in enumerate(logits):
+            step = a.new_tokens
+            a.new_tokens += 1
+            raw = position[None].copy() if c.logprobs else None
+            scores = request.processors(position[None].copy(), [history], step)
+            if j < len(proposal) and c.sampling:
+                token = verify_sample(scores[0], c, request.rng, proposal[j])
+            else:
+                token = int((sample(scores, c, request.rng) if c.sampling else greedy(scores))[0])
+            request.clock.mark()
+            logprob = top_logprobs(raw, np.array([token]), c.logprobs)[0] if c.logprobs else None
+            history = history + [token]
+            if self._emit(a, a.slots[0], token, step, logprob) is not None:
+                return []
+            if j == len(proposal) or token != proposal[j]:
+                break
+        accepted = j  # proposals kept: the cache already holds them after the pending token
+        self.cache.lengths[row] += accepted
+        a.speculation.update(len(proposal), accepted)
+        a.histories, a.next_tokens = [history], [token]
+        return [row]
+
+    def _emit(self, a: _Active, slot: int, token: int, step: int, logprob) -> str | None:
+        """Send one chosen token of a sequence to the caller; its finish reason, if it ends there."""
+        request = a.request
+        text, hit_stop_string = a.streams[slot].push(token)
+        reason = FINISH_STOP if token in request.processors.stop_token_ids else FINISH_STOP_STRING if hit_stop_string else None
+        if reason is None and step + 1 == request.config.max_new_tokens:
+            reason = FINISH_LENGTH
+        if reason in (FINISH_STOP, FINISH_LENGTH):
+            text += a.streams[slot].finish()
+        request.on_event(Event(slot, (token,), text, reason, None if logprob is None else (logprob,)))
+        return reason
 
     def _advance_beams(self, a: _Active, logits: np.ndarray, rows: list[int], step: int) -> list[int]:
         request, c = a.request, a.request.config

@@ -44,6 +44,11 @@ class GenerationConfig:
     # most recent half of the context) and generation goes on; "error": refuse such a call
     context_overflow: str = "error"
     context_keep: int = 0
+    # speculative decoding by prompt lookup (transformers' names): propose up to this many
+    # tokens that followed the latest n-gram (≤ max_matching_ngram_size) where it occurred
+    # before, verify them in one pass; the output is what decoding without it gives
+    prompt_lookup_num_tokens: int = 0
+    max_matching_ngram_size: int = 2
 
     @classmethod
     def from_options(cls, defaults: Mapping[str, Any], options: Mapping[str, Any]) -> "GenerationConfig":
@@ -84,6 +89,12 @@ class GenerationConfig:
         if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0):
             raise GenerationOptionError(f"seed must be a non-negative int or None, got {self.seed!r}")
         _int(self, "context_keep", 0)
+        _int(self, "prompt_lookup_num_tokens", 0)
+        _int(self, "max_matching_ngram_size", 1)
+        if self.prompt_lookup_num_tokens and (self.num_beams > 1 or self.num_return_sequences > 1):
+            raise GenerationOptionError(
+                "prompt_lookup_num_tokens works with one sequence per prompt: use num_beams=1 and num_return_sequences=1"
+            )
         if self.context_overflow not in ("error", "slide"):
             raise GenerationOptionError(f"context_overflow must be 'error' or 'slide', got {self.context_overflow!r}")
         if self.context_overflow == "slide" and self.num_beams > 1:

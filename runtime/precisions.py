@@ -21,6 +21,10 @@ class Precision:
     # quantization gives other logits (by up to 0.17 at full size): INT4 calls run ≥ 2 rows,
     # a scratch row beside a lone one, so a row's result never depends on its batch
     min_call_rows: int = 1
+    # a row's logits are the same whatever shape of call computes them (one token or several,
+    # one row or many): what speculative decoding and the prefix cache need to be exact.
+    # MatMulNBits' int8 activation blocks differ between its kernels (by up to 0.15 at full size)
+    shape_exact: bool = True
 
     @property
     def graph_file(self) -> str:
@@ -38,7 +42,8 @@ ECOSYSTEM_GRAPH = "model.onnx"  # where optimum, onnxruntime-genai and transform
 PRECISIONS = (
     Precision("fp32", "fp32", "the checkpoint's FP32 weights", 1.0, ecosystem_graph=True),
     Precision("int8", "int8_per_token", "8-bit weights per output column, activations quantized per token", 0.27),
-    Precision("int4", "int4_blockwise", "4-bit weights in blocks of 32, activations int8 per block", 0.18, min_call_rows=2),
+    Precision("int4", "int4_blockwise", "4-bit weights in blocks of 32, activations int8 per block", 0.18, min_call_rows=2,
+              shape_exact=False),
 )
 BY_NAME = {p.name: p for p in PRECISIONS}
 NAMES = tuple(BY_NAME)

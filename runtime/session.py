@@ -72,7 +72,7 @@ class KVBuffer:
     memory: list[mmap.mmap]
     lengths: np.ndarray  # [rows] int64
     min_rows: int = 1
-    step_io: "_BoundCall | None" = None  # the decode step's binding (to the first rows), kept while their count holds
+    decode_calls: dict = field(default_factory=dict)  # (rows, seq, kept) → a binding to the first rows
     buffers: list[np.ndarray] = field(init=False)  # views of the rows a call binds
 
     def __post_init__(self):
@@ -189,34 +189,39 @@ class _BoundCall:
 
 
 class Decoder:
-    """Runs a variant's `kv_buffer` graph; `*_ids` are token ids, logits float32. Every call
-    binds at least `min_rows` rows (`Precision.min_call_rows`)."""
+    """Runs a variant's `kv_buffer` graph; `*_ids` are token ids, logits float32. A call of one
+    token per row binds at least `min_rows` rows (`Precision.min_call_rows`); a call of several
+    tokens after a past takes one row (onnxruntime's GroupQueryAttention allows no more)."""
 
     def __init__(self, session: ort.InferenceSession, architecture: Architecture, min_rows: int = 1):
         self.session, self.architecture, self.min_rows = session, architecture, min_rows
         self.past_names = cache_names(architecture.n_layer, past_name)
         self.present_names = cache_names(architecture.n_layer, present_name)
 
-    def run(self, cache: KVBuffer, first: int, ids: np.ndarray) -> np.ndarray:
+    def run(self, cache: KVBuffer, first: int, ids: np.ndarray, every_position: bool = False) -> np.ndarray:
         """Rows [first, first + k) of the cache each take `seq` more tokens, ids [k, seq], after
-        their filled positions → last-position logits [k, vocab]; their lengths grow by seq.
-        The decode step (first 0, seq 1, the same rows each time) keeps its binding."""
+        their filled positions → logits of the last position [k, vocab] (or of every new one,
+        [k, seq, vocab], to verify proposed tokens); their lengths grow by seq. Decode calls
+        (first 0: the decoding rows) keep their binding while the rows' count holds."""
         k, seq = ids.shape
-        width = max(k, self.min_rows)
+        width = max(k, self.min_rows) if seq == 1 else k  # several tokens are several rows to the kernels already
         lengths = np.zeros(width, np.int64)
         known = cache.lengths[first:first + width]
         lengths[: len(known)] = known
-        if first == 0 and seq == 1:
-            if cache.step_io is None or cache.step_io.input_ids.shape[0] != width:
-                cache.step_io = _BoundCall(self, [b[:width] for b in cache.full], 1, 1)
-            call = cache.step_io
+        keep = seq if every_position else 1
+        # onnxruntime's GroupQueryAttention: "batch_size must be 1 when sequence_length > 1 and past context is given"
+        assert seq == 1 or k == 1 or not lengths.any(), "several tokens after a past: one row per call"
+        if first == 0:
+            call = cache.decode_calls.get((width, seq, keep))
+            if call is None:
+                call = cache.decode_calls[width, seq, keep] = _BoundCall(self, [b[:width] for b in cache.full], seq, keep)
         else:
-            call = _BoundCall(self, [b[first:first + width] for b in cache.full], seq, 1)
+            call = _BoundCall(self, [b[first:first + width] for b in cache.full], seq, keep)
         padded = np.zeros((width, seq), np.int64)
         padded[:k] = ids
-        logits = call(padded, lengths)[:k, -1]
+        logits = call(padded, lengths)[:k]
         cache.lengths[first:first + k] += seq
-        return logits
+        return logits if every_position else logits[:, -1]
 
     def prefill(self, prompts: Sequence[Sequence[int]], capacity: int, max_rows: int | None = None) -> tuple[KVBuffer, np.ndarray]:
         """Run the prompts (of any lengths) into an empty cache of `capacity` positions per row
