@@ -151,7 +151,7 @@ class Service:
         generator = self.generator
         try:
             config = generator.config(**job.options)
-            id_lists = [generator._encode(p) for p in job.prompts]
+            id_lists = [generator.encode(p) for p in job.prompts]
         except ValueError as e:  # GenerationOptionError
             raise option_error(str(e)) from None
         call = Call(job, self, asyncio.get_running_loop())

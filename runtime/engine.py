@@ -69,6 +69,8 @@ class Stats:
     reserved_positions: int
     budget_positions: int
     max_rows: int
+    proposed_tokens: int = 0  # speculative decoding, since the engine started
+    accepted_tokens: int = 0
     prefix_cache_hits: int = 0  # prompts that began with cached blocks
     prefix_cache_misses: int = 0
     prefix_cache_bytes: int = 0
@@ -133,6 +135,7 @@ class Engine:
         self.budget = budget_positions if budget_positions is not None else max_rows * capacity
         self.prefill_chunk = prefill_chunk
         self.prefix_cache = prefix_cache
+        self.proposed_tokens = self.accepted_tokens = 0
         self.cache: KVBuffer = decoder.empty(0, capacity, max_rows)
         self.decoding: list[_Active] = []  # in row order
         self.prefilling: list[_Active] = []  # one row each, after the decoding rows
@@ -174,7 +177,7 @@ class Engine:
         cache = self.prefix_cache.stats() if self.prefix_cache is not None else None
         return Stats(len(self.decoding), sum(len(a.histories) for a in self.decoding), len(self.prefilling),
                      len(self.waiting), sum(a.reserved for a in active), self.budget, self.max_rows,
-                     *((cache.hits, cache.misses, cache.bytes) if cache else ()))
+                     self.proposed_tokens, self.accepted_tokens, *((cache.hits, cache.misses, cache.bytes) if cache else ()))
 
     def serve_forever(self, stop: threading.Event, idle_wait_s: float = 0.1) -> None:
         """Step while there is work, sleep until a submission otherwise, until `stop` is set
@@ -416,6 +419,8 @@ class Engine:
         accepted = j  # proposals kept: the cache already holds them after the pending token
         self.cache.lengths[row] += accepted
         a.speculation.update(len(proposal), accepted)
+        self.proposed_tokens += len(proposal)
+        self.accepted_tokens += accepted
         a.histories, a.next_tokens = [history], [token]
         return [row]
 

@@ -113,7 +113,7 @@ class Generator:
         """Generate for one prompt (→ a GenerationResult, or a list of num_return_sequences)
         or a list of prompts (→ a list with one such entry per prompt)."""
         prompts, single = as_sequence(prompt)
-        return self._generate([self._encode(p) for p in prompts], single, self.config(**options))
+        return self._generate([self.encode(p) for p in prompts], single, self.config(**options))
 
     def generate_ids(self, prompt_ids: Sequence[int] | Sequence[Sequence[int]], **options: Any):
         """As `generate`, from token ids used exactly as given (no prefix is added)."""
@@ -159,7 +159,7 @@ class Generator:
         if config.num_beams > 1 or config.num_return_sequences > 1:
             raise GenerationOptionError("stream() produces one sequence: use num_beams=1 and num_return_sequences=1, or generate()")
         pieces: list[str] = []
-        request = self.request(self._encode(prompt), config, lambda event: pieces.append(event.text))
+        request = self.request(self.encode(prompt), config, lambda event: pieces.append(event.text))
         engine = self.engine([request])
         engine.submit(request)
         while engine.step() or pieces:
@@ -202,7 +202,8 @@ class Generator:
         prefix_len = len(prefix) if ids[: len(prefix)] == prefix else 0
         return Request(ids, config, processors, np.random.default_rng(config.seed), on_event, prefix_len=prefix_len)
 
-    def _encode(self, prompt: str) -> list[int]:
+    def encode(self, prompt: str) -> list[int]:
+        """Prompt ids as generate() runs them: the family's prefix ([CLS]) first."""
         require_utf8(prompt, "the prompt")
         ids = self.codec.encode(prompt)
         # a family without a prompt prefix (English GPT-2) starts an empty prompt from its

@@ -89,12 +89,12 @@ def test_mixed_length_beams_hold_only_what_their_rows_need(full_model, generator
         caches.append(original_empty(self, *args, **kwargs))
         return caches[-1]
 
-    def run(self, cache, first, ids):
+    def run(self, cache, first, ids, **kwargs):
         a = self.architecture
         per_head = -(-cache.lengths * a.head_dim * 4 // mmap.PAGESIZE) * mmap.PAGESIZE  # [rows] bytes per head
         needed = int(per_head.sum()) * a.n_head * 2 * a.n_layer
         peaks.append((sum(resident_bytes(b) for b in cache.full), needed))
-        return original_run(self, cache, first, ids)
+        return original_run(self, cache, first, ids, **kwargs)
 
     monkeypatch.setattr(Decoder, "empty", empty)
     monkeypatch.setattr(Decoder, "run", run)

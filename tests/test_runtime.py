@@ -319,8 +319,8 @@ class _Biased:
     def empty(self, *args, **kwargs):
         return self._decoder.empty(*args, **kwargs)
 
-    def run(self, cache, first, ids):
-        return self._bias(self._decoder.run(cache, first, ids))
+    def run(self, cache, first, ids, **kwargs):
+        return self._bias(self._decoder.run(cache, first, ids, **kwargs))
 
 
 def test_bad_word_text_is_banned_in_its_continuation_form(tiny_model, generators):

