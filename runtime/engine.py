@@ -20,42 +20,23 @@ from __future__ import annotations
 
 import itertools
 import threading
-import time
 from collections import deque
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
-from .beams import BeamGroup
 from .errors import ContextLengthError
-from .logits import Processors, greedy, log_softmax, sample, top_logprobs
-from .options import GenerationConfig
 from .prefix_cache import PrefixCache
+from .requests import FINISH_CANCELLED, FINISH_LENGTH, Event, Request
+from .sequences import Active
 from .session import Decoder, KVBuffer
-from .speculative import Speculation, verify_sample
-from .text import TextCodec, TextStream
+from .text import TextCodec
 
-FINISH_STOP = "stop"  # a stop token was generated (it is the last token id)
-FINISH_STOP_STRING = "stop_string"  # a stop string appeared (the text ends before it)
-FINISH_LENGTH = "length"  # max_new_tokens reached
-FINISH_CANCELLED = "cancelled"  # the caller cancelled the request
 # proposals are verified only while one row decodes: onnxruntime's GroupQueryAttention takes
 # several new tokens after a past for one row per call, and in a batch, where a pass is
 # compute-bound, a second pass per speculating row would cost more than it saves
 SPECULATION_MAX_ROWS = 1
 
-
-@dataclass(frozen=True)
-class Event:
-    """New output of one returned sequence (slot j of the request's num_return_sequences)."""
-
-    slot: int
-    tokens: tuple[int, ...]
-    text: str
-    finish_reason: str | None = None
-    # with config.logprobs = N: per token, (its log-probability, the N most likely (id, log-probability))
-    logprobs: tuple[tuple[float, list[tuple[int, float]]], ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -76,51 +57,6 @@ class Stats:
     prefix_cache_bytes: int = 0
 
 
-@dataclass
-class Clock:
-    """When the request's first new token was chosen (beam search yields its events only at the end)."""
-
-    first_token: float | None = None
-
-    def mark(self) -> None:
-        if self.first_token is None:
-            self.first_token = time.perf_counter()
-
-
-@dataclass(eq=False)
-class Request:
-    """One prompt with its own options; `on_event` is called from the thread driving the engine."""
-
-    prompt_ids: list[int]  # with the family's prefix
-    config: GenerationConfig
-    processors: Processors
-    rng: np.random.Generator
-    on_event: Callable[[Event], None]
-    clock: Clock = field(default_factory=Clock)
-    prefix_len: int = 0  # leading ids that are the family's prompt prefix ([CLS]): kept when a row slides
-
-    @property
-    def rows(self) -> int:
-        """Cache rows the request decodes with."""
-        return max(self.config.num_beams, self.config.num_return_sequences)
-
-
-@dataclass(eq=False)
-class _Active:
-    """An admitted request: its rows' histories, and where it stands."""
-
-    request: Request
-    reserved: int  # KV positions reserved for it
-    filled: int = 0  # prompt tokens in the cache (prefill)
-    histories: list[list[int]] = field(default_factory=list)  # every id of each row so far
-    slots: list[int] = field(default_factory=list)  # returned sequence of each row (greedy, sampling)
-    streams: list[TextStream] = field(default_factory=list)  # per slot
-    beams: BeamGroup | None = None
-    new_tokens: int = 0
-    next_tokens: list[int] = field(default_factory=list)  # what each row feeds at the next decode call
-    speculation: Speculation | None = None  # prompt lookup (one-row requests)
-
-
 class Engine:
     """Rows join and leave one KV cache of `max_rows` rows × `capacity` positions; at most
     `budget_positions` positions are reserved at once (each request reserves prompt +
@@ -137,8 +73,8 @@ class Engine:
         self.prefix_cache = prefix_cache
         self.proposed_tokens = self.accepted_tokens = 0
         self.cache: KVBuffer = decoder.empty(0, capacity, max_rows)
-        self.decoding: list[_Active] = []  # in row order
-        self.prefilling: list[_Active] = []  # one row each, after the decoding rows
+        self.decoding: list[Active] = []  # in row order
+        self.prefilling: list[Active] = []  # one row each, after the decoding rows
         self.waiting: deque[Request] = deque()
         self._cancelled: set[Request] = set()
         self._lock = threading.Lock()
@@ -200,9 +136,13 @@ class Engine:
         decoding = []
         for active, rows, scores, proposal, verified in [*self._decode(), *((*e, None, None) for e in entering)]:
             if proposal:
-                kept = self._advance_speculative(active, verified, rows[0], proposal)
+                accepted = active.verify(verified, proposal)
+                kept = [] if accepted is None else rows
+                if accepted is not None:
+                    self.cache.lengths[rows[0]] += accepted  # the kept proposals' positions
+                    self.proposed_tokens, self.accepted_tokens = self.proposed_tokens + len(proposal), self.accepted_tokens + accepted
             else:
-                kept = self._advance(active, scores, rows)
+                kept = active.advance(scores, rows, self.codec)
             keep += kept
             if kept:
                 decoding.append(active)
@@ -253,14 +193,14 @@ class Engine:
                 for slot in range(request.config.num_return_sequences):
                     request.on_event(Event(slot, (), "", FINISH_LENGTH))
                 continue
-            active = _Active(request, need)
+            active = Active(request, need)
             self.prefilling.append(active)
             self.cache.append(1)
             if self.prefix_cache is not None:
                 self._start_from_cache(active, len(self.cache.lengths) - 1)
             reserved, rows = reserved + need, rows + request.rows
 
-    def _start_from_cache(self, active: _Active, row: int) -> None:
+    def _start_from_cache(self, active: Active, row: int) -> None:
         """Copy the cached blocks the prompt begins with into its row; prefill goes on after them.
         The row is the last one and nothing before it in the prefill queue has started, so it
         keeps the queue's rule (only the first prompts are part-way)."""
@@ -270,7 +210,7 @@ class Engine:
         active.filled = len(blocks) * self.prefix_cache.block_size
         self.cache.lengths[row] = active.filled
 
-    def _prefill(self) -> list[tuple[_Active, list[int], np.ndarray]]:
+    def _prefill(self) -> list[tuple[Active, list[int], np.ndarray]]:
         """Prompt chunks within the step's budget, first prompts first: prompts of one length
         not started yet run in one call; a prompt longer than the budget, or continuing after
         cached blocks, runs alone, a chunk a step."""
@@ -302,7 +242,7 @@ class Engine:
             del self.prefilling[: len(group)]
         return done
 
-    def _decode(self) -> list[tuple[_Active, list[int], np.ndarray, list[int] | None]]:
+    def _decode(self) -> list[tuple[Active, list[int], np.ndarray, list[int] | None]]:
         """One call for every decoding row, with the proposals of speculating rows after their
         pending token: (request, its rows, their logits, its proposal) in row order."""
         if not self.decoding:
@@ -356,102 +296,6 @@ class Engine:
                 self.decoder.run(scratch, 0, np.array([window], np.int64))
                 self.cache.replace_row(row + r, scratch.read_positions(0, 0, len(window)))
             row += len(a.histories)
-
-    def _advance(self, a: _Active, logits: np.ndarray, rows: list[int]) -> list[int]:
-        """Choose each row's next token; returns the cache rows that go on (sources, in order)."""
-        if a.new_tokens == 0:  # just prefilled: one row becomes the request's rows
-            a.histories = a.histories * a.request.rows
-            rows, logits = rows * a.request.rows, np.repeat(logits, a.request.rows, axis=0)
-            if a.request.config.num_beams > 1:
-                stops = len(a.request.processors.stop_token_ids)
-                a.beams = BeamGroup(a.request.config, len(a.request.prompt_ids), stops)
-            else:
-                a.slots = list(range(a.request.rows))
-                a.streams = [TextStream(self.codec, a.request.config.stop) for _ in a.slots]
-                c = a.request.config
-                if c.prompt_lookup_num_tokens:
-                    a.speculation = Speculation(c.prompt_lookup_num_tokens, c.max_matching_ngram_size)
-        step = a.new_tokens
-        a.new_tokens += 1
-        if a.beams is not None:
-            return self._advance_beams(a, logits, rows, step)
-        return self._advance_sequences(a, logits, rows, step)
-
-    def _advance_sequences(self, a: _Active, logits: np.ndarray, rows: list[int], step: int) -> list[int]:
-        request, c = a.request, a.request.config
-        raw = logits.copy() if c.logprobs else None  # processors change `logits` in place
-        scores = request.processors(logits, a.histories, step)
-        tokens = sample(scores, c, request.rng) if c.sampling else greedy(scores)
-        request.clock.mark()
-        logprobs = top_logprobs(raw, tokens, c.logprobs) if c.logprobs else [None] * len(tokens)
-        kept, histories, slots, next_tokens = [], [], [], []
-        for r, (slot, token) in enumerate(zip(a.slots, tokens.tolist())):
-            if self._emit(a, slot, token, step, logprobs[r]) is None:
-                kept.append(rows[r])
-                histories.append(a.histories[r] + [token])
-                slots.append(slot)
-                next_tokens.append(token)
-        a.histories, a.slots, a.next_tokens = histories, slots, next_tokens
-        return kept
-
-    def _advance_speculative(self, a: _Active, logits: np.ndarray, row: int, proposal: list[int]) -> list[int]:
-        """A one-row request's pass over [pending, *proposal]: logits [len(proposal) + 1, vocab].
-        Each position's token is chosen as a plain step would choose it; proposals are kept
-        while they agree, and the row's cache keeps the positions of what was kept."""
-        request, c = a.request, a.request.config
-        history = a.histories[0]
-        for j, position in enumerate(logits):
-            step = a.new_tokens
-            a.new_tokens += 1
-            raw = position[None].copy() if c.logprobs else None
-            scores = request.processors(position[None].copy(), [history], step)
-            if j < len(proposal) and c.sampling:
-                token = verify_sample(scores[0], c, request.rng, proposal[j])
-            else:
-                token = int((sample(scores, c, request.rng) if c.sampling else greedy(scores))[0])
-            request.clock.mark()
-            logprob = top_logprobs(raw, np.array([token]), c.logprobs)[0] if c.logprobs else None
-            history = history + [token]
-            if self._emit(a, a.slots[0], token, step, logprob) is not None:
-                return []
-            if j == len(proposal) or token != proposal[j]:
-                break
-        accepted = j  # proposals kept: the cache already holds them after the pending token
-        self.cache.lengths[row] += accepted
-        a.speculation.update(len(proposal), accepted)
-        self.proposed_tokens += len(proposal)
-        self.accepted_tokens += accepted
-        a.histories, a.next_tokens = [history], [token]
-        return [row]
-
-    def _emit(self, a: _Active, slot: int, token: int, step: int, logprob) -> str | None:
-        """Send one chosen token of a sequence to the caller; its finish reason, if it ends there."""
-        request = a.request
-        text, hit_stop_string = a.streams[slot].push(token)
-        reason = FINISH_STOP if token in request.processors.stop_token_ids else FINISH_STOP_STRING if hit_stop_string else None
-        if reason is None and step + 1 == request.config.max_new_tokens:
-            reason = FINISH_LENGTH
-        if reason in (FINISH_STOP, FINISH_LENGTH):
-            text += a.streams[slot].finish()
-        request.on_event(Event(slot, (token,), text, reason, None if logprob is None else (logprob,)))
-        return reason
-
-    def _advance_beams(self, a: _Active, logits: np.ndarray, rows: list[int], step: int) -> list[int]:
-        request, c = a.request, a.request.config
-        scores = request.processors(log_softmax(logits), a.histories, step)  # [beams, vocab]
-        stop_ids = np.array(request.processors.stop_token_ids, np.int64)
-        parents, tokens = a.beams.step(scores, a.histories, stop_ids, step + 1 == c.max_new_tokens)
-        request.clock.mark()
-        if a.beams.done:
-            stop_set = set(request.processors.stop_token_ids)
-            for j, (ids, _) in enumerate(a.beams.best(c.num_return_sequences)):
-                reason = FINISH_STOP if ids and ids[-1] in stop_set else FINISH_LENGTH
-                request.on_event(Event(j, tuple(ids), self.codec.decode(ids), reason))
-            return []
-        a.histories = [a.histories[p] + [int(t)] for p, t in zip(parents, tokens)]
-        a.next_tokens = [int(t) for t in tokens]
-        return [rows[p] for p in parents]
-
 
 def slide_window(ids: list[int], request: Request, capacity: int) -> list[int]:
     """What a full row keeps of its ids: the prompt's prefix and first `context_keep` tokens,

@@ -1,0 +1,133 @@
+"""One admitted request's rows: choosing their next tokens, and telling the caller.
+
+Greedy and sampling rows are the request's returned sequences (each leaves when it ends);
+beam search keeps `num_beams` rows and reports its best hypotheses when it is done; a
+one-row request may verify proposed tokens (`speculative`) in the same pass. Every row's
+token comes from the same processors over the same history as if it ran alone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .beams import BeamGroup
+from .logits import greedy, log_softmax, sample, top_logprobs
+from .requests import FINISH_LENGTH, FINISH_STOP, FINISH_STOP_STRING, Event, Request
+from .speculative import Speculation, verify_sample
+from .text import TextCodec, TextStream
+
+
+@dataclass(eq=False)
+class Active:
+    """An admitted request: its rows' histories, and where it stands."""
+
+    request: Request
+    reserved: int  # KV positions reserved for it
+    filled: int = 0  # prompt tokens in the cache (prefill)
+    histories: list[list[int]] = field(default_factory=list)  # every id of each row so far
+    slots: list[int] = field(default_factory=list)  # returned sequence of each row (greedy, sampling)
+    streams: list[TextStream] = field(default_factory=list)  # per slot
+    beams: BeamGroup | None = None
+    new_tokens: int = 0
+    next_tokens: list[int] = field(default_factory=list)  # what each row feeds at the next decode call
+    speculation: Speculation | None = None  # prompt lookup (one-row requests)
+
+    def advance(self, logits: np.ndarray, rows: list[int], codec: TextCodec) -> list[int]:
+        """Choose each row's next token from logits [rows, vocab]; returns the cache rows that go
+        on (their sources, in order)."""
+        a = self
+        if a.new_tokens == 0:  # just prefilled: one row becomes the request's rows
+            a.histories = a.histories * a.request.rows
+            rows, logits = rows * a.request.rows, np.repeat(logits, a.request.rows, axis=0)
+            if a.request.config.num_beams > 1:
+                stops = len(a.request.processors.stop_token_ids)
+                a.beams = BeamGroup(a.request.config, len(a.request.prompt_ids), stops)
+            else:
+                a.slots = list(range(a.request.rows))
+                a.streams = [TextStream(codec, a.request.config.stop) for _ in a.slots]
+                c = a.request.config
+                if c.prompt_lookup_num_tokens:
+                    a.speculation = Speculation(c.prompt_lookup_num_tokens, c.max_matching_ngram_size)
+        step = a.new_tokens
+        a.new_tokens += 1
+        if a.beams is not None:
+            return a._advance_beams(logits, rows, step, codec)
+        return a._advance_sequences(logits, rows, step)
+
+    def _advance_sequences(self, logits: np.ndarray, rows: list[int], step: int) -> list[int]:
+        a = self
+        request, c = a.request, a.request.config
+        raw = logits.copy() if c.logprobs else None  # processors change `logits` in place
+        scores = request.processors(logits, a.histories, step)
+        tokens = sample(scores, c, request.rng) if c.sampling else greedy(scores)
+        request.clock.mark()
+        logprobs = top_logprobs(raw, tokens, c.logprobs) if c.logprobs else [None] * len(tokens)
+        kept, histories, slots, next_tokens = [], [], [], []
+        for r, (slot, token) in enumerate(zip(a.slots, tokens.tolist())):
+            if a._emit(slot, token, step, logprobs[r]) is None:
+                kept.append(rows[r])
+                histories.append(a.histories[r] + [token])
+                slots.append(slot)
+                next_tokens.append(token)
+        a.histories, a.slots, a.next_tokens = histories, slots, next_tokens
+        return kept
+
+    def verify(self, logits: np.ndarray, proposal: list[int]) -> int | None:
+        """A one-row request's pass over [pending, *proposal]: logits [len(proposal) + 1, vocab].
+        Each position's token is chosen as a plain step would choose it; proposals are kept
+        while they agree. Returns how many were kept (the row's cache keeps their positions),
+        or None when the sequence ended."""
+        a = self
+        request, c = a.request, a.request.config
+        history = a.histories[0]
+        for j, position in enumerate(logits):
+            step = a.new_tokens
+            a.new_tokens += 1
+            raw = position[None].copy() if c.logprobs else None
+            scores = request.processors(position[None].copy(), [history], step)
+            if j < len(proposal) and c.sampling:
+                token = verify_sample(scores[0], c, request.rng, proposal[j])
+            else:
+                token = int((sample(scores, c, request.rng) if c.sampling else greedy(scores))[0])
+            request.clock.mark()
+            logprob = top_logprobs(raw, np.array([token]), c.logprobs)[0] if c.logprobs else None
+            history = history + [token]
+            if a._emit(a.slots[0], token, step, logprob) is not None:
+                return None
+            if j == len(proposal) or token != proposal[j]:
+                break
+        accepted = j  # proposals kept: the cache already holds them after the pending token
+        a.speculation.update(len(proposal), accepted)
+        a.histories, a.next_tokens = [history], [token]
+        return accepted
+
+    def _emit(self, slot: int, token: int, step: int, logprob) -> str | None:
+        """Send one chosen token of a sequence to the caller; its finish reason, if it ends there."""
+        a, request = self, self.request
+        text, hit_stop_string = a.streams[slot].push(token)
+        reason = FINISH_STOP if token in request.processors.stop_token_ids else FINISH_STOP_STRING if hit_stop_string else None
+        if reason is None and step + 1 == request.config.max_new_tokens:
+            reason = FINISH_LENGTH
+        if reason in (FINISH_STOP, FINISH_LENGTH):
+            text += a.streams[slot].finish()
+        request.on_event(Event(slot, (token,), text, reason, None if logprob is None else (logprob,)))
+        return reason
+
+    def _advance_beams(self, logits: np.ndarray, rows: list[int], step: int, codec: TextCodec) -> list[int]:
+        a = self
+        request, c = a.request, a.request.config
+        scores = request.processors(log_softmax(logits), a.histories, step)  # [beams, vocab]
+        stop_ids = np.array(request.processors.stop_token_ids, np.int64)
+        parents, tokens = a.beams.step(scores, a.histories, stop_ids, step + 1 == c.max_new_tokens)
+        request.clock.mark()
+        if a.beams.done:
+            stop_set = set(request.processors.stop_token_ids)
+            for j, (ids, _) in enumerate(a.beams.best(c.num_return_sequences)):
+                reason = FINISH_STOP if ids and ids[-1] in stop_set else FINISH_LENGTH
+                request.on_event(Event(j, tuple(ids), codec.decode(ids), reason))
+            return []
+        a.histories = [a.histories[p] + [int(t)] for p, t in zip(parents, tokens)]
+        a.next_tokens = [int(t) for t in tokens]
+        return [rows[p] for p in parents]
