@@ -44,6 +44,9 @@ GENERATE_OPTIONS = [
     ("--presence-penalty", "presence_penalty", float, "OpenAI's: subtract once from tokens already generated"),
     ("--frequency-penalty", "frequency_penalty", float, "OpenAI's: subtract per occurrence among generated tokens"),
     ("--context-keep", "context_keep", int, "with --context-overflow slide: prompt tokens every window keeps"),
+    ("--prompt-lookup-num-tokens", "prompt_lookup_num_tokens", int,
+     "speculative decoding: propose up to this many tokens found earlier in the text (same output, faster on repeated text)"),
+    ("--max-matching-ngram-size", "max_matching_ngram_size", int, "longest n-gram prompt lookup matches"),
 ]
 
 

@@ -5,7 +5,7 @@ Defaults follow OpenAI, not the model's manifest, for the fields OpenAI defines:
 max_tokens 16, temperature 1.0 (so sampling: do_sample is `temperature > 0`), top_p 1.0,
 top_k 0 (off; OpenAI has none). Fields OpenAI does not define keep the runtime's names
 (`top_k`, `repetition_penalty`, `no_repeat_ngram_size`, `min_new_tokens`, `bad_words`,
-`truncate`, `context_overflow`, `context_keep`) and, when absent, the manifest's defaults. Token counts include the family's
+`truncate`, `context_overflow`, `context_keep`, `prompt_lookup_num_tokens`, `max_matching_ngram_size`) and, when absent, the manifest's defaults. Token counts include the family's
 prompt prefix ([CLS] for uer), as the runtime counts them.
 """
 
@@ -110,6 +110,8 @@ def _options(body: Mapping[str, Any], n: int, logprobs: int | None) -> dict[str,
         "truncate": _get(body, "truncate", _STR),
         "context_overflow": _get(body, "context_overflow", _STR),
         "context_keep": _get(body, "context_keep", _INT),
+        "prompt_lookup_num_tokens": _get(body, "prompt_lookup_num_tokens", _INT),
+        "max_matching_ngram_size": _get(body, "max_matching_ngram_size", _INT),
         "logprobs": logprobs,
     }
 
