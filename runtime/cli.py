@@ -102,6 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
                           "(default: error)")
     gen.add_argument("--prefix-cache-mb", type=float, default=0,
                      help="keep recent prompts' keys and values in this many MB, so prompts that begin alike compute only the rest")
+    importlib.import_module("gpt2_onnx.apps.batch_cli").register(sub)  # issue 14 hook: `batch` lives in apps/batch_cli.py
     bench = sub.add_parser("bench", help="speed side by side with the peers (and quality); writes JSON, markdown, PNG")
     bench.add_argument("--checkpoint", type=Path, default=None, help="checkpoint directory (default: full-size distil architecture, random weights)")
     bench.add_argument("--out", type=Path, default=Path("benchmarks/results"), help="results directory")
@@ -119,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
-        return {"export": _export, "check": _check, "generate": _generate, "bench": _bench}[args.command](args)
+        return {"export": _export, "check": _check, "generate": _generate, "bench": _bench, "batch": lambda a: a.run(a)}[args.command](args)  # issue 14 hook
     except Gpt2OnnxError as e:
         print(f"gpt2-onnx: error: {e}", file=sys.stderr)
         return EXIT_ERROR

@@ -1,0 +1,1 @@
+"""Front doors over the runtime's API (batch jobs, Ray): thin layers holding no decoding logic."""
