@@ -137,7 +137,7 @@ def run_local(generator: Generator, input_path: Path, output_path: Path, job_opt
     written = errors = new_tokens = 0
     start = time.perf_counter()
     with OutputWriter(output_path, resume) as writer:
-        bar = _progress_bar(count_rows(input_path), len(done), progress)
+        bar = progress_bar(count_rows(input_path), len(done), progress)
         for out in run_rows(generator, rows, job_options, max_running):
             writer.write(out)
             written += 1
@@ -151,7 +151,8 @@ def run_local(generator: Generator, input_path: Path, output_path: Path, job_opt
     return Summary(written, errors, skipped, new_tokens, time.perf_counter() - start)
 
 
-def _progress_bar(total: int, done: int, enabled: bool):
+def progress_bar(total: int, done: int, enabled: bool):
+    """A tqdm bar of rows on stderr (or nothing, when disabled or tqdm is missing)."""
     try:
         from tqdm import tqdm
     except ImportError:  # the bar is a nicety: the job runs without it
