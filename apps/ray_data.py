@@ -89,7 +89,8 @@ def run_ray(model: str | None, precision: str, input_path: Path, output_path: Pa
     input_path, output_path = Path(input_path), Path(output_path)
     _check_options(model, precision, job_options)
     if not ray.is_initialized():
-        ray.init(address=address, include_dashboard=False, log_to_driver=False)
+        # a new local cluster runs no dashboard (nothing listens beyond what the job needs)
+        ray.init(address=address, log_to_driver=False, **({} if address else {"include_dashboard": False}))
     done = written_ids(output_path) if resume else set()
     staging = output_path.with_name(output_path.name + STAGING_SUFFIX)
     shutil.rmtree(staging, ignore_errors=True)  # a staging directory of an interrupted run
