@@ -105,6 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
                           "(default: error)")
     gen.add_argument("--prefix-cache-mb", type=float, default=0,
                      help="keep recent prompts' keys and values in this many MB, so prompts that begin alike compute only the rest")
+    importlib.import_module("gpt2_onnx.apps.batch_cli").register(sub)  # issue 14 hook: `batch` lives in apps/batch_cli.py
     bench = sub.add_parser("bench", help="speed side by side with the peers (and quality); writes JSON, markdown, PNG")
     bench.add_argument("--checkpoint", type=Path, default=None, help="checkpoint directory (default: full-size distil architecture, random weights)")
     bench.add_argument("--out", type=Path, default=Path("benchmarks/results"), help="results directory")
@@ -141,13 +142,14 @@ def _add_serve(sub) -> None:
                        help="chat messages → prompt: this template per message ({role}, {content}), one per line")
     serve.add_argument("--max-body-bytes", type=int, default=2**20, help="larger request bodies get 413")
     serve.add_argument("--grace-period", type=float, default=30.0, help="seconds running requests may take to finish on SIGTERM")
+    importlib.import_module("gpt2_onnx.apps.ray_serve").add_ray_arguments(serve)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         return {"export": _export, "check": _check, "generate": _generate, "bench": _bench,
-                "serve": _serve}[args.command](args)
+                "serve": _serve, "batch": lambda a: a.run(a)}[args.command](args)
     except Gpt2OnnxError as e:
         print(f"gpt2-onnx: error: {e}", file=sys.stderr)
         return EXIT_ERROR

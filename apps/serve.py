@@ -36,6 +36,8 @@ def serve(args) -> int:
     model_name = args.model_name or args.model or _default_model()
     capacity = Capacity(args.max_running, args.max_waiting, args.kv_cache_mb, args.prefill_chunk)
     settings = Settings(model_name, capacity, args.api_key, args.chat_template, args.max_body_bytes)
+    if args.ray:
+        return _serve_on_ray(args, settings)
     config = uvicorn.Config(None, host=args.host, port=args.port, log_level="warning",
                             timeout_graceful_shutdown=args.grace_period)
     server = uvicorn.Server(config)
@@ -72,3 +74,14 @@ def _start_line(service: Service, model_name: str, args) -> str:
 def _default_model() -> str:
     from gpt2_onnx.models import default_model
     return default_model()
+
+
+def _serve_on_ray(args, settings: Settings) -> int:
+    """The same app as replicas on Ray Serve (`apps.ray_serve`), until Ctrl-C."""
+    from .ray_serve import RayServeSettings, serve_on_ray
+
+    ray_settings = RayServeSettings(args.model, args.precision, threads=args.threads or 1, replicas=args.replicas,
+                                    min_replicas=args.min_replicas, max_replicas=args.max_replicas,
+                                    target_ongoing_requests=args.max_running, host=args.host, port=args.port)
+    serve_on_ray(None if args.ray == "local" else args.ray, ray_settings, settings)
+    return 0

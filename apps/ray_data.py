@@ -1,0 +1,153 @@
+"""`gpt2-onnx batch --ray`: the same job as a Ray Data pipeline, one engine per actor.
+
+    INPUT ─read_rows, skip done ids─> staging Parquet (beside OUTPUT, in chunks)
+        ─ray.data.read_parquet─> map_batches(GeneratorActor, concurrency=replicas, num_cpus=threads)
+        ─iter_batches (streamed to the driver)─> OutputWriter ─> OUTPUT, one whole line per row
+
+Why the driver stages the input instead of handing INPUT to `read_json`: Arrow's JSON reader
+gives each column one type, so one row with a numeric prompt would fail the whole read
+instead of that row, and it knows no line numbers (a row's default id). Staging runs the
+same reader as the local job (`batch_io.read_rows`), so both modes see the same rows, ids
+and errors; each actor runs `batch.run_rows`, the local job's loop, on its batches.
+
+Why the driver writes OUTPUT instead of `write_json`: Ray writes a directory of files, one
+per block, none of them complete until its block is; streaming the results into the one
+OUTPUT file keeps the local job's contract (whole flushed lines, `--resume` by id, Parquet
+through a journal) at bounded memory: Ray Data's streaming executor holds back the
+pipeline while the driver writes. On a multi-node cluster, OUTPUT's directory (where the
+staging files go) must be on storage every node sees.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from gpt2_onnx.errors import Gpt2OnnxError
+
+from .batch import Summary, progress_bar, run_rows
+from .batch_io import DEFAULT_MAX_RUNNING, InputRow, OutputWriter, count_rows, id_key, read_rows, written_ids
+
+STAGING_SUFFIX = ".ray-staging"
+STAGING_ROWS = 4096  # rows per staging file: Ray Data reads a file per task
+
+
+class GeneratorActor:
+    """A Ray Data callable class: one Generator and one engine loop per actor; each batch of
+    staged rows runs through the engine with continuous batching."""
+
+    def __init__(self, model: str | None, precision: str, threads: int, job_options: Mapping[str, Any], max_running: int):
+        from gpt2_onnx.generator import Generator
+
+        self.generator = Generator.load(model, precision=precision, threads=threads)
+        self.job_options = dict(job_options)
+        self.max_running = max_running
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, list]:
+        rows = [InputRow(int(line), json.loads(row_id), None if record is None else json.loads(record), error)
+                for line, row_id, record, error in zip(batch["line"], batch["id"], batch["record"], batch["error"])]
+        outputs = [json.dumps(out, ensure_ascii=False)
+                   for out in run_rows(self.generator, rows, self.job_options, self.max_running)]
+        return {"output": outputs}
+
+
+def stage_rows(rows: Iterator[InputRow], staging: Path) -> int:
+    """Write the rows to Parquet files under `staging` (STAGING_ROWS a file); returns how many."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    schema = pa.schema([("line", pa.int64()), ("id", pa.string()), ("record", pa.string()), ("error", pa.string())])
+    staging.mkdir(parents=True)
+    count, chunk = 0, []
+
+    def flush() -> None:
+        pq.write_table(pa.Table.from_pylist(chunk, schema), staging / f"rows-{count:012d}.parquet")
+
+    for row in rows:
+        record = None if row.record is None else json.dumps(row.record, ensure_ascii=False)
+        chunk.append({"line": row.line, "id": json.dumps(row.id, ensure_ascii=False), "record": record, "error": row.error})
+        if len(chunk) == STAGING_ROWS:
+            flush()
+            count, chunk = count + len(chunk), []
+    if chunk:
+        flush()
+        count += len(chunk)
+    return count
+
+
+def run_ray(model: str | None, precision: str, input_path: Path, output_path: Path, job_options: Mapping[str, Any],
+            address: str | None = None, replicas: int = 1, threads: int = 1, max_running: int = DEFAULT_MAX_RUNNING,
+            batch_size: int = 64, resume: bool = False, progress: bool = True) -> Summary:
+    """Run the job of INPUT into OUTPUT on Ray Data with `replicas` engines of `threads` cores.
+    Uses the Ray of this process if `ray.init` ran already, else joins `address` (None: a new
+    local cluster)."""
+    ray = _import_ray()
+    input_path, output_path = Path(input_path), Path(output_path)
+    _check_options(model, precision, job_options)
+    if not ray.is_initialized():
+        # a new local cluster runs no dashboard (nothing listens beyond what the job needs)
+        ray.init(address=address, log_to_driver=False, **({} if address else {"include_dashboard": False}))
+    done = written_ids(output_path) if resume else set()
+    staging = output_path.with_name(output_path.name + STAGING_SUFFIX)
+    shutil.rmtree(staging, ignore_errors=True)  # a staging directory of an interrupted run
+    written = errors = new_tokens = 0
+    start = time.perf_counter()
+    with OutputWriter(output_path, resume) as writer:
+        try:
+            if stage_rows((r for r in read_rows(input_path) if id_key(r.id) not in done), staging):
+                bar = progress_bar(count_rows(input_path), len(done), progress)
+                for out in _pipeline(ray, staging, model, precision, threads, job_options, max_running, replicas, batch_size):
+                    writer.write(out)
+                    written += 1
+                    errors += "error" in out
+                    new_tokens += out.get("usage", {}).get("completion_tokens", 0)
+                    bar.update(1)
+                bar.close()
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    return Summary(written, errors, len(done), new_tokens, time.perf_counter() - start)
+
+
+def _pipeline(ray, staging: Path, model, precision, threads, job_options, max_running, replicas, batch_size) -> Iterator[dict]:
+    """The output rows of the staged rows, as Ray Data produces them."""
+    # reading a staging file is light: it takes no CPU slot, so the actors may hold every one.
+    # Ray Data's V2 file reads list files in a task of one CPU that no argument changes: with
+    # every CPU held by an actor it never runs; the V1 read honours ray_remote_args
+    context = ray.data.DataContext.get_current()
+    context.use_datasource_v2 = False
+    context.enable_progress_bars = False  # the job's own bar counts rows
+    dataset = ray.data.read_parquet(str(staging), ray_remote_args={"num_cpus": 0})
+    results = dataset.map_batches(
+        GeneratorActor, fn_constructor_kwargs={"model": None if model is None else str(model), "precision": precision,
+                                               "threads": threads, "job_options": dict(job_options), "max_running": max_running},
+        concurrency=replicas, num_cpus=threads, batch_size=batch_size, batch_format="numpy",
+    )
+    for batch in results.iter_batches(batch_size=None, batch_format="numpy"):
+        for text in batch["output"]:
+            yield json.loads(text)
+
+
+def _check_options(model, precision: str, job_options: Mapping[str, Any]) -> None:
+    """Refuse bad command-line options here, before a cluster starts (the actors would fail on each row)."""
+    from gpt2_onnx.manifest import read_manifest
+    from gpt2_onnx.options import GenerationConfig
+
+    if model is not None and Path(model).is_dir():  # a hub id is resolved (and exported) by each actor
+        manifest = read_manifest(Path(model))
+        GenerationConfig.from_options(manifest.generation_defaults, job_options)
+        if precision not in manifest.variants:
+            raise Gpt2OnnxError(f"{model} has no {precision!r} variant; pick one of {', '.join(manifest.variants)}")
+
+
+def _import_ray():
+    try:
+        import ray
+        import ray.data  # noqa: F401
+    except ImportError:
+        raise Gpt2OnnxError("--ray needs the ray extra (ray[data] is missing): pip install 'gpt2-onnx[ray]'") from None
+    return ray
+

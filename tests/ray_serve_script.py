@@ -1,0 +1,76 @@
+"""The Ray Serve checks of tests/test_ray_serve.py on one local cluster, run inside a private
+network namespace by that module. Prints one JSON object of what it saw."""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+import time
+
+import openai
+import ray
+from ray import serve
+
+from gpt2_onnx.apps import server
+from gpt2_onnx.apps.ray_serve import APP_NAME, RayServeSettings, build_application
+from gpt2_onnx.generator import Generator
+
+PORT = 8765
+PROMPT = "这是很久之前的事情了"
+
+
+def replica_names() -> list[str]:
+    return sorted(a["name"] for a in ray.util.list_named_actors(all_namespaces=True) if "REPLICA" in a["name"].upper())
+
+
+def running_replicas() -> int:
+    status = serve.status().applications[APP_NAME].deployments["gpt2-onnx"]
+    return status.replica_states.get("RUNNING", 0)
+
+
+def main(model: str) -> None:
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    serve.start(http_options={"host": "127.0.0.1", "port": PORT})
+    serve.run(build_application(RayServeSettings(model, "fp32", threads=1, replicas=2), server.Settings(model)),
+              name=APP_NAME, route_prefix="/")
+    client = openai.OpenAI(base_url=f"http://127.0.0.1:{PORT}/v1", api_key="unused", max_retries=0, timeout=120)
+    model_id = client.models.list().data[0].id
+    greedy = dict(model=model_id, prompt=PROMPT, max_tokens=8, temperature=0)
+    results = {"replicas": len(replica_names()), "node": ray.nodes()[0]["NodeManagerAddress"]}
+    results["text"] = client.completions.create(**greedy).choices[0].text
+    results["streamed"] = "".join(c.choices[0].text for c in client.completions.create(**greedy, stream=True) if c.choices)
+    results["local"] = Generator.load(model, precision="fp32").generate(PROMPT, max_new_tokens=8, do_sample=False).text
+
+    # requests in flight while one replica's actor is killed: each succeeds or fails with a 5xx
+    outcomes: list[str] = []
+
+    def long_request() -> None:
+        try:
+            client.completions.create(model=model_id, prompt=PROMPT, max_tokens=100, temperature=0)
+            outcomes.append("ok")
+        except openai.APIStatusError as e:
+            outcomes.append(f"status {e.status_code}")
+        except openai.APIConnectionError as e:
+            outcomes.append(f"connection {type(e).__name__}")
+
+    threads = [threading.Thread(target=long_request) for _ in range(4)]
+    for t in threads:
+        t.start()
+    time.sleep(0.5)
+    ray.kill(ray.get_actor(replica_names()[0], namespace="serve"), no_restart=False)
+    for t in threads:
+        t.join()
+    results["in_flight"] = outcomes
+    results["after_kill"] = [client.completions.create(**greedy).choices[0].text for _ in range(6)]
+    deadline = time.monotonic() + 180
+    while running_replicas() < 2 and time.monotonic() < deadline:
+        time.sleep(1)
+    results["running_after"] = running_replicas()
+    serve.shutdown()
+    ray.shutdown()
+    print(json.dumps(results, ensure_ascii=False))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
