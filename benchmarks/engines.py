@@ -121,7 +121,8 @@ def _optimum_prepare(precision: str):
     return prepare
 
 
-def _optimum_load(artifact: Path, threads: int) -> GenerateFn:
+def optimum_model(artifact: Path, threads: int):
+    """optimum's ORTModelForCausalLM of an artifact (the quantized model if there is one)."""
     import onnxruntime as ort
     from optimum.onnxruntime import ORTModelForCausalLM
 
@@ -129,8 +130,11 @@ def _optimum_load(artifact: Path, threads: int) -> GenerateFn:
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     name = "model_quantized.onnx" if (artifact / "model_quantized.onnx").exists() else "model.onnx"
-    model = ORTModelForCausalLM.from_pretrained(artifact, file_name=name, session_options=options, use_cache=True)
-    return _hf_generate(model)
+    return ORTModelForCausalLM.from_pretrained(artifact, file_name=name, session_options=options, use_cache=True)
+
+
+def _optimum_load(artifact: Path, threads: int) -> GenerateFn:
+    return _hf_generate(optimum_model(artifact, threads))
 
 
 def _optimum_files(artifact: Path) -> list[Path]:

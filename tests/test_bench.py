@@ -77,3 +77,29 @@ def test_train_minutes_sets_the_training_time(tmp_path, monkeypatch):
     with pytest.raises(Trained) as caught:
         run_quality(None, tmp_path, smoke=True, train_minutes=0.25, work=tmp_path)
     assert caught.value.args[0].minutes == 0.25
+
+
+def test_serve_smoke(tiny_checkpoint, tmp_path):
+    """Every server answers at every level with no failed stream; the report names every target."""
+    from gpt2_onnx.benchmarks.run import run_serve_report
+    from gpt2_onnx.benchmarks.serve_bench import OPTIMUM, OURS_BATCHING, OURS_SERIAL
+    from gpt2_onnx.benchmarks.spec import SMOKE_SERVE
+
+    run_serve_report(tiny_checkpoint, tmp_path, smoke=True, threads=1, work=tmp_path / "work")
+    doc = json.loads((tmp_path / "serve.json").read_text())
+    expected = {OURS_BATCHING, OURS_SERIAL} | ({OPTIMUM} if _installed("optimum.onnxruntime") else set())
+    assert set(doc["servers"]) == expected, doc["skipped"]
+    for name, levels in doc["servers"].items():
+        assert set(levels) == {str(n) for n in SMOKE_SERVE.levels}, name
+        for n, r in levels.items():
+            assert r["requests"] == int(n) * SMOKE_SERVE.requests_per_client and r["errors"] == [], (name, n)
+            assert r["tokens_per_s"] > 0 and 0 < r["chunks_per_token"] <= 1, (name, n)
+            assert 0 < r["ttft_p50_ms"] <= r["ttft_p99_ms"] and 0 <= r["itl_p50_ms"] <= r["itl_p99_ms"], (name, n)
+    long = doc["long_prompt"]
+    assert long["long_prompt_error"] is None and long["long_prompt_ttft_ms"] > 0 and long["itl_p99_with_ms"] > 0
+    assert doc["offline"]["step_ms"] > 0 and doc["offline"]["batch"] == SMOKE_SERVE.target_level
+    table = (tmp_path / "serve.md").read_text()
+    for name in doc["servers"]:
+        assert f"| {name} | {SMOKE_SERVE.levels[-1]} |" in table
+    assert table.count("| yes |") + table.count("| **no** |") == (4 if OPTIMUM in doc["servers"] else 3)
+    assert (tmp_path / "serve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
