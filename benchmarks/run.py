@@ -49,11 +49,9 @@ def run_bench(
     work = work or _work_dir(checkpoint)
     doc = run_speed(checkpoint, work, spec, threads, engines, log=_log)
     doc["command"] = _command()
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "speed.json").write_text(json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
-    (out / "speed.md").write_text(speed_markdown(doc, doc["command"]))
+    _write(out, "speed", doc, speed_markdown(doc, doc["command"]))
     speed_plot(doc, out / "speed.png")
-    _log(f"wrote {out / 'speed.json'}, {out / 'speed.md'}, {out / 'speed.png'}")
+    _log(f"wrote {out / 'speed.png'}")
     return doc
 
 
@@ -67,10 +65,7 @@ def run_kernels_report(checkpoint: Path | None, out: Path, smoke: bool = False, 
     threads = threads or default_threads()
     doc = run_kernels((checkpoint or default_checkpoint(smoke)).resolve(), threads, reps=5 if smoke else 50, log=_log)
     doc["machine"], doc["command"] = machine(threads), _command()
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "kernels.json").write_text(json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
-    (out / "kernels.md").write_text(kernels_markdown(doc, doc["command"], doc["machine"]))
-    _log(f"wrote {out / 'kernels.json'}, {out / 'kernels.md'}")
+    _write(out, "kernels", doc, kernels_markdown(doc, doc["command"], doc["machine"]))
     return doc
 
 
@@ -87,10 +82,7 @@ def run_long_form_report(checkpoint: Path | None, out: Path, smoke: bool = False
     model_dir = export_model(str(checkpoint), _work_dir(checkpoint) / "gpt2-onnx", quantize=QUANTIZED, force=True, check=False)
     doc = run_long_form(model_dir, threads, reps=1 if smoke else 5)
     doc["machine"], doc["command"] = machine(threads), _command()
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "long_form.json").write_text(json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
-    (out / "long_form.md").write_text(long_form_markdown(doc, doc["command"], doc["machine"]))
-    _log(f"wrote {out / 'long_form.json'}, {out / 'long_form.md'}")
+    _write(out, "long_form", doc, long_form_markdown(doc, doc["command"], doc["machine"]))
     return doc
 
 
@@ -111,11 +103,9 @@ def run_serve_report(checkpoint: Path | None, out: Path, smoke: bool = False, th
     work.mkdir(parents=True, exist_ok=True)  # export creates OUT_DIR, never its parents
     doc = run_serve(checkpoint, work, SMOKE_SERVE if smoke else ServeSpec(), threads, log=_log)
     doc["machine"], doc["command"] = machine(threads), _command()
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "serve.json").write_text(json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
-    (out / "serve.md").write_text(serve_markdown(doc))
+    _write(out, "serve", doc, serve_markdown(doc))
     serve_plot(doc, out / "serve.png")
-    _log(f"wrote {out / 'serve.json'}, {out / 'serve.md'}, {out / 'serve.png'}")
+    _log(f"wrote {out / 'serve.png'}")
     return doc
 
 
@@ -128,10 +118,7 @@ def run_quality(source: str | None, out: Path, smoke: bool = False, train_minute
     sizes = dict(windows=8, prompts=4, new_tokens=8) if smoke else {}
     report = evaluate(model_dir, checkpoint, **sizes)
     report["command"], report["checkpoint"] = _command(), label
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "quality.json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
-    (out / "quality.md").write_text(quality_markdown(report, report["command"], label))
-    _log(f"wrote {out / 'quality.json'}, {out / 'quality.md'}")
+    _write(out, "quality", report, quality_markdown(report, report["command"], label))
     return report
 
 
@@ -173,11 +160,16 @@ def run_speculative_report(checkpoint: Path | None, out: Path, smoke: bool = Fal
     full = export_model(str(architecture), _work_dir(architecture) / "gpt2-onnx", quantize=QUANTIZED, force=True, check=False)
     doc = run_speculative(learned, full, threads, smoke=smoke)
     doc["machine"], doc["command"], doc["learned_model"] = machine(threads), _command(), label
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "speculative.json").write_text(json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
-    (out / "speculative.md").write_text(speculative_markdown(doc))
-    _log(f"wrote {out / 'speculative.json'}, {out / 'speculative.md'}")
+    _write(out, "speculative", doc, speculative_markdown(doc))
     return doc
+
+
+def _write(out: Path, name: str, doc: dict, markdown: str) -> None:
+    """`name`.json and `name`.md in the results directory."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{name}.json").write_text(json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
+    (out / f"{name}.md").write_text(markdown)
+    _log(f"wrote {out / (name + '.json')}, {out / (name + '.md')}")
 
 
 def _work_dir(checkpoint: Path) -> Path:

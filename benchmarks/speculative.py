@@ -25,7 +25,7 @@ from gpt2_onnx import Generator
 from .quality import corpus
 
 K = 8  # prompt_lookup_num_tokens
-NEW_TOKENS = 128
+NEW_TOKENS = 128  # at most; the model's positions may allow fewer
 
 
 def _tasks(count: int, passage_chars: int) -> dict[str, list[str]]:
@@ -92,8 +92,10 @@ def verification_cost(model_dir: Path, threads: int, reps: int, past: int = 256)
 
 def run_speculative(learned: Path, full: Path, threads: int, smoke: bool = False) -> dict:
     gen = Generator.load(learned, precision="int8", threads=threads)
-    new_tokens = 24 if smoke else NEW_TOKENS  # the smoke run's model has 128 positions
-    tasks = _tasks(2 if smoke else 6, 40 if smoke else 180)
+    positions = gen.manifest.architecture.n_positions  # the quality model has 128 (its training window)
+    passage_chars = min(180, positions // 2 - 20)
+    new_tokens = min(NEW_TOKENS, positions - passage_chars - 19)  # [CLS] + passage + "。" + 16 restated + new
+    tasks = _tasks(2 if smoke else 8, passage_chars)
     return {"k": K, "new_tokens": new_tokens, "threads": threads,
             "tasks": {name: task_speed(gen, prompts, 1 if smoke else 3, new_tokens) for name, prompts in tasks.items()},
             "verification": verification_cost(full, threads, 5 if smoke else 50)}

@@ -11,7 +11,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 import numpy as np
 
@@ -109,7 +109,15 @@ class Generator:
         option given as None takes its default)."""
         return GenerationConfig.from_options(self.manifest.generation_defaults, options)
 
-    def generate(self, prompt: str | Sequence[str], **options: Any):
+    # the shape of the result follows the call: one prompt → a result (a list of them with
+    # num_return_sequences > 1); a list of prompts → one such entry per prompt
+    @overload
+    def generate(self, prompt: str, **options: Any) -> GenerationResult | list[GenerationResult]: ...
+
+    @overload
+    def generate(self, prompt: Sequence[str], **options: Any) -> list[GenerationResult] | list[list[GenerationResult]]: ...
+
+    def generate(self, prompt, **options):
         """Generate for one prompt (→ a GenerationResult, or a list of num_return_sequences)
         or a list of prompts (→ a list with one such entry per prompt)."""
         prompts, single = as_sequence(prompt)

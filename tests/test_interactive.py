@@ -12,27 +12,18 @@ import sys
 import time
 
 import pytest
+from slow_cli import cli_code
 
 from gpt2_onnx import Generator
 
 pytest.importorskip("readline")
 
-# the child slows every engine step by 20 ms, so that Ctrl-C surely lands inside an answer
-SLOW_DECODE = """
-import time
-from gpt2_onnx.engine import Engine
-real_step = Engine.step
-def slow_step(self):
-    time.sleep(0.02)
-    return real_step(self)
-Engine.step = slow_step
-"""
 ESCAPES = re.compile(rb"\x1b\[[0-9;?]*[A-Za-z]")  # readline's cursor moves and bracketed-paste mode
 
 
 def spawn(*args: str, slow: bool = False) -> tuple[int, int]:
     """The CLI as the session leader of a new pseudo-terminal: (pid, the terminal's master fd)."""
-    code = (SLOW_DECODE if slow else "") + "import sys\nfrom gpt2_onnx.apps.cli import main\nsys.exit(main(sys.argv[1:]))"
+    code = cli_code(slow)
     pid, fd = pty.fork()
     if pid == 0:
         os.execve(sys.executable, [sys.executable, "-c", code, "generate", *args], {**os.environ, "TERM": "xterm"})

@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
 import pytest
+from slow_cli import cli_code
 
 openai = pytest.importorskip("openai")
 httpx = pytest.importorskip("httpx")
@@ -23,16 +24,6 @@ pytest.importorskip("fastapi")
 
 KEY = "test-key"
 MODEL = "tiny"
-# the slow servers' children sleep 20 ms per engine step, so requests surely overlap
-SLOW_STEP = """
-import time
-from gpt2_onnx.engine import Engine
-real_step = Engine.step
-def slow_step(self):
-    time.sleep(0.02)
-    return real_step(self)
-Engine.step = slow_step
-"""
 
 
 def _free_port() -> int:
@@ -46,7 +37,7 @@ def running_server(model, *args: str, slow: bool = False):
     """A `gpt2-onnx serve` child on a free loopback port, up once /health says ok: its base URL
     and the process."""
     port = _free_port()
-    code = (SLOW_STEP if slow else "") + "import sys\nfrom gpt2_onnx.apps.cli import main\nsys.exit(main(sys.argv[1:]))"
+    code = cli_code(slow)
     command = [sys.executable, "-c", code, "serve", "--model", str(model), "--model-name", MODEL, "--port", str(port),
                "--api-key", KEY, "--threads", "1", *args]
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
