@@ -97,6 +97,8 @@ class KVBuffer:
         another row copies that row's filled positions only; rows past the new count give
         their pages back to the OS."""
         rows = np.asarray(rows, np.int64)
+        if len(rows) == len(self.lengths) and (rows == np.arange(len(rows))).all():
+            return  # every row stays where it is: the common step
         if len(rows) > self.max_rows:
             raise ValueError(f"{len(rows)} rows do not fit a cache made for {self.max_rows}")
         moves = [(dst, int(src)) for dst, src in enumerate(rows) if dst != src]
