@@ -74,8 +74,8 @@ class Call:
         choice = self.choices[index]
         choice.text += event.text
         choice.tokens += len(event.tokens)
+        piece = self.service.piece
         for token, (logprob, top) in zip(event.tokens, event.logprobs or ()):
-            piece = self.service.piece
             choice.logprobs.append((piece(token), logprob, [(piece(t), lp) for t, lp in top]))
         if event.finish_reason:
             choice.finish_reason = event.finish_reason

@@ -24,7 +24,7 @@ DEFAULT_MAX_TOKENS = 16  # OpenAI's default for /v1/completions
 DEFAULT_CHAT_TEMPLATE = "{content}"  # one line per message, in order: GPT-2 is no chat model
 
 # an OpenAI finish reason per runtime finish reason (a stop string is a stop, as in OpenAI)
-FINISH_REASONS = {"stop": "stop", "stop_string": "stop", "length": "length", "cancelled": "stop"}
+FINISH_REASONS = {"stop": "stop", "stop_string": "stop", "length": "length", "cancelled": "stop", "error": "error"}
 # runtime option → the body field that sets it, for errors naming the field
 FIELD_OF_OPTION = {"max_new_tokens": "max_tokens", "num_return_sequences": "n", "do_sample": "temperature"}
 OPTION_NAMES = frozenset(f.name for f in fields(GenerationConfig))

@@ -19,7 +19,9 @@ scratch row for kernels that need two rows is never one holding a prompt being p
 from __future__ import annotations
 
 import itertools
+import sys
 import threading
+import traceback
 from collections import deque
 from dataclasses import dataclass
 
@@ -27,7 +29,7 @@ import numpy as np
 
 from .errors import ContextLengthError
 from .prefix_cache import PrefixCache
-from .requests import FINISH_CANCELLED, FINISH_LENGTH, Event, Request
+from .requests import FINISH_CANCELLED, FINISH_ERROR, FINISH_LENGTH, Event, Request
 from .sequences import Active
 from .session import Decoder, KVBuffer
 from .text import TextCodec
@@ -123,7 +125,23 @@ class Engine:
                 if not self.has_work:
                     self._wake.wait(idle_wait_s)
                     continue
-            self.step()
+            try:
+                self.step()
+            except Exception:  # no caller may wait forever on a step that failed
+                traceback.print_exc(file=sys.stderr)
+                self._fail_everything()
+
+    def _fail_everything(self) -> None:
+        """End every request with an `error` event and start from an empty cache."""
+        with self._lock:
+            requests = [a.request for a in self.decoding + self.prefilling] + list(self.waiting)
+            self.waiting.clear()
+            self._cancelled.clear()
+        self.decoding, self.prefilling = [], []
+        self.cache = self.decoder.empty(0, self.capacity, self.max_rows)
+        for request in requests:
+            for slot in range(request.config.num_return_sequences):
+                request.on_event(Event(slot, (), "", FINISH_ERROR))
 
     # --- the loop -------------------------------------------------------------------------
 
@@ -158,11 +176,12 @@ class Engine:
     def _drop_cancelled(self) -> None:
         with self._lock:
             cancelled, self._cancelled = self._cancelled, set()
+            queued = [r for r in self.waiting if r in cancelled]
             self.waiting = deque(r for r in self.waiting if r not in cancelled)
         if not cancelled:
             return
         gone = [a for a in self.decoding + self.prefilling if a.request in cancelled]
-        for request in cancelled:
+        for request in queued + [a.request for a in gone]:  # a request that finished meanwhile has said so already
             active = next((a for a in gone if a.request is request), None)
             decoding = active is not None and active.new_tokens > 0 and active.beams is None
             for slot in active.slots if decoding else range(request.config.num_return_sequences):
@@ -286,6 +305,9 @@ class Engine:
         """A row with no position left for its next token re-encodes a window of its history:
         the family's prefix, `context_keep` prompt tokens, and the most recent tokens, half
         the context shorter than it was (so re-encoding is paid once per half context)."""
+        rows = sum(len(a.histories) for a in self.decoding)
+        if (self.cache.lengths[:rows] < self.capacity).all():
+            return  # the common step: every row has room
         row = 0
         for a in self.decoding:
             for r, history in enumerate(a.histories):

@@ -174,12 +174,12 @@ class Generator:
             yield from filter(None, pieces)
             pieces.clear()
 
-    def engine(self, requests: Sequence[Request], **options: Any) -> Engine:
+    def engine(self, requests: Sequence[Request]) -> Engine:
         """An engine sized for these requests (their rows, their longest prompt + new tokens)."""
         longest = max(len(r.prompt_ids) + r.config.max_new_tokens for r in requests)
         capacity = min(longest, self.manifest.architecture.n_positions)
         return Engine(self.decoder, self.codec, max_rows=sum(r.rows for r in requests), capacity=capacity,
-                      prefix_cache=self.prefix_cache, **options)
+                      prefix_cache=self.prefix_cache)
 
     def run(self, requests: Sequence[Request]) -> None:
         """Decode the requests to the end in this thread, on an engine of their own."""

@@ -15,6 +15,7 @@ FINISH_STOP = "stop"  # a stop token was generated (it is the last token id)
 FINISH_STOP_STRING = "stop_string"  # a stop string appeared (the text ends before it)
 FINISH_LENGTH = "length"  # max_new_tokens reached
 FINISH_CANCELLED = "cancelled"  # the caller cancelled the request
+FINISH_ERROR = "error"  # the engine failed (a server's engine thread reports it and goes on)
 
 @dataclass(frozen=True)
 class Event:

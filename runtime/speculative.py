@@ -21,7 +21,7 @@ shrinks when they are not, and after a run of misses it stops proposing for a wh
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -54,8 +54,6 @@ class Speculation:
     length: int = 0  # tokens to propose now
     misses: int = 0
     paused: int = 0  # tokens left before proposing again
-    proposed: int = field(default=0)  # totals, for the benchmark's acceptance rate
-    accepted: int = field(default=0)
 
     def __post_init__(self):
         self.length = self.length or self.k
@@ -72,8 +70,6 @@ class Speculation:
         return proposal
 
     def update(self, proposed: int, accepted: int) -> None:
-        self.proposed += proposed
-        self.accepted += accepted
         if accepted == proposed:
             self.length, self.misses = min(self.k, self.length + 2), 0
         else:

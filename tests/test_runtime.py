@@ -333,3 +333,41 @@ def test_bad_word_text_is_banned_in_its_continuation_form(tiny_model, generators
     assert continuation not in tokens
     plain = gen.codec.encode("ing")[1:]  # [in, ##g], without [CLS]
     assert not any(list(tokens[i:i + len(plain)]) == plain for i in range(len(tokens)))
+
+
+def test_a_failing_step_ends_its_requests_and_the_engine_goes_on(tiny_model, generators):
+    """A server's engine thread must never leave callers waiting: a step that raises ends
+    every request with an `error` event, and the next request runs."""
+    import threading
+
+    from gpt2_onnx.engine import Engine
+
+    gen = generators(tiny_model)
+    engine = Engine(gen.decoder, gen.codec, max_rows=4, capacity=64)
+    real, calls = engine._decode, []
+
+    def failing_once():
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("a kernel failed")
+        return real()
+
+    engine._decode = failing_once
+    stop = threading.Event()
+    thread = threading.Thread(target=engine.serve_forever, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        for expected in ("error", "length"):
+            events, finished = [], threading.Event()
+
+            def collect(event, events=events, finished=finished):
+                events.append(event)
+                if event.finish_reason:
+                    finished.set()
+
+            engine.submit(gen.request(gen.codec.encode(PROMPT), gen.config(max_new_tokens=5, do_sample=False), collect))
+            assert finished.wait(60) and events[-1].finish_reason == expected
+        assert engine.stats().decoding_rows == 0 and engine.stats().reserved_positions == 0
+    finally:
+        stop.set()
+        thread.join(10)
