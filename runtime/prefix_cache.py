@@ -43,6 +43,7 @@ class PrefixCache:
         self._blocks: OrderedDict[tuple[int, tuple[int, ...]], tuple[int, np.ndarray]] = OrderedDict()  # key → (id, kv)
         self._next_id = 0
         self._bytes = 0
+        self._block_bytes = 0  # every block has the same size: known after the first
         self._lock = threading.Lock()  # engines of several threads share one cache
         self.hits = self.misses = self.hit_tokens = 0
 
@@ -83,9 +84,13 @@ class PrefixCache:
         keys = [key for key, _ in self._chain(ids, blocks)]
         parent = self._blocks[keys[-1]][0] if keys else ROOT
         for k in range(len(keys), blocks):
+            if self._block_bytes and self._bytes + self._block_bytes > self.budget_bytes \
+                    and not self._evictable(self._block_bytes, keys):
+                break  # checked before copying the block out of the row
             kv = read(k * self.block_size, (k + 1) * self.block_size)
-            if self._bytes + kv.nbytes > self.budget_bytes and not self._evictable(kv.nbytes, keys):
+            if kv.nbytes > self.budget_bytes:
                 break
+            self._block_bytes = kv.nbytes
             key = (parent, tuple(ids[k * self.block_size:(k + 1) * self.block_size]))
             self._blocks[key] = (self._next_id, kv)
             parent, self._next_id = self._next_id, self._next_id + 1

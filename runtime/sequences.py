@@ -56,14 +56,22 @@ class Active:
             return a._advance_beams(logits, rows, step, codec)
         return a._advance_sequences(logits, rows, step)
 
+    def _choose(self, logits: np.ndarray, histories: list[list[int]], step: int, proposal: int | None = None):
+        """(tokens [rows], their logprobs or Nones) for logits [rows, vocab], as a plain step
+        chooses them; with a proposal (one row, sampling), by the speculative sampling rule."""
+        request, c = self.request, self.request.config
+        raw = logits.copy() if c.logprobs else None  # processors change `logits` in place
+        scores = request.processors(logits, histories, step)
+        if proposal is not None and c.sampling:
+            tokens = np.array([verify_sample(scores[0], c, request.rng, proposal)])
+        else:
+            tokens = sample(scores, c, request.rng) if c.sampling else greedy(scores)
+        request.clock.mark()
+        return tokens, top_logprobs(raw, tokens, c.logprobs) if c.logprobs else [None] * len(tokens)
+
     def _advance_sequences(self, logits: np.ndarray, rows: list[int], step: int) -> list[int]:
         a = self
-        request, c = a.request, a.request.config
-        raw = logits.copy() if c.logprobs else None  # processors change `logits` in place
-        scores = request.processors(logits, a.histories, step)
-        tokens = sample(scores, c, request.rng) if c.sampling else greedy(scores)
-        request.clock.mark()
-        logprobs = top_logprobs(raw, tokens, c.logprobs) if c.logprobs else [None] * len(tokens)
+        tokens, logprobs = a._choose(logits, a.histories, step)
         kept, histories, slots, next_tokens = [], [], [], []
         for r, (slot, token) in enumerate(zip(a.slots, tokens.tolist())):
             if a._emit(slot, token, step, logprobs[r]) is None:
@@ -80,21 +88,14 @@ class Active:
         while they agree. Returns how many were kept (the row's cache keeps their positions),
         or None when the sequence ended."""
         a = self
-        request, c = a.request, a.request.config
         history = a.histories[0]
         for j, position in enumerate(logits):
             step = a.new_tokens
             a.new_tokens += 1
-            raw = position[None].copy() if c.logprobs else None
-            scores = request.processors(position[None].copy(), [history], step)
-            if j < len(proposal) and c.sampling:
-                token = verify_sample(scores[0], c, request.rng, proposal[j])
-            else:
-                token = int((sample(scores, c, request.rng) if c.sampling else greedy(scores))[0])
-            request.clock.mark()
-            logprob = top_logprobs(raw, np.array([token]), c.logprobs)[0] if c.logprobs else None
+            tokens, logprobs = a._choose(position[None], [history], step, proposal[j] if j < len(proposal) else None)
+            token = int(tokens[0])
             history = history + [token]
-            if a._emit(a.slots[0], token, step, logprob) is not None:
+            if a._emit(a.slots[0], token, step, logprobs[0]) is not None:
                 return None
             if j == len(proposal) or token != proposal[j]:
                 break
