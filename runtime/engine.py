@@ -87,9 +87,10 @@ class Engine:
     def submit(self, request: Request) -> None:
         """Queue a request; refused at once (ContextLengthError) if it could never fit."""
         need = self._reservation(request)
-        total = len(request.prompt_ids) + (1 if request.config.context_overflow == "slide" else request.config.max_new_tokens)
-        if request.config.context_overflow == "slide":
-            slide_window([], request, self.capacity)  # refuses a context_keep that leaves no room
+        sliding = request.config.context_overflow == "slide"
+        total = len(request.prompt_ids) + (1 if sliding else request.config.max_new_tokens)
+        if sliding:
+            window_head(request, self.capacity)  # refuses a context_keep that leaves no room
         if total > self.capacity or request.rows > self.max_rows or need > self.budget:
             raise ContextLengthError(
                 f"the request needs {request.rows} row(s) of {len(request.prompt_ids)} prompt + "
@@ -319,13 +320,19 @@ class Engine:
                 self.cache.replace_row(row + r, scratch.read_positions(0, 0, len(window)))
             row += len(a.histories)
 
-def slide_window(ids: list[int], request: Request, capacity: int) -> list[int]:
-    """What a full row keeps of its ids: the prompt's prefix and first `context_keep` tokens,
-    then the most recent tokens, `capacity // 2` in all."""
+def window_head(request: Request, capacity: int) -> list[int]:
+    """What every window keeps of the prompt: its prefix and first `context_keep` tokens;
+    refused when that leaves no room for recent tokens in a window of `capacity // 2`."""
     head = request.prompt_ids[: request.prefix_len + request.config.context_keep]
-    recent = capacity // 2 - len(head)
-    if recent < 1:
+    if len(head) >= capacity // 2:
         raise ContextLengthError(
             f"context_keep {request.config.context_keep} leaves no room for recent tokens in a window of {capacity // 2}"
         )
-    return head + ids[len(ids) - recent:]
+    return head
+
+
+def slide_window(ids: list[int], request: Request, capacity: int) -> list[int]:
+    """What a full row keeps of its ids: `window_head`, then the most recent tokens,
+    `capacity // 2` in all."""
+    head = window_head(request, capacity)
+    return head + ids[len(ids) - (capacity // 2 - len(head)):]

@@ -37,24 +37,23 @@ class Active:
     def advance(self, logits: np.ndarray, rows: list[int], codec: TextCodec) -> list[int]:
         """Choose each row's next token from logits [rows, vocab]; returns the cache rows that go
         on (their sources, in order)."""
-        a = self
-        if a.new_tokens == 0:  # just prefilled: one row becomes the request's rows
-            a.histories = a.histories * a.request.rows
-            rows, logits = rows * a.request.rows, np.repeat(logits, a.request.rows, axis=0)
-            if a.request.config.num_beams > 1:
-                stops = len(a.request.processors.stop_token_ids)
-                a.beams = BeamGroup(a.request.config, len(a.request.prompt_ids), stops)
+        if self.new_tokens == 0:  # just prefilled: one row becomes the request's rows
+            self.histories = self.histories * self.request.rows
+            rows, logits = rows * self.request.rows, np.repeat(logits, self.request.rows, axis=0)
+            if self.request.config.num_beams > 1:
+                stops = len(self.request.processors.stop_token_ids)
+                self.beams = BeamGroup(self.request.config, len(self.request.prompt_ids), stops)
             else:
-                a.slots = list(range(a.request.rows))
-                a.streams = [TextStream(codec, a.request.config.stop) for _ in a.slots]
-                c = a.request.config
+                self.slots = list(range(self.request.rows))
+                self.streams = [TextStream(codec, self.request.config.stop) for _ in self.slots]
+                c = self.request.config
                 if c.prompt_lookup_num_tokens:
-                    a.speculation = Speculation(c.prompt_lookup_num_tokens, c.max_matching_ngram_size)
-        step = a.new_tokens
-        a.new_tokens += 1
-        if a.beams is not None:
-            return a._advance_beams(logits, rows, step, codec)
-        return a._advance_sequences(logits, rows, step)
+                    self.speculation = Speculation(c.prompt_lookup_num_tokens, c.max_matching_ngram_size)
+        step = self.new_tokens
+        self.new_tokens += 1
+        if self.beams is not None:
+            return self._advance_beams(logits, rows, step, codec)
+        return self._advance_sequences(logits, rows, step)
 
     def _choose(self, logits: np.ndarray, histories: list[list[int]], step: int, proposal: int | None = None):
         """(tokens [rows], their logprobs or Nones) for logits [rows, vocab], as a plain step
@@ -70,16 +69,15 @@ class Active:
         return tokens, top_logprobs(raw, tokens, c.logprobs) if c.logprobs else [None] * len(tokens)
 
     def _advance_sequences(self, logits: np.ndarray, rows: list[int], step: int) -> list[int]:
-        a = self
-        tokens, logprobs = a._choose(logits, a.histories, step)
+        tokens, logprobs = self._choose(logits, self.histories, step)
         kept, histories, slots, next_tokens = [], [], [], []
-        for r, (slot, token) in enumerate(zip(a.slots, tokens.tolist())):
-            if a._emit(slot, token, step, logprobs[r]) is None:
+        for r, (slot, token) in enumerate(zip(self.slots, tokens.tolist())):
+            if self._emit(slot, token, step, logprobs[r]) is None:
                 kept.append(rows[r])
-                histories.append(a.histories[r] + [token])
+                histories.append(self.histories[r] + [token])
                 slots.append(slot)
                 next_tokens.append(token)
-        a.histories, a.slots, a.next_tokens = histories, slots, next_tokens
+        self.histories, self.slots, self.next_tokens = histories, slots, next_tokens
         return kept
 
     def verify(self, logits: np.ndarray, proposal: list[int]) -> int | None:
@@ -87,48 +85,46 @@ class Active:
         Each position's token is chosen as a plain step would choose it; proposals are kept
         while they agree. Returns how many were kept (the row's cache keeps their positions),
         or None when the sequence ended."""
-        a = self
-        history = a.histories[0]
+        history = self.histories[0]
         for j, position in enumerate(logits):
-            step = a.new_tokens
-            a.new_tokens += 1
-            tokens, logprobs = a._choose(position[None], [history], step, proposal[j] if j < len(proposal) else None)
+            step = self.new_tokens
+            self.new_tokens += 1
+            tokens, logprobs = self._choose(position[None], [history], step, proposal[j] if j < len(proposal) else None)
             token = int(tokens[0])
             history = history + [token]
-            if a._emit(a.slots[0], token, step, logprobs[0]) is not None:
+            if self._emit(self.slots[0], token, step, logprobs[0]) is not None:
                 return None
             if j == len(proposal) or token != proposal[j]:
                 break
         accepted = j  # proposals kept: the cache already holds them after the pending token
-        a.speculation.update(len(proposal), accepted)
-        a.histories, a.next_tokens = [history], [token]
+        self.speculation.update(len(proposal), accepted)
+        self.histories, self.next_tokens = [history], [token]
         return accepted
 
     def _emit(self, slot: int, token: int, step: int, logprob) -> str | None:
         """Send one chosen token of a sequence to the caller; its finish reason, if it ends there."""
-        a, request = self, self.request
-        text, hit_stop_string = a.streams[slot].push(token)
+        request = self.request
+        text, hit_stop_string = self.streams[slot].push(token)
         reason = FINISH_STOP if token in request.processors.stop_token_ids else FINISH_STOP_STRING if hit_stop_string else None
         if reason is None and step + 1 == request.config.max_new_tokens:
             reason = FINISH_LENGTH
         if reason in (FINISH_STOP, FINISH_LENGTH):
-            text += a.streams[slot].finish()
+            text += self.streams[slot].finish()
         request.on_event(Event(slot, (token,), text, reason, None if logprob is None else (logprob,)))
         return reason
 
     def _advance_beams(self, logits: np.ndarray, rows: list[int], step: int, codec: TextCodec) -> list[int]:
-        a = self
-        request, c = a.request, a.request.config
-        scores = request.processors(log_softmax(logits), a.histories, step)  # [beams, vocab]
+        request, c = self.request, self.request.config
+        scores = request.processors(log_softmax(logits), self.histories, step)  # [beams, vocab]
         stop_ids = np.array(request.processors.stop_token_ids, np.int64)
-        parents, tokens = a.beams.step(scores, a.histories, stop_ids, step + 1 == c.max_new_tokens)
+        parents, tokens = self.beams.step(scores, self.histories, stop_ids, step + 1 == c.max_new_tokens)
         request.clock.mark()
-        if a.beams.done:
+        if self.beams.done:
             stop_set = set(request.processors.stop_token_ids)
-            for j, (ids, _) in enumerate(a.beams.best(c.num_return_sequences)):
+            for j, (ids, _) in enumerate(self.beams.best(c.num_return_sequences)):
                 reason = FINISH_STOP if ids and ids[-1] in stop_set else FINISH_LENGTH
                 request.on_event(Event(j, tuple(ids), codec.decode(ids), reason))
             return []
-        a.histories = [a.histories[p] + [int(t)] for p, t in zip(parents, tokens)]
-        a.next_tokens = [int(t) for t in tokens]
+        self.histories = [self.histories[p] + [int(t)] for p, t in zip(parents, tokens)]
+        self.next_tokens = [int(t) for t in tokens]
         return [rows[p] for p in parents]
