@@ -155,10 +155,10 @@ def run_speculative_report(checkpoint: Path | None, out: Path, smoke: bool = Fal
     from .speed import machine
 
     threads = threads or default_threads()
-    _, label, learned = quality_model(source, smoke, train_minutes)
+    learned_checkpoint, label, learned = quality_model(source, smoke, train_minutes)
     architecture = (checkpoint or default_checkpoint(smoke)).resolve()
     full = export_model(str(architecture), _work_dir(architecture) / "gpt2-onnx", quantize=QUANTIZED, force=True, check=False)
-    doc = run_speculative(learned, full, threads, smoke=smoke)
+    doc = run_speculative(learned_checkpoint, learned, full, threads, _work_dir(learned_checkpoint), smoke=smoke)
     doc["machine"], doc["command"], doc["learned_model"] = machine(threads), _command(), label
     _write(out, "speculative", doc, speculative_markdown(doc))
     return doc

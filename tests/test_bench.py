@@ -103,3 +103,40 @@ def test_serve_smoke(tiny_checkpoint, tmp_path):
         assert f"| {name} | {SMOKE_SERVE.levels[-1]} |" in table
     assert table.count("| yes |") + table.count("| **no** |") == (4 if OPTIMUM in doc["servers"] else 3)
     assert (tmp_path / "serve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_speculative_smoke(tiny_checkpoint, tmp_path):
+    """Prompt lookup gives the same tokens as plain decoding on both tasks; the report has
+    tokens per pass, and CTranslate2 INT8 on the same model and prompts when it is installed."""
+    pytest.importorskip("snownlp")
+    from gpt2_onnx.benchmarks.run import run_speculative_report
+
+    doc = run_speculative_report(tiny_checkpoint, tmp_path, smoke=True, threads=1)
+    assert set(doc["tasks"]) == {"input-grounded", "open-ended"}
+    for name, t in doc["tasks"].items():
+        assert t["identical_output"], name
+        assert t["plain_tokens_per_s"] > 0 and t["lookup_tokens_per_s"] > 0 and 1 <= t["tokens_per_pass"] <= doc["k"] + 1, name
+        assert ("ctranslate2_int8_tokens_per_s" in t) == _installed("ctranslate2"), name
+    assert set(doc["verification"]["ms_by_tokens"]) == {"1", "5", str(doc["k"] + 1)}
+    table = (tmp_path / "speculative.md").read_text()
+    assert table.count("| yes |") == 2 and "tokens per pass" in table
+
+
+def test_training_windows_repeat_a_share_of_documents():
+    """`duplicate_share` documents are followed by a copy of themselves (what teaches the small
+    model to copy from its context); windows are cut from the one stream."""
+    from types import SimpleNamespace
+
+    from gpt2_onnx.benchmarks.quality import _blocks
+
+    class Tokenizer:
+        def encode_batch(self, lines, add_special_tokens):
+            return [SimpleNamespace(ids=[int(c) for c in line]) for line in lines]
+
+    lines = [str(n) * 3 for n in range(1, 9)]
+    once = _blocks(Tokenizer(), lines, 0, 9, block=5).ravel().tolist()
+    assert once[:10] == [0, 1, 1, 1, 9, 0, 2, 2, 2, 9] and len(once) == 40
+    twice = _blocks(Tokenizer(), lines, 0, 9, block=10, duplicate_share=1.0).ravel().tolist()
+    assert twice[:10] == [0, 1, 1, 1, 9] * 2 and len(twice) == 80
+    some = _blocks(Tokenizer(), lines * 50, 0, 9, block=5, duplicate_share=0.5).size
+    assert 1.3 * len(once) * 50 < some < 1.7 * len(once) * 50
