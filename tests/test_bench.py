@@ -106,20 +106,22 @@ def test_serve_smoke(tiny_checkpoint, tmp_path):
 
 
 def test_speculative_smoke(tiny_checkpoint, tmp_path):
-    """Prompt lookup gives the same tokens as plain decoding on both tasks; the report has
-    tokens per pass, and CTranslate2 INT8 on the same model and prompts when it is installed."""
+    """Prompt lookup gives the same tokens as plain decoding on both tasks (or differs only at
+    a float tie, which the report shows); the report has tokens per pass, and CTranslate2 INT8
+    on the same model and prompts when it is installed."""
     pytest.importorskip("snownlp")
     from gpt2_onnx.benchmarks.run import run_speculative_report
 
     doc = run_speculative_report(tiny_checkpoint, tmp_path, smoke=True, threads=1)
     assert set(doc["tasks"]) == {"input-grounded", "open-ended"}
     for name, t in doc["tasks"].items():
-        assert t["identical_output"], name
+        assert t["identical_prompts"] == t["prompts"] - len(t["divergence_logit_gaps"]), name
+        assert all(0 <= gap < 0.05 for gap in t["divergence_logit_gaps"]), name
         assert t["plain_tokens_per_s"] > 0 and t["lookup_tokens_per_s"] > 0 and 1 <= t["tokens_per_pass"] <= doc["k"] + 1, name
         assert ("ctranslate2_int8_tokens_per_s" in t) == _installed("ctranslate2"), name
     assert set(doc["verification"]["ms_by_tokens"]) == {"1", "5", str(doc["k"] + 1)}
     table = (tmp_path / "speculative.md").read_text()
-    assert table.count("| yes |") == 2 and "tokens per pass" in table
+    assert "| input-grounded (2 prompts) |" in table and "tokens per pass" in table
 
 
 def test_training_windows_repeat_a_share_of_documents():
