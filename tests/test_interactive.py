@@ -30,23 +30,35 @@ def spawn(*args: str, slow: bool = False) -> tuple[int, int]:
     return pid, fd
 
 
-def read_until(fd: int, marker: bytes | None, timeout: float = 120) -> bytes:
-    """Terminal output up to `marker` (escape sequences removed); None: up to the end."""
+def read_until(fd: int, *markers: bytes, timeout: float = 120) -> bytes:
+    """Terminal output (escape sequences removed) until each marker has appeared, in order;
+    no markers: up to the end. One call for consecutive markers: a read returns whatever the
+    terminal holds, so a later marker may arrive in the same chunk as an earlier one."""
     out, deadline = b"", time.monotonic() + timeout
-    while marker is None or marker not in ESCAPES.sub(b"", out):
+    while not markers or not _in_order(ESCAPES.sub(b"", out), markers):
         ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
         if not ready:
-            raise AssertionError(f"no {marker!r} within {timeout} s; the terminal showed {out!r}")
+            raise AssertionError(f"no {markers!r} within {timeout} s; the terminal showed {out!r}")
         try:
             chunk = os.read(fd, 4096)
         except OSError:  # EIO: the child has exited and closed the terminal
             chunk = b""
         if not chunk:
-            if marker is None:
+            if not markers:
                 break
-            raise AssertionError(f"the CLI ended before {marker!r}; the terminal showed {out!r}")
+            raise AssertionError(f"the CLI ended before {markers!r}; the terminal showed {out!r}")
         out += chunk
     return ESCAPES.sub(b"", out)
+
+
+def _in_order(text: bytes, markers: tuple[bytes, ...]) -> bool:
+    position = 0
+    for marker in markers:
+        found = text.find(marker, position)
+        if found < 0:
+            return False
+        position = found + len(marker)
+    return True
 
 
 def exit_code(pid: int) -> int:
@@ -58,8 +70,9 @@ def test_ctrl_c_cancels_the_answer_and_returns_to_the_prompt(tiny_model):
     pid, fd = spawn("--model", str(tiny_model), "--max-new-tokens", "60", "--min-new-tokens", "60", "--no-do-sample", slow=True)
     shown = read_until(fd, b"> ")
     os.write(fd, "这是\r".encode())
-    shown += read_until(fd, "这是\r\n".encode())
-    answer = os.read(fd, 4096)  # the first streamed piece(s)
+    echoed = read_until(fd, "这是\r\n".encode())  # may hold the first streamed piece(s) already
+    shown += echoed
+    answer = echoed.split("这是\r\n".encode(), 1)[1] or os.read(fd, 4096)  # the first streamed piece(s)
     os.write(fd, b"\x03")
     answer = ESCAPES.sub(b"", answer + read_until(fd, b"> ")).decode()
     shown += answer.encode()
@@ -73,7 +86,7 @@ def test_ctrl_c_cancels_the_answer_and_returns_to_the_prompt(tiny_model):
     shown += second.encode()
     assert generator.generate("今天", **options).text + "\r\n" in second
     os.write(fd, b"\x04")  # Ctrl-D: quit
-    shown += read_until(fd, None)
+    shown += read_until(fd)
     assert exit_code(pid) == 0
     assert b"Traceback" not in shown
 
@@ -85,7 +98,7 @@ def test_line_editing_history_and_ctrl_c_twice(tiny_model):
     def prompt_of_answer(keys: bytes) -> str:
         nonlocal shown
         os.write(fd, keys)
-        out = read_until(fd, b'"prompt"') + read_until(fd, b"> ")
+        out = read_until(fd, b'"prompt"', b"> ")
         shown += out
         line = next(line for line in out.decode().split("\r\n") if '"prompt"' in line)
         return json.loads(line[line.index("{"):])["prompt"]
@@ -96,9 +109,9 @@ def test_line_editing_history_and_ctrl_c_twice(tiny_model):
     # the next key, as no typist is fast enough to notice, so the test pauses as a person would
     time.sleep(1)
     os.write(fd, b"\x03")
-    shown += read_until(fd, b"Ctrl-C again") + read_until(fd, b"> ")
+    shown += read_until(fd, b"Ctrl-C again", b"> ")
     time.sleep(1)
     os.write(fd, b"\x03")
-    shown += read_until(fd, None)
+    shown += read_until(fd)
     assert exit_code(pid) == 0
     assert b"Traceback" not in shown
