@@ -22,6 +22,9 @@ from .metrics import Metrics
 from .openai_api import ApiError, Choice, Job, option_error
 
 
+_GONE = object()  # queued when the client disconnects
+
+
 class ClientGone(Exception):
     """The client disconnected before its answer was complete."""
 
@@ -58,6 +61,7 @@ class Call:
     started: set[int] = field(default_factory=set)  # requests with a first token
     cancelled: set[int] = field(default_factory=set)
     remaining: int = 0  # choices not finished (event loop)
+    watching: bool = False  # `gone` puts _GONE into the queue when it completes
 
     @property
     def prompt_tokens(self) -> int:
@@ -65,12 +69,13 @@ class Call:
 
     async def next(self, gone: asyncio.Future) -> tuple[int, Event]:
         """The next (choice index, event); ClientGone if `gone` completes first."""
-        get = asyncio.ensure_future(self.queue.get())
-        done, _ = await asyncio.wait({get, gone}, return_when=asyncio.FIRST_COMPLETED)
-        if get not in done:
-            get.cancel()
+        if not self.watching:  # once per call, not a task and a wait per token
+            gone.add_done_callback(lambda _: self.queue.put_nowait(_GONE))
+            self.watching = True
+        item = await self.queue.get()
+        if item is _GONE:
             raise ClientGone
-        index, event = get.result()
+        index, event = item
         choice = self.choices[index]
         choice.text += event.text
         choice.tokens += len(event.tokens)

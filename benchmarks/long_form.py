@@ -35,15 +35,14 @@ def long_form(gen: Generator, reps: int, new_tokens: int = 4096, short_tokens: i
     short = [gen.generate_ids(prompt, max_new_tokens=short_tokens, **GREEDY).timings.decode_tokens_per_s for _ in range(reps)]
     long = [gen.generate_ids(prompt, max_new_tokens=new_tokens, context_overflow="slide", **GREEDY).timings.decode_tokens_per_s
             for _ in range(max(1, reps // 2))]
-    return {"new_tokens": new_tokens, "short_form_tokens": short_tokens,
-            "short_form_decode_tokens_per_s": statistics.median(short),
-            "long_form_decode_tokens_per_s": statistics.median(long),
-            "ratio": statistics.median(long) / statistics.median(short)}
+    short_rate, long_rate = statistics.median(short), statistics.median(long)
+    return {"new_tokens": new_tokens, "short_form_tokens": short_tokens, "short_form_decode_tokens_per_s": short_rate,
+            "long_form_decode_tokens_per_s": long_rate, "ratio": long_rate / short_rate}
 
 
-def prefix_cache(model_dir: Path, precision: str, threads: int, reps: int, budget_mb: float = 64,
+def prefix_cache(cold: Generator, model_dir: Path, precision: str, threads: int, reps: int, budget_mb: float = 64,
                  prompt_tokens: int = 768, shared_tokens: int = 704) -> dict:
-    cold = Generator.load(model_dir, precision=precision, threads=threads)
+    """`cold`: a Generator of the model without a prefix cache; one with it is loaded here."""
     warm = Generator.load(model_dir, precision=precision, threads=threads, prefix_cache_mb=budget_mb)
     scale = min(1.0, cold.manifest.architecture.n_positions * 0.75 / prompt_tokens)  # the smoke run's tiny model
     prompt_tokens, shared_tokens = int(prompt_tokens * scale), int(shared_tokens * scale)
@@ -61,20 +60,20 @@ def prefix_cache(model_dir: Path, precision: str, threads: int, reps: int, budge
     cold_s = [ttft(cold, shared + tail) for tail in tails[1:]]
     warm_s = [ttft(warm, shared + tail) for tail in tails[1:]]
     stats = warm.prefix_cache.stats()
+    cold_ttft, warm_ttft = statistics.median(cold_s), statistics.median(warm_s)
     return {"prompt_tokens": prompt_tokens, "shared_tokens": shared_tokens,
-            "cold_ttft_ms": statistics.median(cold_s) * 1e3, "warm_ttft_ms": statistics.median(warm_s) * 1e3,
-            "ratio": statistics.median(warm_s) / statistics.median(cold_s),
+            "cold_ttft_ms": cold_ttft * 1e3, "warm_ttft_ms": warm_ttft * 1e3, "ratio": warm_ttft / cold_ttft,
             "cache_bytes": stats.bytes, "budget_bytes": stats.budget_bytes, "hit_tokens": stats.hit_tokens}
 
 
 def run_long_form(model_dir: Path, threads: int, reps: int = 5, precision: str = "int8") -> dict:
     gen = Generator.load(model_dir, precision=precision, threads=threads)
     return {"precision": precision, "threads": threads, "long_form": long_form(gen, reps),
-            "prefix_cache": prefix_cache(model_dir, precision, threads, reps)}
+            "prefix_cache": prefix_cache(gen, model_dir, precision, threads, reps)}
 
 
-def long_form_markdown(doc: dict, command: str, machine: dict) -> str:
-    lf, pc = doc["long_form"], doc["prefix_cache"]
+def long_form_markdown(doc: dict) -> str:
+    lf, pc, command, machine = doc["long_form"], doc["prefix_cache"], doc["command"], doc["machine"]
     return "\n".join([
         "# Long-form generation and the prefix cache", "",
         f"Command: `{command}`  ", f"Machine: {machine['cpu']} ({machine.get('isa', '?')}), {doc['threads']} threads; "

@@ -71,18 +71,17 @@ def run_kernels_report(checkpoint: Path | None, out: Path, smoke: bool = False, 
 
 def run_long_form_report(checkpoint: Path | None, out: Path, smoke: bool = False, threads: int | None = None) -> dict:
     """Long-form generation and the prefix cache (`long_form`); writes long_form.json and long_form.md."""
-    from gpt2_onnx.export import export_model
     from gpt2_onnx.session import default_threads
 
+    from .engines import _ours_prepare
     from .long_form import long_form_markdown, run_long_form
     from .speed import machine
 
     threads = threads or default_threads()
     checkpoint = (checkpoint or default_checkpoint(smoke)).resolve()
-    model_dir = export_model(str(checkpoint), _work_dir(checkpoint) / "gpt2-onnx", quantize=QUANTIZED, force=True, check=False)
-    doc = run_long_form(model_dir, threads, reps=1 if smoke else 5)
+    doc = run_long_form(_ours_prepare(checkpoint, _work_dir(checkpoint)), threads, reps=1 if smoke else 5)
     doc["machine"], doc["command"] = machine(threads), _command()
-    _write(out, "long_form", doc, long_form_markdown(doc, doc["command"], doc["machine"]))
+    _write(out, "long_form", doc, long_form_markdown(doc))
     return doc
 
 
@@ -148,16 +147,16 @@ def run_speculative_report(checkpoint: Path | None, out: Path, smoke: bool = Fal
                            source: str | None = None, train_minutes: float | None = None) -> dict:
     """Prompt lookup on the quality model (acceptance needs learned weights) and the cost of a
     verification pass on the full-size architecture; writes speculative.json and .md."""
-    from gpt2_onnx.export import export_model
     from gpt2_onnx.session import default_threads
 
+    from .engines import _ours_prepare
     from .speculative import run_speculative, speculative_markdown
     from .speed import machine
 
     threads = threads or default_threads()
     learned_checkpoint, label, learned = quality_model(source, smoke, train_minutes)
     architecture = (checkpoint or default_checkpoint(smoke)).resolve()
-    full = export_model(str(architecture), _work_dir(architecture) / "gpt2-onnx", quantize=QUANTIZED, force=True, check=False)
+    full = _ours_prepare(architecture, _work_dir(architecture))
     doc = run_speculative(learned_checkpoint, learned, full, threads, _work_dir(learned_checkpoint), smoke=smoke)
     doc["machine"], doc["command"], doc["learned_model"] = machine(threads), _command(), label
     _write(out, "speculative", doc, speculative_markdown(doc))

@@ -42,17 +42,20 @@ OURS_BATCHING, OURS_SERIAL, OPTIMUM = "gpt2-onnx serve (continuous batching)", "
 # --- prompts and the offline reference ----------------------------------------------------------
 
 
-def prompt_texts(gen: Generator, count: int, tokens: int, seed: int) -> list[str]:
-    """`count` different texts of exactly `tokens` ids each (prefix included): single CJK
-    characters from the vocabulary, one id each in a BERT-Chinese tokenizer."""
+def cjk_characters(gen: Generator) -> list[str]:
+    """The vocabulary's single CJK characters (one id each in a BERT-Chinese tokenizer)."""
+    return [t for t in (gen.codec.decode([i]) for i in range(gen.manifest.architecture.vocab_size))
+            if len(t) == 1 and "\u4e00" <= t <= "\u9fff"]
+
+
+def prompt_texts(gen: Generator, chars: list[str], count: int, tokens: int, seed: int) -> list[str]:
+    """`count` different texts of exactly `tokens` ids each (prefix included), drawn from `chars`."""
     prefix = len(gen.manifest.conventions.prompt_prefix_ids)
-    chars = [t for t in (gen.codec.decode([i]) for i in range(gen.manifest.architecture.vocab_size))
-             if len(t) == 1 and "\u4e00" <= t <= "\u9fff"]
     rng = np.random.default_rng(seed)
     texts = ["".join(rng.choice(chars, tokens - prefix)) for _ in range(count)]
     for text in texts:
-        if len(gen.encode(text)) != tokens:
-            raise ValueError(f"a {tokens}-token prompt encodes to {len(gen.encode(text))} ids; the serve benchmark "
+        if (n := len(gen.encode(text))) != tokens:
+            raise ValueError(f"a {tokens}-token prompt encodes to {n} ids; the serve benchmark "
                              "needs a BERT-Chinese (uer) tokenizer, where a CJK character is one id")
     return texts
 
@@ -213,12 +216,13 @@ def run_serve(checkpoint: Path, work: Path, spec: ServeSpec, threads: int, log=p
 
     model_dir = export_model(str(checkpoint), work / "serve-gpt2-onnx", quantize=("int8",), force=True, check=False)
     gen = Generator.load(model_dir, precision="int8", threads=threads)
-    per_level = [prompt_texts(gen, n * spec.requests_per_client, spec.prompt_tokens, seed=n) for n in spec.levels]
-    warmup = prompt_texts(gen, max(spec.levels), spec.prompt_tokens, seed=0)
-    beside_long = prompt_texts(gen, 2 * spec.itl_level, spec.prompt_tokens, seed=2000)  # unseen: no prefix-cache hits
-    long_prompt = prompt_texts(gen, 1, spec.long_prompt_tokens, seed=900)[0]
+    chars = cjk_characters(gen)
+    per_level = [prompt_texts(gen, chars, n * spec.requests_per_client, spec.prompt_tokens, seed=n) for n in spec.levels]
+    warmup = prompt_texts(gen, chars, max(spec.levels), spec.prompt_tokens, seed=0)
+    beside_long = prompt_texts(gen, chars, 2 * spec.itl_level, spec.prompt_tokens, seed=2000)  # unseen: no prefix-cache hits
+    long_prompt = prompt_texts(gen, chars, 1, spec.long_prompt_tokens, seed=900)[0]
     log("measuring the offline reference (Generator)")
-    reference = offline(gen, spec, prompt_texts(gen, spec.target_level, spec.prompt_tokens, seed=1000), long_prompt)
+    reference = offline(gen, spec, prompt_texts(gen, chars, spec.target_level, spec.prompt_tokens, seed=1000), long_prompt)
     prefix_ids = json.dumps(list(gen.manifest.conventions.prompt_prefix_ids))
     del gen  # its sessions and threads are not needed beside the servers
 

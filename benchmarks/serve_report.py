@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .report import _fmt
 from .serve_bench import OPTIMUM, OURS_BATCHING
 
 
@@ -22,10 +23,6 @@ def targets(doc: dict) -> list[tuple[str, float | None, float | None, str]]:
     ]
 
 
-def _cell(value, digits=1) -> str:
-    return "–" if value is None else f"{value:,.{digits}f}"
-
-
 def serve_markdown(doc: dict) -> str:
     spec, ref, m, lp = doc["spec"], doc["offline"], doc["machine"], doc["long_prompt"]
     lines = [
@@ -40,20 +37,20 @@ def serve_markdown(doc: dict) -> str:
     ]
     for name, levels in doc["servers"].items():
         for n, r in levels.items():
-            cells = [_cell(r["tokens_per_s"]), *(_cell(r[k]) for k in ("ttft_p50_ms", "ttft_p99_ms", "itl_p50_ms", "itl_p99_ms")),
-                     _cell(r["chunks_per_token"], 2), str(len(r["errors"]))]
+            cells = [_fmt(r["tokens_per_s"]), *(_fmt(r[k]) for k in ("ttft_p50_ms", "ttft_p99_ms", "itl_p50_ms", "itl_p99_ms")),
+                     _fmt(r["chunks_per_token"], 2), str(len(r["errors"]))]
             lines.append(f"| {name} | {n} | " + " | ".join(cells) + " |")
     lines += ["", f"Offline reference (`Generator.generate_ids`, no server, medians of {spec['offline_reps']}): batch-1 step "
               f"{ref['step_ms']:.2f} ms; batch-{ref['batch']} {ref['batch_tokens_per_s']:,.0f} tok/s; a {spec['long_prompt_tokens']}-token "
               f"prefill {ref['long_prefill_ms']:.1f} ms = {ref['prefill_chunk_ms']:.1f} ms per {spec['prefill_chunk']}-token chunk."]
     if lp:
         lines += ["", f"A {spec['long_prompt_tokens']}-token prompt arriving among {lp['clients']} streams: their p99 inter-token "
-                  f"{_cell(lp['itl_p99_without_ms'])} ms without it, {_cell(lp['itl_p99_with_ms'])} ms with it; "
-                  f"its own time to first token {_cell(lp['long_prompt_ttft_ms'])} ms."]
+                  f"{_fmt(lp['itl_p99_without_ms'])} ms without it, {_fmt(lp['itl_p99_with_ms'])} ms with it; "
+                  f"its own time to first token {_fmt(lp['long_prompt_ttft_ms'])} ms."]
     lines += ["", "| target | measured | bound | met |", "|---|---|---|---|"]
     for what, value, bound, op in targets(doc):
         met = "–" if value is None or bound is None else ("yes" if (value >= bound if op == "≥" else value <= bound) else "**no**")
-        lines.append(f"| {what} | {_cell(value)} | {op} {_cell(bound)} | {met} |")
+        lines.append(f"| {what} | {_fmt(value)} | {op} {_fmt(bound)} | {met} |")
     lines += [f"- skipped {name}: {why}" for name, why in doc["skipped"].items()]
     return "\n".join(lines) + "\n"
 

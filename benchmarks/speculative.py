@@ -73,6 +73,7 @@ def peer_seconds(checkpoint: Path, work: Path, threads: int, prompt_ids: list[li
     same checkpoint; None when it is not installed."""
     from .engines import BY_NAME
     from .speed import _importable
+    from .worker import _median_time
 
     engine = BY_NAME["ctranslate2 int8"]
     if not _importable(engine.requires):
@@ -81,12 +82,7 @@ def peer_seconds(checkpoint: Path, work: Path, threads: int, prompt_ids: list[li
     seconds = []
     for ids in prompt_ids:
         generate([ids], new_tokens)  # warm-up at this length
-        times = []
-        for _ in range(reps):
-            start = time.perf_counter()
-            generate([ids], new_tokens)
-            times.append(time.perf_counter() - start)
-        seconds.append(statistics.median(times))
+        seconds.append(_median_time(lambda: generate([ids], new_tokens), reps))
     return seconds
 
 

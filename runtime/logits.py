@@ -112,9 +112,19 @@ def sampling_candidates(
 
 
 def _sample_row(row: np.ndarray, config: GenerationConfig, rng: np.random.Generator) -> int:
+    return draw(*candidate_probs(row, config), rng)
+
+
+def candidate_probs(row: np.ndarray, config: GenerationConfig, dtype=None) -> tuple[np.ndarray | None, np.ndarray]:
+    """(candidate ids, or None for the whole vocabulary; their unnormalised probabilities) of
+    processed logits [vocab] after temperature, top-k and top-p."""
     ids, logits = sampling_candidates(row, config.top_k, config.top_p, config.temperature)
     finite = np.isfinite(logits)
-    probs = np.exp(logits - logits[finite].max(), where=finite, out=np.zeros_like(logits))
+    return ids, np.exp(logits - logits[finite].max(), where=finite, out=np.zeros_like(logits, dtype=dtype))
+
+
+def draw(ids: np.ndarray | None, probs: np.ndarray, rng: np.random.Generator) -> int:
+    """One id drawn in proportion to `probs` (as `candidate_probs` gives them)."""
     choice = int(np.searchsorted(np.cumsum(probs), rng.random() * probs.sum(), side="right"))
     choice = min(choice, len(probs) - 1)
     return int(choice if ids is None else ids[choice])

@@ -204,7 +204,9 @@ class Decoder:
         """Rows [first, first + k) of the cache each take `seq` more tokens, ids [k, seq], after
         their filled positions → logits of the last position [k, vocab] (or of every new one,
         [k, seq, vocab], to verify proposed tokens); their lengths grow by seq. Decode calls
-        (first 0: the decoding rows) keep their binding while the rows' count holds."""
+        (first 0, one token or every position: decode steps and verification passes) keep
+        their binding while the rows' count holds; a prompt's call binds afresh (its length
+        varies, and a binding kept per length would live as long as the cache)."""
         k, seq = ids.shape
         width = max(k, self.min_rows) if seq == 1 else k  # several tokens are several rows to the kernels already
         lengths = np.zeros(width, np.int64)
@@ -213,7 +215,7 @@ class Decoder:
         keep = seq if every_position else 1
         # onnxruntime's GroupQueryAttention: "batch_size must be 1 when sequence_length > 1 and past context is given"
         assert seq == 1 or k == 1 or not lengths.any(), "several tokens after a past: one row per call"
-        if first == 0:
+        if first == 0 and (seq == 1 or every_position):
             call = cache.decode_calls.get((width, seq, keep))
             if call is None:
                 call = cache.decode_calls[width, seq, keep] = _BoundCall(self, [b[:width] for b in cache.full], seq, keep)

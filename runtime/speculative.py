@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .logits import sampling_candidates
+from .logits import candidate_probs, draw
 from .options import GenerationConfig
 
 MISSES_BEFORE_PAUSE = 4  # verifications in a row with nothing accepted
@@ -88,9 +88,7 @@ class Speculation:
 def verify_sample(scores: np.ndarray, config: GenerationConfig, rng: np.random.Generator, proposal: int) -> int:
     """Speculative sampling with a one-point draft: `proposal` with probability p(proposal),
     else a draw from p without it; `scores` [vocab] are the processed logits."""
-    ids, logits = sampling_candidates(scores, config.top_k, config.top_p, config.temperature)
-    finite = np.isfinite(logits)
-    probs = np.exp(logits - logits[finite].max(), where=finite, out=np.zeros_like(logits, dtype=np.float64))
+    ids, probs = candidate_probs(scores, config, np.float64)
     probs /= probs.sum()
     where = np.flatnonzero((ids if ids is not None else np.arange(len(probs))) == proposal)
     p = float(probs[where[0]]) if len(where) else 0.0
@@ -98,6 +96,4 @@ def verify_sample(scores: np.ndarray, config: GenerationConfig, rng: np.random.G
         return proposal
     if len(where):
         probs[where[0]] = 0.0
-    choice = int(np.searchsorted(np.cumsum(probs), rng.random() * probs.sum(), side="right"))
-    choice = min(choice, len(probs) - 1)
-    return int(choice if ids is None else ids[choice])
+    return draw(ids, probs, rng)
