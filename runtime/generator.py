@@ -94,11 +94,8 @@ class Generator:
         codec = TextCodec.from_file(tokenizer, manifest.conventions)
         if isinstance(prefix_cache_mb, bool) or not isinstance(prefix_cache_mb, (int, float)) or not prefix_cache_mb >= 0:
             raise GenerationOptionError(f"prefix_cache_mb must be a number ≥ 0, got {prefix_cache_mb!r}")
-        if prefix_cache_mb and precision in BY_NAME and not BY_NAME[precision].shape_exact:
-            raise GenerationOptionError(
-                f"the prefix cache needs a precision whose logits do not depend on how a prompt is split "
-                f"({', '.join(p.name for p in BY_NAME.values() if p.shape_exact)}); {precision} is not"
-            )
+        if prefix_cache_mb:
+            _require_shape_exact(precision, "the prefix cache needs a precision whose logits do not depend on how a prompt is split")
         min_rows = BY_NAME[precision].min_call_rows if precision in BY_NAME else 1
         decoder = Decoder(create_session(graph_path, threads), manifest.architecture, min_rows)
         cache = PrefixCache(PREFIX_BLOCK_TOKENS, int(prefix_cache_mb * 2**20)) if prefix_cache_mb else None
@@ -201,11 +198,8 @@ class Generator:
             if any(t >= vocab for t in seq):
                 raise GenerationOptionError(f"{name} holds an id ≥ the vocabulary size {vocab}: {seq}")
         processors = Processors(config, tuple(stop_ids), tuple(b for b in bad if b))
-        if config.prompt_lookup_num_tokens and self.precision in BY_NAME and not BY_NAME[self.precision].shape_exact:
-            raise GenerationOptionError(
-                f"prompt_lookup_num_tokens needs a precision whose logits for one token and for several agree "
-                f"({', '.join(p.name for p in BY_NAME.values() if p.shape_exact)}); {self.precision} is not"
-            )
+        if config.prompt_lookup_num_tokens:
+            _require_shape_exact(self.precision, "prompt_lookup_num_tokens needs a precision whose logits for one token and for several agree")
         prefix = list(conventions.prompt_prefix_ids)
         prefix_len = len(prefix) if ids[: len(prefix)] == prefix else 0
         return Request(ids, config, processors, np.random.default_rng(config.seed), on_event, prefix_len=prefix_len)
@@ -231,3 +225,10 @@ class Generator:
                 "lower max_new_tokens" + (", or pass truncate='left'" if room >= 1 else "")
             )
         return ids[:prefix] + ids[len(ids) - room:]
+
+
+def _require_shape_exact(precision: str, needs: str) -> None:
+    """Refuse a feature (`needs`: what it needs, as a sentence start) for a precision whose
+    logits depend on how many tokens a call carries."""
+    if precision in BY_NAME and not BY_NAME[precision].shape_exact:
+        raise GenerationOptionError(f"{needs} ({', '.join(p.name for p in BY_NAME.values() if p.shape_exact)}); {precision} is not")
