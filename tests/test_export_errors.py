@@ -10,7 +10,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import stat
 import subprocess
 import sys
@@ -21,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from gpt2_onnx.apps.cli import main
+from gpt2_onnx.benchmarks.serve_bench import free_port
 from gpt2_onnx.errors import SourceError
 
 
@@ -327,12 +327,6 @@ def test_concurrent_first_uses_of_a_hub_id_export_once(tmp_path, tiny_checkpoint
     assert no_leftovers(tmp_path / "cache")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class _NotFoundHub(http.server.BaseHTTPRequestHandler):
     """Answers like the hub does for a repository that does not exist."""
 
@@ -374,7 +368,7 @@ def test_unknown_hub_id(tmp_path):
 
 @pytest.mark.parametrize("mode", ["unreachable", "offline"])
 def test_no_network(tmp_path, mode):
-    env = {"HF_ENDPOINT": f"http://127.0.0.1:{_free_port()}"} if mode == "unreachable" else {"HF_HUB_OFFLINE": "1"}
+    env = {"HF_ENDPOINT": f"http://127.0.0.1:{free_port()}"} if mode == "unreachable" else {"HF_HUB_OFFLINE": "1"}
     proc = run_export_subprocess(["uer/gpt2-distil-chinese-cluecorpussmall", str(tmp_path / "out")], env, tmp_path)
     assert_one_line_error(proc.returncode, proc.stderr, "cannot download", "no network", "--local-dir")
     assert not (tmp_path / "out").exists()

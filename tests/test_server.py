@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import random
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -16,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
 import pytest
+from gpt2_onnx.benchmarks.serve_bench import free_port
 from slow_cli import cli_code
 
 openai = pytest.importorskip("openai")
@@ -26,17 +26,11 @@ KEY = "test-key"
 MODEL = "tiny"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextmanager
 def running_server(model, *args: str, slow: bool = False):
     """A `gpt2-onnx serve` child on a free loopback port, up once /health says ok: its base URL
     and the process."""
-    port = _free_port()
+    port = free_port()
     code = cli_code(slow)
     command = [sys.executable, "-c", code, "serve", "--model", str(model), "--model-name", MODEL, "--port", str(port),
                "--api-key", KEY, "--threads", "1", *args]
