@@ -31,14 +31,8 @@ from .errors import ContextLengthError
 from .prefix_cache import PrefixCache
 from .requests import FINISH_CANCELLED, FINISH_ERROR, FINISH_LENGTH, Event, Request
 from .sequences import Active
-from .session import Decoder, KVBuffer
+from .session import CONTINUING_ROWS, Decoder, KVBuffer
 from .text import TextCodec
-
-# proposals are verified only while one row decodes: onnxruntime's GroupQueryAttention takes
-# several new tokens after a past for one row per call, and in a batch, where a pass is
-# compute-bound, a second pass per speculating row would cost more than it saves
-SPECULATION_MAX_ROWS = 1
-
 
 
 @dataclass(frozen=True)
@@ -153,15 +147,15 @@ class Engine:
         entering = self._prefill()  # (request, its row, logits [1, vocab]) whose prompt is complete
         keep: list[int] = []
         decoding = []
-        for active, rows, scores, proposal, verified in [*self._decode(), *((*e, None, None) for e in entering)]:
+        for active, rows, logits, proposal in [*self._decode(), *((*e, []) for e in entering)]:
             if proposal:
-                accepted = active.verify(verified, proposal)
+                accepted = active.verify(logits, proposal)
                 kept = [] if accepted is None else rows
                 if accepted is not None:
                     self.cache.lengths[rows[0]] += accepted  # the kept proposals' positions
                     self.proposed_tokens, self.accepted_tokens = self.proposed_tokens + len(proposal), self.accepted_tokens + accepted
             else:
-                kept = active.advance(scores, rows, self.codec)
+                kept = active.advance(logits, rows, self.codec)
             keep += kept
             if kept:
                 decoding.append(active)
@@ -243,9 +237,10 @@ class Engine:
             group = list(itertools.takewhile(lambda a: (a.filled, len(a.request.prompt_ids)) == point, self.prefilling))
             left = point[1] - point[0]
             take = int(min(left, budget))
-            # several rows only from position 0 (GroupQueryAttention takes several tokens after a past for one row)
-            alone = take < left or (head.filled > 0 and take > 1)
-            group = group[: 1 if alone else int(min(len(group), max(1, budget // left)))]
+            width = 1 if take < left else int(min(len(group), max(1, budget // left)))
+            if head.filled > 0 and take > 1:  # several tokens after a past
+                width = min(width, CONTINUING_ROWS)
+            group = group[:width]
             ids = np.array([a.request.prompt_ids[a.filled:a.filled + take] for a in group], np.int64)
             logits = self.decoder.run(self.cache, row, ids)  # [group, vocab]
             budget -= take * len(group)
@@ -262,14 +257,15 @@ class Engine:
             del self.prefilling[: len(group)]
         return done
 
-    def _decode(self) -> list[tuple[Active, list[int], np.ndarray, list[int] | None]]:
-        """One call for every decoding row, with the proposals of speculating rows after their
-        pending token: (request, its rows, their logits, its proposal) in row order."""
+    def _decode(self) -> list[tuple[Active, list[int], np.ndarray, list[int]]]:
+        """One call for every decoding row, a speculating row's proposal after its pending
+        token: (request, its rows, logits, its proposal) in row order. The logits are the
+        rows' next-token logits [rows, vocab], or with a proposal the [len(proposal) + 1,
+        vocab] that verify it."""
         if not self.decoding:
             return []
         self._slide_full_rows()
         tokens = [t for a in self.decoding for t in a.next_tokens]
-        bases = self.cache.lengths[: len(tokens)].copy()
         proposals = self._proposals(len(tokens))
         seq = 1 + max(map(len, proposals), default=0)
         ids = np.zeros((len(tokens), seq), np.int64)
@@ -279,20 +275,23 @@ class Engine:
             ids[row, 1:1 + len(proposal)] = proposal
             row += len(a.histories)
         logits = self.decoder.run(self.cache, 0, ids, every_position=seq > 1)  # [rows, vocab] or [rows, seq, vocab]
-        self.cache.lengths[: len(tokens)] = bases + 1  # accepted proposals extend a row in _advance
+        if seq > 1:  # rows hold the pending token's position; `step` adds the accepted proposals'
+            self.cache.lengths[: len(tokens)] -= seq - 1
         row = 0
         for a, proposal in zip(self.decoding, proposals):
             width = len(a.histories)
-            rows_logits = logits[row:row + width]
-            out.append((a, list(range(row, row + width)), rows_logits if seq == 1 else rows_logits[:, 0], proposal,
-                        rows_logits[0, : len(proposal) + 1] if proposal else None))
+            rows = logits[row:row + width]
+            out.append((a, list(range(row, row + width)),
+                        rows[0, : len(proposal) + 1] if proposal else rows[:, 0] if seq > 1 else rows, proposal))
             row += width
         return out
 
     def _proposals(self, rows: int) -> list[list[int]]:
         """Each decoding request's proposed tokens ([] for none), within the room every row of
         the call has (capacity) and the request's tokens left."""
-        if rows > SPECULATION_MAX_ROWS or not any(a.speculation for a in self.decoding):
+        # while rows ≤ CONTINUING_ROWS: in a batch, a pass per row costs more than it saves, and
+        # one pass for all rows (another kernel) breaks even only at ~3 tokens kept per pass
+        if rows > CONTINUING_ROWS or not any(a.speculation for a in self.decoding):
             return [[] for _ in self.decoding]
         bound = self.cache.lengths[: max(rows, self.decoder.min_rows)]  # scratch rows write as far
         room = int(self.capacity - bound.max()) - 1

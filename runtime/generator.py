@@ -98,7 +98,7 @@ class Generator:
             _require_shape_exact(precision, "the prefix cache needs a precision whose logits do not depend on how a prompt is split")
         min_rows = BY_NAME[precision].min_call_rows if precision in BY_NAME else 1
         decoder = Decoder(create_session(graph_path, threads), manifest.architecture, min_rows)
-        cache = PrefixCache(PREFIX_BLOCK_TOKENS, int(prefix_cache_mb * 2**20)) if prefix_cache_mb else None
+        cache = PrefixCache(PREFIX_BLOCK_TOKENS, int(prefix_cache_mb * 2**20), manifest.architecture.kv_bytes_per_token) if prefix_cache_mb else None
         return cls(model_dir, manifest, codec, decoder, precision, cache)
 
     def config(self, **options: Any) -> GenerationConfig:

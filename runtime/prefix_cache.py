@@ -34,16 +34,17 @@ class PrefixCacheStats:
 
 
 class PrefixCache:
-    """LRU store of KV blocks; `budget_bytes` bounds the blocks' arrays."""
+    """LRU store of KV blocks of `block_size` tokens; `budget_bytes` bounds the blocks'
+    arrays, `token_bytes` is what one position's keys and values take."""
 
-    def __init__(self, block_size: int, budget_bytes: int):
-        if block_size < 1 or budget_bytes < 0:
-            raise ValueError(f"block_size must be ≥ 1 and budget_bytes ≥ 0, got {block_size}, {budget_bytes}")
+    def __init__(self, block_size: int, budget_bytes: int, token_bytes: int):
+        if block_size < 1 or budget_bytes < 0 or token_bytes < 1:
+            raise ValueError(f"block_size and token_bytes must be ≥ 1 and budget_bytes ≥ 0, got {block_size}, {token_bytes}, {budget_bytes}")
         self.block_size, self.budget_bytes = block_size, budget_bytes
+        self.block_bytes = block_size * token_bytes
         self._blocks: OrderedDict[tuple[int, tuple[int, ...]], tuple[int, np.ndarray]] = OrderedDict()  # key → (id, kv)
         self._next_id = 0
         self._bytes = 0
-        self._block_bytes = 0  # every block has the same size: known after the first
         self._lock = threading.Lock()  # engines of several threads share one cache
         self.hits = self.misses = self.hit_tokens = 0
 
@@ -84,13 +85,9 @@ class PrefixCache:
         keys = [key for key, _ in self._chain(ids, blocks)]
         parent = self._blocks[keys[-1]][0] if keys else ROOT
         for k in range(len(keys), blocks):
-            if self._block_bytes and self._bytes + self._block_bytes > self.budget_bytes \
-                    and not self._evictable(self._block_bytes, keys):
+            if self._bytes + self.block_bytes > self.budget_bytes and not self._evictable(keys):
                 break  # checked before copying the block out of the row
             kv = read(k * self.block_size, (k + 1) * self.block_size)
-            if kv.nbytes > self.budget_bytes:
-                break
-            self._block_bytes = kv.nbytes
             key = (parent, tuple(ids[k * self.block_size:(k + 1) * self.block_size]))
             self._blocks[key] = (self._next_id, kv)
             parent, self._next_id = self._next_id, self._next_id + 1
@@ -99,10 +96,9 @@ class PrefixCache:
             self._touch(keys)
             self._evict()
 
-    def _evictable(self, needed: int, keep: list) -> bool:
-        """Whether dropping blocks outside `keep` frees room for `needed` more bytes."""
-        kept = sum(self._blocks[k][1].nbytes for k in keep)
-        return kept + needed <= self.budget_bytes
+    def _evictable(self, keep: list) -> bool:
+        """Whether dropping blocks outside `keep` frees room for one more block."""
+        return (len(keep) + 1) * self.block_bytes <= self.budget_bytes
 
     def _evict(self) -> None:
         while self._bytes > self.budget_bytes and self._blocks:

@@ -190,10 +190,15 @@ class _BoundCall:
         return self.logits.copy()
 
 
+# onnxruntime's GroupQueryAttention: "batch_size must be 1 when sequence_length > 1 and past
+# context is given" (`gpt2_onnx.benchmarks.batched_verify` measures the kernel that takes more)
+CONTINUING_ROWS = 1  # rows a call takes when they continue a past with several tokens each
+
+
 class Decoder:
     """Runs a variant's `kv_buffer` graph; `*_ids` are token ids, logits float32. A call of one
     token per row binds at least `min_rows` rows (`Precision.min_call_rows`); a call of several
-    tokens after a past takes one row (onnxruntime's GroupQueryAttention allows no more)."""
+    tokens after a past takes at most `CONTINUING_ROWS` rows."""
 
     def __init__(self, session: ort.InferenceSession, architecture: Architecture, min_rows: int = 1):
         self.session, self.architecture, self.min_rows = session, architecture, min_rows
@@ -213,8 +218,7 @@ class Decoder:
         known = cache.lengths[first:first + width]
         lengths[: len(known)] = known
         keep = seq if every_position else 1
-        # onnxruntime's GroupQueryAttention: "batch_size must be 1 when sequence_length > 1 and past context is given"
-        assert seq == 1 or k == 1 or not lengths.any(), "several tokens after a past: one row per call"
+        assert seq == 1 or k <= CONTINUING_ROWS or not lengths.any(), "several tokens after a past: too many rows"
         if first == 0 and (seq == 1 or every_position):
             call = cache.decode_calls.get((width, seq, keep))
             if call is None:

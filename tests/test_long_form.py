@@ -104,3 +104,24 @@ def test_prefix_cache_eviction_and_concurrent_requests(full_model):
     together = shared.generate(many, **options)  # one engine: later prompts hit what earlier ones left
     assert [r.token_ids for r in together] == concurrent[: len(many)]
     assert shared.prefix_cache.stats().hits > 0
+
+
+def test_prefix_cache_keeps_whole_blocks_within_its_budget():
+    """Blocks are `block_size` × `token_bytes`: a block that cannot fit is never copied out of
+    the row, and a prompt stores only the blocks the budget holds (its first ones)."""
+    from gpt2_onnx.prefix_cache import PrefixCache
+
+    reads = []
+
+    def read(start, end):
+        reads.append((start, end))
+        return np.full((2, 1, end - start, 1), start, np.float32)  # 8 bytes a position
+
+    ids = list(range(13))
+    PrefixCache(4, 31, token_bytes=8).insert(ids, read)
+    assert reads == []  # a 32-byte block never fits 31 bytes
+    cache = PrefixCache(4, 2 * 32, token_bytes=8)
+    cache.insert(ids, read)
+    assert reads == [(0, 4), (4, 8)] and cache.stats().bytes == 64
+    assert [kv[0, 0, 0, 0] for kv in cache.lookup(ids)] == [0, 4]
+    assert cache.lookup([99] + ids[1:]) == [] and cache.stats().hits == 1
