@@ -16,10 +16,11 @@ import time
 from dataclasses import dataclass, field
 
 from gpt2_onnx.engine import FINISH_CANCELLED, Engine, Event, Request, Stats
+from gpt2_onnx.errors import GenerationOptionError
 from gpt2_onnx.generator import Generator
 
 from .metrics import Metrics
-from .openai_api import ApiError, Choice, Job, option_error
+from .openai_api import ApiError, Choice, Job, request_error
 
 
 _GONE = object()  # queued when the client disconnects
@@ -59,7 +60,6 @@ class Call:
     submitted: float = field(default_factory=time.perf_counter)
     last_token: dict[tuple[int, int], float] = field(default_factory=dict)  # per (request, slot)
     started: set[int] = field(default_factory=set)  # requests with a first token
-    cancelled: set[int] = field(default_factory=set)
     remaining: int = 0  # choices not finished (event loop)
     watching: bool = False  # `gone` puts _GONE into the queue when it completes
 
@@ -107,10 +107,9 @@ class Call:
             self.last_token[key] = now
         if event.finish_reason:
             self.open_slots[i] -= 1
-            if event.finish_reason == FINISH_CANCELLED and i not in self.cancelled:
-                self.cancelled.add(i)
-                metrics.cancelled.inc()
             if self.open_slots[i] == 0:
+                if event.finish_reason == FINISH_CANCELLED:  # it ends every open sequence: counted once, at the last
+                    metrics.cancelled.inc()
                 self.service.release(1)
         try:
             self.loop.call_soon_threadsafe(self.queue.put_nowait, (i * self.job.n + event.slot, event))
@@ -151,19 +150,17 @@ class Service:
             self.in_flight -= count
 
     def submit(self, job: Job) -> Call:
-        """Build and submit the job's requests: 400 for bad options or a prompt that cannot
-        fit, 429 when the running and waiting limits are full."""
-        generator = self.generator
+        """Build, check and submit the job's requests: 400 for bad options or a prompt that
+        cannot fit (before any is submitted), 429 when the running and waiting limits are full."""
+        generator, call = self.generator, Call(job, self, asyncio.get_running_loop())
         try:
             config = generator.config(**job.options)
-            id_lists = [generator.encode(p) for p in job.prompts]
-        except ValueError as e:  # GenerationOptionError
-            raise option_error(str(e)) from None
-        call = Call(job, self, asyncio.get_running_loop())
-        try:
-            requests = [generator.request(ids, config, lambda e, i=i: call._on_event(i, e)) for i, ids in enumerate(id_lists)]
-        except ValueError as e:  # ContextLengthError: the prompt and max_tokens exceed the context
-            raise ApiError(400, str(e).replace("max_new_tokens", "max_tokens"), "prompt", "context_length_exceeded") from None
+            requests = [generator.request(generator.encode(p), config, lambda e, i=i: call._on_event(i, e))
+                        for i, p in enumerate(job.prompts)]
+            for request in requests:
+                self.engine.check(request)
+        except GenerationOptionError as e:
+            raise request_error(e) from None
         with self._lock:
             if self.in_flight + len(requests) > self.capacity.max_running + self.capacity.max_waiting:
                 self.metrics.rejected.inc()
@@ -173,14 +170,8 @@ class Service:
             self.in_flight += len(requests)
         call.requests, call.open_slots = requests, [job.n] * len(requests)
         call.choices, call.remaining = [Choice() for _ in range(len(requests) * job.n)], len(requests) * job.n
-        for k, request in enumerate(requests):
-            try:
-                self.engine.submit(request)
-            except ValueError as e:  # can never fit this engine (rows or KV budget)
-                for earlier in requests[:k]:
-                    self.engine.cancel(earlier)
-                self.release(len(requests) - k)
-                raise ApiError(400, str(e).replace("max_new_tokens", "max_tokens"), "prompt", "context_length_exceeded") from None
+        for request in requests:
+            self.engine.submit(request)  # checked above: it fits
             self.metrics.requests.inc()
             self.metrics.prompt_tokens.inc(len(request.prompt_ids))
         return call

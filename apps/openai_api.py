@@ -18,6 +18,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from gpt2_onnx.errors import ContextLengthError, GenerationOptionError
 from gpt2_onnx.options import GenerationConfig
 
 DEFAULT_MAX_TOKENS = 16  # OpenAI's default for /v1/completions
@@ -174,15 +175,30 @@ def _content(message: Any, i: int) -> str:
     raise ApiError(400, f"{param} must be a string or a list of text parts, got {content!r}", param, "invalid_type")
 
 
-def option_error(message: str) -> ApiError:
+def _option_error(message: str) -> ApiError:
     """A runtime option error (GenerationOptionError) as a 400 naming the body field."""
     first = re.match(r"[A-Za-z_]*", message).group()  # the runtime's messages start with the option
     param = FIELD_OF_OPTION.get(first, first if first in OPTION_NAMES else None)
-    for option in ("max_new_tokens", "num_return_sequences"):
-        message = message.replace(option, FIELD_OF_OPTION[option])
+    message = _field_names(message)
     if "do_sample" in message:
         message += " (here temperature > 0 means do_sample=True)"
     return ApiError(400, message, param, "invalid_value")
+
+
+def request_error(error: GenerationOptionError) -> ApiError:
+    """A request the runtime refused, as a 400: a prompt that cannot fit (with max_tokens) is
+    `context_length_exceeded` on `prompt`; an error that names its option, on that field."""
+    message = str(error)
+    if isinstance(error, ContextLengthError) and re.match(r"[A-Za-z_]*", message).group() not in OPTION_NAMES:
+        return ApiError(400, _field_names(message), "prompt", "context_length_exceeded")
+    return _option_error(message)
+
+
+def _field_names(message: str) -> str:
+    """The runtime's option names in a message replaced by the body fields that set them."""
+    for option in ("max_new_tokens", "num_return_sequences"):
+        message = message.replace(option, FIELD_OF_OPTION[option])
+    return message
 
 
 # --- writing responses ------------------------------------------------------------------------
@@ -233,8 +249,7 @@ def response(job: Job, model: str, choices: Sequence[Choice], prompt_tokens: int
     for index, choice in enumerate(choices):
         prefix = job.prompts[index // job.n] if job.echo else ""
         bodies.append(_choice_body(job, index, prefix + choice.text, choice.finish_reason, choice.logprobs, len(prefix)))
-    return {"id": ("chatcmpl-" if job.chat else "cmpl-") + job.id, "object": "chat.completion" if job.chat else "text_completion",
-            "created": job.created, "model": model, "choices": bodies,
+    return {**_envelope(job, model, streamed=False), "choices": bodies,
             "usage": usage(prompt_tokens, sum(c.tokens for c in choices))}
 
 
@@ -245,9 +260,7 @@ def chunk(job: Job, model: str, index: int, text: str, reason: str | None, entri
     if job.chat:
         delta = {"role": "assistant", "content": text} if first else {"content": text}
         body = {"index": index, "delta": delta, "logprobs": body["logprobs"], "finish_reason": body["finish_reason"]}
-    out = {"id": ("chatcmpl-" if job.chat else "cmpl-") + job.id,
-           "object": "chat.completion.chunk" if job.chat else "text_completion", "created": job.created, "model": model,
-           "choices": [body]}
+    out = {**_envelope(job, model, streamed=True), "choices": [body]}
     if job.include_usage:
         out["usage"] = None
     return out
@@ -255,6 +268,10 @@ def chunk(job: Job, model: str, index: int, text: str, reason: str | None, entri
 
 def usage_chunk(job: Job, model: str, prompt_tokens: int, completion_tokens: int) -> dict[str, Any]:
     """The last chunk with stream_options.include_usage: no choices, the whole call's usage."""
-    return {"id": ("chatcmpl-" if job.chat else "cmpl-") + job.id,
-            "object": "chat.completion.chunk" if job.chat else "text_completion", "created": job.created, "model": model,
-            "choices": [], "usage": usage(prompt_tokens, completion_tokens)}
+    return {**_envelope(job, model, streamed=True), "choices": [], "usage": usage(prompt_tokens, completion_tokens)}
+
+
+def _envelope(job: Job, model: str, streamed: bool) -> dict[str, Any]:
+    """The fields every response body and chunk of a call share."""
+    kind = ("chat.completion.chunk" if streamed else "chat.completion") if job.chat else "text_completion"
+    return {"id": ("chatcmpl-" if job.chat else "cmpl-") + job.id, "object": kind, "created": job.created, "model": model}

@@ -78,19 +78,28 @@ class Engine:
 
     # --- called from any thread -----------------------------------------------------------
 
-    def submit(self, request: Request) -> None:
-        """Queue a request; refused at once (ContextLengthError) if it could never fit."""
-        need = self._reservation(request)
+    def check(self, request: Request) -> None:
+        """ContextLengthError if the request could never fit this engine: more rows than it
+        decodes at once, more positions than a row holds, or more than the KV budget."""
+        if request.rows > self.max_rows:
+            raise ContextLengthError(
+                f"num_return_sequences and num_beams need {request.rows} rows at once; this engine decodes "
+                f"at most {self.max_rows} rows; ask for fewer sequences"
+            )
         sliding = request.config.context_overflow == "slide"
-        total = len(request.prompt_ids) + (1 if sliding else request.config.max_new_tokens)
         if sliding:
             window_head(request, self.capacity)  # refuses a context_keep that leaves no room
-        if total > self.capacity or request.rows > self.max_rows or need > self.budget:
+        total = len(request.prompt_ids) + (1 if sliding else request.config.max_new_tokens)
+        if total > self.capacity or self._reservation(request) > self.budget:
             raise ContextLengthError(
                 f"the request needs {request.rows} row(s) of {len(request.prompt_ids)} prompt + "
                 f"{request.config.max_new_tokens} new tokens; this engine holds {self.max_rows} rows of {self.capacity} "
                 f"positions with a KV budget of {self.budget} positions; shorten the prompt or max_new_tokens"
             )
+
+    def submit(self, request: Request) -> None:
+        """Queue a request; refused at once (`check`) if it could never fit."""
+        self.check(request)
         with self._lock:
             self.waiting.append(request)
             self._wake.notify()
