@@ -81,11 +81,12 @@ def _hf_generate(model) -> GenerateFn:
     # no eos: every row runs to new_tokens (the uer config's eos 50256 is outside the vocabulary anyway)
     config = GenerationConfig(do_sample=False, eos_token_id=None, pad_token_id=0, use_cache=True)
 
-    def generate(prompts, new_tokens):
+    def generate(prompts, new_tokens, streamer=None):
+        """Greedy, every row to exactly `new_tokens`; `streamer`: generate()'s, for a server."""
         ids = torch.tensor(prompts)
         with torch.inference_mode():
             model.generate(ids, attention_mask=torch.ones_like(ids), generation_config=config,
-                           max_new_tokens=new_tokens, min_new_tokens=new_tokens)
+                           max_new_tokens=new_tokens, min_new_tokens=new_tokens, streamer=streamer)
 
     return generate
 

@@ -22,10 +22,10 @@ import torch
 import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import StreamingResponse
-from transformers import AutoTokenizer, GenerationConfig
+from transformers import AutoTokenizer
 from transformers.generation.streamers import BaseStreamer
 
-from .engines import optimum_model
+from .engines import _hf_generate, optimum_model
 
 
 class _QueueStreamer(BaseStreamer):
@@ -48,19 +48,12 @@ class _QueueStreamer(BaseStreamer):
 def create_app(model, tokenizer, prefix_ids: list[int]) -> FastAPI:
     app = FastAPI()
     turn = asyncio.Lock()  # one request decodes at a time
-    # no eos: every request runs to max_tokens (pad_token_id only silences generate's warning)
-    config = GenerationConfig(do_sample=False, eos_token_id=None, pad_token_id=0, use_cache=True)
-
-    def generate(ids: list[int], max_tokens: int, streamer: _QueueStreamer) -> None:
-        input_ids = torch.tensor([ids])
-        with torch.inference_mode():
-            model.generate(input_ids, attention_mask=torch.ones_like(input_ids), generation_config=config,
-                           max_new_tokens=max_tokens, min_new_tokens=max_tokens, streamer=streamer)
+    generate = _hf_generate(model)  # the benchmark's greedy generate(), to max_tokens
 
     async def stream(ids: list[int], max_tokens: int) -> AsyncIterator[str]:
         async with turn:
             queue: asyncio.Queue = asyncio.Queue()
-            job = asyncio.ensure_future(asyncio.to_thread(generate, ids, max_tokens, _QueueStreamer(asyncio.get_running_loop(), queue)))
+            job = asyncio.ensure_future(asyncio.to_thread(generate, [ids], max_tokens, _QueueStreamer(asyncio.get_running_loop(), queue)))
             job.add_done_callback(lambda _: queue.put_nowait(None))  # ends the loop below if generate() raises
             tokens = 0
             while (token := await queue.get()) is not None:

@@ -152,11 +152,15 @@ async def stream_one(client: httpx.AsyncClient, model: str, prompt: str, max_tok
     return Stream(start, tuple(arrivals), tokens)
 
 
+def _client(url: str, streams: int, timeout_s: float) -> httpx.AsyncClient:
+    """An HTTP client with a connection for each of `streams` concurrent streams (and one spare)."""
+    return httpx.AsyncClient(base_url=url, timeout=timeout_s, limits=httpx.Limits(max_connections=streams + 1))
+
+
 async def load(url: str, model: str, prompts: list[str], clients: int, max_tokens: int, timeout_s: float) -> tuple[list[Stream], float]:
     """`clients` concurrent clients, each streaming its share of `prompts` back to back; the
     streams and the wall time from the first request to the last chunk."""
-    limits = httpx.Limits(max_connections=clients + 1)
-    async with httpx.AsyncClient(base_url=url, timeout=timeout_s, limits=limits) as client:
+    async with _client(url, clients, timeout_s) as client:
         async def one_client(share: list[str]) -> list[Stream]:
             return [await stream_one(client, model, p, max_tokens) for p in share]
 
@@ -175,7 +179,7 @@ async def with_long_prompt(url: str, model: str, prompts: list[str], long_prompt
         if next(counted) >= threshold:
             arrived.set()
 
-    async with httpx.AsyncClient(base_url=url, timeout=spec.timeout_s, limits=httpx.Limits(max_connections=clients + 1)) as client:
+    async with _client(url, clients + 1, spec.timeout_s) as client:  # the streams and the long prompt
         async def long_request() -> Stream:
             await arrived.wait()
             return await stream_one(client, model, long_prompt, spec.long_max_tokens)
