@@ -44,10 +44,6 @@ class TextCodec:
         self.conventions = conventions
         self._special = frozenset(conventions.special_token_ids)
         self._wordpiece = conventions.decode == DECODE_WORDPIECE_CJK
-        # id → WordPiece string, looked up once per generated token (byte-level BPE decodes with the tokenizer)
-        size = tokenizer.get_vocab_size(with_added_tokens=True) if self._wordpiece else 0
-        self._pieces = [tokenizer.id_to_token(i) or "" for i in range(size)]
-        self._piece_ids = {piece: i for i, piece in enumerate(self._pieces)}
 
     @classmethod
     def from_file(cls, path: Path, conventions: Conventions) -> "TextCodec":
@@ -72,7 +68,7 @@ class TextCodec:
         if not self._wordpiece or not ids:
             return [ids]
         first = sum(1 for w in encoding.word_ids if w == encoding.word_ids[0])  # tokens of the first word
-        word = "".join(self._pieces[i].removeprefix("##") for i in ids[:first])
+        word = "".join(self.piece(i).removeprefix("##") for i in ids[:first])
         continued = self._continuation(word)
         return [ids] if continued is None or continued == ids[:first] else [ids, continued + ids[first:]]
 
@@ -80,10 +76,11 @@ class TextCodec:
         """WordPiece's greedy longest match of `word` with every piece a `##` piece, or None."""
         ids, start = [], 0
         while start < len(word):
-            end = next((e for e in range(len(word), start, -1) if "##" + word[start:e] in self._piece_ids), None)
+            found = ((e, self.tokenizer.token_to_id("##" + word[start:e])) for e in range(len(word), start, -1))
+            end, piece_id = next(((e, i) for e, i in found if i is not None), (None, None))
             if end is None:
                 return None
-            ids.append(self._piece_ids["##" + word[start:end]])
+            ids.append(piece_id)
             start = end
         return ids
 
@@ -97,8 +94,10 @@ class TextCodec:
         return token_id in self._special
 
     def piece(self, token_id: int) -> str:
-        """The WordPiece string of an id (`##` continuations keep their mark)."""
-        return self._pieces[token_id]
+        """The WordPiece string of an id (`##` continuations keep their mark; "" for an id
+        outside the vocabulary). Asked of the tokenizer per token (about a microsecond): a
+        table of the whole vocabulary would cost every start 30 ms."""
+        return self.tokenizer.id_to_token(token_id) or ""
 
     def decode(self, ids: Sequence[int]) -> str:
         assembler = self.assembler()
