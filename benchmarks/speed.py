@@ -5,6 +5,9 @@
                     + weights-only ceilings
     ─> each figure's best round ─> results JSON, markdown table with ratios, PNG plots
 
+Workers run with Python's default bytecode caching, whatever the calling environment
+says, so a cold start is what a user's second run sees (a wheel's install compiles it).
+
 The machine is shared: other work only ever adds time, and a slow spell can cover one
 engine's whole measurement. Rounds interleave the engines (all of them, then all again),
 and each figure is the best of its rounds, so every engine is judged at its unhindered speed.
@@ -110,6 +113,10 @@ def _worker(engine: Engine, artifact: Path, threads: int, prefix_ids: Sequence[i
            "--threads", str(threads), "--prefix-ids", json.dumps(list(prefix_ids)), "--vocab-size", str(vocab_size),
            "--spec", json.dumps(asdict(spec))]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "TOKENIZERS_PARALLELISM": "false"}
+    # Python's default: modules are compiled once and their bytecode reused. A sandbox that sets
+    # PYTHONDONTWRITEBYTECODE would make every cold start compile gpt2-onnx (installed editable,
+    # so not compiled by pip as the peers' wheels are) and the benchmark's own worker modules.
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
     start = time.perf_counter()
     proc = subprocess.run(cmd + (["--cold"] if cold else []), capture_output=True, text=True, env=env, check=True)
     elapsed = time.perf_counter() - start
