@@ -131,7 +131,7 @@ def test_bad_words_match_transformers(tiny_model, tiny_checkpoint, torch_model, 
     gen = generators(tiny_model)
     prompt = gen.codec.encode(PROMPTS[0])
     plain = gen.generate(PROMPTS[0], max_new_tokens=30, do_sample=False).token_ids
-    single = gen.codec._pieces[plain[0]]  # a one-token word the model wants first
+    single = gen.codec.piece(plain[0])  # a one-token word the model wants first
     pair = [plain[4], plain[5]]  # a two-token sequence it produces later
     ours = gen.generate(PROMPTS[0], max_new_tokens=30, do_sample=False, bad_words=[single, pair]).token_ids
     theirs = transformers_generate(
