@@ -1,6 +1,7 @@
 """One long-lived engine in a thread of its own, and the bridge from its events to asyncio.
 
-    handler ─Service.submit(job)─> admission (in-flight limit) ─> engine.submit per prompt
+    handler ─Service.submit(job)─> every prompt's request built and checked (400) ─> admission
+            (in-flight limit, 429) ─> engine.submit per prompt
     engine thread: on_event ─loop.call_soon_threadsafe─> the call's asyncio.Queue ─> handler
     handler leaves early (client gone, error) ─> Call.cancel ─> engine.cancel: rows leave next step
 

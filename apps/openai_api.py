@@ -187,11 +187,10 @@ def _option_error(message: str) -> ApiError:
 
 def request_error(error: GenerationOptionError) -> ApiError:
     """A request the runtime refused, as a 400: a prompt that cannot fit (with max_tokens) is
-    `context_length_exceeded` on `prompt`; an error that names its option, on that field."""
-    message = str(error)
-    if isinstance(error, ContextLengthError) and re.match(r"[A-Za-z_]*", message).group() not in OPTION_NAMES:
-        return ApiError(400, _field_names(message), "prompt", "context_length_exceeded")
-    return _option_error(message)
+    `context_length_exceeded` on `prompt`; any other option error names its field."""
+    if isinstance(error, ContextLengthError):
+        return ApiError(400, _field_names(str(error)), "prompt", "context_length_exceeded")
+    return _option_error(str(error))
 
 
 def _field_names(message: str) -> str:

@@ -25,7 +25,7 @@ from gpt2_onnx.session import Decoder, create_session
 
 from .ceiling import weights_only_model
 from .speed import best_of
-from .worker import _median_time
+from .worker import median_time
 
 ROWS = (1, 8, 256)
 
@@ -77,7 +77,7 @@ STRATEGIES = {
 
 
 def _median_ms(fn, reps: int) -> float:
-    return 1e3 * _median_time(fn, reps, warmup=1)
+    return 1e3 * median_time(fn, reps, warmup=1)
 
 
 def weights_only_ms(arch, linear, threads: int, reps: int) -> dict[str, float]:

@@ -75,7 +75,7 @@ def peer_seconds(checkpoint: Path, work: Path, threads: int, prompt_ids: list[li
     same checkpoint; None when it is not installed."""
     from .engines import BY_NAME
     from .speed import _importable
-    from .worker import _median_time
+    from .worker import median_time
 
     engine = BY_NAME["ctranslate2 int8"]
     if not _importable(engine.requires):
@@ -84,7 +84,7 @@ def peer_seconds(checkpoint: Path, work: Path, threads: int, prompt_ids: list[li
     seconds = []
     for ids in prompt_ids:
         generate([ids], new_tokens)  # warm-up at this length
-        seconds.append(_median_time(lambda: generate([ids], new_tokens), reps))
+        seconds.append(median_time(lambda: generate([ids], new_tokens), reps))
     return seconds
 
 
@@ -149,7 +149,7 @@ def run_speculative(checkpoint: Path, learned: Path, full: Path, threads: int, w
     return {"k": K, "new_tokens": new_tokens, "threads": threads,
             "tasks": {name: task_speed(gen, prompts, reps, new_tokens, peers[name]) for name, prompts in tasks.items()},
             "verification": verification_cost(full, threads, 5 if smoke else 50),
-            "batched_verification": batched_verification_cost(full, threads, 5 if smoke else 30, k=4)}
+            "batched_verification": batched_verification_cost(full, threads, 3 if smoke else 30, proposals=(4, K))}
 
 
 def speculative_markdown(doc: dict) -> str:
@@ -172,5 +172,5 @@ def speculative_markdown(doc: dict) -> str:
     costs = ", ".join(f"{n} token(s) {ms:.2f} ms" for n, ms in v["ms_by_tokens"].items())
     lines += ["", f"Verification pass on the full-size architecture (INT8, after {v['past']} tokens): {costs}; "
               f"5 tokens cost {v['ratio_5']:.2f}× one.", ""]
-    lines += batched_markdown(doc["batched_verification"], {name: t["tokens_per_pass"] for name, t in doc["tasks"].items()})
+    lines += batched_markdown(doc["batched_verification"], doc["tasks"], doc["k"])
     return "\n".join(lines)

@@ -14,7 +14,7 @@ from .engines import BY_NAME, random_prompts
 from .spec import BenchSpec
 
 
-def _median_time(fn, reps: int, warmup: int = 0) -> float:
+def median_time(fn, reps: int, warmup: int = 0) -> float:
     """Median seconds of `reps` calls after `warmup` untimed ones."""
     for _ in range(warmup):
         fn()
@@ -44,17 +44,17 @@ def measure(engine_name: str, artifact: Path, threads: int, prefix_ids: list[int
     for length in spec.ttft_prompts:
         p = random_prompts(prefix_ids, vocab_size, 1, length, seed=length)
         generate(p, 1)  # first call at a new length allocates
-        ttft[length] = _median_time(lambda: generate(p, 1), spec.reps)
+        ttft[length] = median_time(lambda: generate(p, 1), spec.reps)
     firsts, fulls = [], []
     for _ in range(spec.reps):
-        firsts.append(_median_time(lambda: generate(prompt, 1), 1))
-        fulls.append(_median_time(lambda: generate(prompt, spec.new_tokens), 1))
+        firsts.append(median_time(lambda: generate(prompt, 1), 1))
+        fulls.append(median_time(lambda: generate(prompt, spec.new_tokens), 1))
     per_token = (statistics.median(fulls) - statistics.median(firsts)) / (spec.new_tokens - 1)
     throughput = {}
     for batch in spec.batches:
         prompts = random_prompts(prefix_ids, vocab_size, batch, spec.decode_prompt, seed=batch)
         generate(prompts, 2)
-        throughput[batch] = batch * spec.new_tokens / _median_time(lambda: generate(prompts, spec.new_tokens), spec.batch_reps)
+        throughput[batch] = batch * spec.new_tokens / median_time(lambda: generate(prompts, spec.new_tokens), spec.batch_reps)
     return {
         "decode_tokens_per_s": 1.0 / per_token,
         "decode_ms_per_token": per_token * 1e3,

@@ -27,12 +27,18 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import ContextLengthError
+from .errors import ContextLengthError, GenerationOptionError
 from .prefix_cache import PrefixCache
 from .requests import FINISH_CANCELLED, FINISH_ERROR, FINISH_LENGTH, Event, Request
 from .sequences import Active
 from .session import CONTINUING_ROWS, Decoder, KVBuffer
 from .text import TextCodec
+
+# Proposals are verified while at most this many rows decode: a call of several tokens after a
+# past takes CONTINUING_ROWS rows (onnxruntime's GroupQueryAttention), a pass per row in a batch
+# costs more than it saves, and the kernel that takes a batch in one pass scans every row's whole
+# capacity (`gpt2_onnx.benchmarks.batched_verify` measures its break-even).
+SPECULATION_MAX_ROWS = CONTINUING_ROWS
 
 
 @dataclass(frozen=True)
@@ -79,12 +85,15 @@ class Engine:
     # --- called from any thread -----------------------------------------------------------
 
     def check(self, request: Request) -> None:
-        """ContextLengthError if the request could never fit this engine: more rows than it
-        decodes at once, more positions than a row holds, or more than the KV budget."""
+        """Refuse a request that could never fit this engine: more rows than it decodes at once
+        or a `context_keep` that leaves no window (GenerationOptionError), more positions than
+        a row holds or more than the KV budget (ContextLengthError)."""
         if request.rows > self.max_rows:
-            raise ContextLengthError(
-                f"num_return_sequences and num_beams need {request.rows} rows at once; this engine decodes "
-                f"at most {self.max_rows} rows; ask for fewer sequences"
+            beams = request.config.num_beams
+            raise GenerationOptionError(
+                f"num_return_sequences={request.config.num_return_sequences}{f' with num_beams={beams}' if beams > 1 else ''} "
+                f"needs {request.rows} rows at once, more than the {self.max_rows} this engine decodes "
+                "(a server's --max-running); ask for fewer"
             )
         sliding = request.config.context_overflow == "slide"
         if sliding:
@@ -289,18 +298,16 @@ class Engine:
         row = 0
         for a, proposal in zip(self.decoding, proposals):
             width = len(a.histories)
-            rows = logits[row:row + width]
+            own = logits[row:row + width]  # this request's rows
             out.append((a, list(range(row, row + width)),
-                        rows[0, : len(proposal) + 1] if proposal else rows[:, 0] if seq > 1 else rows, proposal))
+                        own[0, : len(proposal) + 1] if proposal else own[:, 0] if seq > 1 else own, proposal))
             row += width
         return out
 
     def _proposals(self, rows: int) -> list[list[int]]:
         """Each decoding request's proposed tokens ([] for none), within the room every row of
         the call has (capacity) and the request's tokens left."""
-        # while rows ≤ CONTINUING_ROWS: in a batch, a pass per row costs more than it saves, and
-        # one pass for all rows (another kernel) breaks even only at ~3 tokens kept per pass
-        if rows > CONTINUING_ROWS or not any(a.speculation for a in self.decoding):
+        if rows > SPECULATION_MAX_ROWS or not any(a.speculation for a in self.decoding):
             return [[] for _ in self.decoding]
         bound = self.cache.lengths[: max(rows, self.decoder.min_rows)]  # scratch rows write as far
         room = int(self.capacity - bound.max()) - 1
@@ -330,10 +337,11 @@ class Engine:
 
 def window_head(request: Request, capacity: int) -> list[int]:
     """What every window keeps of the prompt: its prefix and first `context_keep` tokens;
-    refused when that leaves no room for recent tokens in a window of `capacity // 2`."""
+    refused (GenerationOptionError) when that leaves no room for recent tokens in a window
+    of `capacity // 2`."""
     head = request.prompt_ids[: request.prefix_len + request.config.context_keep]
     if len(head) >= capacity // 2:
-        raise ContextLengthError(
+        raise GenerationOptionError(
             f"context_keep {request.config.context_keep} leaves no room for recent tokens in a window of {capacity // 2}"
         )
     return head

@@ -88,6 +88,7 @@ class PrefixCache:
             if self._bytes + self.block_bytes > self.budget_bytes and not self._evictable(keys):
                 break  # checked before copying the block out of the row
             kv = read(k * self.block_size, (k + 1) * self.block_size)
+            assert kv.nbytes == self.block_bytes, f"a block of {kv.nbytes} bytes, {self.block_bytes} expected"
             key = (parent, tuple(ids[k * self.block_size:(k + 1) * self.block_size]))
             self._blocks[key] = (self._next_id, kv)
             parent, self._next_id = self._next_id, self._next_id + 1

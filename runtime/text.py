@@ -76,9 +76,11 @@ class TextCodec:
         """WordPiece's greedy longest match of `word` with every piece a `##` piece, or None."""
         ids, start = [], 0
         while start < len(word):
-            found = ((e, self.tokenizer.token_to_id("##" + word[start:e])) for e in range(len(word), start, -1))
-            end, piece_id = next(((e, i) for e, i in found if i is not None), (None, None))
-            if end is None:
+            for end in range(len(word), start, -1):  # the longest piece first
+                piece_id = self.tokenizer.token_to_id("##" + word[start:end])
+                if piece_id is not None:
+                    break
+            else:
                 return None
             ids.append(piece_id)
             start = end

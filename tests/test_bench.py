@@ -122,10 +122,11 @@ def test_speculative_smoke(tiny_checkpoint, tmp_path):
         assert ("ctranslate2_int8_tokens_per_s" in t) == _installed("ctranslate2"), name
     assert set(doc["verification"]["ms_by_tokens"]) == {"1", "5", str(doc["k"] + 1)}
     batched = doc["batched_verification"]
-    assert batched["fp32_max_logit_difference"] < 1e-4 and batched["by_capacity"]
-    assert all(c["batched_pass_ms"] > 0 and c["break_even_tokens_per_pass"] > 0 for c in batched["by_capacity"])
+    assert batched["fp32_max_logit_difference"] < 1e-4
+    assert {c["tokens_per_row"] for c in batched["by_shape"]} == {5, doc["k"] + 1}
+    assert all(c["batched_pass_ms"] > 0 and c["break_even_tokens_per_pass"] > 0 for c in batched["by_shape"])
     table = (tmp_path / "speculative.md").read_text()
-    assert "| input-grounded (2 prompts) |" in table and "tokens per pass" in table and "break even" in table
+    assert "| input-grounded (2 prompts) |" in table and "tokens per pass" in table and "break-even is" in table
 
 
 def test_training_windows_repeat_a_share_of_documents():

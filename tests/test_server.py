@@ -4,6 +4,7 @@ alone or joining a running batch; every error class; cancellation; back-pressure
 
 from __future__ import annotations
 
+import asyncio
 import json
 import random
 import signal
@@ -243,6 +244,38 @@ def test_bad_values_are_400_naming_the_field(client, body, param):
     assert status == 400 and error["param"] == param and error["message"]
     if param == "prompt":
         assert error["code"] == "context_length_exceeded" and "5000" in error["message"] and "128" in error["message"]
+    else:
+        assert error["code"] in ("invalid_value", "invalid_type")
+    if body.get("n") == 9:  # the body's names, and the server's setting to raise
+        assert "num_return_sequences" not in error["message"] and "--max-running" in error["message"]
+
+
+def test_a_context_keep_that_leaves_no_window_names_itself(client):
+    extra = {"context_overflow": "slide", "context_keep": 70}  # the window is half of 128 positions
+    status, error = error_of(lambda: client.completions.create(model=MODEL, prompt="这是" * 40, max_tokens=16, extra_body=extra))
+    assert status == 400 and error["param"] == "context_keep" and error["code"] == "invalid_value"
+
+
+def test_a_call_is_checked_whole_before_any_prompt_is_queued(tiny_model, generators):
+    """A call whose second prompt exceeds the KV budget is refused before its first is queued:
+    nothing waits, nothing is cancelled, nothing is counted in flight."""
+    from gpt2_onnx.apps.bridge import Capacity, Service
+    from gpt2_onnx.apps.metrics import Metrics
+    from gpt2_onnx.apps.openai_api import ApiError, completion_job
+
+    gen = generators(tiny_model, "int8")
+    budget_mb = 60 * gen.manifest.architecture.kv_bytes_per_token / 2**20  # 60 positions
+    service = Service(gen, Capacity(max_running=2, kv_cache_mb=budget_mb))
+    service.metrics = Metrics(service.stats)
+    job = completion_job({"model": MODEL, "prompt": ["这是", "这是" * 25], "max_tokens": 16, "temperature": 0})
+
+    async def submit():
+        return service.submit(job)
+
+    with pytest.raises(ApiError) as info:
+        asyncio.run(submit())
+    assert info.value.status == 400 and info.value.code == "context_length_exceeded"
+    assert not service.engine.has_work and service.in_flight == 0
 
 
 def test_unknown_model_missing_key_and_wrong_key(server, client):
