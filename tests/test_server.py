@@ -236,6 +236,7 @@ def error_of(call) -> tuple[int, dict]:
     (dict(stop=[1, 2]), "stop"),
     (dict(max_tokens=5000), "prompt"),
     (dict(n=9), "n"),  # more rows than --max-running: the request's n, not its prompt
+    (dict(bad_words=[[10**6]]), "bad_words"),  # an id past the vocabulary: the field, not the prompt
 ])
 def test_bad_values_are_400_naming_the_field(client, body, param):
     extra = {k: v for k, v in body.items() if k not in ("max_tokens", "temperature", "n", "stop")}
