@@ -32,10 +32,11 @@ import onnxruntime as ort
 from onnx import helper
 
 from gpt2_onnx import Generator
-from gpt2_onnx.graph_io import INPUT_IDS, LOGITS, LOGITS_TO_KEEP, POSITION_IDS, SEQLENS_K, TOTAL_SEQUENCE_LENGTH
+from gpt2_onnx.graph_io import INPUT_IDS, LOGITS_TO_KEEP, POSITION_IDS, SEQLENS_K, TOTAL_SEQUENCE_LENGTH
 from gpt2_onnx.manifest import read_manifest
-from gpt2_onnx.session import create_session
+from gpt2_onnx.session import Decoder, bind_in_place, create_session
 
+from .speed import best_of
 from .worker import median_time
 
 ROWS = 8
@@ -89,23 +90,16 @@ def scatter_attention_model(path: Path, n_head: int) -> bytes:
 class _ScatterCall:
     """The rewritten graph bound to the first `rows` rows of a cache, for `seq` tokens per row."""
 
-    def __init__(self, session: ort.InferenceSession, decoder, buffers: list[np.ndarray], seq: int):
+    def __init__(self, session: ort.InferenceSession, decoder: Decoder, buffers: list[np.ndarray], seq: int):
         rows = buffers[0].shape[0]
         self.session, self.seq = session, seq
         self.ids = np.zeros((rows, seq), np.int64)
         self.positions = np.zeros((rows, seq), np.int64)
         self.write, self.nonpad = np.zeros(rows, np.int64), np.zeros(rows, np.int64)
-        self.keep = np.array(seq, np.int64)
         self.logits = np.empty((rows, seq, decoder.architecture.vocab_size), np.float32)
-        self.binding = session.io_binding()
-        for name, array in {INPUT_IDS: self.ids, POSITION_IDS: self.positions, WRITE_INDICES: self.write,
-                            NONPAD: self.nonpad, LOGITS_TO_KEEP: self.keep}.items():
-            self.binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(array))
-        self.binding.bind_ortvalue_output(LOGITS, ort.OrtValue.ortvalue_from_numpy(self.logits))
-        for past, present, buffer in zip(decoder.past_names, decoder.present_names, buffers):
-            value = ort.OrtValue.ortvalue_from_numpy(buffer)
-            self.binding.bind_ortvalue_input(past, value)
-            self.binding.bind_ortvalue_output(present, value)
+        inputs = {INPUT_IDS: self.ids, POSITION_IDS: self.positions, WRITE_INDICES: self.write, NONPAD: self.nonpad,
+                  LOGITS_TO_KEEP: np.array(seq, np.int64)}
+        self.binding = bind_in_place(session, decoder, inputs, self.logits, buffers)
 
     def __call__(self, ids: np.ndarray, lengths: np.ndarray) -> np.ndarray:
         """ids [rows, seq] after each row's `lengths` → logits [rows, seq, vocab]; lengths are not advanced."""
@@ -116,22 +110,30 @@ class _ScatterCall:
         return self.logits
 
 
-class _Setup:
-    """One precision's decoder, a cache of ROWS rows at different lengths, the rewritten
-    graph bound to it and one-row verification logits of the same proposals."""
+class _Variant:
+    """One precision's decoder and its graph rewritten (each loaded once for every shape)."""
 
-    def __init__(self, model_dir: Path, precision: str, threads: int, capacity: int, seq: int, past: int):
+    def __init__(self, model_dir: Path, precision: str, threads: int):
         gen = Generator.load(model_dir, precision=precision, threads=threads)
-        self.decoder, a = gen.decoder, gen.manifest.architecture
+        self.decoder, self.architecture = gen.decoder, gen.manifest.architecture
+        graph = model_dir / gen.manifest.variants[precision].graph().file
+        self.scatter = create_session(scatter_attention_model(graph, self.architecture.n_head), threads)
+
+
+class _Setup:
+    """A cache of ROWS rows at different lengths, the rewritten graph bound to it and one-row
+    verification logits of the same proposals."""
+
+    def __init__(self, variant: _Variant, capacity: int, seq: int, past: int):
+        self.decoder, vocab = variant.decoder, variant.architecture.vocab_size
         rng = np.random.default_rng(0)
         self.lengths = past - past // (2 * ROWS) * np.arange(ROWS)  # from past down to about past / 2
-        self.ids = rng.integers(a.vocab_size // 2, a.vocab_size, (ROWS, seq))
+        self.ids = rng.integers(vocab // 2, vocab, (ROWS, seq))
         self.cache = self.decoder.empty(ROWS, capacity)
         for r, n in enumerate(self.lengths):
-            self.decoder.run(self.cache, r, rng.integers(a.vocab_size // 2, a.vocab_size, (1, n)))
+            self.decoder.run(self.cache, r, rng.integers(vocab // 2, vocab, (1, n)))
         self.reference = np.stack([self.one_row(r) for r in range(ROWS)])
-        session = create_session(scatter_attention_model(model_dir / gen.manifest.variants[precision].graph().file, a.n_head), threads)
-        self.call = _ScatterCall(session, self.decoder, [b[:ROWS] for b in self.cache.full], seq)
+        self.call = _ScatterCall(variant.scatter, self.decoder, [b[:ROWS] for b in self.cache.full], seq)
 
     def one_row(self, r: int) -> np.ndarray:
         logits = self.decoder.run(self.cache, r, self.ids[r:r + 1], every_position=True)[0]
@@ -152,10 +154,10 @@ class _Setup:
 def _best_of_rounds_ms(fns: dict[str, Callable[[], object]], reps: int, rounds: int = 3) -> dict[str, float]:
     """Median ms of each function over `reps` calls a round, rounds interleaving the functions;
     each figure its best round's (a slow spell of the shared machine only ever adds time)."""
-    best = {name: float("inf") for name in fns}
+    best: dict[str, float] | None = None
     for _ in range(rounds):
-        for name, fn in fns.items():
-            best[name] = min(best[name], 1e3 * median_time(fn, max(1, reps // rounds), warmup=1))
+        ms = {name: 1e3 * median_time(fn, max(1, reps // rounds), warmup=1) for name, fn in fns.items()}
+        best = ms if best is None else best_of(best, ms)
     return best
 
 
@@ -169,11 +171,11 @@ def batched_verification_cost(model_dir: Path, threads: int, reps: int, proposal
     positions = read_manifest(model_dir).architecture.n_positions
     capacities = [c for c in capacities if c <= positions] or [positions]
     past = min(past, capacities[0] // 2)
-    check = _Setup(model_dir, "fp32", threads, capacities[0], max(proposals) + 1, past).difference()
-    results = []
+    check = _Setup(_Variant(model_dir, "fp32", threads), capacities[0], max(proposals) + 1, past).difference()
+    int8, results = _Variant(model_dir, "int8", threads), []
     for capacity in capacities:
         for k in proposals:
-            s = _Setup(model_dir, "int8", threads, capacity, k + 1, past)
+            s = _Setup(int8, capacity, k + 1, past)
             ms = _best_of_rounds_ms({"step": s.step, "row": lambda: s.one_row(0), "batched": s.batched}, reps)
             results.append({"capacity": capacity, "tokens_per_row": k + 1, "step_ms": ms["step"], "one_row_pass_ms": ms["row"],
                             "batched_pass_ms": ms["batched"], "int8_max_logit_difference": s.difference(),

@@ -168,7 +168,7 @@ def speculative_markdown(doc: dict) -> str:
             f"{t['identical_prompts']} of {t['prompts']} (ties within {max(t['divergence_logit_gaps']):.3f})")
         lines.append(f"| {name} ({t['prompts']} prompts) | {same} | "
                      f"{t['plain_tokens_per_s']:.1f} | {t['lookup_tokens_per_s']:.1f} | {t['speedup']:.2f}× | {t['acceptance']:.0%} | "
-                     f"{t.get('tokens_per_pass', float('nan')):.2f} | {peer} |")
+                     f"{t['tokens_per_pass']:.2f} | {peer} |")
     costs = ", ".join(f"{n} token(s) {ms:.2f} ms" for n, ms in v["ms_by_tokens"].items())
     lines += ["", f"Verification pass on the full-size architecture (INT8, after {v['past']} tokens): {costs}; "
               f"5 tokens cost {v['ratio_5']:.2f}× one.", ""]

@@ -150,6 +150,21 @@ class KVBuffer:
                 memory.madvise(mmap.MADV_DONTNEED, start, stop - start)
 
 
+def bind_in_place(session: ort.InferenceSession, decoder: "Decoder", inputs: dict[str, np.ndarray],
+                  logits: np.ndarray, buffers: list[np.ndarray]) -> ort.IOBinding:
+    """A binding of `session` that reads `inputs` and writes `logits` in their numpy memory,
+    with each KV buffer bound as both its past and its present (written in place)."""
+    binding = session.io_binding()
+    for name, array in inputs.items():
+        binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(array))
+    binding.bind_ortvalue_output(LOGITS, ort.OrtValue.ortvalue_from_numpy(logits))
+    for past, present, buffer in zip(decoder.past_names, decoder.present_names, buffers):
+        value = ort.OrtValue.ortvalue_from_numpy(buffer)  # shares the numpy memory
+        binding.bind_ortvalue_input(past, value)
+        binding.bind_ortvalue_output(present, value)
+    return binding
+
+
 class _BoundCall:
     """One call shape of the graph, bound once to `k` rows of a cache (and the scratch rows
     that fill a call up to `min_rows`): inputs, logits and the KV buffers are numpy arrays
@@ -165,16 +180,9 @@ class _BoundCall:
         self.total_sequence_length = np.zeros((), np.int32)
         self.keep = np.array(keep, np.int64)
         self.logits = np.empty((rows, keep or seq, decoder.architecture.vocab_size), np.float32)
-        self.binding = binding = self.session.io_binding()
         inputs = {INPUT_IDS: self.input_ids, POSITION_IDS: self.position_ids, SEQLENS_K: self.seqlens_k,
                   TOTAL_SEQUENCE_LENGTH: self.total_sequence_length, LOGITS_TO_KEEP: self.keep}
-        for name, array in inputs.items():
-            binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(array))
-        binding.bind_ortvalue_output(LOGITS, ort.OrtValue.ortvalue_from_numpy(self.logits))
-        for past, present, buffer in zip(decoder.past_names, decoder.present_names, buffers):
-            value = ort.OrtValue.ortvalue_from_numpy(buffer)  # shares the numpy memory
-            binding.bind_ortvalue_input(past, value)
-            binding.bind_ortvalue_output(present, value)
+        self.binding = bind_in_place(self.session, decoder, inputs, self.logits, buffers)
 
     def __call__(self, ids: np.ndarray, past: np.ndarray) -> np.ndarray:
         """ids [rows, seq] after `past` [rows] filled positions → logits [rows, kept, vocab] (a
