@@ -54,7 +54,8 @@ def export_model(
     """Export `source` (local checkpoint dir or hub id) to `out_dir`; return its path.
 
     `quantize`: extra variants beside FP32, e.g. ("int8", "int4"). `force`: replace an
-    earlier gpt2-onnx export at `out_dir` (no other directory is ever replaced). `check`:
+    earlier gpt2-onnx export at `out_dir` that holds only the files its manifest lists (no
+    other directory is ever replaced: see `destination`). `check`:
     compare every variant with torch before the directory is published (see `check_model`);
     the FP32 graph must agree within `FP32_TOLERANCE`; without torch or transformers installed
     the check is skipped, with a note through `progress` saying how to run it later.
@@ -82,10 +83,7 @@ def export_model(
 def _remember_checksums(out: Path, manifest: Manifest) -> None:
     """The files were hashed as they were written; a rename of their directory changes
     none of their stat signatures, so the first load need not hash them again."""
-    files = {out / TOKENIZER_NAME: manifest.tokenizer_sha256}
-    for variant in manifest.variants.values():
-        files.update({out / name: sha256 for name, sha256 in variant.files()})
-    remember_verified(files)
+    remember_verified({out / name: sha256 for name, sha256 in manifest.checksummed_files()})
 
 
 def _write_directory(tmp: Path, checkpoint: Checkpoint, tokenizer: TokenizerExport, quantize: tuple[str, ...],

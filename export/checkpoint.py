@@ -77,7 +77,7 @@ def _download(repo_id: str) -> tuple[Path, str, str | None]:
             raise SourceError(f"{repo_id} is neither an existing directory nor a valid hub id (owner/name)") from None
         raise SourceError(
             f"cannot download {repo_id} from the Hugging Face hub (no network?: {type(e).__name__}); "
-            f"download it where there is network (`huggingface-cli download {repo_id} --local-dir DIR`) and pass DIR instead"
+            f"download it where there is network (`hf download {repo_id} --local-dir DIR`) and pass DIR instead"
         ) from None
     return local, repo_id, local.name  # snapshot folders are named by commit hash
 

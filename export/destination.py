@@ -4,8 +4,10 @@
       └─> partial(out) → tmp         .NAME.partial-XXXX beside OUT_DIR, removed on any failure
             └─> publish(tmp, out)    permissions from the umask, then one rename
 
-OUT_DIR may be replaced only when it is empty or holds a gpt2-onnx manifest (the
-latter only with force); it may never be, lie inside, or contain the checkpoint.
+OUT_DIR may be replaced only when it is empty or holds an earlier export and nothing else:
+every file in it one that its manifest lists (`Manifest.file_names`), checked when the
+export starts and again as it is published; the latter only with force. It may never be,
+lie inside, or contain the checkpoint.
 A lock file `.NAME.lock` beside OUT_DIR is held for the whole export, so every
 `.NAME.partial-*` or `.NAME.old-*` found by the lock's holder is a leftover of a
 killed run (SIGKILL, power loss) and is removed. A second export to the same OUT_DIR
@@ -27,9 +29,9 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from gpt2_onnx.errors import Interrupted, SourceError
+from gpt2_onnx.errors import Interrupted, ModelDirectoryError, SourceError
 from gpt2_onnx.sources import CHECKPOINT_WEIGHTS
-from gpt2_onnx.manifest import MANIFEST_NAME
+from gpt2_onnx.manifest import MANIFEST_NAME, read_manifest
 from gpt2_onnx.precisions import BY_NAME
 
 # rounding of the factors, plus tokenizer.json, config.json and the manifest
@@ -82,14 +84,39 @@ def check_replaceable(out: Path, source: str, force: bool) -> None:
         return
     if not out.is_dir():
         raise SourceError(f"{out} exists and is not a directory; choose another OUT_DIR")
-    names = sorted(p.name for p in out.iterdir())
+    reason = refusal(out)
+    if reason:
+        raise SourceError(reason)
+    if any(out.iterdir()) and not force:
+        raise SourceError(f"{out} already holds a gpt2-onnx model; pass --force (force=True) to replace it, "
+                          "or choose another OUT_DIR")
+
+
+def refusal(out: Path, entries_at: Path | None = None) -> str | None:
+    """Why the directory `out` may not be replaced, whatever `force` says: it holds a file that no
+    manifest of ours lists (`Manifest.file_names`), and a `gpt2_onnx.json` we cannot read lists
+    nothing. None when it is empty or holds only what its manifest lists. `entries_at`: where
+    out's entries are now, when `publish` has moved the directory aside."""
+    at = entries_at or out
+    entries = sorted(at.iterdir())
+    names = [p.name for p in entries]
     if not names:
-        return
+        return None
     if MANIFEST_NAME not in names:
-        raise SourceError(f"{out} holds {describe_names(names)}, not a gpt2-onnx model directory; "
-                          "export replaces only directories it wrote: choose another OUT_DIR")
-    if not force:
-        raise SourceError(f"{out} already holds a gpt2-onnx model; pass --force (force=True) to replace it, or choose another OUT_DIR")
+        return (f"{out} holds {describe_names(names)}, not a gpt2-onnx model directory; "
+                "export replaces only directories it wrote: choose another OUT_DIR")
+    try:
+        listed = read_manifest(at).file_names()
+    except ModelDirectoryError:
+        return (f"{out / MANIFEST_NAME} is not a manifest this gpt2-onnx can read, so export cannot tell which of "
+                f"{describe_names(names)} it wrote: choose another OUT_DIR, or remove {out} yourself if nothing in it "
+                "is needed")
+    foreign = [p.name for p in entries if p.name not in listed or not p.is_file()]
+    if foreign:
+        return (f"{out} holds {describe_names(foreign)} beside the gpt2-onnx model, which export did not write; "
+                f"move {'it' if len(foreign) == 1 else 'them'} out of {out} (then --force replaces the model) "
+                "or choose another OUT_DIR")
+    return None
 
 
 def describe_names(names: list[str]) -> str:
@@ -224,13 +251,17 @@ def partial(out: Path) -> Iterator[Path]:
 def publish(tmp: Path, out: Path) -> None:
     """Give the finished directory the umask's permissions (mkdtemp made it 0700; the files,
     written with open(), follow the umask already) and move it into place; an earlier
-    export (with force) is removed only after."""
+    export (with force) is removed only after, and only if it still holds nothing but its files."""
     os.chmod(tmp, 0o777 & ~current_umask())
     old = None
     if out.exists():
         old = out.with_name(f".{out.name}.old-{tmp.name.rsplit('-', 1)[-1]}")
         out.rename(old)
     try:
+        # checked again where nobody writes any more: a file added to OUT_DIR during the export stays
+        reason = refusal(out, old) if old is not None else None
+        if reason:
+            raise SourceError(f"{reason} (nothing was replaced)")
         tmp.rename(out)
     except BaseException:
         if old is not None:

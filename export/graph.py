@@ -41,7 +41,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from gpt2_onnx.graph_io import (
     ATTENTION_MASK, INPUT_IDS, IO_KV_BUFFER, IO_PAST_KEY_VALUES, KV_KINDS, LOGITS, LOGITS_TO_KEEP, POSITION_IDS,
-    SEQLENS_K, TOTAL_SEQUENCE_LENGTH, past_name, present_name,
+    POSITION_TABLE, SEQLENS_K, TOTAL_SEQUENCE_LENGTH, past_name, present_name,
 )
 from gpt2_onnx.manifest import Architecture, Quantization
 
@@ -131,7 +131,7 @@ def build_model(weights: dict[str, np.ndarray], spec: GraphSpec, linear: Linear,
     inputs, outputs = _io(a, io)
     attend = _MultiHeadAttention(g, a) if io == IO_PAST_KEY_VALUES else _GroupQueryAttention(a)
     tokens = linear.embed(g, "wte.weight", INPUT_IDS)
-    positions = g.op("Gather", [g.weight("wpe.weight"), POSITION_IDS])
+    positions = g.op("Gather", [g.weight(POSITION_TABLE), POSITION_IDS])
     x = g.op("Add", [tokens, positions])  # residual stream [batch, seq, n_embd]
     h = _layer_norm(g, x, "h.0.ln_1", eps)
     for i in range(a.n_layer):

@@ -24,7 +24,7 @@ from .manifest import TOKENIZER_NAME, Manifest, read_manifest
 from .options import GenerationConfig, as_sequence, require_utf8
 from .precisions import BY_NAME, DEFAULT_PRECISION
 from .prefix_cache import PrefixCache
-from .session import Decoder, create_session
+from .session import Decoder, load_decoder
 from .text import TextCodec
 
 
@@ -97,7 +97,7 @@ class Generator:
         if prefix_cache_mb:
             _require_shape_exact(precision, "the prefix cache needs a precision whose logits do not depend on how a prompt is split")
         min_rows = BY_NAME[precision].min_call_rows if precision in BY_NAME else 1
-        decoder = Decoder(create_session(graph_path, threads), manifest.architecture, min_rows)
+        decoder = load_decoder(graph_path, manifest.architecture, threads, min_rows)
         cache = PrefixCache(PREFIX_BLOCK_TOKENS, int(prefix_cache_mb * 2**20), manifest.architecture.kv_bytes_per_token) if prefix_cache_mb else None
         return cls(model_dir, manifest, codec, decoder, precision, cache)
 

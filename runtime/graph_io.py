@@ -34,6 +34,7 @@ SEQLENS_K = "seqlens_k"
 TOTAL_SEQUENCE_LENGTH = "total_sequence_length"
 LOGITS_TO_KEEP = "logits_to_keep"
 LOGITS = "logits"
+POSITION_TABLE = "wpe.weight"  # the initializer position_ids index: [n_positions, n_embd], the checkpoint's name
 KV_KINDS = ("key", "value")
 
 

@@ -149,6 +149,15 @@ class Manifest:
         for name, variant in self.variants.items():
             variant.graph(IO_KV_BUFFER)  # the runtime runs this one
 
+    def checksummed_files(self) -> list[tuple[str, str]]:
+        """(name, sha256) of every file whose sha256 the manifest records: the tokenizer and each variant's."""
+        return [(TOKENIZER_NAME, self.tokenizer_sha256)] + [f for v in self.variants.values() for f in v.files()]
+
+    def file_names(self) -> frozenset[str]:
+        """Every file of the model directory this manifest describes: the checksummed ones, the checkpoint's
+        config and the manifest itself. A directory holding anything else holds files export did not write."""
+        return frozenset((MANIFEST_NAME, CONFIG_NAME, *(name for name, _ in self.checksummed_files())))
+
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, ensure_ascii=False) + "\n"
 
@@ -169,13 +178,15 @@ def read_manifest(model_dir: Path) -> Manifest:
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
         version = raw.get("format_version")
-    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as e:
+    except OSError as e:
+        raise ModelDirectoryError(f"cannot read {path} ({e.strerror}); check its permissions") from None
+    except (ValueError, AttributeError, RecursionError) as e:  # ValueError: bad JSON or UTF-8
         raise ModelDirectoryError(f"{path} is not valid JSON ({e}); re-export the model directory") from None
     if version != FORMAT_VERSION:
         source = (raw.get("source") or {}).get("id") if isinstance(raw.get("source"), dict) else None
         raise ModelDirectoryError(
-            f"{path} has format_version {version!r}, this gpt2-onnx reads version {FORMAT_VERSION}; re-export it: "
-            f"`gpt2-onnx export {source or 'SOURCE'} {model_dir} --force` (or install the gpt2-onnx that wrote it)"
+            f"{path} has format_version {version!r}, this gpt2-onnx reads version {FORMAT_VERSION}; re-export it into "
+            f"a new directory: `gpt2-onnx export {source or 'SOURCE'} NEW_DIR` (or install the gpt2-onnx that wrote it)"
         )
     try:
         return parse(Manifest, raw, "")

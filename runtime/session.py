@@ -15,6 +15,7 @@ import mmap
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
@@ -23,6 +24,7 @@ from .graph_io import (
     INPUT_IDS, LOGITS, LOGITS_TO_KEEP, POSITION_IDS, SEQLENS_K, TOTAL_SEQUENCE_LENGTH, cache_names, past_name,
     present_name,
 )
+from .graph_shapes import check_graph_architecture
 from .manifest import Architecture
 
 
@@ -272,3 +274,11 @@ class Decoder:
         shape = (max(rows, max_rows or rows) + self.min_rows - 1, a.n_head, capacity, a.head_dim)
         full, memory = zip(*(_anonymous_array(shape) for _ in self.past_names))
         return KVBuffer(list(full), list(memory), np.zeros(rows, np.int64), self.min_rows)
+
+
+def load_decoder(graph_file: Path, architecture: Architecture, threads: int | None, min_rows: int = 1) -> Decoder:
+    """A Decoder over a variant's (verified) `kv_buffer` graph file, once the architecture its manifest
+    claims is found to be the graph's own (`gpt2_onnx.graph_shapes`)."""
+    session = create_session(graph_file, threads)
+    check_graph_architecture(session, graph_file, architecture)
+    return Decoder(session, architecture, min_rows)

@@ -35,6 +35,7 @@ def test_model_directory_contract(full_model, full_checkpoint):
     assert {p.name for p in full_model.iterdir()} == {*graphs, *data, "tokenizer.json", "config.json", "gpt2_onnx.json"}
     assert (full_model / "config.json").read_bytes() == (full_checkpoint / "config.json").read_bytes()
     m = read_manifest(full_model)
+    assert m.file_names() == {p.name for p in full_model.iterdir()}  # what --force may replace: all of it
     assert m.format_version == FORMAT_VERSION == 2
     a = m.architecture
     assert (a.n_layer, a.n_head, a.n_embd, a.vocab_size, a.n_positions, a.head_dim) == (6, 12, 768, 21128, 1024, 64)
@@ -64,6 +65,13 @@ def test_model_directory_contract(full_model, full_checkpoint):
     assert m.source["id"] == str(full_checkpoint) and m.source["family"] == "uer-chinese"
     assert {"onnx", "onnxruntime", "torch", "transformers", "tokenizers", "gpt2-onnx"} <= set(m.tools)
     assert m.generation_defaults["do_sample"] is True and m.generation_defaults["top_k"] == 70
+
+
+@pytest.mark.parametrize("quantize", [(), ("int8",), ("int8", "int4")])
+def test_the_manifest_lists_every_file_export_writes(tmp_path, tiny_checkpoint, quantize):
+    """`Manifest.file_names` is what a later `export --force` may replace: exactly what export wrote."""
+    out = export_model(str(tiny_checkpoint), tmp_path / "out", quantize=quantize, check=False)
+    assert read_manifest(out).file_names() == {p.name for p in out.iterdir()}
 
 
 def test_graph_io_follows_the_ecosystem_convention(full_model):

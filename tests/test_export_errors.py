@@ -107,17 +107,62 @@ def test_force_never_replaces_what_export_did_not_write(capsys, tmp_path, tiny_c
     assert snapshot(tmp_path) == before
 
 
-def test_force_replaces_an_earlier_export_and_an_empty_directory_is_used(capsys, tmp_path, tiny_checkpoint):
+def test_an_empty_directory_is_used_and_an_earlier_export_alone_is_replaced_with_force(capsys, tmp_path,
+                                                                                        tiny_checkpoint):
     out = tmp_path / "out"
     out.mkdir()
-    code, _ = run_cli(capsys, "export", str(tiny_checkpoint), str(out), "--no-check")
-    assert code == 0 and (out / "gpt2_onnx.json").is_file()
-    (out / "stale.txt").write_text("from an earlier export")
+    code, _ = run_cli(capsys, "export", str(tiny_checkpoint), str(out), "--quantize", "int8", "--no-check")
+    assert code == 0 and (out / "model.int8.onnx").is_file()
     code, err = run_cli(capsys, "export", str(tiny_checkpoint), str(out), "--no-check")
     assert_one_line_error(code, err, "already holds a gpt2-onnx model", "--force")
-    assert (out / "stale.txt").exists()
     code, _ = run_cli(capsys, "export", str(tiny_checkpoint), str(out), "--force", "--no-check")
-    assert code == 0 and (out / "gpt2_onnx.json").is_file() and not (out / "stale.txt").exists()
+    assert code == 0 and (out / "gpt2_onnx.json").is_file()
+    assert not (out / "model.int8.onnx").exists()  # listed by the earlier manifest: the earlier export's own
+    assert no_leftovers(tmp_path)
+
+
+@pytest.mark.parametrize("force", [True, False])
+def test_force_keeps_a_file_added_beside_an_earlier_export(capsys, tmp_path, tiny_checkpoint, force):
+    out = tmp_path / "out"
+    code, _ = run_cli(capsys, "export", str(tiny_checkpoint), str(out), "--no-check")
+    assert code == 0
+    (out / "notes.md").write_text("what I learned from this model")
+    before = snapshot(tmp_path)
+    code, err = run_cli(capsys, "export", str(tiny_checkpoint), str(out), "--no-check", *(["--force"] if force else []))
+    assert_one_line_error(code, err, f"{out} holds notes.md beside the gpt2-onnx model", "move it out of")
+    assert snapshot(tmp_path) == before
+
+
+def test_force_keeps_a_directory_whose_manifest_is_not_ours(capsys, tmp_path, tiny_checkpoint):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "gpt2_onnx.json").write_text("{}")
+    (out / "results.csv").write_text("a,b\n1,2\n")
+    (out / "tokenizer.json").write_text("{}")
+    before = snapshot(tmp_path)
+    code, err = run_cli(capsys, "export", str(tiny_checkpoint), str(out), "--force", "--no-check")
+    assert_one_line_error(code, err, f"{out / 'gpt2_onnx.json'} is not a manifest this gpt2-onnx can read",
+                          "gpt2_onnx.json, results.csv and tokenizer.json", "choose another OUT_DIR")
+    assert snapshot(tmp_path) == before
+
+
+def test_a_file_added_during_the_export_is_kept(tmp_path, tiny_checkpoint, monkeypatch):
+    """OUT_DIR is checked again as the export is published: a file that appeared meanwhile stays, and so
+    does the earlier export."""
+    from gpt2_onnx.export import api
+
+    out = api.export_model(str(tiny_checkpoint), tmp_path / "out", check=False)
+    write_directory = api._write_directory
+
+    def user_writes_meanwhile(*args, **kwargs):
+        (out / "notes.md").write_text("written while the export ran")
+        return write_directory(*args, **kwargs)
+
+    monkeypatch.setattr(api, "_write_directory", user_writes_meanwhile)
+    before = snapshot(out)
+    with pytest.raises(SourceError, match=r"holds notes\.md beside the gpt2-onnx model.*\(nothing was replaced\)"):
+        api.export_model(str(tiny_checkpoint), out, force=True, check=False)
+    assert snapshot(out) == {**before, "notes.md": b"written while the export ran"}
     assert no_leftovers(tmp_path)
 
 
@@ -370,5 +415,7 @@ def test_unknown_hub_id(tmp_path):
 def test_no_network(tmp_path, mode):
     env = {"HF_ENDPOINT": f"http://127.0.0.1:{free_port()}"} if mode == "unreachable" else {"HF_HUB_OFFLINE": "1"}
     proc = run_export_subprocess(["uer/gpt2-distil-chinese-cluecorpussmall", str(tmp_path / "out")], env, tmp_path)
-    assert_one_line_error(proc.returncode, proc.stderr, "cannot download", "no network", "--local-dir")
+    # huggingface_hub's own command line is `hf` (its `huggingface-cli` is deprecated, then gone)
+    assert_one_line_error(proc.returncode, proc.stderr, "cannot download", "no network",
+                          "`hf download uer/gpt2-distil-chinese-cluecorpussmall --local-dir DIR`")
     assert not (tmp_path / "out").exists()

@@ -106,6 +106,12 @@ def test_malformed_manifest(model_copy):
         Generator.load(model_copy)
 
 
+def test_deeply_nested_manifest(model_copy):
+    (model_copy / "gpt2_onnx.json").write_text("[" * 200_000 + "]" * 200_000)
+    with pytest.raises(ModelDirectoryError, match="not valid JSON"):
+        Generator.load(model_copy)
+
+
 def test_nonexistent_directory(tmp_path):
     with pytest.raises(ModelDirectoryError, match="does not exist.*gpt2-onnx export"):
         Generator.load(tmp_path / "none")
@@ -150,3 +156,48 @@ def test_missing_relative_path_is_not_a_hub_id(tmp_path, monkeypatch):
     (tmp_path / "models").mkdir()
     with pytest.raises(ModelDirectoryError, match=r"model directory models/distil does not exist; export one"):
         Generator.load("models/distil")
+
+
+@pytest.mark.parametrize("field, value", [
+    ("n_layer", 7), ("vocab_size", 30000), ("n_embd", 1024), ("n_positions", 4096),
+])
+def test_manifest_architecture_that_is_not_its_graphs(model_copy, field, value):
+    """Checked against the graph's own shapes at load: a wrong n_positions would otherwise only fail once a
+    sequence outgrows the position table, the others deep in onnxruntime."""
+    from gpt2_onnx.export.synthetic import TINY
+
+    path = model_copy / "gpt2_onnx.json"
+    manifest = json.loads(path.read_text())
+    manifest["architecture"][field] = value
+    path.write_text(json.dumps(manifest))
+    for precision in ("fp32", "int8"):
+        expected = (rf"gpt2_onnx\.json does not match its graph model\.{precision}\.onnx: "
+                    rf"architecture\.{field} is {value}, the graph has {getattr(TINY, field)}; re-export")
+        with pytest.raises(ModelDirectoryError, match=expected):
+            Generator.load(model_copy, precision=precision)
+
+
+def test_manifest_architecture_that_is_not_its_graphs_is_one_line_on_the_command_line(model_copy, capsys):
+    from gpt2_onnx.apps.cli import main
+
+    path = model_copy / "gpt2_onnx.json"
+    manifest = json.loads(path.read_text())
+    manifest["architecture"]["n_positions"] *= 32
+    path.write_text(json.dumps(manifest))
+    code = main(["generate", "--model", str(model_copy), "--max-new-tokens", "2", "这是"])
+    err = capsys.readouterr().err
+    assert code != 0 and "Traceback" not in err
+    assert [line for line in err.splitlines() if line.strip()] == [
+        f"gpt2-onnx: error: {path} does not match its graph model.int8.onnx: architecture.n_positions is "
+        f"{manifest['architecture']['n_positions']}, the graph has {manifest['architecture']['n_positions'] // 32}; "
+        "re-export the model directory"]
+
+
+def test_the_graph_architecture_is_read_from_the_graph_file(tiny_model):
+    """Each precision's graph, both I/O conventions: the position table's dims come from the file itself."""
+    from gpt2_onnx.export.synthetic import TINY
+    from gpt2_onnx.graph_shapes import initializer_dims
+
+    for graph in ("model.fp32.onnx", "model.int8.onnx", "model.onnx"):
+        assert initializer_dims(tiny_model / graph, "wpe.weight") == (TINY.n_positions, TINY.n_embd)
+        assert initializer_dims(tiny_model / graph, "no.such.weight") is None
