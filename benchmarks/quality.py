@@ -74,7 +74,7 @@ def corpus() -> tuple[list[str], list[str]]:
 def build_vocabulary(lines: list[str], min_count: int) -> list[str]:
     """BERT-Chinese layout ([PAD]=0 … [UNK]=100, [CLS]=101, [SEP]=102, [MASK]=103), then the
     corpus's characters; non-CJK characters also as `##` continuations for WordPiece."""
-    from gpt2_onnx.export.synthetic import SPECIALS
+    from gpt2_onnx.benchmarks.synthetic import SPECIALS
     from gpt2_onnx.text import is_cjk
 
     counts: dict[str, int] = {}

@@ -25,7 +25,7 @@ def _log(message: str) -> None:
 
 def default_checkpoint(smoke: bool) -> Path:
     """The full-size distil architecture (tiny for --smoke) with random weights, built once."""
-    from gpt2_onnx.export.synthetic import TINY, SyntheticSpec, write_uer_checkpoint
+    from gpt2_onnx.benchmarks.synthetic import TINY, SyntheticSpec, write_uer_checkpoint
 
     name = "tiny-random" if smoke else "distil-random"
     path = cache_root() / "bench" / name

@@ -2,6 +2,10 @@
 
 Nothing is downloaded: the full-size checkpoint has uer/gpt2-distil-chinese-cluecorpussmall's
 exact file layout and shape, the tiny ones its conventions at a fraction of the size.
+
+Tiers: every test that needs the full-size checkpoint is marked `slow` here, from its
+fixtures, so `pytest -m "not slow"` (the fast tier, tiny models only) runs in minutes on
+every change; modules that start Ray, the peers or pip mark themselves. CI runs all.
 """
 
 from __future__ import annotations
@@ -12,7 +16,17 @@ from pathlib import Path
 import pytest
 
 from gpt2_onnx.export import export_model
-from gpt2_onnx.export.synthetic import TINY, SyntheticSpec, write_gpt2_bpe_checkpoint, write_uer_checkpoint
+from gpt2_onnx.benchmarks.synthetic import TINY, SyntheticSpec, write_gpt2_bpe_checkpoint, write_uer_checkpoint
+
+
+# fixtures that make a test slow: the full-size export takes a minute or two on two cores
+SLOW_FIXTURES = frozenset({"full_checkpoint", "full_model"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if SLOW_FIXTURES & set(item.fixturenames):
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session", autouse=True)

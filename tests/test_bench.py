@@ -19,6 +19,7 @@ def _installed(module: str) -> bool:
         return False
 
 
+@pytest.mark.slow  # every peer, or a model trained for the report
 def test_speed_smoke(tiny_checkpoint, tmp_path):
     doc = run_bench(tiny_checkpoint, tmp_path / "results", spec=SMOKE, threads=1, work=tmp_path / "work")
     expected = {e.name for e in ENGINES if _installed(e.requires)}
@@ -53,13 +54,15 @@ def test_best_of_rounds_takes_the_better_figure_each():
     }
 
 
+@pytest.mark.slow  # every peer, or a model trained for the report
 def test_quality_smoke(tmp_path):
     pytest.importorskip("snownlp")
     report = run_quality(None, tmp_path / "results", smoke=True, work=tmp_path / "work")
     fp32, int8 = report["variants"]["fp32"], report["variants"]["int8"]
     assert fp32["top1_agreement"] == 1.0 and fp32["max_abs_dlogit"] == 0.0
     assert 1 < fp32["perplexity"] < 5000 and abs(report["torch_fp32_perplexity"] / fp32["perplexity"] - 1) < 1e-4
-    assert 0 <= int8["top1_agreement"] <= 1 and int8["perplexity"] > 1
+    # INT8 stays close to FP32 (smoke model: 99 % top-1, +0.006 % perplexity); a broken quantizer does not
+    assert int8["top1_agreement"] >= 0.95 and abs(int8["perplexity_vs_fp32"]) < 0.01 and int8["max_abs_dlogit"] < 0.1
     assert "| int8 |" in (tmp_path / "results" / "quality.md").read_text()
 
 
@@ -79,6 +82,7 @@ def test_train_minutes_sets_the_training_time(tmp_path, monkeypatch):
     assert caught.value.args[0].minutes == 0.25
 
 
+@pytest.mark.slow  # every peer, or a model trained for the report
 def test_serve_smoke(tiny_checkpoint, tmp_path):
     """Every server answers at every level with no failed stream; the report names every target."""
     from gpt2_onnx.benchmarks.run import run_serve_report
@@ -105,6 +109,7 @@ def test_serve_smoke(tiny_checkpoint, tmp_path):
     assert (tmp_path / "serve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow  # every peer, or a model trained for the report
 def test_speculative_smoke(tiny_checkpoint, tmp_path):
     """Prompt lookup gives the same tokens as plain decoding on both tasks (or differs only at
     a float tie, which the report shows); the report has tokens per pass, and CTranslate2 INT8

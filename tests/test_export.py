@@ -11,7 +11,7 @@ import torch
 
 from gpt2_onnx.export import export_model
 from gpt2_onnx.export.parity import FP32_TOLERANCE, check_model
-from gpt2_onnx.export.synthetic import TINY, write_uer_checkpoint
+from gpt2_onnx.benchmarks.synthetic import TINY, write_uer_checkpoint
 from gpt2_onnx.checksums import sha256_file
 from gpt2_onnx.manifest import FORMAT_VERSION, read_manifest
 

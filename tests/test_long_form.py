@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from gpt2_onnx import Generator
+from gpt2_onnx import GenerationOptionError, Generator
 from gpt2_onnx.engine import Request, slide_window
 
 PROMPT = "这是很久之前的事情了"
@@ -56,11 +56,11 @@ def test_slide_in_a_batch_stream_sampling_and_stop_strings(tiny_model, generator
     stop = alone[0].text[250:252]
     cut = gen.generate(PROMPT, **options, stop=[stop])
     assert cut.finish_reason == "stop_string" and cut.text == alone[0].text[: alone[0].text.find(stop)]
-    with pytest.raises(Exception, match="context_overflow"):
+    with pytest.raises(GenerationOptionError, match="context_overflow"):
         gen.generate(PROMPT, max_new_tokens=300, context_overflow="slide", num_beams=2, do_sample=False)
-    with pytest.raises(Exception, match="context_keep"):
+    with pytest.raises(GenerationOptionError, match="context_keep"):
         gen.generate(PROMPT * 7, max_new_tokens=300, context_overflow="slide", context_keep=100)  # 71 kept > 64
-    with pytest.raises(Exception, match="128 positions"):
+    with pytest.raises(GenerationOptionError, match="128 positions"):
         gen.generate(PROMPT, max_new_tokens=300)  # the default still refuses
 
 

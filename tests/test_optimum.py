@@ -3,6 +3,8 @@
 import pytest
 import torch
 
+pytestmark = pytest.mark.slow  # optimum, a peer: CI runs these, the fast tier does not
+
 optimum_onnxruntime = pytest.importorskip("optimum.onnxruntime")
 
 

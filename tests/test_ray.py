@@ -18,6 +18,8 @@ import pytest
 from batch_rows import BAD_ROWS, by_id, job_rows, read_jsonl, write_jsonl
 from gpt2_onnx.apps.batch import run_local
 
+pytestmark = pytest.mark.slow  # a Ray cluster: CI runs these, the fast tier does not
+
 pytest.importorskip("ray.data", reason="the ray extra is not installed")
 GREEDY = {"do_sample": False, "max_new_tokens": 6}
 SAMPLED = {"do_sample": True, "max_new_tokens": 6, "temperature": 0.9}

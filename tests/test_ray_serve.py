@@ -11,6 +11,8 @@ import pytest
 
 from test_ray import namespace_refusal, run_in_namespace
 
+pytestmark = pytest.mark.slow  # a Ray cluster: CI runs these, the fast tier does not
+
 pytest.importorskip("ray.serve", reason="the ray extra is not installed")
 pytest.importorskip("openai", reason="the openai client is not installed")
 try:

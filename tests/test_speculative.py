@@ -44,13 +44,14 @@ def accepted(monkeypatch):
     dict(stop=["春天"]),
     dict(presence_penalty=0.5, frequency_penalty=0.3),
 ])
-def test_greedy_output_is_identical_full_size(full_model, generators, options):
+def test_greedy_output_is_identical_full_size(full_model, generators, accepted, options):
     gen = generators(full_model, "int8")
     plain = gen.generate(PASSAGE, max_new_tokens=60, do_sample=False, **options)
     fast = gen.generate(PASSAGE, max_new_tokens=60, do_sample=False, prompt_lookup_num_tokens=6, **options)
     assert (fast.token_ids, fast.text, fast.finish_reason) == (plain.token_ids, plain.text, plain.finish_reason)
     streamed = "".join(gen.stream(PASSAGE, max_new_tokens=60, do_sample=False, prompt_lookup_num_tokens=6, **options))
     assert streamed == plain.text
+    assert accepted["proposed"] > 0  # proposals were verified, not skipped
 
 
 def test_a_batch_and_long_form_with_speculation(tiny_model, generators, accepted):
@@ -72,12 +73,13 @@ def test_a_batch_and_long_form_with_speculation(tiny_model, generators, accepted
     assert accepted["proposed"] > 0  # the row left alone speculated
 
 
-def test_long_proposals_fp32_full_size(full_model, generators):
+def test_long_proposals_fp32_full_size(full_model, generators, accepted):
     """FP32 too: proposals of up to 8 tokens, verified in one pass, leave the output as it was."""
     gen = generators(full_model, "fp32")
     ids = gen.codec.encode(PASSAGE)
     plain = gen.generate_ids(ids, max_new_tokens=40, do_sample=False, stop_token_ids=[]).token_ids
     assert gen.generate_ids(ids, max_new_tokens=40, do_sample=False, stop_token_ids=[], prompt_lookup_num_tokens=8).token_ids == plain
+    assert accepted["proposed"] > 0  # proposals were verified, not skipped
 
 
 @pytest.mark.parametrize("temperature, top_k, top_p", [(1.0, 0, 1.0), (0.7, 3, 1.0), (1.3, 0, 0.8)])
