@@ -100,8 +100,12 @@ def error_row(row: InputRow, error: Exception, while_decoding: bool = False) -> 
     """The output row of a row that failed: its fields, line and id, and the error on one line.
     Our errors (and the option checks' ValueError, TypeError) name the problem and the fix;
     anything else is named by its type."""
-    told = isinstance(error, (Gpt2OnnxError, ValueError, TypeError)) and not while_decoding
-    message = str(error) if told else f"{'decoding failed: ' if while_decoding else ''}{type(error).__name__}: {error}"
+    if while_decoding:
+        message = f"decoding failed: {type(error).__name__}: {error}"
+    elif isinstance(error, (Gpt2OnnxError, ValueError, TypeError)):
+        message = str(error)
+    else:
+        message = f"{type(error).__name__}: {error}"
     return {**(row.record or {}), LINE: row.line, "id": row.id, "error": one_line(f"line {row.line}: {message}")}
 
 

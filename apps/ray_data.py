@@ -91,15 +91,15 @@ def run_ray(model: str | None, precision: str, input_path: Path, output_path: Pa
     ray = _import_ray()
     input_path, output_path = Path(input_path), Path(output_path)
     _check_options(model, precision, job_options)
-    rows = read_rows(input_path)  # a missing INPUT fails before a cluster starts
-    if not ray.is_initialized():
-        # a new local cluster runs no dashboard (nothing listens beyond what the job needs)
-        ray.init(address=address, log_to_driver=False, **({} if address else {"include_dashboard": False}))
+    rows = read_rows(input_path)  # a missing INPUT, or an unwritable OUTPUT, fails before a cluster starts
     done = written_lines(output_path) if resume else set()
     staging = output_path.with_name(output_path.name + STAGING_SUFFIX)
     shutil.rmtree(staging, ignore_errors=True)  # a staging directory of an interrupted run
     tally = Tally(skipped=len(done))
     with OutputWriter(output_path, resume) as writer:
+        if not ray.is_initialized():
+            # a new local cluster runs no dashboard (nothing listens beyond what the job needs)
+            ray.init(address=address, log_to_driver=False, **({} if address else {"include_dashboard": False}))
         try:
             if stage_rows((r for r in rows if r.line not in done), staging):
                 bar = progress_bar(count_rows(input_path), len(done), progress)
