@@ -99,7 +99,8 @@ def reading_input(path: Path):
 
 def writing_output(path: Path):
     """OSErrors on OUTPUT (or a file beside it) as one Gpt2OnnxError."""
-    return _io_errors(path, "cannot write OUTPUT", "free space or choose a writable OUTPUT, then rerun with --resume")
+    return _io_errors(path, "cannot write OUTPUT",
+                      "choose a writable OUTPUT with free space (rows written so far are kept for --resume)")
 
 
 def count_rows(path: Path) -> int:
@@ -178,7 +179,7 @@ def _parquet(path: Path):
     try:
         return pq.ParquetFile(path)
     except ValueError as e:  # pyarrow's ArrowInvalid: not Parquet (an OSError is its caller's to name)
-        raise Gpt2OnnxError(f"{path} is not a Parquet file ({one_line(str(e))}); pass a *.parquet file") from None
+        raise Gpt2OnnxError(f"{path} is not a readable Parquet file ({one_line(str(e))}); check it, or pass another") from None
 
 
 # --- output --------------------------------------------------------------------------------

@@ -248,7 +248,7 @@ def test_cli_output_on_a_full_disk_is_one_line(tiny_model, tmp_path, output):
     proc = cli("batch", str(source), str(tmp_path / output), "--model", str(tiny_model), "--no-progress", "--resume")
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 1 and err == f"gpt2-onnx: error: cannot write OUTPUT {journal}: No space left on device; " \
-                                           "free space or choose a writable OUTPUT, then rerun with --resume\n"
+                                           "choose a writable OUTPUT with free space (rows written so far are kept for --resume)\n"
 
 
 def read_only_refusal(directory) -> str | None:
