@@ -1,8 +1,12 @@
 """Batch jobs: a file of prompts through one engine with continuous batching.
 
-    read_rows ─> skip done ids (--resume) ─> run_rows: at most `max_running` rows in the engine;
+    read_rows ─> skip done lines (--resume) ─> run_rows: at most `max_running` rows in the engine;
         each row: merge_options ─> prepare (encode, config, request) ─> submit | error row
         engine.step() ... a row finishes ─> result_row ─> OutputWriter (one whole line, flushed)
+        engine.step() raises ─> its rows run again one at a time: the one that raises alone ─> error row
+
+Every failure of a row (its line, its options, its length, an exception while it decodes)
+is an error row and the job goes on; only the job's own files and options end it.
 
 `run_rows` is the whole loop: `run_local` feeds it the file, and each Ray Data actor feeds
 it its batches (apps/ray_data.py), so both modes produce the same rows. The engine is
@@ -13,6 +17,7 @@ depend on which rows ran beside it.
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +27,7 @@ from gpt2_onnx.engine import Engine, Event, Request
 from gpt2_onnx.errors import Gpt2OnnxError
 from gpt2_onnx.generator import Generator
 
-from .batch_io import DEFAULT_MAX_RUNNING, InputRow, OutputWriter, count_rows, id_key, read_rows, written_ids
+from .batch_io import DEFAULT_MAX_RUNNING, LINE, InputRow, OutputWriter, count_rows, one_line, read_rows, written_lines
 
 ROW_FIELDS = ("id", "prompt")  # every other field of a row is a generation option
 
@@ -33,13 +38,34 @@ class Summary:
 
     written: int  # rows written this run, errors included
     errors: int
-    skipped: int  # rows already in OUTPUT (--resume)
+    skipped: int  # input lines already answered in OUTPUT (--resume)
     new_tokens: int
     seconds: float
 
     @property
     def tokens_per_s(self) -> float:
         return self.new_tokens / self.seconds if self.seconds > 0 else 0.0
+
+
+@dataclass
+class Tally:
+    """A job's counts as its rows are written (local and Ray jobs alike)."""
+
+    skipped: int
+    written: int = 0
+    errors: int = 0
+    new_tokens: int = 0
+    start: float = field(default_factory=time.perf_counter)
+
+    def add(self, out: Mapping[str, Any]) -> None:
+        self.written += 1
+        if "error" in out:  # an error row may carry any input field, even one named usage
+            self.errors += 1
+        else:
+            self.new_tokens += out["usage"]["completion_tokens"]
+
+    def summary(self) -> Summary:
+        return Summary(self.written, self.errors, self.skipped, self.new_tokens, time.perf_counter() - self.start)
 
 
 def merge_options(job_options: Mapping[str, Any], record: Mapping[str, Any]) -> dict[str, Any]:
@@ -64,14 +90,23 @@ def prepare(generator: Generator, row: InputRow, job_options: Mapping[str, Any],
 
 
 def result_row(row: InputRow, text: str, token_ids: list[int], finish_reason: str, prompt_tokens: int) -> dict[str, Any]:
-    """The output row of a finished request: the input's fields, its id, and the result."""
+    """The output row of a finished request: the input's fields, its line and id, and the result."""
     usage = {"prompt_tokens": prompt_tokens, "completion_tokens": len(token_ids)}
-    return {**row.record, "id": row.id, "text": text, "token_ids": token_ids, "finish_reason": finish_reason, "usage": usage}
+    return {**row.record, LINE: row.line, "id": row.id, "text": text, "token_ids": token_ids,
+            "finish_reason": finish_reason, "usage": usage}
 
 
-def error_row(row: InputRow, message: str) -> dict[str, Any]:
-    """The output row of a row that could not run: its fields and id, and the one-line error."""
-    return {**(row.record or {}), "id": row.id, "error": message}
+def error_row(row: InputRow, error: Exception, while_decoding: bool = False) -> dict[str, Any]:
+    """The output row of a row that failed: its fields, line and id, and the error on one line.
+    Our errors (and the option checks' ValueError, TypeError) name the problem and the fix;
+    anything else is named by its type."""
+    if while_decoding:
+        message = f"decoding failed: {type(error).__name__}: {error}"
+    elif isinstance(error, (Gpt2OnnxError, ValueError, TypeError)):
+        message = str(error)
+    else:
+        message = f"{type(error).__name__}: {error}"
+    return {**(row.record or {}), LINE: row.line, "id": row.id, "error": one_line(f"line {row.line}: {message}")}
 
 
 @dataclass
@@ -93,62 +128,73 @@ class _Running:
 def run_rows(generator: Generator, rows: Iterable[InputRow], job_options: Mapping[str, Any],
              max_running: int = DEFAULT_MAX_RUNNING) -> Iterator[dict[str, Any]]:
     """Output rows (in the order they finish) of these input rows, run through one engine
-    with at most `max_running` rows in it; a row that cannot run yields an error row."""
+    with at most `max_running` rows in it; a row that fails yields an error row."""
     if isinstance(max_running, bool) or not isinstance(max_running, int) or max_running < 1:
         raise Gpt2OnnxError(f"max_running must be an integer ≥ 1, got {max_running!r}")
-    # the model's whole context per row: rows of any length join without a new engine
-    engine = Engine(generator.decoder, generator.codec, max_rows=max_running,
-                    capacity=generator.manifest.architecture.n_positions, prefix_cache=generator.prefix_cache)
+    engine = _engine(generator, max_running)
     pending = iter(rows)
+    retry: deque[InputRow] = deque()  # the rows of a step that raised, to run again one at a time
     running: list[_Running] = []
-    exhausted = False
     while True:
-        while not exhausted and sum(r.request.rows for r in running) < max_running:
-            row = next(pending, None)
+        # a row to retry runs alone: the step that raises with it alone is its own failure
+        while sum(r.request.rows for r in running) < max_running and not (retry and running):
+            row = retry.popleft() if retry else next(pending, None)
             if row is None:
-                exhausted = True
                 break
             entry = _Running(row)
             try:
                 entry.request = prepare(generator, row, job_options, entry.on_event)
                 engine.submit(entry.request)
-            except (Gpt2OnnxError, ValueError, TypeError) as e:
-                yield error_row(row, f"line {row.line}: {e}")
+            except Exception as e:  # whatever a row holds fails that row, not the job
+                yield error_row(row, e)
                 continue
             running.append(entry)
         if not running:
             return
-        engine.step()
+        try:
+            engine.step()
+        except Exception as e:
+            # which row raised is unknown, and the engine's state with it: a new engine, and the
+            # rows start over (the engine is row-exact: a row's result does not depend on its neighbours)
+            engine = _engine(generator, max_running)
+            if len(running) == 1:
+                yield error_row(running[0].row, e, while_decoding=True)
+            else:
+                retry.extendleft(reversed([r.row for r in running]))
+            running = []
+            continue
         for entry in [r for r in running if r.finish_reason is not None]:
             running.remove(entry)
             yield result_row(entry.row, entry.text, entry.tokens, entry.finish_reason, len(entry.request.prompt_ids))
 
 
+def _engine(generator: Generator, max_running: int) -> Engine:
+    # the model's whole context per row: rows of any length join without a new engine
+    return Engine(generator.decoder, generator.codec, max_rows=max_running,
+                  capacity=generator.manifest.architecture.n_positions, prefix_cache=generator.prefix_cache)
+
+
 def run_local(generator: Generator, input_path: Path, output_path: Path, job_options: Mapping[str, Any],
               max_running: int = DEFAULT_MAX_RUNNING, resume: bool = False, progress: bool = True,
               on_row: Callable[[dict[str, Any]], None] | None = None) -> Summary:
-    """Run the job of INPUT into OUTPUT on this machine. Options are checked once before any
-    row runs (a bad command-line option fails the job, a bad row option fails the row).
-    `on_row` sees each output row after it is written."""
+    """Run the job of INPUT into OUTPUT on this machine. Options and files are checked before
+    any row runs (a bad command-line option or file fails the job, with nothing written; a
+    bad row fails the row). `on_row` sees each output row after it is written."""
     generator.config(**job_options)
     input_path, output_path = Path(input_path), Path(output_path)
-    done = written_ids(output_path) if resume else set()
-    rows = (r for r in read_rows(input_path) if id_key(r.id) not in done)
-    written = errors = new_tokens = 0
-    start = time.perf_counter()
+    rows = read_rows(input_path)
+    done = written_lines(output_path) if resume else set()
+    tally = Tally(skipped=len(done))
     with OutputWriter(output_path, resume) as writer:
         bar = progress_bar(count_rows(input_path), len(done), progress)
-        for out in run_rows(generator, rows, job_options, max_running):
+        for out in run_rows(generator, (r for r in rows if r.line not in done), job_options, max_running):
             writer.write(out)
-            written += 1
-            errors += "error" in out
-            new_tokens += out.get("usage", {}).get("completion_tokens", 0)
+            tally.add(out)
             bar.update(1)
             if on_row is not None:
                 on_row(out)
     bar.close()
-    skipped = len(done)
-    return Summary(written, errors, skipped, new_tokens, time.perf_counter() - start)
+    return tally.summary()
 
 
 def progress_bar(total: int, done: int, enabled: bool):

@@ -34,7 +34,7 @@ def register(subparsers) -> None:
     p.add_argument("--precision", default=precisions.DEFAULT_PRECISION, choices=precisions.NAMES, help="model variant")
     p.add_argument("--threads", type=int, default=None, help="intra-op threads (per replica with --ray; default: available cores, 1 with --ray)")
     p.add_argument("--max-running", type=int, default=DEFAULT_MAX_RUNNING, help="rows decoded together (per replica with --ray)")
-    p.add_argument("--resume", action="store_true", help="skip rows whose id is already in OUTPUT and append the rest")
+    p.add_argument("--resume", action="store_true", help="skip the input lines OUTPUT already answers and append the rest")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     p.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
                    help="run on Ray Data: a new local cluster, or the cluster at ADDRESS (e.g. auto, ray://host:10001)")

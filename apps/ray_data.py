@@ -1,18 +1,19 @@
 """`gpt2-onnx batch --ray`: the same job as a Ray Data pipeline, one engine per actor.
 
-    INPUT ─read_rows, skip done ids─> staging Parquet (beside OUTPUT, in chunks)
+    INPUT ─read_rows, skip done lines─> staging Parquet (beside OUTPUT, in chunks)
         ─ray.data.read_parquet─> map_batches(GeneratorActor, concurrency=replicas, num_cpus=threads)
         ─iter_batches (streamed to the driver)─> OutputWriter ─> OUTPUT, one whole line per row
 
 Why the driver stages the input instead of handing INPUT to `read_json`: Arrow's JSON reader
 gives each column one type, so one row with a numeric prompt would fail the whole read
 instead of that row, and it knows no line numbers (a row's default id). Staging runs the
-same reader as the local job (`batch_io.read_rows`), so both modes see the same rows, ids
-and errors; each actor runs `batch.run_rows`, the local job's loop, on its batches.
+same reader as the local job (`batch_io.read_rows`), so both modes see the same rows, lines,
+ids and errors; each actor runs `batch.run_rows`, the local job's loop (and its error rows),
+on its batches.
 
 Why the driver writes OUTPUT instead of `write_json`: Ray writes a directory of files, one
 per block, none of them complete until its block is; streaming the results into the one
-OUTPUT file keeps the local job's contract (whole flushed lines, `--resume` by id, Parquet
+OUTPUT file keeps the local job's contract (whole flushed lines, `--resume` by line, Parquet
 through a journal) at bounded memory: Ray Data's streaming executor holds back the
 pipeline while the driver writes. On a multi-node cluster, OUTPUT's directory (where the
 staging files go) must be on storage every node sees.
@@ -22,15 +23,15 @@ from __future__ import annotations
 
 import json
 import shutil
-import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 from gpt2_onnx.errors import Gpt2OnnxError
 
-from .batch import Summary, progress_bar, run_rows
-from .batch_io import DEFAULT_MAX_RUNNING, InputRow, OutputWriter, count_rows, id_key, read_rows, written_ids
+from .batch import Summary, Tally, progress_bar, run_rows
+from .batch_io import (DEFAULT_MAX_RUNNING, InputRow, OutputWriter, count_rows, json_line, read_rows, writing_output,
+                       written_lines)
 
 STAGING_SUFFIX = ".ray-staging"
 STAGING_ROWS = 4096  # rows per staging file: Ray Data reads a file per task
@@ -50,8 +51,7 @@ class GeneratorActor:
     def __call__(self, batch: dict[str, Any]) -> dict[str, list]:
         rows = [InputRow(int(line), json.loads(row_id), None if record is None else json.loads(record), error)
                 for line, row_id, record, error in zip(batch["line"], batch["id"], batch["record"], batch["error"])]
-        outputs = [json.dumps(out, ensure_ascii=False)
-                   for out in run_rows(self.generator, rows, self.job_options, self.max_running)]
+        outputs = [json_line(out) for out in run_rows(self.generator, rows, self.job_options, self.max_running)]
         return {"output": outputs}
 
 
@@ -61,15 +61,18 @@ def stage_rows(rows: Iterator[InputRow], staging: Path) -> int:
     import pyarrow.parquet as pq
 
     schema = pa.schema([("line", pa.int64()), ("id", pa.string()), ("record", pa.string()), ("error", pa.string())])
-    staging.mkdir(parents=True)
+    with writing_output(staging):
+        staging.mkdir(parents=True)
     count, chunk = 0, []
 
     def flush() -> None:
-        pq.write_table(pa.Table.from_pylist(chunk, schema), staging / f"rows-{count:012d}.parquet")
+        with writing_output(staging):
+            pq.write_table(pa.Table.from_pylist(chunk, schema), staging / f"rows-{count:012d}.parquet")
 
     for row in rows:
-        record = None if row.record is None else json.dumps(row.record, ensure_ascii=False)
-        chunk.append({"line": row.line, "id": json.dumps(row.id, ensure_ascii=False), "record": record, "error": row.error})
+        # as JSON text: a row's fields of any type (and any text, a lone surrogate too) fit one string column
+        record = None if row.record is None else json_line(row.record)
+        chunk.append({"line": row.line, "id": json_line(row.id), "record": record, "error": row.error})
         if len(chunk) == STAGING_ROWS:
             flush()
             count, chunk = count + len(chunk), []
@@ -88,28 +91,26 @@ def run_ray(model: str | None, precision: str, input_path: Path, output_path: Pa
     ray = _import_ray()
     input_path, output_path = Path(input_path), Path(output_path)
     _check_options(model, precision, job_options)
-    if not ray.is_initialized():
-        # a new local cluster runs no dashboard (nothing listens beyond what the job needs)
-        ray.init(address=address, log_to_driver=False, **({} if address else {"include_dashboard": False}))
-    done = written_ids(output_path) if resume else set()
+    rows = read_rows(input_path)  # a missing INPUT, or an unwritable OUTPUT, fails before a cluster starts
+    done = written_lines(output_path) if resume else set()
     staging = output_path.with_name(output_path.name + STAGING_SUFFIX)
     shutil.rmtree(staging, ignore_errors=True)  # a staging directory of an interrupted run
-    written = errors = new_tokens = 0
-    start = time.perf_counter()
+    tally = Tally(skipped=len(done))
     with OutputWriter(output_path, resume) as writer:
+        if not ray.is_initialized():
+            # a new local cluster runs no dashboard (nothing listens beyond what the job needs)
+            ray.init(address=address, log_to_driver=False, **({} if address else {"include_dashboard": False}))
         try:
-            if stage_rows((r for r in read_rows(input_path) if id_key(r.id) not in done), staging):
+            if stage_rows((r for r in rows if r.line not in done), staging):
                 bar = progress_bar(count_rows(input_path), len(done), progress)
                 for out in _pipeline(ray, staging, model, precision, threads, job_options, max_running, replicas, batch_size):
                     writer.write(out)
-                    written += 1
-                    errors += "error" in out
-                    new_tokens += out.get("usage", {}).get("completion_tokens", 0)
+                    tally.add(out)
                     bar.update(1)
                 bar.close()
         finally:
             shutil.rmtree(staging, ignore_errors=True)
-    return Summary(written, errors, len(done), new_tokens, time.perf_counter() - start)
+    return tally.summary()
 
 
 def _pipeline(ray, staging: Path, model, precision, threads, job_options, max_running, replicas, batch_size) -> Iterator[dict]:

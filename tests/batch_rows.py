@@ -10,6 +10,7 @@ BAD_ROWS = {  # id → (the row, a word its error must name)
     "bad-prompt": ({"id": "bad-prompt", "prompt": 42}, "prompt"),
     "bad-top-p": ({"id": "bad-top-p", "prompt": "好", "top_p": 5}, "top_p"),
     "bad-option": ({"id": "bad-option", "prompt": "好", "tempreature": 0.7}, "tempreature"),
+    "bad-text": ({"id": "bad-text", "prompt": "好\udcff"}, "UTF-8"),  # a lone surrogate: no UTF-8 text holds it
 }
 
 
@@ -28,14 +29,14 @@ def job_rows(n: int, sampled: bool, bad: bool = False) -> list[dict]:
         if sampled:
             row["seed"] = i
         rows.append(row)
-    if bad:  # replace three rows in the middle
+    if bad:  # replace rows in the middle
         for k, (row, _) in enumerate(BAD_ROWS.values()):
             rows[100 + 50 * k] = row
     return rows
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")  # ASCII: a lone surrogate as \udcff
     return path
 
 

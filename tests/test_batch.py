@@ -12,6 +12,7 @@ import pytest
 
 from batch_rows import BAD_ROWS, by_id, job_rows, read_jsonl, write_jsonl
 from gpt2_onnx.apps.batch import merge_options, run_local
+from gpt2_onnx.errors import Gpt2OnnxError
 
 GREEDY = {"do_sample": False, "max_new_tokens": 6}
 SAMPLED = {"do_sample": True, "max_new_tokens": 6, "temperature": 0.9}
@@ -54,7 +55,7 @@ def test_bad_rows_get_errors_and_the_job_goes_on(generator, tmp_path):
     rows = job_rows(500, sampled=False, bad=True)
     summary = run_local(generator, write_jsonl(tmp_path / "in.jsonl", rows), tmp_path / "out.jsonl", GREEDY, progress=False)
     out = by_id(read_jsonl(tmp_path / "out.jsonl"))
-    assert len(out) == 500 and summary.errors == 3
+    assert len(out) == 500 and summary.errors == len(BAD_ROWS)
     failed = {i: r["error"] for i, r in out.items() if "error" in r}
     assert set(failed) == set(BAD_ROWS)
     for row_id, (_, word) in BAD_ROWS.items():
@@ -161,3 +162,116 @@ def test_cli_refuses_to_overwrite_without_resume(tiny_model, tmp_path):
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 1 and "pass --resume" in err
     assert read_jsonl(tmp_path / "out.jsonl") == [{"id": "x", "text": "kept"}]
+
+
+# --- a bad row never stops a job (issue 20) --------------------------------------------------------
+
+SURROGATE_ROWS = ('{"id": "lone", "prompt": "好\\udcff"}\n'  # JSON's escape of a lone surrogate
+                  '{"id": "ok-1", "prompt": "好"}\n')
+NOT_UTF8 = b'{"id": "byte", "prompt": "\xff\xfe"}\n{"id": "ok-2", "prompt": "\xe5\x86\x8d"}\n'  # bytes no UTF-8 text holds
+
+
+def test_a_lone_surrogate_is_an_error_row_and_resume_goes_past_it(generator, tmp_path):
+    source = tmp_path / "in.jsonl"
+    source.write_bytes(SURROGATE_ROWS.encode() + NOT_UTF8)
+    summary = run_local(generator, source, tmp_path / "out.jsonl", GREEDY, progress=False)
+    assert (summary.written, summary.errors) == (4, 2)
+    text = (tmp_path / "out.jsonl").read_bytes().decode("utf-8")  # OUTPUT is valid UTF-8
+    out = by_id([json.loads(line) for line in text.splitlines()])
+    assert out["lone"]["prompt"] == "好\udcff" and "not valid UTF-8" in out["lone"]["error"]  # written back as it was
+    assert "not valid UTF-8" in out["byte"]["error"] and "text" not in out["byte"]
+    assert out["ok-1"]["text"] and out["ok-2"]["text"] and {r["line"] for r in out.values()} == {1, 2, 3, 4}
+    resumed = run_local(generator, source, tmp_path / "out.jsonl", GREEDY, resume=True, progress=False)
+    assert (resumed.skipped, resumed.written) == (4, 0)
+
+
+def test_a_lone_surrogate_in_a_parquet_output(generator, tmp_path):
+    pq = pytest.importorskip("pyarrow.parquet")
+    source = tmp_path / "in.jsonl"
+    source.write_text(SURROGATE_ROWS + '{"id": "opt", "prompt": "好", "usage": "mine", "text": 5}\n')
+    run_local(generator, source, tmp_path / "out.parquet", GREEDY, progress=False)
+    out = by_id(pq.read_table(tmp_path / "out.parquet").to_pylist())
+    assert out["lone"]["prompt"] == "好\\udcff" and "not valid UTF-8" in out["lone"]["error"]  # Parquet text is UTF-8
+    assert "unknown option" in out["opt"]["error"] and out["opt"]["usage"] is None and out["opt"]["text"] is None
+    assert out["ok-1"]["text"] and sorted(r["line"] for r in out.values()) == [1, 2, 3]
+
+
+def test_a_duplicate_id_never_hides_a_row_from_resume(generator, tmp_path):
+    # the first "a" runs long, its duplicate fails at once and "b" ends before it: the job stops there
+    source = write_jsonl(tmp_path / "in.jsonl", [{"id": "a", "prompt": "好", "max_new_tokens": 40},
+                                                  {"id": "a", "prompt": "再"}, {"id": "b", "prompt": "来"}])
+    seen = []
+
+    def interrupt(row):
+        seen.append(row["line"])
+        if len(seen) == 2:
+            raise Stop
+
+    with pytest.raises(Stop):
+        run_local(generator, source, tmp_path / "out.jsonl", GREEDY, progress=False, on_row=interrupt)
+    assert sorted(seen) == [2, 3]
+    summary = run_local(generator, source, tmp_path / "out.jsonl", GREEDY, resume=True, progress=False)
+    assert (summary.skipped, summary.written) == (2, 1)
+    out = {r["line"]: r for r in read_jsonl(tmp_path / "out.jsonl")}
+    assert len(out) == 3 and len(out[1]["token_ids"]) == 40 and "duplicate id" in out[2]["error"]
+
+
+def test_resume_refuses_an_output_without_lines(generator, tmp_path):
+    source = write_jsonl(tmp_path / "in.jsonl", job_rows(3, sampled=False))
+    old = json.dumps({"id": "row-0", "prompt": "这", "text": "x"}) + "\n"  # a row as versions before lines wrote it
+    (tmp_path / "out.jsonl").write_text(old)
+    with pytest.raises(Gpt2OnnxError, match='no output row with a "line".*run the job into a new OUTPUT'):
+        run_local(generator, source, tmp_path / "out.jsonl", GREEDY, resume=True, progress=False)
+    assert (tmp_path / "out.jsonl").read_text() == old
+
+
+def test_cli_missing_input_leaves_no_output(tiny_model, tmp_path):
+    out = tmp_path / "out.jsonl"
+    proc = cli("batch", str(tmp_path / "typo.jsonl"), str(out), "--model", str(tiny_model), "--no-progress")
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1 and err == f"gpt2-onnx: error: input file {tmp_path / 'typo.jsonl'} does not exist; " \
+                                           "pass a JSONL or Parquet file\n"
+    assert list(tmp_path.iterdir()) == []  # the corrected rerun needs no --resume
+    source = write_jsonl(tmp_path / "in.jsonl", job_rows(2, sampled=False))
+    proc = cli("batch", str(source), str(out), "--model", str(tiny_model), "--no-progress", "--max-new-tokens", "2")
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0 and len(read_jsonl(out)) == 2, err
+
+
+@pytest.mark.parametrize("output", ["out.jsonl", "out.parquet"])
+def test_cli_output_on_a_full_disk_is_one_line(tiny_model, tmp_path, output):
+    if output.endswith(".parquet"):
+        pytest.importorskip("pyarrow")
+    source = write_jsonl(tmp_path / "in.jsonl", job_rows(3, sampled=False))
+    journal = tmp_path / (output if output.endswith(".jsonl") else output + ".partial.jsonl")
+    journal.symlink_to("/dev/full")  # every write: ENOSPC
+    proc = cli("batch", str(source), str(tmp_path / output), "--model", str(tiny_model), "--no-progress", "--resume")
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1 and err == f"gpt2-onnx: error: cannot write OUTPUT {journal}: No space left on device; " \
+                                           "choose a writable OUTPUT with free space (rows written so far are kept for --resume)\n"
+
+
+def read_only_refusal(directory) -> str | None:
+    """Why `directory` cannot be mounted read-only in a private mount namespace here (None: it can)."""
+    probe = subprocess.run(["unshare", "--mount", "sh", "-c", f"mount --bind {directory} {directory}"],
+                           capture_output=True, text=True)
+    return None if probe.returncode == 0 else f"mount namespaces are not permitted here: {probe.stderr.strip()}"
+
+
+@pytest.mark.parametrize("output", ["out.jsonl", "out.parquet"])
+def test_cli_output_on_a_read_only_file_system_is_one_line(tiny_model, tmp_path, output):
+    frozen = tmp_path / "frozen"
+    frozen.mkdir()
+    refusal = read_only_refusal(frozen)
+    if refusal:
+        pytest.skip(refusal)
+    source = write_jsonl(tmp_path / "in.jsonl", job_rows(3, sampled=False))
+    command = " ".join([sys.executable, "-m", "gpt2_onnx.apps.cli", "batch", str(source), str(frozen / output),
+                        "--model", str(tiny_model), "--no-progress"])
+    # as root a read-only mode bit is no obstacle: a read-only mount is
+    proc = subprocess.run(["unshare", "--mount", "sh", "-c", f"mount --bind {frozen} {frozen} && "
+                           f"mount -o remount,ro,bind {frozen} && exec {command}"], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 1 and proc.stderr.count("\n") == 1, proc.stderr
+    assert proc.stderr.startswith(f"gpt2-onnx: error: cannot write OUTPUT {frozen / output}") and \
+        "Read-only file system" in proc.stderr
