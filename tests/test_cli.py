@@ -13,6 +13,7 @@ from pathlib import Path
 
 from gpt2_onnx import Generator
 from gpt2_onnx.apps.cli import main
+from gpt2_onnx.options import MAX_ROWS
 
 
 def cli(*args, stdin: str | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -69,6 +70,16 @@ def test_rows_and_threads_are_bounded_in_one_line(tiny_model, capsys):
         code = main(["generate", "x", "--model", str(tiny_model), "--max-new-tokens", "2", "--no-do-sample", *flags])
         captured = capsys.readouterr()
         assert code == 1 and captured.err.count("\n") == 1 and bound in captured.err and captured.out == "", captured
+
+
+def test_batch_engine_rows_are_bounded_by_the_runtime(tiny_model, tmp_path, capsys):
+    """`batch --max-running 100000` failed allocating its engine (a traceback): the runtime's bound, in one line."""
+    source = tmp_path / "in.jsonl"
+    source.write_text('{"prompt": "x"}\n')
+    code = main(["batch", str(source), str(tmp_path / "out.jsonl"), "--model", str(tiny_model), "--max-running", "100000"])
+    err = capsys.readouterr().err
+    assert code == 1 and err.count("\n") == 1 and f"--max-running must be ≤ {MAX_ROWS}" in err, err
+    assert not (tmp_path / "out.jsonl").exists()
 
 
 def test_output_that_cannot_be_written_is_one_line(tiny_model):
