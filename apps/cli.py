@@ -220,7 +220,7 @@ def _export(args) -> int:
     else:
         source, out = args.paths
     path = export.export_model(source, out, quantize=tuple(args.quantize), force=args.force, check=not args.no_check, progress=print_progress)
-    print(path)
+    _write(f"{path}\n")
     return 0
 
 
@@ -229,7 +229,7 @@ def _check(args) -> int:
     from gpt2_onnx.export import parity
     reports = parity.check_model(args.model_dir, args.against)
     for report in reports:
-        print(report.line())
+        _write(report.line() + "\n")
     parity.require_fp32_parity(reports)
     return 0
 
@@ -320,7 +320,7 @@ def _run_prompt(generator, prompt: str, options: dict[str, Any], as_json: bool, 
 
 
 def _write(text: str) -> None:
-    """Text on stdout at once. A reader gone raises BrokenPipeError (main exits quietly); any
+    """Text on stdout at once (every command prints through this). A reader gone raises BrokenPipeError (main exits quietly); any
     other failure (no space left, an I/O error) ends the run with one line."""
     try:
         sys.stdout.write(text)

@@ -82,15 +82,17 @@ def test_batch_engine_rows_are_bounded_by_the_runtime(tiny_model, tmp_path, caps
     assert not (tmp_path / "out.jsonl").exists()
 
 
-def test_output_that_cannot_be_written_is_one_line(tiny_model):
-    """`generate > /dev/full`: one line and exit 1, in the streaming and the JSON paths."""
-    for flags in ([], ["--json"]):
+def test_output_that_cannot_be_written_is_one_line(tiny_model, tiny_checkpoint, tmp_path):
+    """`generate > /dev/full` (streaming and JSON) and `export > /dev/full`: one line and exit 1."""
+    generate = ["generate", "这是", "--model", str(tiny_model), "--max-new-tokens", "4"]
+    for argv in (generate, [*generate, "--json"], ["export", str(tiny_checkpoint), str(tmp_path / "model"), "--no-check"]):
         with open("/dev/full", "w") as full:
-            argv = ["generate", "这是", "--model", str(tiny_model), "--max-new-tokens", "4", *flags]
             proc = subprocess.run([sys.executable, "-m", "gpt2_onnx.apps.cli", *argv], stdout=full,
                                   stderr=subprocess.PIPE, text=True, timeout=600)
-        assert proc.returncode == 1 and proc.stderr.count("\n") == 1, proc.stderr
-        assert proc.stderr.startswith("gpt2-onnx: error: cannot write the output") and "No space left" in proc.stderr
+        last = proc.stderr.splitlines()[-1]  # export reports its progress on stderr first
+        assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+        assert argv[0] == "export" or proc.stderr.count("\n") == 1, proc.stderr
+        assert last.startswith("gpt2-onnx: error: cannot write the output") and "No space left" in last
 
 
 def test_context_errors_name_the_flag_and_slide_truncates_to_what_starts(tiny_model, capsys):
