@@ -64,7 +64,8 @@ def run(args: argparse.Namespace) -> int:
         if getattr(args, name) < 1:
             raise Gpt2OnnxError(f"--{name.replace('_', '-')} must be ≥ 1, got {getattr(args, name)}")
     if args.max_running > MAX_ROWS:  # the engine's rows: the runtime's bound on rows decoded at once
-        raise Gpt2OnnxError(f"--max-running must be ≤ {MAX_ROWS} (rows an engine decodes at once), got {args.max_running}")
+        raise Gpt2OnnxError(f"--max-running must be ≤ {MAX_ROWS} (rows an engine decodes at once), "
+                            f"got {args.max_running}")
     if args.input.resolve() == args.output.resolve():
         raise Gpt2OnnxError(f"INPUT and OUTPUT are the same file ({args.input}); write the results elsewhere")
     if args.ray is not None:

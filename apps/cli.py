@@ -320,8 +320,9 @@ def _run_prompt(generator, prompt: str, options: dict[str, Any], as_json: bool, 
 
 
 def _write(text: str) -> None:
-    """Text on stdout at once (every command prints through this). A reader gone raises BrokenPipeError (main exits quietly); any
-    other failure (no space left, an I/O error) ends the run with one line."""
+    """Text on stdout at once (every command prints through this). A reader gone raises
+    BrokenPipeError (main exits quietly); any other failure (no space left, an I/O error)
+    ends the run with one line."""
     try:
         sys.stdout.write(text)
         sys.stdout.flush()

@@ -232,9 +232,9 @@ class Generator:
                 problem = (f"the prompt has {len(ids)} tokens: with the context sliding it may hold {limit - 1} of "
                            f"the {limit} positions of this model (one is for the first new token); shorten the prompt")
             else:
+                fixes = "shorten the prompt, lower max_new_tokens" if room >= 1 else "lower max_new_tokens"
                 problem = (f"the prompt has {len(ids)} tokens and max_new_tokens is {config.max_new_tokens}: "
-                           f"{len(ids) + config.max_new_tokens} > {limit} positions of this model; shorten the prompt"
-                           f"{', lower max_new_tokens' if room >= 1 else ' or lower max_new_tokens'}")
+                           f"{len(ids) + config.max_new_tokens} > {limit} positions of this model; {fixes}")
             raise ContextLengthError(problem, remedy=("truncate", "left") if room >= 1 else None)
         return ids[:prefix] + ids[len(ids) - room:]
 
@@ -242,8 +242,8 @@ class Generator:
 def _check_threads(threads: int | None) -> None:
     """Refuse a thread count outside [1, the machine's CPUs]: onnxruntime starts every thread of
     its pool at load (100,000 of them take minutes), and threads beyond the CPUs only contend.
-    The bound counts every CPU of the machine, not the affinity the default takes, so that a
-    count which could run in parallel anywhere this process may be moved is never refused."""
+    All the machine's CPUs, not the affinity the default takes: a container or `taskset` may
+    narrow that, and a count the machine could run is never refused."""
     most = os.cpu_count() or 1
     if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= most):
         raise GenerationOptionError(

@@ -76,7 +76,8 @@ def test_batch_engine_rows_are_bounded_by_the_runtime(tiny_model, tmp_path, caps
     """`batch --max-running 100000` failed allocating its engine (a traceback): the runtime's bound, in one line."""
     source = tmp_path / "in.jsonl"
     source.write_text('{"prompt": "x"}\n')
-    code = main(["batch", str(source), str(tmp_path / "out.jsonl"), "--model", str(tiny_model), "--max-running", "100000"])
+    argv = ["batch", str(source), str(tmp_path / "out.jsonl"), "--model", str(tiny_model), "--max-running", "100000"]
+    code = main(argv)
     err = capsys.readouterr().err
     assert code == 1 and err.count("\n") == 1 and f"--max-running must be ≤ {MAX_ROWS}" in err, err
     assert not (tmp_path / "out.jsonl").exists()
@@ -85,7 +86,8 @@ def test_batch_engine_rows_are_bounded_by_the_runtime(tiny_model, tmp_path, caps
 def test_output_that_cannot_be_written_is_one_line(tiny_model, tiny_checkpoint, tmp_path):
     """`generate > /dev/full` (streaming and JSON) and `export > /dev/full`: one line and exit 1."""
     generate = ["generate", "这是", "--model", str(tiny_model), "--max-new-tokens", "4"]
-    for argv in (generate, [*generate, "--json"], ["export", str(tiny_checkpoint), str(tmp_path / "model"), "--no-check"]):
+    export = ["export", str(tiny_checkpoint), str(tmp_path / "model"), "--no-check"]
+    for argv in (generate, [*generate, "--json"], export):
         with open("/dev/full", "w") as full:
             proc = subprocess.run([sys.executable, "-m", "gpt2_onnx.apps.cli", *argv], stdout=full,
                                   stderr=subprocess.PIPE, text=True, timeout=600)
