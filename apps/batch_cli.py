@@ -58,10 +58,14 @@ def job_options(args: argparse.Namespace) -> dict[str, Any]:
 def run(args: argparse.Namespace) -> int:
     """The `batch` handler: the job, then a one-line summary on stderr."""
     from gpt2_onnx.errors import Gpt2OnnxError
+    from gpt2_onnx.options import MAX_ROWS
 
     for name in ("max_running", "replicas", "ray_batch"):
         if getattr(args, name) < 1:
             raise Gpt2OnnxError(f"--{name.replace('_', '-')} must be ≥ 1, got {getattr(args, name)}")
+    if args.max_running > MAX_ROWS:  # the engine's rows: the runtime's bound on rows decoded at once
+        raise Gpt2OnnxError(f"--max-running must be ≤ {MAX_ROWS} (rows an engine decodes at once), "
+                            f"got {args.max_running}")
     if args.input.resolve() == args.output.resolve():
         raise Gpt2OnnxError(f"INPUT and OUTPUT are the same file ({args.input}); write the results elsewhere")
     if args.ray is not None:

@@ -1,11 +1,12 @@
 """`gpt2-onnx` command line: export, check, generate, bench, serve.
 
-A thin layer over the Python API. Errors are one line on stderr and a non-zero exit:
-1 for bad input, 2 for usage, 128 + N for signal N (130 for Ctrl-C), 141 when the reader
-of stdout went away (`| head`), never a traceback. Nothing heavy is imported before `main`
-runs: Ctrl-C while onnxruntime loads is handled like Ctrl-C during a command. `export`
-imports the hub extra (onnx, huggingface_hub) and `check` the check extra (torch,
-transformers) only when they run, `serve` the serve extra (fastapi, uvicorn, prometheus_client).
+A thin layer over the Python API. Errors are one line on stderr and a non-zero exit: 1
+for bad input (or output that cannot be written: a full disk), 2 for usage, 128 + N for
+signal N (130 for Ctrl-C), 141 when the reader of stdout went away (`| head`), never a
+traceback. Nothing heavy is imported before `main` runs: Ctrl-C while onnxruntime loads
+is handled like Ctrl-C during a command. `export` imports the hub extra (onnx,
+huggingface_hub) and `check` the check extra (torch, transformers) only when they run,
+`serve` the serve extra (fastapi, uvicorn, prometheus_client).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from gpt2_onnx import __version__, precisions
-from gpt2_onnx.errors import Gpt2OnnxError
+from gpt2_onnx.errors import GenerationOptionError, Gpt2OnnxError
 from gpt2_onnx.progress import print_progress
 
 EXIT_ERROR, EXIT_USAGE, EXIT_BROKEN_PIPE = 1, 2, 141  # 141 = 128 + SIGPIPE
@@ -90,7 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("prompt", nargs="?", help="the prompt; omit it to read one prompt per line (interactive on a terminal)")
     gen.add_argument("--model", default=None, help="model directory or hub id (default: the registry's default model)")
     gen.add_argument("--precision", default=precisions.DEFAULT_PRECISION, choices=precisions.NAMES, help="model variant")
-    gen.add_argument("--threads", type=int, default=None, help="intra-op threads (default: available cores)")
+    gen.add_argument("--threads", type=int, default=None,
+                     help="intra-op threads, at most the machine's CPUs (default: available cores)")
     gen.add_argument("--json", action="store_true", help="print one JSON object per result instead of streaming text")
     gen.add_argument("--do-sample", action=argparse.BooleanOptionalAction, default=None, help="sample (default: the model's)")
     for flag, dest, kind, text in GENERATE_OPTIONS:
@@ -150,17 +152,36 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         return {"export": _export, "check": _check, "generate": _generate, "bench": _bench,
                 "serve": _serve, "batch": lambda a: a.run(a)}[args.command](args)
-    except Gpt2OnnxError as e:
-        print(f"gpt2-onnx: error: {e}", file=sys.stderr)
+    except (Gpt2OnnxError, OutputError) as e:
+        print(error_line(e), file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt as e:  # Ctrl-C, or a signal during export (errors.Interrupted)
         print(file=sys.stderr)  # the shell's next prompt starts on its own line, after "^C"
         return 128 + getattr(e, "signum", signal.SIGINT)
-    except BrokenPipeError:
-        # the reader left (`| head`): as the Python docs advise for SIGPIPE, point stdout at
-        # devnull so that the interpreter's final flush cannot fail and print a traceback
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except BrokenPipeError:  # the reader left (`| head`)
+        _discard_stdout()
         return EXIT_BROKEN_PIPE
+
+
+def _discard_stdout() -> None:
+    """Point stdout at devnull, as the Python docs advise for SIGPIPE: what it still buffers
+    cannot be written, and the interpreter's final flush must not fail and print a traceback."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
+class OutputError(Exception):
+    """Standard output cannot take what a command prints (a full disk, /dev/full): the run ends."""
+
+
+def error_line(error: Exception) -> str:
+    """The one line an error prints; an option that would fix it is named as its flag (`--truncate left`)."""
+    message = error.spelled(_flag) if isinstance(error, GenerationOptionError) else str(error)
+    return f"gpt2-onnx: error: {message}"
+
+
+def _flag(option: str, value: str) -> str:
+    # argparse's rule for a flag's dest (dashes become underscores), inverted
+    return f"--{option.replace('_', '-')} {value}"
 
 
 # extra → (modules it brings that a command imports, how to install it)
@@ -199,7 +220,7 @@ def _export(args) -> int:
     else:
         source, out = args.paths
     path = export.export_model(source, out, quantize=tuple(args.quantize), force=args.force, check=not args.no_check, progress=print_progress)
-    print(path)
+    _write(f"{path}\n")
     return 0
 
 
@@ -208,7 +229,7 @@ def _check(args) -> int:
     from gpt2_onnx.export import parity
     reports = parity.check_model(args.model_dir, args.against)
     for report in reports:
-        print(report.line())
+        _write(report.line() + "\n")
     parity.require_fp32_parity(reports)
     return 0
 
@@ -266,20 +287,26 @@ def _generate(args) -> int:
     if args.prompt is not None:
         answer(args.prompt)
         return 0
+
+    def answer_line(line: str) -> None:
+        # one rule on a terminal and from a file: a blank line (or only whitespace) is no prompt
+        if line.strip():
+            answer(line.rstrip("\n"))
+
     # undecodable bytes reach the prompt check (one line naming them) instead of failing in the reader
     sys.stdin.reconfigure(errors="surrogateescape")
     if sys.stdin.isatty():
-        return interactive_loop(answer)
-    for line in sys.stdin:  # a file or pipe: every line is a prompt; the first bad one ends the run
-        answer(line.rstrip("\n"))
+        return interactive_loop(answer_line)
+    for line in sys.stdin:  # a file or pipe: the first bad prompt ends the run
+        answer_line(line)
     return 0
 
 
 def _run_prompt(generator, prompt: str, options: dict[str, Any], as_json: bool, stream: bool) -> None:
     if stream:
         for piece in generator.stream(prompt, **options):
-            print(piece, end="", flush=True)
-        print()
+            _write(piece)
+        _write("\n")
         return
     results = generator.generate(prompt, **options)
     for result in results if isinstance(results, list) else [results]:
@@ -287,9 +314,23 @@ def _run_prompt(generator, prompt: str, options: dict[str, Any], as_json: bool, 
             record = {"prompt": prompt, **asdict(result)}
             timings = {**record["timings"], "decode_tokens_per_s": result.timings.decode_tokens_per_s}
             record["timings"] = {k: round(v, TIMING_DECIMALS) if isinstance(v, float) else v for k, v in timings.items()}
-            print(json.dumps(record, ensure_ascii=False), flush=True)
+            _write(json.dumps(record, ensure_ascii=False) + "\n")
         else:
-            print(result.text, flush=True)
+            _write(result.text + "\n")
+
+
+def _write(text: str) -> None:
+    """Text on stdout at once (every command prints through this). A reader gone raises
+    BrokenPipeError (main exits quietly); any other failure (no space left, an I/O error)
+    ends the run with one line."""
+    try:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        raise
+    except OSError as e:
+        _discard_stdout()
+        raise OutputError(f"cannot write the output to standard output: {e.strerror or e}") from None
 
 
 if __name__ == "__main__":

@@ -4,7 +4,8 @@ Lines are read with `input()`, so the standard library's `readline` (where the p
 has it) gives line editing and history. Ctrl-C while an answer is generated cancels that
 answer and returns to the prompt; Ctrl-C twice in a row at the prompt, or Ctrl-D, quits
 with exit code 0 (leaving the prompt is the normal way out). An error in one prompt (too
-long, not valid UTF-8) is reported in one line and the prompt comes back.
+long, not valid UTF-8) is reported in one line and the prompt comes back; a blank line is
+no prompt (as in a file of prompts).
 """
 
 from __future__ import annotations
@@ -14,11 +15,13 @@ from collections.abc import Callable
 
 from gpt2_onnx.errors import Gpt2OnnxError
 
+from .cli import error_line
+
 PROMPT = "> "
 
 
 def interactive_loop(answer: Callable[[str], None]) -> int:
-    """Read prompts until the user quits; `answer` prints one prompt's result."""
+    """Read lines until the user quits; `answer` prints one line's result (and skips a blank one)."""
     try:
         import readline  # noqa: F401  (imported for its effect: input() edits lines, keeps history)
     except ImportError:  # not built on every platform
@@ -38,14 +41,12 @@ def interactive_loop(answer: Callable[[str], None]) -> int:
             print("\n(Ctrl-C again or Ctrl-D to quit)", file=sys.stderr, flush=True)
             continue
         armed = False
-        if not line.strip():
-            continue
         try:
             answer(line)
         except KeyboardInterrupt:
             print(flush=True)  # the cancelled answer ends its line; the prompt comes back
         except Gpt2OnnxError as e:
-            print(f"gpt2-onnx: error: {e}", file=sys.stderr, flush=True)
+            print(error_line(e), file=sys.stderr, flush=True)
 
 
 def _read_line() -> str:

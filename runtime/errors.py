@@ -1,5 +1,7 @@
 """Exceptions raised by gpt2-onnx. Every message names the problem and the fix."""
 
+from collections.abc import Callable
+
 
 class Gpt2OnnxError(Exception):
     """Base class: the CLI prints these as one line and exits non-zero."""
@@ -10,7 +12,17 @@ class ModelDirectoryError(Gpt2OnnxError):
 
 
 class GenerationOptionError(Gpt2OnnxError, ValueError):
-    """A generation option has the wrong name, type or range."""
+    """A generation option has the wrong name, type or range. `remedy`: the option and value
+    that would make the call work, when one would; the message names it as Python passes it,
+    and a front door with another spelling (a command-line flag) words it with `spelled`."""
+
+    def __init__(self, problem: str, remedy: tuple[str, str] | None = None):
+        self.problem, self.remedy = problem, remedy
+        super().__init__(self.spelled(lambda option, value: f"{option}={value!r}"))
+
+    def spelled(self, spell: Callable[[str, str], str]) -> str:
+        """The message, its remedy written by `spell(option, value)`."""
+        return self.problem if self.remedy is None else f"{self.problem}, or pass {spell(*self.remedy)}"
 
 
 class ContextLengthError(GenerationOptionError):

@@ -7,6 +7,7 @@ threads at once, so one Generator serves concurrent calls from many threads.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ from .errors import ContextLengthError, GenerationOptionError, ModelDirectoryErr
 from .hub import resolve_model_dir
 from .logits import Processors
 from .manifest import TOKENIZER_NAME, Manifest, read_manifest
-from .options import GenerationConfig, as_sequence, require_utf8
+from .options import MAX_ROWS, GenerationConfig, as_sequence, require_utf8
 from .precisions import BY_NAME, DEFAULT_PRECISION
 from .prefix_cache import PrefixCache
 from .session import Decoder, load_decoder
@@ -74,9 +75,14 @@ class Generator:
     def load(cls, model: str | Path | None = None, precision: str = DEFAULT_PRECISION, threads: int | None = None,
              prefix_cache_mb: float = 0) -> "Generator":
         """`model`: a model directory, or a hub id (exported into the cache on first use);
-        None: the default model. `precision`: "int8", "int4" or "fp32" (what the directory holds). `threads`: intra-op threads
-        (default: the cores this process may use). `prefix_cache_mb` > 0: keep the keys and values of recent
-        prompts in that many MB, so a prompt that begins like an earlier one computes only the rest."""
+        None: the default model. `precision`: "int8", "int4" or "fp32" (what the directory holds).
+        `threads`: intra-op threads, at most the machine's CPUs (default: the cores this process
+        may use). `prefix_cache_mb` > 0: keep the keys and values of recent prompts in that many
+        MB, so a prompt that begins like an earlier one computes only the rest."""
+        _check_threads(threads)
+        if (isinstance(prefix_cache_mb, bool) or not isinstance(prefix_cache_mb, (int, float))
+                or not prefix_cache_mb >= 0):
+            raise GenerationOptionError(f"prefix_cache_mb must be a number ≥ 0, got {prefix_cache_mb!r}")
         model_dir = resolve_model_dir(model)
         manifest = read_manifest(model_dir)
         if precision not in manifest.variants:
@@ -84,16 +90,12 @@ class Generator:
                 f"{model_dir} has no {precision!r} variant (it has {', '.join(manifest.variants)}); "
                 f"pick one of those or re-export with `gpt2-onnx export SOURCE {model_dir} --quantize {precision} --force`"
             )
-        if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 1):
-            raise GenerationOptionError(f"threads must be an int ≥ 1 or None, got {threads!r}")
         variant = manifest.variants[precision]
         graph = variant.graph()
         tokenizer, graph_path, _ = verified_paths(
             model_dir, [(TOKENIZER_NAME, manifest.tokenizer_sha256), (graph.file, graph.sha256), (variant.data_file, variant.data_sha256)]
         )
         codec = TextCodec.from_file(tokenizer, manifest.conventions)
-        if isinstance(prefix_cache_mb, bool) or not isinstance(prefix_cache_mb, (int, float)) or not prefix_cache_mb >= 0:
-            raise GenerationOptionError(f"prefix_cache_mb must be a number ≥ 0, got {prefix_cache_mb!r}")
         if prefix_cache_mb:
             _require_shape_exact(precision, "the prefix cache needs a precision whose logits do not depend on how a prompt is split")
         min_rows = BY_NAME[precision].min_call_rows if precision in BY_NAME else 1
@@ -172,11 +174,12 @@ class Generator:
             pieces.clear()
 
     def engine(self, requests: Sequence[Request]) -> Engine:
-        """An engine sized for these requests (their rows, their longest prompt + new tokens)."""
+        """An engine sized for these requests: their rows, at most MAX_ROWS (more prompts wait
+        their turn), and their longest prompt + new tokens."""
         longest = max(len(r.prompt_ids) + r.config.max_new_tokens for r in requests)
         capacity = min(longest, self.manifest.architecture.n_positions)
-        return Engine(self.decoder, self.codec, max_rows=sum(r.rows for r in requests), capacity=capacity,
-                      prefix_cache=self.prefix_cache)
+        rows = min(sum(r.rows for r in requests), MAX_ROWS)
+        return Engine(self.decoder, self.codec, max_rows=rows, capacity=capacity, prefix_cache=self.prefix_cache)
 
     def run(self, requests: Sequence[Request]) -> None:
         """Decode the requests to the end in this thread, on an engine of their own."""
@@ -213,18 +216,40 @@ class Generator:
         return ids or list(self.manifest.conventions.stop_token_ids[:1])
 
     def _fit_context(self, ids: list[int], config: GenerationConfig) -> list[int]:
+        """The prompt if it leaves the positions the call needs: all of max_new_tokens, or when the
+        context slides one to start from (sliding makes room for the rest, as the engine's check
+        expects). Otherwise, with truncate left, its prefix and the most recent tokens that leave
+        them; else refused."""
         limit = self.manifest.architecture.n_positions
-        if len(ids) + config.max_new_tokens <= limit or (config.context_overflow == "slide" and len(ids) < limit):
+        sliding = config.context_overflow == "slide"
+        needed = 1 if sliding else config.max_new_tokens
+        if len(ids) + needed <= limit:
             return ids
         prefix = len(self.manifest.conventions.prompt_prefix_ids)
-        room = limit - config.max_new_tokens - prefix
+        room = limit - needed - prefix
         if config.truncate != "left" or room < 1:
-            raise ContextLengthError(
-                f"the prompt has {len(ids)} tokens and max_new_tokens is {config.max_new_tokens}: "
-                f"{len(ids) + config.max_new_tokens} > {limit} positions of this model; shorten the prompt, "
-                "lower max_new_tokens" + (", or pass truncate='left'" if room >= 1 else "")
-            )
+            if sliding:
+                problem = (f"the prompt has {len(ids)} tokens: with the context sliding it may hold {limit - 1} of "
+                           f"the {limit} positions of this model (one is for the first new token); shorten the prompt")
+            else:
+                fixes = "shorten the prompt, lower max_new_tokens" if room >= 1 else "lower max_new_tokens"
+                problem = (f"the prompt has {len(ids)} tokens and max_new_tokens is {config.max_new_tokens}: "
+                           f"{len(ids) + config.max_new_tokens} > {limit} positions of this model; {fixes}")
+            raise ContextLengthError(problem, remedy=("truncate", "left") if room >= 1 else None)
         return ids[:prefix] + ids[len(ids) - room:]
+
+
+def _check_threads(threads: int | None) -> None:
+    """Refuse a thread count outside [1, the machine's CPUs]: onnxruntime starts every thread of
+    its pool at load (100,000 of them take minutes), and threads beyond the CPUs only contend.
+    All the machine's CPUs, not the affinity the default takes: a container or `taskset` may
+    narrow that, and a count the machine could run is never refused."""
+    most = os.cpu_count() or 1
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= most):
+        raise GenerationOptionError(
+            f"threads must be an int in [1, {most}] (this machine's CPUs; more threads only contend for them), "
+            f"got {threads!r}"
+        )
 
 
 def _require_shape_exact(precision: str, needs: str) -> None:

@@ -14,6 +14,15 @@ from typing import Any
 
 from .errors import GenerationOptionError
 
+# Rows (beams or returned sequences) one call decodes at once: each holds a KV cache row of up to
+# the whole context (37.7 MB at full context for the distil model, 75 MB for GPT-2 base) and a row
+# of logits per step, so this bounds what one option can make a call allocate (64 rows: 2.4 GB and
+# 4.8 GB). `num_beams` and `num_return_sequences` are at most this, in every front door; a call of
+# many prompts decodes this many rows at a time, the rest waiting their turn (a server's or batch
+# job's engine holds --max-running rows, and refuses a request of more).
+MAX_ROWS = 64
+_ROWS_WHY = f" (a call decodes at most {MAX_ROWS} rows, beams or sequences, at once)"
+
 
 @dataclass(frozen=True)
 class GenerationConfig:
@@ -74,8 +83,8 @@ class GenerationConfig:
         _int(self, "min_new_tokens", 0)
         _int(self, "top_k", 0)
         _int(self, "no_repeat_ngram_size", 0)
-        _int(self, "num_return_sequences", 1)
-        _int(self, "num_beams", 1)
+        _int(self, "num_return_sequences", 1, MAX_ROWS, _ROWS_WHY)
+        _int(self, "num_beams", 1, MAX_ROWS, _ROWS_WHY)
         _int(self, "logprobs", 0)
         _bool(self, "do_sample")
         _float(self, "temperature", 0.0, None, "≥ 0")
@@ -142,10 +151,11 @@ def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
-def _int(config: GenerationConfig, name: str, low: int) -> None:
+def _int(config: GenerationConfig, name: str, low: int, high: int | None = None, why: str = "") -> None:
     v = getattr(config, name)
-    if not _is_int(v) or v < low:
-        raise GenerationOptionError(f"{name} must be an int ≥ {low}, got {v!r}")
+    if not _is_int(v) or v < low or (high is not None and v > high):
+        allowed = f"≥ {low}" if high is None else f"in [{low}, {high}]"
+        raise GenerationOptionError(f"{name} must be an int {allowed}, got {v!r}{why}")
 
 
 def _bool(config: GenerationConfig, name: str) -> None:

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shlex
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 from gpt2_onnx import Generator
 from gpt2_onnx.apps.cli import main
+from gpt2_onnx.options import MAX_ROWS
 
 
 def cli(*args, stdin: str | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -40,7 +44,9 @@ def test_generate_json_lines(tiny_model):
 
 
 def test_prompts_from_standard_input(tiny_model):
-    proc = cli("generate", "--model", str(tiny_model), "--max-new-tokens", "5", "--no-do-sample", stdin="这是\n今天天气\n")
+    """One prompt per line; a blank line (or only whitespace) is no prompt, as at the interactive prompt."""
+    proc = cli("generate", "--model", str(tiny_model), "--max-new-tokens", "5", "--no-do-sample",
+               stdin="这是\n\n \t\n今天天气\n")
     assert proc.returncode == 0, proc.stderr
     gen = Generator.load(tiny_model)
     expected = [gen.generate(p, max_new_tokens=5, do_sample=False).text for p in ("这是", "今天天气")]
@@ -53,6 +59,66 @@ def test_bad_option_is_one_line(tiny_model, capsys):
     assert code == 1 and err.count("\n") == 1 and "top_p must be in (0, 1]" in err
     proc = cli("generate", "x", "--model", str(tiny_model), "--top-k", "many")
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "--top-k" in proc.stderr
+
+
+def test_rows_and_threads_are_bounded_in_one_line(tiny_model, capsys):
+    """`--num-beams 100000` grew to 23 GB and `--threads 100000` hung: both are refused at once, naming the bound."""
+    for flags, bound in ((["--num-beams", "1000"], "num_beams must be an int in [1, 64]"),
+                         (["--num-return-sequences", "65", "--do-sample"],
+                          "num_return_sequences must be an int in [1, 64]"),
+                         (["--threads", str(os.cpu_count() + 1)], f"threads must be an int in [1, {os.cpu_count()}]")):
+        code = main(["generate", "x", "--model", str(tiny_model), "--max-new-tokens", "2", "--no-do-sample", *flags])
+        captured = capsys.readouterr()
+        assert code == 1 and captured.err.count("\n") == 1 and bound in captured.err and captured.out == "", captured
+
+
+def test_batch_engine_rows_are_bounded_by_the_runtime(tiny_model, tmp_path, capsys):
+    """`batch --max-running 100000` failed allocating its engine (a traceback): the runtime's bound, in one line."""
+    source = tmp_path / "in.jsonl"
+    source.write_text('{"prompt": "x"}\n')
+    argv = ["batch", str(source), str(tmp_path / "out.jsonl"), "--model", str(tiny_model), "--max-running", "100000"]
+    code = main(argv)
+    err = capsys.readouterr().err
+    assert code == 1 and err.count("\n") == 1 and f"--max-running must be ≤ {MAX_ROWS}" in err, err
+    assert not (tmp_path / "out.jsonl").exists()
+
+
+def test_output_that_cannot_be_written_is_one_line(tiny_model, tiny_checkpoint, tmp_path):
+    """`generate > /dev/full` (streaming and JSON) and `export > /dev/full`: one line and exit 1."""
+    generate = ["generate", "这是", "--model", str(tiny_model), "--max-new-tokens", "4"]
+    export = ["export", str(tiny_checkpoint), str(tmp_path / "model"), "--no-check"]
+    for argv in (generate, [*generate, "--json"], export):
+        with open("/dev/full", "w") as full:
+            proc = subprocess.run([sys.executable, "-m", "gpt2_onnx.apps.cli", *argv], stdout=full,
+                                  stderr=subprocess.PIPE, text=True, timeout=600)
+        last = proc.stderr.splitlines()[-1]  # export reports its progress on stderr first
+        assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+        assert argv[0] == "export" or proc.stderr.count("\n") == 1, proc.stderr
+        assert last.startswith("gpt2-onnx: error: cannot write the output") and "No space left" in last
+
+
+def test_context_errors_name_the_flag_and_slide_truncates_to_what_starts(tiny_model, capsys):
+    """The remedy for an over-long prompt is spelled as this command line takes it; with slide,
+    --truncate left keeps all the prompt that leaves one position, whatever --max-new-tokens is."""
+    long_prompt = "这是很久之前的事情了" * 20  # 201 tokens with [CLS]; the tiny model has 128 positions
+    code = main(["generate", long_prompt, "--model", str(tiny_model), "--max-new-tokens", "20"])
+    err = capsys.readouterr().err
+    assert code == 1 and err.count("\n") == 1 and "or pass --truncate left" in err and "truncate='left'" not in err, err
+    slide = ["--truncate", "left", "--context-overflow", "slide", "--max-new-tokens", "200", "--no-do-sample", "--json"]
+    assert main(["generate", long_prompt, "--model", str(tiny_model), *slide]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert record["prompt_tokens"] == 127 and (len(record["token_ids"]) == 200 or record["finish_reason"] == "stop")
+
+
+def test_readme_makes_the_checkpoint_its_example_exports(tmp_path):
+    """The README's example exports a random-weight full-size checkpoint: its first command makes it there."""
+    readme = (Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8")
+    build = re.search(r"^\$ (python -c .*default_checkpoint.*)$", readme, re.M).group(1)
+    source = re.search(r"^\$ gpt2-onnx export ~/.cache/gpt2-onnx/(\S+) models/distil-random ", readme, re.M).group(1)
+    proc = subprocess.run([sys.executable, *shlex.split(build)[1:]], capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "GPT2_ONNX_CACHE": str(tmp_path)})
+    assert proc.returncode == 0, proc.stderr
+    assert Path(proc.stdout.strip()) == tmp_path / source and (tmp_path / source / "config.json").is_file()
 
 
 def test_check_command(tiny_model, tiny_checkpoint):

@@ -8,6 +8,7 @@ import os
 import pty
 import re
 import select
+import signal
 import sys
 import time
 
@@ -22,10 +23,14 @@ ESCAPES = re.compile(rb"\x1b\[[0-9;?]*[A-Za-z]")  # readline's cursor moves and 
 
 
 def spawn(*args: str, slow: bool = False) -> tuple[int, int]:
-    """The CLI as the session leader of a new pseudo-terminal: (pid, the terminal's master fd)."""
+    """The CLI as the session leader of a new pseudo-terminal: (pid, the terminal's master fd).
+    It gets SIGINT's default, as a program started from a terminal does: a suite run as a
+    background job (`pytest &` in a script) inherits SIGINT ignored, and Python keeps a signal
+    ignored at start ignored (the convention that keeps a terminal's Ctrl-C from background jobs)."""
     code = cli_code(slow)
     pid, fd = pty.fork()
     if pid == 0:
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
         os.execve(sys.executable, [sys.executable, "-c", code, "generate", *args], {**os.environ, "TERM": "xterm"})
     return pid, fd
 
@@ -92,7 +97,12 @@ def test_ctrl_c_cancels_the_answer_and_returns_to_the_prompt(tiny_model):
 
 
 def test_line_editing_history_and_ctrl_c_twice(tiny_model):
-    pid, fd = spawn("--model", str(tiny_model), "--max-new-tokens", "3", "--json")
+    """Also when the suite runs as a background job: SIGINT ignored here, as a shell ignores it for `pytest &`."""
+    ignored = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        pid, fd = spawn("--model", str(tiny_model), "--max-new-tokens", "3", "--json")
+    finally:
+        signal.signal(signal.SIGINT, ignored)
     shown = read_until(fd, b"> ")
 
     def prompt_of_answer(keys: bytes) -> str:
@@ -105,6 +115,10 @@ def test_line_editing_history_and_ctrl_c_twice(tiny_model):
 
     assert prompt_of_answer(b"ab\x1b[Dc\r") == "acb"  # left arrow moves the cursor, inserts no ^[[D
     assert prompt_of_answer(b"\x1b[A\r") == "acb"  # up arrow recalls the previous prompt
+    os.write(fd, b" \r")  # a blank line is no prompt: the prompt comes back with no answer
+    blank = read_until(fd, b"> ")
+    shown += blank
+    assert b'"prompt"' not in blank
     # readline shows the prompt before it waits for keys: a Ctrl-C in between would wait for
     # the next key, as no typist is fast enough to notice, so the test pauses as a person would
     time.sleep(1)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from gpt2_onnx import GenerationOptionError, Generator
+from gpt2_onnx import ContextLengthError, GenerationOptionError, Generator
 from gpt2_onnx.engine import Request, slide_window
 
 PROMPT = "这是很久之前的事情了"
@@ -62,6 +62,22 @@ def test_slide_in_a_batch_stream_sampling_and_stop_strings(tiny_model, generator
         gen.generate(PROMPT * 7, max_new_tokens=300, context_overflow="slide", context_keep=100)  # 71 kept > 64
     with pytest.raises(GenerationOptionError, match="128 positions"):
         gen.generate(PROMPT, max_new_tokens=300)  # the default still refuses
+
+
+def test_truncate_left_with_slide_cuts_only_to_what_starts(tiny_model, generators):
+    """Sliding makes room as it goes: truncate left cuts a prompt to the context minus one
+    position (not minus max_new_tokens), whatever max_new_tokens is, and sliding takes over."""
+    gen = generators(tiny_model, "int8")  # 128 positions
+    n = gen.manifest.architecture.n_positions
+    ids = gen.encode(PROMPT * 20)  # 201 tokens with [CLS]
+    kept = ids[:1] + ids[len(ids) - (n - 2):]  # [CLS] and the latest tokens: n - 1 in all
+    for new_tokens in (20, n - 1, 300):
+        options = dict(max_new_tokens=new_tokens, do_sample=False, stop_token_ids=[], context_overflow="slide")
+        result = gen.generate_ids(ids, truncate="left", **options)
+        assert result.prompt_tokens == n - 1 and len(result.token_ids) == new_tokens
+        assert result.token_ids == gen.generate_ids(kept, **options).token_ids
+    with pytest.raises(ContextLengthError, match=rf"{len(ids)} tokens.*may hold {n - 1} of the {n} positions"):
+        gen.generate_ids(ids, max_new_tokens=300, context_overflow="slide")
 
 
 def first_logprobs(gen: Generator, prompt: str) -> tuple[float, list]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -12,7 +13,7 @@ import torch
 
 from gpt2_onnx import ContextLengthError, GenerationOptionError, Generator
 from gpt2_onnx.logits import Processors, sampling_candidates
-from gpt2_onnx.options import GenerationConfig
+from gpt2_onnx.options import MAX_ROWS, GenerationConfig
 
 PROMPT = "这是很久之前的事情了"
 
@@ -193,6 +194,29 @@ def test_context_limit(tiny_model, generators):
     assert result.prompt_tokens == 108 and len(result.token_ids) == 20
     with pytest.raises(ContextLengthError):
         gen.generate("这", max_new_tokens=200, truncate="left")
+
+
+def test_rows_and_threads_are_bounded_and_the_error_names_the_bound(tiny_model, generators):
+    """No one option makes a call allocate without bound: beams and sequences are at most
+    MAX_ROWS, a call of many prompts decodes MAX_ROWS rows at a time (the rest wait, with the
+    output they have alone), and threads are at most the machine's CPUs."""
+    gen = generators(tiny_model)
+    bound = rf"must be an int in \[1, {MAX_ROWS}\], got {MAX_ROWS + 1} .*{MAX_ROWS} rows"
+    too_many = MAX_ROWS + 1
+    for options in (dict(num_beams=too_many, do_sample=False), dict(num_return_sequences=too_many, do_sample=True)):
+        with pytest.raises(GenerationOptionError, match=bound):
+            gen.generate(PROMPT, **options)
+    widest = gen.generate(PROMPT, num_beams=MAX_ROWS, num_return_sequences=MAX_ROWS, max_new_tokens=2, do_sample=False)
+    assert len(widest) == MAX_ROWS
+    options = dict(do_sample=True, seed=3, num_return_sequences=2, max_new_tokens=4)
+    prompts = [PROMPT, "今天天气"] * 40  # 160 rows
+    assert gen.engine([gen.request(gen.encode(p), gen.config(**options), None) for p in prompts]).max_rows == MAX_ROWS
+    together = gen.generate(prompts, **options)
+    alone = [gen.generate(p, **options) for p in prompts[:2]]
+    ids = lambda results: [[r.token_ids for r in group] for group in results]
+    assert ids(together) == ids(alone) * 40
+    with pytest.raises(GenerationOptionError, match=rf"threads must be an int in \[1, {os.cpu_count()}\]"):
+        Generator.load(tiny_model, threads=os.cpu_count() + 1)
 
 
 def test_concurrent_calls_give_sequential_results(tiny_model, generators):
