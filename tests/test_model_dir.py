@@ -164,7 +164,7 @@ def test_missing_relative_path_is_not_a_hub_id(tmp_path, monkeypatch):
 def test_manifest_architecture_that_is_not_its_graphs(model_copy, field, value):
     """Checked against the graph's own shapes at load: a wrong n_positions would otherwise only fail once a
     sequence outgrows the position table, the others deep in onnxruntime."""
-    from gpt2_onnx.export.synthetic import TINY
+    from gpt2_onnx.benchmarks.synthetic import TINY
 
     path = model_copy / "gpt2_onnx.json"
     manifest = json.loads(path.read_text())
@@ -195,7 +195,7 @@ def test_manifest_architecture_that_is_not_its_graphs_is_one_line_on_the_command
 
 def test_the_graph_architecture_is_read_from_the_graph_file(tiny_model):
     """Each precision's graph, both I/O conventions: the position table's dims come from the file itself."""
-    from gpt2_onnx.export.synthetic import TINY
+    from gpt2_onnx.benchmarks.synthetic import TINY
     from gpt2_onnx.graph_shapes import initializer_dims
 
     for graph in ("model.fp32.onnx", "model.int8.onnx", "model.onnx"):
