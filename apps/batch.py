@@ -2,7 +2,7 @@
 
     read_rows ─> skip done ids (--resume) ─> run_rows: at most `max_running` rows in the engine;
         each row: merge_options ─> prepare (encode, config, request) ─> submit | error row
-        engine.step() ... a row finishes ─> result_row ─> OutputWriter (one whole line, flushed)
+        engine.steps() ... a row finishes ─> result_row ─> OutputWriter (one whole line, flushed)
 
 `run_rows` is the whole loop: `run_local` feeds it the file, and each Ray Data actor feeds
 it its batches (apps/ray_data.py), so both modes produce the same rows. The engine is
@@ -101,13 +101,10 @@ def run_rows(generator: Generator, rows: Iterable[InputRow], job_options: Mappin
                     capacity=generator.manifest.architecture.n_positions, prefix_cache=generator.prefix_cache)
     pending = iter(rows)
     running: list[_Running] = []
-    exhausted = False
-    while True:
-        while not exhausted and sum(r.request.rows for r in running) < max_running:
-            row = next(pending, None)
-            if row is None:
-                exhausted = True
-                break
+
+    def fill() -> Iterator[dict[str, Any]]:
+        """Submit rows while there is room; an error row for each that cannot run."""
+        while sum(r.request.rows for r in running) < max_running and (row := next(pending, None)) is not None:
             entry = _Running(row)
             try:
                 entry.request = prepare(generator, row, job_options, entry.on_event)
@@ -116,12 +113,13 @@ def run_rows(generator: Generator, rows: Iterable[InputRow], job_options: Mappin
                 yield error_row(row, f"line {row.line}: {e}")
                 continue
             running.append(entry)
-        if not running:
-            return
-        engine.step()
+
+    yield from fill()
+    for _ in engine.steps():  # rows submitted between steps join the next one
         for entry in [r for r in running if r.finish_reason is not None]:
             running.remove(entry)
             yield result_row(entry.row, entry.text, entry.tokens, entry.finish_reason, len(entry.request.prompt_ids))
+        yield from fill()
 
 
 def run_local(generator: Generator, input_path: Path, output_path: Path, job_options: Mapping[str, Any],

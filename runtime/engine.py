@@ -188,7 +188,7 @@ class Engine:
             a.computed += work.tokens
             if not work.chooses:
                 continue  # a prompt's chunk with more to come
-            rows = list(range(work.first, work.first + work.width))
+            rows = list(a.span)
             if work.proposal:
                 accepted = a.verify(out[0], list(work.proposal))  # out: [1, 1 + proposal, vocab]
                 kept = [] if accepted is None else rows
@@ -251,8 +251,7 @@ class Engine:
             decoding = active is not None and active.new_tokens > 0 and active.beams is None
             for slot in active.slots if decoding else range(request.config.num_return_sequences):
                 request.on_event(Event(slot, (), "", FINISH_CANCELLED))
-        self._lay_out([(a, list(range(a.first, a.first + a.width))) for a in self.decoding + self.prefilling
-                       if a not in gone])
+        self._lay_out([(a, list(a.span)) for a in self.decoding + self.prefilling if a not in gone])
         self.decoding = [a for a in self.decoding if a not in gone]
         self.prefilling = [a for a in self.prefilling if a not in gone]
 
@@ -278,7 +277,7 @@ class Engine:
                 self._start_from_cache(joining[-1], len(self.cache.lengths) + len(joining) - 1)
             reserved, rows = reserved + need, rows + request.rows
         if joining:
-            self._lay_out([(a, list(range(a.first, a.first + a.width))) for a in active], joining)
+            self._lay_out([(a, list(a.span)) for a in active], joining)
             self.prefilling += joining
 
     def _start_from_cache(self, active: Active, row: int) -> None:
@@ -294,7 +293,8 @@ class Engine:
         """A prompt's last chunk ran: its history starts, and the prefix cache keeps its blocks."""
         active.histories = [list(active.request.prompt_ids)]
         if self.prefix_cache is not None:
-            self.prefix_cache.insert(active.request.prompt_ids, lambda start, end: self.cache.read_positions(row, start, end))
+            self.prefix_cache.insert(active.request.prompt_ids,
+                                     lambda start, end: self.cache.read_positions(row, start, end))
 
     def _slide_if_full(self, active: Active, rows: list[int]) -> None:
         """Rows (`rows`: where each of the request's histories is now) with no position left for

@@ -126,7 +126,8 @@ def _prefill(prefilling: Sequence[Active], budget: int | None) -> tuple[list[Wor
     return works, calls
 
 
-def _decode(decoding: Sequence[Active], after: np.ndarray, capacity: int, min_rows: int) -> tuple[list[Work], Call | None]:
+def _decode(decoding: Sequence[Active], after: np.ndarray, capacity: int,
+            min_rows: int) -> tuple[list[Work], Call | None]:
     """One call for every decoding row: its pending token, then a speculating request's proposal."""
     if not decoding:
         return [], None

@@ -36,6 +36,11 @@ class Active:
     next_tokens: list[int] = field(default_factory=list)  # what each row feeds at the next decode call
     speculation: Speculation | None = None  # prompt lookup (one-row requests)
 
+    @property
+    def span(self) -> range:
+        """Its rows of the cache."""
+        return range(self.first, self.first + self.width)
+
     def advance(self, logits: np.ndarray, rows: list[int], codec: TextCodec) -> list[int]:
         """Choose each row's next token from logits [rows, vocab]; returns the cache rows that go
         on (their sources, in order)."""

@@ -147,8 +147,7 @@ def test_beam_search_times_its_first_token_when_chosen(tiny_model, generators):
     engine.submit(request)
     engine.step()  # prefill and the first beam step
     assert request.clock.first_token is not None and events == []
-    while engine.step():
-        pass
+    engine.run_until_done()
     assert len(events) == 1 and len(events[0].tokens) == 10
 
 
