@@ -36,6 +36,7 @@ from .requests import FINISH_CANCELLED, FINISH_ERROR, FINISH_LENGTH, Event, Requ
 from .sequences import Active
 from .session import Decoder, KVBuffer
 from .text import TextCodec
+from .window import slide_if_full, window_head
 
 
 @dataclass(frozen=True)
@@ -201,7 +202,7 @@ class Engine:
                     self._prompt_done(a, work.first)
                 kept = a.advance(out[:, 0], rows, self.codec)  # out: [rows, 1, vocab]
             if kept:
-                self._slide_if_full(a, kept)
+                slide_if_full(self.decoder, self.cache, a, kept, self.capacity)
                 going_on.append((a, kept))
         prefilling = [a for a in self.prefilling if a.new_tokens == 0]
         self._lay_out(going_on + [(a, [a.first]) for a in prefilling])
@@ -295,37 +296,3 @@ class Engine:
         if self.prefix_cache is not None:
             self.prefix_cache.insert(active.request.prompt_ids,
                                      lambda start, end: self.cache.read_positions(row, start, end))
-
-    def _slide_if_full(self, active: Active, rows: list[int]) -> None:
-        """Rows (`rows`: where each of the request's histories is now) with no position left for
-        their next token re-encode a window of their history: the family's prefix, `context_keep`
-        prompt tokens, and the most recent tokens, half the context shorter than they were (so
-        re-encoding is paid once per half context). A request's rows are always equally full."""
-        if active.computed < self.capacity:
-            return  # the common step: there is room
-        held = active.computed
-        for row, history in dict(zip(rows, active.histories)).items():  # beams of one parent share its window
-            window = slide_window(history[:-1], active.request, self.capacity)  # the pending token is fed next
-            scratch = self.decoder.empty(1, len(window))
-            self.decoder.run(scratch, 0, np.array([window], np.int64))
-            self.cache.replace_row(row, scratch.read_positions(0, 0, len(window)), held)
-            active.computed = len(window)
-
-
-def window_head(request: Request, capacity: int) -> list[int]:
-    """What every window keeps of the prompt: its prefix and first `context_keep` tokens;
-    refused (GenerationOptionError) when that leaves no room for recent tokens in a window
-    of `capacity // 2`."""
-    head = request.prompt_ids[: request.prefix_len + request.config.context_keep]
-    if len(head) >= capacity // 2:
-        raise GenerationOptionError(
-            f"context_keep {request.config.context_keep} leaves no room for recent tokens in a window of {capacity // 2}"
-        )
-    return head
-
-
-def slide_window(ids: list[int], request: Request, capacity: int) -> list[int]:
-    """What a full row keeps of its ids: `window_head`, then the most recent tokens,
-    `capacity // 2` in all."""
-    head = window_head(request, capacity)
-    return head + ids[len(ids) - (capacity // 2 - len(head)):]

@@ -72,15 +72,12 @@ def plan(decoding: Sequence[Active], prefilling: Sequence[Active], cache: KVBuff
          prefill_chunk: int | None) -> Plan:
     """The step for these requests, whose rows (spans) the engine laid out in `cache`. Only a
     speculating request's pause count moves (`Speculation.propose`)."""
-    chunks, chunk_calls = _prefill(prefilling, prefill_chunk)
+    chunks, chunk_calls = _prefill(prefilling, prefill_chunk, len(decoding))  # works after the decoding requests'
     after = cache.lengths.copy()  # [rows]: what the rows hold once the prompt chunks ran
     for work in chunks:
         after[work.first] += work.tokens
     decodes, decode_call = _decode(decoding, after, capacity, cache.min_rows)
-    shift = len(decodes)
-    calls = [decode_call] if decode_call else []
-    calls += [Call(c.first, c.ids, c.every_position, tuple(i + shift for i in c.works)) for c in chunk_calls]
-    return Plan((*decodes, *chunks), tuple(calls))
+    return Plan((*decodes, *chunks), (*([decode_call] if decode_call else []), *chunk_calls))
 
 
 def run(decoder: Decoder, cache: KVBuffer, step: Plan) -> list[np.ndarray | None]:
@@ -98,10 +95,11 @@ def run(decoder: Decoder, cache: KVBuffer, step: Plan) -> list[np.ndarray | None
     return out
 
 
-def _prefill(prefilling: Sequence[Active], budget: int | None) -> tuple[list[Work], list[Call]]:
+def _prefill(prefilling: Sequence[Active], budget: int | None, first_work: int) -> tuple[list[Work], list[Call]]:
     """Prompt chunks within the step's budget, first prompts first: prompts of one length not
     started yet run in one call; a prompt longer than the budget, or continuing after cached
-    blocks, runs alone, a chunk a step. The first prompts only, so the row after them is untouched."""
+    blocks, runs alone, a chunk a step. The first prompts only, so the row after them is untouched.
+    `first_work`: the plan's index of the first chunk's work."""
     left_budget = budget or float("inf")
     works: list[Work] = []
     calls: list[Call] = []
@@ -117,7 +115,8 @@ def _prefill(prefilling: Sequence[Active], budget: int | None) -> tuple[list[Wor
             width = min(width, CONTINUING_ROWS)
         group = group[:width]
         ids = np.array([a.request.prompt_ids[a.computed:a.computed + take] for a in group], np.int64)  # [group, take]
-        calls.append(Call(head.first, ids, False, tuple(range(len(works), len(works) + len(group)))))
+        index = first_work + len(works)
+        calls.append(Call(head.first, ids, False, tuple(range(index, index + len(group)))))
         works += [Work(a, a.first, 1, take, chooses=take == left) for a in group]
         left_budget -= take * len(group)
         if take < left:
