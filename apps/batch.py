@@ -2,8 +2,8 @@
 
     read_rows ─> skip done lines (--resume) ─> run_rows: at most `max_running` rows in the engine;
         each row: merge_options ─> prepare (encode, config, request) ─> submit | error row
-        engine.step() ... a row finishes ─> result_row ─> OutputWriter (one whole line, flushed)
-        engine.step() raises ─> its rows run again one at a time: the one that raises alone ─> error row
+        engine.steps() ... a row finishes ─> result_row ─> OutputWriter (one whole line, flushed)
+        a step raises ─> its rows run again one at a time: the one that raises alone ─> error row
 
 Every failure of a row (its line, its options, its length, an exception while it decodes)
 is an error row and the job goes on; only the job's own files and options end it.
@@ -135,12 +135,14 @@ def run_rows(generator: Generator, rows: Iterable[InputRow], job_options: Mappin
     pending = iter(rows)
     retry: deque[InputRow] = deque()  # the rows of a step that raised, to run again one at a time
     running: list[_Running] = []
-    while True:
-        # a row to retry runs alone: the step that raises with it alone is its own failure
+
+    def fill() -> Iterator[dict[str, Any]]:
+        """Submit rows while there is room (a row to retry runs alone: the step that raises with it
+        alone is its own failure); an error row for each that cannot run."""
         while sum(r.request.rows for r in running) < max_running and not (retry and running):
             row = retry.popleft() if retry else next(pending, None)
             if row is None:
-                break
+                return
             entry = _Running(row)
             try:
                 entry.request = prepare(generator, row, job_options, entry.on_event)
@@ -149,10 +151,18 @@ def run_rows(generator: Generator, rows: Iterable[InputRow], job_options: Mappin
                 yield error_row(row, e)
                 continue
             running.append(entry)
+
+    while True:
+        yield from fill()
         if not running:
             return
         try:
-            engine.step()
+            for _ in engine.steps():  # rows submitted between steps join the next one
+                for entry in [r for r in running if r.finish_reason is not None]:
+                    running.remove(entry)
+                    yield result_row(entry.row, entry.text, entry.tokens, entry.finish_reason,
+                                     len(entry.request.prompt_ids))
+                yield from fill()
         except Exception as e:
             # which row raised is unknown, and the engine's state with it: a new engine, and the
             # rows start over (the engine is row-exact: a row's result does not depend on its neighbours)
@@ -162,10 +172,6 @@ def run_rows(generator: Generator, rows: Iterable[InputRow], job_options: Mappin
             else:
                 retry.extendleft(reversed([r.row for r in running]))
             running = []
-            continue
-        for entry in [r for r in running if r.finish_reason is not None]:
-            running.remove(entry)
-            yield result_row(entry.row, entry.text, entry.tokens, entry.finish_reason, len(entry.request.prompt_ids))
 
 
 def _engine(generator: Generator, max_running: int) -> Engine:

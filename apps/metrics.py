@@ -18,9 +18,6 @@ PREFIX = "gpt2_onnx_"
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
-_UNREADABLE = object()  # the stats changed while they were read
-
-
 class Metrics:
     """Counters and histograms the request path updates; gauges read from the engine's stats."""
 
@@ -37,7 +34,7 @@ class Metrics:
         self.inter_token_latency = Histogram(PREFIX + "inter_token_latency_seconds", "Between consecutive tokens of a sequence",
                                              buckets=LATENCY_BUCKETS, registry=r)
         self._stats = stats
-        self._snapshot: Stats | None | object = None  # what `text` read, for the gauges
+        self._snapshot: Stats | None = None  # what `text` read, for the gauges
         gauges = {
             "requests_running": ("Requests prefilling or decoding", lambda s: s.decoding_requests + s.prefilling_requests),
             "requests_waiting": ("Requests submitted, not yet admitted", lambda s: s.waiting_requests),
@@ -55,15 +52,10 @@ class Metrics:
     def _reader(self, read: Callable[[Stats], float]) -> Callable[[], float]:
         def value() -> float:
             stats = self._snapshot
-            if stats is _UNREADABLE:
-                return float("nan")
             return float(read(stats)) if stats is not None else 0.0
         return value
 
     def text(self) -> bytes:
-        """The exposition text for GET /metrics: every gauge from one reading of the stats."""
-        try:  # the engine thread may change its lists while they are counted: a scrape may retry
-            self._snapshot = self._stats()
-        except (RuntimeError, ValueError):
-            self._snapshot = _UNREADABLE
+        """The exposition text for GET /metrics: every gauge from one snapshot the engine published."""
+        self._snapshot = self._stats()
         return generate_latest(self.registry)

@@ -132,6 +132,7 @@ class _Setup:
         self.cache = self.decoder.empty(ROWS, capacity)
         for r, n in enumerate(self.lengths):
             self.decoder.run(self.cache, r, rng.integers(vocab // 2, vocab, (1, n)))
+        self.cache.lengths[:] = self.lengths
         self.reference = np.stack([self.one_row(r) for r in range(ROWS)])
         self.call = _ScatterCall(variant.scatter, self.decoder, [b[:ROWS] for b in self.cache.full], seq)
 

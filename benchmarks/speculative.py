@@ -54,9 +54,7 @@ def _generate(gen: Generator, prompt: str, lookup: int, new_tokens: int) -> tupl
     engine = gen.engine([request])
     start = time.perf_counter()
     engine.submit(request)
-    passes = 1
-    while engine.step():
-        passes += 1
+    passes = engine.run_until_done()
     seconds = time.perf_counter() - start
     stats = engine.stats()
     return tuple(tokens), seconds, stats.proposed_tokens, stats.accepted_tokens, passes

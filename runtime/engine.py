@@ -1,49 +1,47 @@
 """The engine: the one decode loop, over a batch that requests join and leave at step boundaries.
 
-    submit ─> waiting ─admit (free rows, KV budget)─> prefilling: one row, a chunk per call
+    submit ─> waiting ─admit (free rows, KV budget)─> prefilling: one row, a chunk per step
           ─last chunk─> its sequences' rows (num_return_sequences, or num_beams) decode ─> leave
-    step(): cancellations │ admissions │ prefill chunks │ one decode call for every decoding row
-            │ per request: processors ─> greedy | sample | beams ─> events │ rows reordered once
+    step(): cancellations │ admissions │ plan ─> run ─> commit │ stats published
+    commit: per request: tokens computed, processors ─> greedy | sample | beams | verify ─> events,
+            rejected proposals taken back, full rows slid, finished rows gone │ rows laid out once
 
-`Generator.generate` and `stream` drive an engine of their own in the caller's thread; a
-server drives a long-lived one from a thread of its own. Every request has its own
-options, processors and random generator, and every kernel is row-exact (`Precision`), so
-a request's tokens are the same whatever else is in the batch.
+`Generator.generate` and `stream` drive an engine of their own in the caller's thread
+(`steps`, `run_until_done`); a server drives a long-lived one from a thread of its own
+(`serve_forever`). Every request has its own options, processors and random generator, and
+every kernel is row-exact (`Precision`), so a request's tokens are the same whatever else is
+in the batch.
 
-Rows live in one KV cache (`session.KVBuffer`): decoding rows first, grouped by request,
-then one row per admitted request whose prompt is being prefilled, in arrival order.
-Prefill works on the first prompts only, so the row after them is always untouched (a
-scratch row for kernels that need two rows is never one holding a prompt being prefilled).
+Rows live in one KV cache (`session.KVBuffer`): decoding rows first, grouped by request, then
+one row per admitted request whose prompt is being prefilled, in arrival order. Each request
+holds how many positions its rows hold (`Active.computed`) and where they are (`first`,
+`width`); `_lay_out` is the one place rows move and the cache's lengths are written.
 """
 
 from __future__ import annotations
 
-import itertools
 import sys
 import threading
 import traceback
 from collections import deque
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
+from . import plan as planning
 from .errors import ContextLengthError, GenerationOptionError
 from .prefix_cache import PrefixCache
 from .requests import FINISH_CANCELLED, FINISH_ERROR, FINISH_LENGTH, Event, Request
 from .sequences import Active
-from .session import CONTINUING_ROWS, Decoder, KVBuffer
+from .session import Decoder, KVBuffer
 from .text import TextCodec
-
-# Proposals are verified while at most this many rows decode: a call of several tokens after a
-# past takes CONTINUING_ROWS rows (onnxruntime's GroupQueryAttention), a pass per row in a batch
-# costs more than it saves, and the kernel that takes a batch in one pass scans every row's whole
-# capacity (`gpt2_onnx.benchmarks.batched_verify` measures its break-even).
-SPECULATION_MAX_ROWS = CONTINUING_ROWS
+from .window import slide_if_full, window_head
 
 
 @dataclass(frozen=True)
 class Stats:
-    """What the engine holds now (for /metrics)."""
+    """What the engine held after a step: published once a step, read by other threads (/metrics)."""
 
     decoding_requests: int
     decoding_rows: int
@@ -81,6 +79,7 @@ class Engine:
         self._cancelled: set[Request] = set()
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)  # a submission or cancellation arrived
+        self._publish()
 
     # --- called from any thread -----------------------------------------------------------
 
@@ -124,11 +123,23 @@ class Engine:
         return bool(self.waiting or self.prefilling or self.decoding or self._cancelled)
 
     def stats(self) -> Stats:
-        active = self.decoding + self.prefilling
-        cache = self.prefix_cache.stats() if self.prefix_cache is not None else None
-        return Stats(len(self.decoding), sum(len(a.histories) for a in self.decoding), len(self.prefilling),
-                     len(self.waiting), sum(a.reserved for a in active), self.budget, self.max_rows,
-                     self.proposed_tokens, self.accepted_tokens, *((cache.hits, cache.misses, cache.bytes) if cache else ()))
+        """The snapshot the last step published (safe from any thread: it is never changed)."""
+        return self._stats
+
+    # --- driving it -------------------------------------------------------------------------
+
+    def steps(self) -> Iterator[None]:
+        """Step while there is work, yielding after each step (a caller may submit or read
+        events in between); the one way to drive an engine in the caller's thread."""
+        while True:
+            more = self.step()
+            yield
+            if not (more or self.has_work):
+                return
+
+    def run_until_done(self) -> int:
+        """Step until every submitted request has ended; returns the steps taken."""
+        return sum(1 for _ in self.steps())
 
     def serve_forever(self, stop: threading.Event, idle_wait_s: float = 0.1) -> None:
         """Step while there is work, sleep until a submission otherwise, until `stop` is set
@@ -155,6 +166,7 @@ class Engine:
         for request in requests:
             for slot in range(request.config.num_return_sequences):
                 request.on_event(Event(slot, (), "", FINISH_ERROR))
+        self._publish()
 
     # --- the loop -------------------------------------------------------------------------
 
@@ -162,26 +174,67 @@ class Engine:
         """One step of the loop; returns whether work remains."""
         self._drop_cancelled()
         self._admit()
-        entering = self._prefill()  # (request, its row, logits [1, vocab]) whose prompt is complete
-        keep: list[int] = []
-        decoding = []
-        for active, rows, logits, proposal in [*self._decode(), *((*e, []) for e in entering)]:
-            if proposal:
-                accepted = active.verify(logits, proposal)
+        plan = planning.plan(self.decoding, self.prefilling, self.cache, self.capacity, self.prefill_chunk)
+        self._commit(plan, planning.run(self.decoder, self.cache, plan))
+        self._publish()
+        return self.has_work
+
+    def _commit(self, plan: planning.Plan, logits: list[np.ndarray | None]) -> None:
+        """The step's outcome: each request's rows hold the tokens they ran, less the proposals
+        its verification rejected (taken back here, once); tokens are chosen and sent; rows
+        that go on slide when full; the rows are laid out once."""
+        going_on: list[tuple[Active, list[int]]] = []
+        for work, out in zip(plan.works, logits):
+            a = work.active
+            a.computed += work.tokens
+            if not work.chooses:
+                continue  # a prompt's chunk with more to come
+            rows = list(a.span)
+            if work.proposal:
+                accepted = a.verify(out[0], list(work.proposal))  # out: [1, 1 + proposal, vocab]
                 kept = [] if accepted is None else rows
                 if accepted is not None:
-                    self.cache.lengths[rows[0]] += accepted  # the kept proposals' positions
-                    self.proposed_tokens, self.accepted_tokens = self.proposed_tokens + len(proposal), self.accepted_tokens + accepted
+                    a.computed -= len(work.proposal) - accepted  # the rejected proposals' positions
+                    self.proposed_tokens += len(work.proposal)
+                    self.accepted_tokens += accepted
             else:
-                kept = active.advance(logits, rows, self.codec)
-            keep += kept
+                if a.new_tokens == 0:  # its prompt is complete
+                    self._prompt_done(a, work.first)
+                kept = a.advance(out[:, 0], rows, self.codec)  # out: [rows, 1, vocab]
             if kept:
-                decoding.append(active)
-        first_prefilling = len(self.cache.lengths) - len(self.prefilling)
-        keep += range(first_prefilling, len(self.cache.lengths))
-        self.decoding = decoding
-        self.cache.select(np.array(keep, np.int64))
-        return self.has_work
+                slide_if_full(self.decoder, self.cache, a, kept, self.capacity)
+                going_on.append((a, kept))
+        prefilling = [a for a in self.prefilling if a.new_tokens == 0]
+        self._lay_out(going_on + [(a, [a.first]) for a in prefilling])
+        self.decoding, self.prefilling = [a for a, _ in going_on], prefilling
+
+    def _lay_out(self, rows: list[tuple[Active, list[int]]], joining: Sequence[Active] = ()) -> None:
+        """The one place rows move and the cache's lengths are written. `rows`: the requests that
+        hold rows from now on, in row order, each with the rows of now its rows continue (a row
+        repeated: beams); `joining`: requests taking one new row each after them, their cached
+        blocks written there already. Every row holds its request's `computed` positions."""
+        cache = self.cache
+        for a in self.decoding + self.prefilling:  # what the rows of now hold: copies and freed pages follow it
+            cache.lengths[a.first:a.first + a.width] = a.computed
+        cache.select(np.array([r for _, sources in rows for r in sources], np.int64))
+        if joining:
+            cache.append(len(joining))
+        first = 0
+        for a, width in [*((a, len(sources)) for a, sources in rows), *((a, 1) for a in joining)]:
+            a.first, a.width = first, width
+            cache.lengths[first:first + width] = a.computed
+            first += width
+
+    def _publish(self) -> None:
+        """Replace the stats snapshot (the engine's thread only: readers never see a step half-done)."""
+        active = self.decoding + self.prefilling
+        cache = self.prefix_cache.stats() if self.prefix_cache is not None else None
+        with self._lock:
+            waiting = len(self.waiting)
+        self._stats = Stats(len(self.decoding), sum(a.width for a in self.decoding), len(self.prefilling), waiting,
+                            sum(a.reserved for a in active), self.budget, self.max_rows,
+                            self.proposed_tokens, self.accepted_tokens,
+                            *((cache.hits, cache.misses, cache.bytes) if cache else ()))
 
     def _reservation(self, request: Request) -> int:
         return request.rows * min(self.capacity, len(request.prompt_ids) + request.config.max_new_tokens)
@@ -199,156 +252,47 @@ class Engine:
             decoding = active is not None and active.new_tokens > 0 and active.beams is None
             for slot in active.slots if decoding else range(request.config.num_return_sequences):
                 request.on_event(Event(slot, (), "", FINISH_CANCELLED))
-        keep, row = [], 0
-        for a in self.decoding + self.prefilling:
-            width = len(a.histories) if a in self.decoding else 1
-            if a not in gone:
-                keep += range(row, row + width)
-            row += width
+        self._lay_out([(a, list(a.span)) for a in self.decoding + self.prefilling if a not in gone])
         self.decoding = [a for a in self.decoding if a not in gone]
         self.prefilling = [a for a in self.prefilling if a not in gone]
-        self.cache.select(np.array(keep, np.int64))
 
     def _admit(self) -> None:
-        reserved = sum(a.reserved for a in self.decoding + self.prefilling)
-        rows = sum(a.request.rows for a in self.decoding + self.prefilling)
+        active = self.decoding + self.prefilling
+        reserved, rows = sum(a.reserved for a in active), sum(a.request.rows for a in active)
+        joining: list[Active] = []
         while True:
             with self._lock:
                 if not self.waiting:
-                    return
+                    break
                 request = self.waiting[0]
                 need = self._reservation(request)
                 if rows + request.rows > self.max_rows or reserved + need > self.budget:
-                    return
+                    break
                 self.waiting.popleft()
             if request.config.max_new_tokens == 0:
                 for slot in range(request.config.num_return_sequences):
                     request.on_event(Event(slot, (), "", FINISH_LENGTH))
                 continue
-            active = Active(request, need)
-            self.prefilling.append(active)
-            self.cache.append(1)
+            joining.append(Active(request, need))
             if self.prefix_cache is not None:
-                self._start_from_cache(active, len(self.cache.lengths) - 1)
+                self._start_from_cache(joining[-1], len(self.cache.lengths) + len(joining) - 1)
             reserved, rows = reserved + need, rows + request.rows
+        if joining:
+            self._lay_out([(a, list(a.span)) for a in active], joining)
+            self.prefilling += joining
 
     def _start_from_cache(self, active: Active, row: int) -> None:
-        """Copy the cached blocks the prompt begins with into its row; prefill goes on after them.
-        The row is the last one and nothing before it in the prefill queue has started, so it
-        keeps the queue's rule (only the first prompts are part-way)."""
+        """Copy the cached blocks the prompt begins with into the row it is about to take (the
+        last); prefill goes on after them. Nothing before it in the prefill queue has started,
+        so it keeps the queue's rule (only the first prompts are part-way)."""
         blocks = self.prefix_cache.lookup(active.request.prompt_ids)
         for k, kv in enumerate(blocks):
             self.cache.write_positions(row, k * self.prefix_cache.block_size, kv)
-        active.filled = len(blocks) * self.prefix_cache.block_size
-        self.cache.lengths[row] = active.filled
+        active.computed = len(blocks) * self.prefix_cache.block_size
 
-    def _prefill(self) -> list[tuple[Active, list[int], np.ndarray]]:
-        """Prompt chunks within the step's budget, first prompts first: prompts of one length
-        not started yet run in one call; a prompt longer than the budget, or continuing after
-        cached blocks, runs alone, a chunk a step."""
-        budget = self.prefill_chunk or float("inf")
-        done = []
-        row = len(self.cache.lengths) - len(self.prefilling)
-        while self.prefilling and budget > 0:
-            head = self.prefilling[0]
-            point = (head.filled, len(head.request.prompt_ids))
-            group = list(itertools.takewhile(lambda a: (a.filled, len(a.request.prompt_ids)) == point, self.prefilling))
-            left = point[1] - point[0]
-            take = int(min(left, budget))
-            width = 1 if take < left else int(min(len(group), max(1, budget // left)))
-            if head.filled > 0 and take > 1:  # several tokens after a past
-                width = min(width, CONTINUING_ROWS)
-            group = group[:width]
-            ids = np.array([a.request.prompt_ids[a.filled:a.filled + take] for a in group], np.int64)
-            logits = self.decoder.run(self.cache, row, ids)  # [group, vocab]
-            budget -= take * len(group)
-            for a in group:
-                a.filled += take
-            if take < left:
-                break  # the rest of this prompt runs in later steps
-            for k, a in enumerate(group):
-                a.histories = [list(a.request.prompt_ids)]
-                done.append((a, [row + k], logits[k:k + 1]))
-                if self.prefix_cache is not None:
-                    self.prefix_cache.insert(a.request.prompt_ids, lambda start, end, r=row + k: self.cache.read_positions(r, start, end))
-            row += len(group)
-            del self.prefilling[: len(group)]
-        return done
-
-    def _decode(self) -> list[tuple[Active, list[int], np.ndarray, list[int]]]:
-        """One call for every decoding row, a speculating row's proposal after its pending
-        token: (request, its rows, logits, its proposal) in row order. The logits are the
-        rows' next-token logits [rows, vocab], or with a proposal the [len(proposal) + 1,
-        vocab] that verify it."""
-        if not self.decoding:
-            return []
-        self._slide_full_rows()
-        tokens = [t for a in self.decoding for t in a.next_tokens]
-        proposals = self._proposals(len(tokens))
-        seq = 1 + max(map(len, proposals), default=0)
-        ids = np.zeros((len(tokens), seq), np.int64)
-        ids[:, 0] = tokens
-        out, row = [], 0
-        for a, proposal in zip(self.decoding, proposals):
-            ids[row, 1:1 + len(proposal)] = proposal
-            row += len(a.histories)
-        logits = self.decoder.run(self.cache, 0, ids, every_position=seq > 1)  # [rows, vocab] or [rows, seq, vocab]
-        if seq > 1:  # rows hold the pending token's position; `step` adds the accepted proposals'
-            self.cache.lengths[: len(tokens)] -= seq - 1
-        row = 0
-        for a, proposal in zip(self.decoding, proposals):
-            width = len(a.histories)
-            own = logits[row:row + width]  # this request's rows
-            out.append((a, list(range(row, row + width)),
-                        own[0, : len(proposal) + 1] if proposal else own[:, 0] if seq > 1 else own, proposal))
-            row += width
-        return out
-
-    def _proposals(self, rows: int) -> list[list[int]]:
-        """Each decoding request's proposed tokens ([] for none), within the room every row of
-        the call has (capacity) and the request's tokens left."""
-        if rows > SPECULATION_MAX_ROWS or not any(a.speculation for a in self.decoding):
-            return [[] for _ in self.decoding]
-        bound = self.cache.lengths[: max(rows, self.decoder.min_rows)]  # scratch rows write as far
-        room = int(self.capacity - bound.max()) - 1
-        return [
-            a.speculation.propose(a.histories[0], min(room, a.request.config.max_new_tokens - a.new_tokens - 1),
-                                  a.request.processors.stop_token_ids) if a.speculation and room > 0 else []
-            for a in self.decoding
-        ]
-
-    def _slide_full_rows(self) -> None:
-        """A row with no position left for its next token re-encodes a window of its history:
-        the family's prefix, `context_keep` prompt tokens, and the most recent tokens, half
-        the context shorter than it was (so re-encoding is paid once per half context)."""
-        rows = sum(len(a.histories) for a in self.decoding)
-        if (self.cache.lengths[:rows] < self.capacity).all():
-            return  # the common step: every row has room
-        row = 0
-        for a in self.decoding:
-            for r, history in enumerate(a.histories):
-                if self.cache.lengths[row + r] < self.capacity:
-                    continue
-                window = slide_window(history[:-1], a.request, self.capacity)  # the pending token is fed next
-                scratch = self.decoder.empty(1, len(window))
-                self.decoder.run(scratch, 0, np.array([window], np.int64))
-                self.cache.replace_row(row + r, scratch.read_positions(0, 0, len(window)))
-            row += len(a.histories)
-
-def window_head(request: Request, capacity: int) -> list[int]:
-    """What every window keeps of the prompt: its prefix and first `context_keep` tokens;
-    refused (GenerationOptionError) when that leaves no room for recent tokens in a window
-    of `capacity // 2`."""
-    head = request.prompt_ids[: request.prefix_len + request.config.context_keep]
-    if len(head) >= capacity // 2:
-        raise GenerationOptionError(
-            f"context_keep {request.config.context_keep} leaves no room for recent tokens in a window of {capacity // 2}"
-        )
-    return head
-
-
-def slide_window(ids: list[int], request: Request, capacity: int) -> list[int]:
-    """What a full row keeps of its ids: `window_head`, then the most recent tokens,
-    `capacity // 2` in all."""
-    head = window_head(request, capacity)
-    return head + ids[len(ids) - (capacity // 2 - len(head)):]
+    def _prompt_done(self, active: Active, row: int) -> None:
+        """A prompt's last chunk ran: its history starts, and the prefix cache keeps its blocks."""
+        active.histories = [list(active.request.prompt_ids)]
+        if self.prefix_cache is not None:
+            self.prefix_cache.insert(active.request.prompt_ids,
+                                     lambda start, end: self.cache.read_positions(row, start, end))

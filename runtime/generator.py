@@ -169,7 +169,7 @@ class Generator:
         request = self.request(self.encode(prompt), config, lambda event: pieces.append(event.text))
         engine = self.engine([request])
         engine.submit(request)
-        while engine.step() or pieces:
+        for _ in engine.steps():
             yield from filter(None, pieces)
             pieces.clear()
 
@@ -186,8 +186,7 @@ class Generator:
         engine = self.engine(requests)
         for request in requests:
             engine.submit(request)
-        while engine.step():
-            pass
+        engine.run_until_done()
 
     def request(self, prompt_ids: list[int], config: GenerationConfig, on_event) -> Request:
         """An engine request: the prompt fitted to the context, stop and bad-word ids resolved,

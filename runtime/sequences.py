@@ -25,7 +25,9 @@ class Active:
 
     request: Request
     reserved: int  # KV positions reserved for it
-    filled: int = 0  # prompt tokens in the cache (prefill)
+    computed: int = 0  # positions each of its rows holds in the cache (prompt tokens, while prefilling)
+    first: int = 0  # its rows are [first, first + width) of the cache (the engine lays them out)
+    width: int = 1
     histories: list[list[int]] = field(default_factory=list)  # every id of each row so far
     slots: list[int] = field(default_factory=list)  # returned sequence of each row (greedy, sampling)
     streams: list[TextStream] = field(default_factory=list)  # per slot
@@ -33,6 +35,11 @@ class Active:
     new_tokens: int = 0
     next_tokens: list[int] = field(default_factory=list)  # what each row feeds at the next decode call
     speculation: Speculation | None = None  # prompt lookup (one-row requests)
+
+    @property
+    def span(self) -> range:
+        """Its rows of the cache."""
+        return range(self.first, self.first + self.width)
 
     def advance(self, logits: np.ndarray, rows: list[int], codec: TextCodec) -> list[int]:
         """Choose each row's next token from logits [rows, vocab]; returns the cache rows that go

@@ -132,14 +132,13 @@ class KVBuffer:
         for b, v in zip(self.full, values):
             b[row, :, start:start + v.shape[1]] = v
 
-    def replace_row(self, row: int, values: np.ndarray) -> None:
-        """The row holds exactly `values` [layers × kinds, n_head, n, head_dim] from position 0;
-        the pages of anything it held past them go back."""
+    def replace_row(self, row: int, values: np.ndarray, held: int) -> None:
+        """The row's first positions become `values` [layers × kinds, n_head, n, head_dim]; the
+        pages of the `held` positions it wrote past them go back (its length is the caller's)."""
         n = values.shape[2]
         self.write_positions(row, 0, values)
         for head in range(self.full[0].shape[1]):
-            self._release_range((row, head, n), (row, head, int(self.lengths[row])))
-        self.lengths[row] = n
+            self._release_range((row, head, n), (row, head, held))
 
     def _release_range(self, first: tuple[int, int, int], end: tuple[int, int, int]) -> None:
         """Give back the whole pages between (row, head, position) `first` and `end`."""
@@ -217,8 +216,9 @@ class Decoder:
 
     def run(self, cache: KVBuffer, first: int, ids: np.ndarray, every_position: bool = False) -> np.ndarray:
         """Rows [first, first + k) of the cache each take `seq` more tokens, ids [k, seq], after
-        their filled positions → logits of the last position [k, vocab] (or of every new one,
-        [k, seq, vocab], to verify proposed tokens); their lengths grow by seq. Decode calls
+        their `cache.lengths` filled positions → logits of the last position [k, vocab] (or of
+        every new one, [k, seq, vocab], to verify proposed tokens). The lengths stay as they are:
+        whoever drives the cache moves them (an engine's commit; `prefill`, `step`). Decode calls
         (first 0, one token or every position: decode steps and verification passes) keep
         their binding while the rows' count holds; a prompt's call binds afresh (its length
         varies, and a binding kept per length would live as long as the cache)."""
@@ -238,7 +238,6 @@ class Decoder:
         padded = np.zeros((width, seq), np.int64)
         padded[:k] = ids
         logits = call(padded, lengths)[:k]
-        cache.lengths[first:first + k] += seq
         return logits if every_position else logits[:, -1]
 
     def prefill(self, prompts: Sequence[Sequence[int]], capacity: int, max_rows: int | None = None) -> tuple[KVBuffer, np.ndarray]:
@@ -247,12 +246,17 @@ class Decoder:
         Equal-length prompts run as one batch; otherwise each row runs alone into its slice."""
         cache = self.empty(len(prompts), capacity, max_rows)
         if len({len(p) for p in prompts}) == 1:
-            return cache, self.run(cache, 0, np.array(prompts, np.int64))
-        return cache, np.concatenate([self.run(cache, r, np.array([p], np.int64)) for r, p in enumerate(prompts)])
+            logits = self.run(cache, 0, np.array(prompts, np.int64))
+        else:
+            logits = np.concatenate([self.run(cache, r, np.array([p], np.int64)) for r, p in enumerate(prompts)])
+        cache.lengths[:] = [len(p) for p in prompts]
+        return cache, logits
 
     def step(self, cache: KVBuffer, tokens: np.ndarray) -> np.ndarray:
-        """One new token for each of the first len(tokens) rows → logits [rows, vocab]."""
-        return self.run(cache, 0, tokens[:, None])
+        """One new token for each of the first len(tokens) rows → logits [rows, vocab]; their lengths grow by one."""
+        logits = self.run(cache, 0, tokens[:, None])
+        cache.lengths[: len(tokens)] += 1
+        return logits
 
     def score(self, input_ids: np.ndarray) -> np.ndarray:
         """Logits of every position [rows, seq, vocab] of equal-length rows [rows, seq]."""

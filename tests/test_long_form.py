@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from gpt2_onnx import ContextLengthError, GenerationOptionError, Generator
-from gpt2_onnx.engine import Request, slide_window
+from gpt2_onnx.engine import Request
+from gpt2_onnx.window import slide_window
 
 PROMPT = "这是很久之前的事情了"
 

@@ -148,8 +148,7 @@ def test_beam_search_times_its_first_token_when_chosen(tiny_model, generators):
     engine.submit(request)
     engine.step()  # prefill and the first beam step
     assert request.clock.first_token is not None and events == []
-    while engine.step():
-        pass
+    engine.run_until_done()
     assert len(events) == 1 and len(events[0].tokens) == 10
 
 
@@ -359,24 +358,25 @@ def test_bad_word_text_is_banned_in_its_continuation_form(tiny_model, generators
     assert not any(list(tokens[i:i + len(plain)]) == plain for i in range(len(tokens)))
 
 
-def test_a_failing_step_ends_its_requests_and_the_engine_goes_on(tiny_model, generators):
+def test_a_failing_step_ends_its_requests_and_the_engine_goes_on(tiny_model, generators, monkeypatch):
     """A server's engine thread must never leave callers waiting: a step that raises ends
     every request with an `error` event, and the next request runs."""
     import threading
 
+    from gpt2_onnx import plan
     from gpt2_onnx.engine import Engine
 
     gen = generators(tiny_model)
     engine = Engine(gen.decoder, gen.codec, max_rows=4, capacity=64)
-    real, calls = engine._decode, []
+    real, calls = plan.run, []
 
-    def failing_once():
+    def failing_once(*args):
         calls.append(1)
         if len(calls) == 2:
             raise RuntimeError("a kernel failed")
-        return real()
+        return real(*args)
 
-    engine._decode = failing_once
+    monkeypatch.setattr(plan, "run", failing_once)
     stop = threading.Event()
     thread = threading.Thread(target=engine.serve_forever, args=(stop,), daemon=True)
     thread.start()
