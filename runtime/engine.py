@@ -77,6 +77,7 @@ class Engine:
         self.cache: KVBuffer = decoder.empty(0, capacity, max_rows)
         self.decoding: list[Active] = []  # in row order
         self.prefilling: list[Active] = []  # one row each, after the decoding rows
+        self.entering: list[Active] = []  # within a step: prompts just completed, in neither list until it ends
         self.waiting: deque[Request] = deque()
         self._cancelled: set[Request] = set()
         self._lock = threading.Lock()
@@ -147,10 +148,11 @@ class Engine:
     def _fail_everything(self) -> None:
         """End every request with an `error` event and start from an empty cache."""
         with self._lock:
-            requests = [a.request for a in self.decoding + self.prefilling] + list(self.waiting)
+            held = [a.request for a in self.decoding + self.entering + self.prefilling] + list(self.waiting)
+            requests = list(dict.fromkeys(held))  # a failing step may hold an entering request in two lists
             self.waiting.clear()
             self._cancelled.clear()
-        self.decoding, self.prefilling = [], []
+        self.decoding, self.entering, self.prefilling = [], [], []
         self.cache = self.decoder.empty(0, self.capacity, self.max_rows)
         for request in requests:
             for slot in range(request.config.num_return_sequences):
@@ -163,6 +165,7 @@ class Engine:
         self._drop_cancelled()
         self._admit()
         entering = self._prefill()  # (request, its row, logits [1, vocab]) whose prompt is complete
+        self.entering = [a for a, _, _ in entering]
         keep: list[int] = []
         decoding = []
         for active, rows, logits, proposal in [*self._decode(), *((*e, []) for e in entering)]:
@@ -181,6 +184,7 @@ class Engine:
         keep += range(first_prefilling, len(self.cache.lengths))
         self.decoding = decoding
         self.cache.select(np.array(keep, np.int64))
+        self.entering = []
         return self.has_work
 
     def _reservation(self, request: Request) -> int:
