@@ -18,6 +18,8 @@ import asyncio
 import math
 import os
 import signal
+import socket
+from collections.abc import Mapping
 from pathlib import Path
 
 import uvicorn
@@ -46,7 +48,7 @@ class _Server(uvicorn.Server):
         await super().shutdown(sockets)
 
 
-def api_key(args, environ: dict[str, str]) -> str | None:
+def api_key(args, environ: Mapping[str, str]) -> str | None:
     """The key /v1 requires: --api-key, else --api-key-file's first line, else API_KEY_ENV; None: no key."""
     if args.api_key is not None and args.api_key_file is not None:
         raise Gpt2OnnxError("--api-key and --api-key-file both given; pass one")
@@ -67,6 +69,19 @@ def api_key(args, environ: dict[str, str]) -> str | None:
         raise Gpt2OnnxError(f"{source} holds no usable API key (empty, or with control characters); "
                             f"set a key, or give none to serve without one")
     return key
+
+
+def _listening_socket(host: str, port: int) -> socket.socket:
+    """The server's socket, bound before the model loads: an address in use is one line (uvicorn
+    would exit while the model loads in a thread, and the process abort)."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        raise Gpt2OnnxError(f"cannot listen on {host}:{port}: {e.strerror or e}; pick another --port or --host") from None
+    return sock
 
 
 def serve(args) -> int:
@@ -103,9 +118,10 @@ def serve(args) -> int:
         raise Gpt2OnnxError(f"--prefix-cache-mb must be ≥ 0, got {args.prefix_cache_mb}")
     cache_mb = args.prefix_cache_mb if BY_NAME[args.precision].shape_exact else 0  # see Precision.shape_exact
     load = lambda: Generator.load(args.model, precision=args.precision, threads=args.threads, prefix_cache_mb=cache_mb)
+    sock = _listening_socket(args.host, args.port)
     config.app = create_app(load, settings, on_load)
     signal.signal(signal.SIGTERM, lambda signum, frame: None)
-    server.run()
+    server.run(sockets=[sock])
     if failed:
         raise Gpt2OnnxError(failed[0])
     return 0

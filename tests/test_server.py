@@ -352,12 +352,22 @@ def test_deeply_nested_json_is_400(server, depth):
     assert r.status_code == 400 and set(error) == {"message", "type", "param", "code"} and len(error["message"]) < 1000
 
 
-def test_a_port_out_of_range_is_one_line(tiny_model):
+def test_a_port_out_of_range_or_in_use_is_one_line(tiny_model):
+    import socket
+
+    def serve_on(port: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-c", cli_code(False), "serve", "--model", str(tiny_model), "--port", port],
+                              capture_output=True, text=True, timeout=120)
+
     for port in ("70000", "0", "-1"):
-        run = subprocess.run([sys.executable, "-c", cli_code(False), "serve", "--model", str(tiny_model), "--port", port],
-                             capture_output=True, text=True, timeout=120)
+        run = serve_on(port)
         assert run.returncode == 2 and run.stderr.count("\n") == 1, run.stderr
         assert run.stderr.startswith("gpt2-onnx: error: ") and "65535" in run.stderr
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        run = serve_on(str(taken.getsockname()[1]))
+    assert run.returncode == 1 and run.stderr.count("\n") == 1 and "in use" in run.stderr, run.stderr
 
 
 def test_the_api_key_from_a_file_or_the_environment(tiny_model, tmp_path):
