@@ -135,17 +135,18 @@ def _options(body: _Fields, n: int, logprobs: int | None) -> dict[str, Any]:
     """The runtime options of a completion or chat body (ranges are checked by the runtime). Greedy
     decoding (temperature 0) runs one sequence for the n identical ones asked for."""
     temperature = _get(body, "temperature", _NUMBER, 1.0)
+    sampling = temperature > 0
     bad_words = body.get("bad_words")
     if bad_words is not None and not (isinstance(bad_words, list) and all(isinstance(w, (str, list)) for w in bad_words)):
         raise ApiError(400, f"bad_words must be a list of strings or of token-id lists, got {_SHOWN.repr(bad_words)}",
                        "bad_words", "invalid_type")
     return {
         "max_new_tokens": _get(body, "max_tokens", _INT, _get(body, "max_completion_tokens", _INT, DEFAULT_MAX_TOKENS)),
-        "do_sample": temperature > 0,
+        "do_sample": sampling,
         "temperature": temperature,
         "top_p": _get(body, "top_p", _NUMBER, 1.0),
         "top_k": _get(body, "top_k", _INT, 0),
-        "num_return_sequences": n if temperature > 0 else 1,
+        "num_return_sequences": n if sampling else 1,
         "stop": _string_list(body, "stop"),
         "seed": _get(body, "seed", _INT),
         "presence_penalty": _get(body, "presence_penalty", _NUMBER),
