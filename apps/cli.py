@@ -129,7 +129,7 @@ def _add_serve(sub) -> None:
     serve.add_argument("--precision", default=precisions.DEFAULT_PRECISION, choices=precisions.NAMES, help="model variant")
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 exposes the server to the network)")
     serve.add_argument("--port", type=_port, default=8000, help="port to bind (1-65535)")
-    serve.add_argument("--max-running", type=int, default=8, help="rows decoding together (n > 1 takes n rows)")
+    serve.add_argument("--max-running", type=int, default=8, help="rows decoding together (a sampled n > 1 takes n rows)")
     serve.add_argument("--max-waiting", type=int, default=64, help="requests queued beyond the running ones; more get 429")
     serve.add_argument("--api-key", default=None, help="require `Authorization: Bearer KEY` on /v1 (default: no key; "
                        "--api-key-file or the GPT2_ONNX_API_KEY environment variable keep it out of `ps`)")

@@ -495,19 +495,24 @@ def test_sigterm_lets_the_running_request_finish_and_exits_0(tiny_model):
 
 
 def test_a_grace_period_that_ends_closes_streams_with_an_error_event(tiny_model):
-    """--grace-period 1 under a 2.4 s stream: the client gets an error chunk in OpenAI's shape (no [DONE]),
-    the log holds no traceback, and the process exits 0."""
-    with running_server(tiny_model, "--grace-period", "1", slow=True) as (url, proc):
-        body = {"model": MODEL, "prompt": "这是", "max_tokens": 120, "min_new_tokens": 120, "temperature": 0, "stream": True}
-        with httpx.Client(timeout=60) as http, http.stream("POST", url + "/v1/completions", json=body,
-                                                            headers={"Authorization": f"Bearer {KEY}"}) as r:
+    """--grace-period 1 under 2.4 s answers: the streaming client gets an error chunk in OpenAI's shape
+    (no [DONE]), the waiting one a 503 in that shape, the log holds no traceback, and the process exits 0."""
+    with running_server(tiny_model, "--grace-period", "1", slow=True) as (url, proc), ThreadPoolExecutor(1) as pool:
+        body = {"model": MODEL, "prompt": "这是", "max_tokens": 120, "min_new_tokens": 120, "temperature": 0}
+        headers = {"Authorization": f"Bearer {KEY}"}
+        plain = pool.submit(httpx.post, url + "/v1/completions", json=body, headers=headers, timeout=60)
+        with httpx.Client(timeout=60) as http, http.stream("POST", url + "/v1/completions", json={**body, "stream": True},
+                                                            headers=headers) as r:
             lines = r.iter_lines()
             next(line for line in lines if line.startswith("data: "))
+            wait_for(url, lambda v: v["gpt2_onnx_requests_running"] + v["gpt2_onnx_requests_waiting"] == 2)
             proc.send_signal(signal.SIGTERM)
             rest = [line for line in lines if line.startswith("data: ")]
         error = json.loads(rest[-1][6:])["error"]
         assert set(error) == {"message", "type", "param", "code"} and error["type"] == "server_error"
         assert "data: [DONE]" not in rest
+        answer = plain.result()
+        assert answer.status_code == 503 and answer.json()["error"]["code"] == "server_shutting_down"
         assert proc.wait(timeout=60) == 0
         _, log = proc.communicate(timeout=30)
         assert "Traceback" not in log and "CancelledError" not in log, log
