@@ -241,12 +241,13 @@ def rss_bytes() -> int:
 
 def test_faults_under_load_lose_nothing_and_leak_nothing(tiny_model, generators, caplog, capfd, monkeypatch):
     from gpt2_onnx.apps import bridge
+    from gpt2_onnx.engine import FINISH_ERROR
 
     failed_calls = []  # the calls the engine ended with an error event (the requests of the failing step)
     on_event = bridge.Call._on_event
 
     def noting_errors(call, i, event):
-        if event.finish_reason == "error":
+        if event.finish_reason == FINISH_ERROR:
             failed_calls.append(call)
         on_event(call, i, event)
 
