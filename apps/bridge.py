@@ -3,7 +3,9 @@
     handler ─Service.submit(job)─> every prompt's request built and checked (400) ─> admission
             (in-flight limit, 429) ─> engine.submit per prompt
     engine thread: on_event ─loop.call_soon_threadsafe─> the call's asyncio.Queue ─> handler
-    handler leaves early (client gone, error) ─> Call.cancel ─> engine.cancel: rows leave next step
+    handler leaves early (client gone, server closing, error) ─> Call.cancel ─> engine.cancel: rows leave next step
+
+An engine sequence fills `Job.copies` choices (n when greedy: one sequence for n identical ones).
 
 A request counts as in flight from submission until the engine's last event for it (a
 finish or a cancellation), so the limit never counts a freed row and never misses a held one.
@@ -16,15 +18,16 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from gpt2_onnx.engine import FINISH_CANCELLED, Engine, Event, Request, Stats
+from gpt2_onnx.engine import FINISH_CANCELLED, FINISH_ERROR, Engine, Event, Request, Stats
 from gpt2_onnx.errors import GenerationOptionError
 from gpt2_onnx.generator import Generator
 
 from .metrics import Metrics
-from .openai_api import ApiError, Choice, Job, request_error
+from .openai_api import ApiError, Choice, Job, engine_failed, request_error
 
+RETRY_AFTER_S = 1  # a 429's Retry-After: rows free up within a few steps
 
-_GONE = object()  # queued when the client disconnects
+_ENDED = object()  # queued when the handler's `ended` future completes
 
 
 class ClientGone(Exception):
@@ -62,21 +65,25 @@ class Call:
     last_token: dict[tuple[int, int], float] = field(default_factory=dict)  # per (request, slot)
     started: set[int] = field(default_factory=set)  # requests with a first token
     remaining: int = 0  # choices not finished (event loop)
-    watching: bool = False  # `gone` puts _GONE into the queue when it completes
+    watching: bool = False  # `ended` puts _ENDED into the queue when it completes
 
     @property
     def prompt_tokens(self) -> int:
         return sum(len(r.prompt_ids) for r in self.requests)
 
-    async def next(self, gone: asyncio.Future) -> tuple[int, Event]:
-        """The next (choice index, event); ClientGone if `gone` completes first."""
+    async def next(self, ended: asyncio.Future) -> tuple[int, Event]:
+        """The next (choice index, event). If `ended` completes first, the exception it returns is
+        raised (ClientGone, or the server's ApiError when it stops answering); an engine failure
+        is a 500 ApiError."""
         if not self.watching:  # once per call, not a task and a wait per token
-            gone.add_done_callback(lambda _: self.queue.put_nowait(_GONE))
+            ended.add_done_callback(lambda _: self.queue.put_nowait(_ENDED))
             self.watching = True
         item = await self.queue.get()
-        if item is _GONE:
-            raise ClientGone
+        if item is _ENDED:
+            raise ended.result()
         index, event = item
+        if event.finish_reason == FINISH_ERROR:
+            raise engine_failed()
         choice = self.choices[index]
         choice.text += event.text
         choice.tokens += len(event.tokens)
@@ -113,9 +120,13 @@ class Call:
                     metrics.cancelled.inc()
                 self.service.release(1)
         try:
-            self.loop.call_soon_threadsafe(self.queue.put_nowait, (i * self.job.n + event.slot, event))
+            self.loop.call_soon_threadsafe(self._put, i * self.job.n + event.slot * self.job.copies, event)
         except RuntimeError:  # the event loop has closed (shutdown): nobody waits, and the engine must go on
             pass
+
+    def _put(self, first: int, event: Event) -> None:
+        for index in range(first, first + self.job.copies):
+            self.queue.put_nowait((index, event))
 
 
 class Service:
@@ -151,9 +162,12 @@ class Service:
             self.in_flight -= count
 
     def submit(self, job: Job) -> Call:
-        """Build, check and submit the job's requests: 400 for bad options or a prompt that
-        cannot fit (before any is submitted), 429 when the running and waiting limits are full."""
+        """Build, check and submit the job's requests: 400 for bad options, an n past --max-running or a
+        prompt that cannot fit (before any is submitted), 429 when the running and waiting limits are full."""
         generator, call = self.generator, Call(job, self, asyncio.get_running_loop())
+        if not 1 <= job.n <= self.capacity.max_running:  # greedy n takes one row, but is held to what sampling takes
+            raise ApiError(400, f"n must be from 1 to {self.capacity.max_running} (the sequences this server decodes "
+                           f"at once, its --max-running), got {job.n}", "n", "invalid_value")
         try:
             config = generator.config(**job.options)
             requests = [generator.request(generator.encode(p), config, lambda e, i=i: call._on_event(i, e))
@@ -167,9 +181,9 @@ class Service:
                 self.metrics.rejected.inc()
                 raise ApiError(429, f"the server is full: {self.in_flight} requests are running or waiting "
                                f"(limit {self.capacity.max_running} running + {self.capacity.max_waiting} waiting); retry later",
-                               None, "too_many_requests", "rate_limit_error")
+                               None, "too_many_requests", "rate_limit_error", {"Retry-After": str(RETRY_AFTER_S)})
             self.in_flight += len(requests)
-        call.requests, call.open_slots = requests, [job.n] * len(requests)
+        call.requests, call.open_slots = requests, [config.num_return_sequences] * len(requests)
         call.choices, call.remaining = [Choice() for _ in range(len(requests) * job.n)], len(requests) * job.n
         for request in requests:
             self.engine.submit(request)  # checked above: it fits

@@ -130,10 +130,12 @@ def _add_serve(sub) -> None:
     serve.add_argument("--model-name", default=None, help="the model id clients pass and /v1/models lists (default: --model as given)")
     serve.add_argument("--precision", default=precisions.DEFAULT_PRECISION, choices=precisions.NAMES, help="model variant")
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 exposes the server to the network)")
-    serve.add_argument("--port", type=int, default=8000, help="port to bind")
-    serve.add_argument("--max-running", type=int, default=8, help="rows decoding together (n > 1 takes n rows)")
+    serve.add_argument("--port", type=_port, default=8000, help="port to bind (1-65535)")
+    serve.add_argument("--max-running", type=int, default=8, help="rows decoding together (a sampled n > 1 takes n rows)")
     serve.add_argument("--max-waiting", type=int, default=64, help="requests queued beyond the running ones; more get 429")
-    serve.add_argument("--api-key", default=None, help="require `Authorization: Bearer KEY` on /v1 (default: no key)")
+    serve.add_argument("--api-key", default=None, help="require `Authorization: Bearer KEY` on /v1 (default: no key; "
+                       "--api-key-file or the GPT2_ONNX_API_KEY environment variable keep it out of `ps`)")
+    serve.add_argument("--api-key-file", default=None, metavar="PATH", help="read the API key from this file's first line")
     serve.add_argument("--threads", type=int, default=None, help="intra-op threads (default: available cores)")
     serve.add_argument("--kv-cache-mb", type=float, default=None,
                        help="KV cache budget in MB (default: enough for every running row at full context)")
@@ -145,6 +147,13 @@ def _add_serve(sub) -> None:
     serve.add_argument("--max-body-bytes", type=int, default=2**20, help="larger request bodies get 413")
     serve.add_argument("--grace-period", type=float, default=30.0, help="seconds running requests may take to finish on SIGTERM")
     importlib.import_module("gpt2_onnx.apps.ray_serve").add_ray_arguments(serve)
+
+
+def _port(text: str) -> int:
+    """A TCP port to bind: 1-65535."""
+    if not (text.isdigit() and 1 <= int(text) <= 65535):
+        raise argparse.ArgumentTypeError(f"a port is a number from 1 to 65535, got {text!r}")
+    return int(text)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -5,13 +5,20 @@ Defaults follow OpenAI, not the model's manifest, for the fields OpenAI defines:
 max_tokens 16, temperature 1.0 (so sampling: do_sample is `temperature > 0`), top_p 1.0,
 top_k 0 (off; OpenAI has none). Fields OpenAI does not define keep the runtime's names
 (`top_k`, `repetition_penalty`, `no_repeat_ngram_size`, `min_new_tokens`, `bad_words`,
-`truncate`, `context_overflow`, `context_keep`, `prompt_lookup_num_tokens`, `max_matching_ngram_size`) and, when absent, the manifest's defaults. Token counts include the family's
-prompt prefix ([CLS] for uer), as the runtime counts them.
+`truncate`, `context_overflow`, `context_keep`, `prompt_lookup_num_tokens`, `max_matching_ngram_size`) and,
+when absent, the manifest's defaults. Token counts include the family's prompt prefix ([CLS] for uer), as the
+runtime counts them.
+
+A body field the parser never reads is refused (400 naming it), so a client asking for a feature this server
+lacks (`logit_bias`, `tools`, a typo) is told rather than ignored; IGNORED_FIELDS are the OpenAI fields that
+change nothing generated and are accepted. `n` with temperature 0 decodes its prompt once: the n greedy
+sequences are identical, so one engine sequence fills n choices (`Job.copies`).
 """
 
 from __future__ import annotations
 
 import re
+import reprlib
 import time
 import uuid
 from collections.abc import Mapping, Sequence
@@ -24,20 +31,22 @@ from gpt2_onnx.options import GenerationConfig
 DEFAULT_MAX_TOKENS = 16  # OpenAI's default for /v1/completions
 DEFAULT_CHAT_TEMPLATE = "{content}"  # one line per message, in order: GPT-2 is no chat model
 
-# an OpenAI finish reason per runtime finish reason (a stop string is a stop, as in OpenAI)
-FINISH_REASONS = {"stop": "stop", "stop_string": "stop", "length": "length", "cancelled": "stop", "error": "error"}
+# an OpenAI finish reason per runtime finish reason (a stop string is a stop, as in OpenAI); the engine's
+# "error" is no finish reason here: the call fails (`engine_failed`)
+FINISH_REASONS = {"stop": "stop", "stop_string": "stop", "length": "length", "cancelled": "stop"}
 # runtime option → the body field that sets it, for errors naming the field
 FIELD_OF_OPTION = {"max_new_tokens": "max_tokens", "num_return_sequences": "n", "do_sample": "temperature"}
 OPTION_NAMES = frozenset(f.name for f in fields(GenerationConfig))
 
 
 class ApiError(Exception):
-    """An error answered with OpenAI's body: {"error": {"message", "type", "param", "code"}}."""
+    """An error answered with OpenAI's body: {"error": {"message", "type", "param", "code"}} (and `headers`)."""
 
     def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
-                 kind: str = "invalid_request_error"):
+                 kind: str = "invalid_request_error", headers: Mapping[str, str] | None = None):
         super().__init__(message)
         self.status, self.message, self.param, self.code, self.kind = status, message, param, code, kind
+        self.headers = headers
 
     def body(self) -> dict[str, Any]:
         return {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}}
@@ -59,24 +68,59 @@ class Job:
     id: str = field(default_factory=lambda: uuid.uuid4().hex)
     created: int = field(default_factory=lambda: int(time.time()))
 
+    @property
+    def copies(self) -> int:
+        """Choices one engine sequence fills: n when greedy (n identical sequences, decoded once), else 1."""
+        return self.n // self.options["num_return_sequences"]
+
+
+def engine_failed() -> ApiError:
+    """The call's answer when the engine failed in a step its requests were in (the server log has why)."""
+    return ApiError(500, "the engine failed while generating this answer (the server's log has the cause); retry",
+                    None, "engine_error", "server_error")
+
 
 # --- reading bodies ---------------------------------------------------------------------------
 
-_NUMBER, _INT, _BOOL, _STR = (int, float), (int,), (bool,), (str,)
-_TYPE_NAMES = {_NUMBER: "a number", _INT: "an integer", _BOOL: "true or false", _STR: "a string"}
+_NUMBER, _INT, _BOOL, _STR, _OBJECT = (int, float), (int,), (bool,), (str,), (dict,)
+_TYPE_NAMES = {_NUMBER: "a number", _INT: "an integer", _BOOL: "true or false", _STR: "a string", _OBJECT: "an object"}
+# OpenAI fields accepted and ignored: they label a request and change nothing generated
+IGNORED_FIELDS = {"user": _STR, "metadata": _OBJECT}
+
+_SHOWN = reprlib.Repr()  # values in messages: short, and safe on deeply nested JSON
+_SHOWN.maxstring, _SHOWN.maxother, _SHOWN.maxlist, _SHOWN.maxdict, _SHOWN.maxlevel = 80, 80, 8, 8, 3
 
 
-def _get(body: Mapping[str, Any], name: str, kinds: tuple[type, ...], default: Any = None) -> Any:
+class _Fields:
+    """A JSON object whose reads are recorded: a field the parser never read is one this server does not support."""
+
+    def __init__(self, values: dict[str, Any], prefix: str = ""):
+        self.values, self.prefix, self.read = values, prefix, set()
+
+    def get(self, name: str) -> Any:
+        self.read.add(name)
+        return self.values.get(name)
+
+    def refuse_unread(self) -> None:
+        """400 naming the first field nobody read."""
+        unread = next((name for name in self.values if name not in self.read), None)
+        if unread is not None:
+            name, known = self.prefix + unread, ", ".join(sorted(self.prefix + r for r in self.read))
+            raise ApiError(400, f"unsupported field {_SHOWN.repr(name)}: this server does not implement it; remove it "
+                           f"(supported fields: {known})", name, "unsupported_parameter")
+
+
+def _get(body: _Fields, name: str, kinds: tuple[type, ...], default: Any = None) -> Any:
     """body[name] if of one of `kinds` (null → default); a 400 naming the field otherwise."""
     value = body.get(name)
     if value is None:
         return default
     if isinstance(value, bool) and bool not in kinds or not isinstance(value, kinds):
-        raise ApiError(400, f"{name} must be {_TYPE_NAMES[kinds]}, got {value!r}", name, "invalid_type")
+        raise ApiError(400, f"{name} must be {_TYPE_NAMES[kinds]}, got {_SHOWN.repr(value)}", name, "invalid_type")
     return value
 
 
-def _string_list(body: Mapping[str, Any], name: str) -> list[str] | None:
+def _string_list(body: _Fields, name: str) -> list[str] | None:
     value = body.get(name)
     if value is None:
         return None
@@ -84,22 +128,25 @@ def _string_list(body: Mapping[str, Any], name: str) -> list[str] | None:
         return [value]
     if isinstance(value, list) and all(isinstance(v, str) for v in value):
         return value
-    raise ApiError(400, f"{name} must be a string or a list of strings, got {value!r}", name, "invalid_type")
+    raise ApiError(400, f"{name} must be a string or a list of strings, got {_SHOWN.repr(value)}", name, "invalid_type")
 
 
-def _options(body: Mapping[str, Any], n: int, logprobs: int | None) -> dict[str, Any]:
-    """The runtime options of a completion or chat body (ranges are checked by the runtime)."""
+def _options(body: _Fields, n: int, logprobs: int | None) -> dict[str, Any]:
+    """The runtime options of a completion or chat body (ranges are checked by the runtime). Greedy
+    decoding (temperature 0) runs one sequence for the n identical ones asked for."""
     temperature = _get(body, "temperature", _NUMBER, 1.0)
+    sampling = temperature > 0
     bad_words = body.get("bad_words")
     if bad_words is not None and not (isinstance(bad_words, list) and all(isinstance(w, (str, list)) for w in bad_words)):
-        raise ApiError(400, f"bad_words must be a list of strings or of token-id lists, got {bad_words!r}", "bad_words", "invalid_type")
+        raise ApiError(400, f"bad_words must be a list of strings or of token-id lists, got {_SHOWN.repr(bad_words)}",
+                       "bad_words", "invalid_type")
     return {
         "max_new_tokens": _get(body, "max_tokens", _INT, _get(body, "max_completion_tokens", _INT, DEFAULT_MAX_TOKENS)),
-        "do_sample": temperature > 0,
+        "do_sample": sampling,
         "temperature": temperature,
         "top_p": _get(body, "top_p", _NUMBER, 1.0),
         "top_k": _get(body, "top_k", _INT, 0),
-        "num_return_sequences": n,
+        "num_return_sequences": n if sampling else 1,
         "stop": _string_list(body, "stop"),
         "seed": _get(body, "seed", _INT),
         "presence_penalty": _get(body, "presence_penalty", _NUMBER),
@@ -117,72 +164,76 @@ def _options(body: Mapping[str, Any], n: int, logprobs: int | None) -> dict[str,
     }
 
 
-def _common(body: Any) -> tuple[str, int, bool, bool]:
-    if not isinstance(body, dict):
-        raise ApiError(400, f"the request body must be a JSON object, got {type(body).__name__}", None, "invalid_type")
+def _common(raw: Any) -> tuple[_Fields, str, int, bool, bool]:
+    if not isinstance(raw, dict):
+        raise ApiError(400, f"the request body must be a JSON object, got {type(raw).__name__}", None, "invalid_type")
+    body = _Fields(raw)
     model = _get(body, "model", _STR)
     if model is None:
         raise ApiError(400, "model is required: pass the id listed by GET /v1/models", "model", "missing_field")
-    _get(body, "user", _STR)
-    options = body.get("stream_options")
-    if options is not None and not isinstance(options, dict):
-        raise ApiError(400, f"stream_options must be an object, got {options!r}", "stream_options", "invalid_type")
-    usage = bool(_get(options or {}, "include_usage", _BOOL, False))
-    return model, _get(body, "n", _INT, 1), bool(_get(body, "stream", _BOOL, False)), usage
+    for name, kinds in IGNORED_FIELDS.items():
+        _get(body, name, kinds)
+    options = _Fields(_get(body, "stream_options", _OBJECT, {}), "stream_options.")
+    usage = bool(_get(options, "include_usage", _BOOL, False))
+    options.refuse_unread()
+    return body, model, _get(body, "n", _INT, 1), bool(_get(body, "stream", _BOOL, False)), usage
 
 
-def completion_job(body: Any) -> Job:
-    """A /v1/completions body → its Job (400 naming the field for a wrong type)."""
-    model, n, stream, usage = _common(body)
+def completion_job(raw: Any) -> Job:
+    """A /v1/completions body → its Job (400 naming the field for a wrong type or an unsupported field)."""
+    body, model, n, stream, usage = _common(raw)
     prompt = body.get("prompt")
     if isinstance(prompt, str):
         prompts = (prompt,)
     elif isinstance(prompt, list) and prompt and all(isinstance(p, str) for p in prompt):
         prompts = tuple(prompt)
     else:
-        raise ApiError(400, f"prompt must be a string or a non-empty list of strings, got {prompt!r}", "prompt", "invalid_type")
+        raise ApiError(400, f"prompt must be a string or a non-empty list of strings, got {_SHOWN.repr(prompt)}",
+                       "prompt", "invalid_type")
     logprobs = _get(body, "logprobs", _INT)
     echo = bool(_get(body, "echo", _BOOL, False))
     if echo and logprobs:
         raise ApiError(400, "echo with logprobs is not supported (prompt tokens have no log-probabilities here); drop one", "echo")
-    return Job(False, model, prompts, _options(body, n, logprobs), n, stream, usage, echo, logprobs)
+    options = _options(body, n, logprobs)
+    body.refuse_unread()
+    return Job(False, model, prompts, options, n, stream, usage, echo, logprobs)
 
 
-def chat_job(body: Any, template: str) -> Job:
+def chat_job(raw: Any, template: str) -> Job:
     """A /v1/chat/completions body → its Job: each message through `template` ({role},
     {content}), one per line, in order, is the prompt."""
-    model, n, stream, usage = _common(body)
+    body, model, n, stream, usage = _common(raw)
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
-        raise ApiError(400, f"messages must be a non-empty list of {{role, content}} objects, got {messages!r}", "messages", "invalid_type")
+        raise ApiError(400, f"messages must be a non-empty list of {{role, content}} objects, got {_SHOWN.repr(messages)}",
+                       "messages", "invalid_type")
     lines = [template.format(role=m.get("role", ""), content=_content(m, i)) for i, m in enumerate(messages)]
     top = _get(body, "top_logprobs", _INT, 0)
     wanted = _get(body, "logprobs", _BOOL, False)
     # the runtime returns the chosen token's log-probability only beside a top-N of N ≥ 1
     options = _options(body, n, max(top, 1) if wanted else None)
+    body.refuse_unread()
     return Job(True, model, ("\n".join(lines),), options, n, stream, usage, False, top if wanted else None)
 
 
 def _content(message: Any, i: int) -> str:
     param = f"messages[{i}].content"
     if not isinstance(message, dict) or not isinstance(message.get("role"), str):
-        raise ApiError(400, f"messages[{i}] must be an object with a string role, got {message!r}", f"messages[{i}]", "invalid_type")
+        raise ApiError(400, f"messages[{i}] must be an object with a string role, got {_SHOWN.repr(message)}",
+                       f"messages[{i}]", "invalid_type")
     content = message.get("content")
     if isinstance(content, str):
         return content
     if isinstance(content, list) and all(isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str) for p in content):
         return "".join(p["text"] for p in content)
-    raise ApiError(400, f"{param} must be a string or a list of text parts, got {content!r}", param, "invalid_type")
+    raise ApiError(400, f"{param} must be a string or a list of text parts, got {_SHOWN.repr(content)}", param, "invalid_type")
 
 
 def _option_error(message: str) -> ApiError:
     """A runtime option error (GenerationOptionError) as a 400 naming the body field."""
     first = re.match(r"[A-Za-z_]*", message).group()  # the runtime's messages start with the option
     param = FIELD_OF_OPTION.get(first, first if first in OPTION_NAMES else None)
-    message = _field_names(message)
-    if "do_sample" in message:
-        message += " (here temperature > 0 means do_sample=True)"
-    return ApiError(400, message, param, "invalid_value")
+    return ApiError(400, _field_names(message), param, "invalid_value")
 
 
 def request_error(error: GenerationOptionError) -> ApiError:

@@ -7,6 +7,8 @@
 
 Any way a handler ends early (client gone, error) cancels its engine requests: their rows
 leave at the next step. The model loads in a thread at startup, so /health answers at once.
+A call that fails once its stream has begun (the engine failed, the server stops answering:
+`close_calls`) ends with one `data: {"error": {...}}` chunk in OpenAI's error shape, no [DONE].
 """
 
 from __future__ import annotations
@@ -43,11 +45,18 @@ class Settings:
 
 
 class _State:
-    """What the app holds: the service once the model is loaded."""
+    """What the app holds: the service once the model is loaded, and whether it stopped answering."""
 
     def __init__(self) -> None:
         self.service: Service | None = None
         self.load_error: str | None = None
+        self.closing = asyncio.Event()  # set by close_calls
+
+
+def close_calls(app: FastAPI) -> None:
+    """End every open call now (from the app's event loop): a stream gets an error event and ends, a
+    waiting request a 503. For a shutdown whose grace period is over, instead of cancelled handlers."""
+    app.state.gpt2_onnx.closing.set()
 
 
 def create_app(generator: Generator | Callable[[], Generator], settings: Settings,
@@ -76,10 +85,11 @@ def create_app(generator: Generator | Callable[[], Generator], settings: Setting
             state.service.stop()
 
     app = FastAPI(title="gpt2-onnx", lifespan=lifespan)
+    app.state.gpt2_onnx = state
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, error: ApiError) -> JSONResponse:
-        return JSONResponse(error.body(), status_code=error.status)
+        return JSONResponse(error.body(), status_code=error.status, headers=error.headers)
 
     @app.exception_handler(Exception)
     async def internal_error(request: Request, error: Exception) -> JSONResponse:
@@ -118,16 +128,16 @@ def create_app(generator: Generator | Callable[[], Generator], settings: Setting
         if state.service is None:
             raise ApiError(503, "the model is still loading; retry when GET /health says ok", None, None, "server_error")
         call = state.service.submit(job)
-        gone = asyncio.ensure_future(_disconnected(request))
+        ended = asyncio.ensure_future(_ended(request, state.closing))
         if job.stream:
-            return StreamingResponse(_stream(call, gone, settings.model_name), media_type="text/event-stream")
+            return StreamingResponse(_stream(call, ended, settings.model_name), media_type="text/event-stream")
         try:
             while call.remaining:
-                await call.next(gone)
+                await call.next(ended)
         except ClientGone:
             return Response(status_code=499)  # nobody reads it
         finally:
-            gone.cancel()
+            ended.cancel()
             call.cancel()
         return JSONResponse(openai_api.response(job, settings.model_name, call.choices, call.prompt_tokens))
 
@@ -135,10 +145,11 @@ def create_app(generator: Generator | Callable[[], Generator], settings: Setting
 
 
 def _check_key(request: Request, key: str | None) -> None:
+    """`Authorization: Bearer KEY`, the scheme in any case (RFC 7235)."""
     if key is None:
         return
-    given = request.headers.get("authorization", "")
-    token = given[len("Bearer "):] if given.startswith("Bearer ") else ""
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    token = token.strip(" ") if scheme.lower() == "bearer" else ""
     if not token or not hmac.compare_digest(token.encode(), key.encode()):
         what = "a wrong API key" if token else "no API key"
         raise ApiError(401, f"{what} was given: send the server's key as `Authorization: Bearer KEY`",
@@ -163,16 +174,34 @@ async def _body(request: Request, settings: Settings) -> object:
         return json.loads(data)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ApiError(400, f"the request body is not valid JSON ({e}); send a JSON object", None, "invalid_json") from None
+    except RecursionError:
+        raise ApiError(400, "the request body nests JSON arrays or objects too deeply to read; send a flat request "
+                       "object", None, "invalid_json") from None
+
+
+async def _ended(request: Request, closing: asyncio.Event) -> Exception:
+    """What ends a call before its answer is complete, once it happens: ClientGone when the client
+    disconnects (the ASGI http.disconnect message, after the body), a 503 ApiError on `closing`."""
+    gone, closed = asyncio.ensure_future(_disconnected(request)), asyncio.ensure_future(closing.wait())
+    try:
+        await asyncio.wait((gone, closed), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+        closed.cancel()
+    if gone.done() and not gone.cancelled():
+        return ClientGone()
+    return ApiError(503, "the server is shutting down and its grace period (--grace-period) ended before this answer "
+                    "was complete; retry on a running server", None, "server_shutting_down", "server_error")
 
 
 async def _disconnected(request: Request) -> None:
-    """Return when the client disconnects: the ASGI http.disconnect message (after the body)."""
     while (await request.receive())["type"] != "http.disconnect":
         pass
 
 
-async def _stream(call: Call, gone: asyncio.Future, model: str) -> AsyncIterator[str]:
-    """SSE chunks of every choice as their events arrive, then usage (if asked) and [DONE]."""
+async def _stream(call: Call, ended: asyncio.Future, model: str) -> AsyncIterator[str]:
+    """SSE chunks of every choice as their events arrive, then usage (if asked) and [DONE]; or,
+    once the call fails, an error chunk in OpenAI's shape."""
     job, sent = call.job, set()
     try:
         if job.echo:
@@ -180,7 +209,7 @@ async def _stream(call: Call, gone: asyncio.Future, model: str) -> AsyncIterator
                 sent.add(index)
                 yield _sse(openai_api.chunk(job, model, index, job.prompts[index // job.n], None, [], first=True))
         while call.remaining:
-            index, event = await call.next(gone)
+            index, event = await call.next(ended)
             if not (event.text or event.finish_reason or event.logprobs):
                 continue  # text held back (a possible stop string, an incomplete character)
             entries = call.choices[index].logprobs[len(call.choices[index].logprobs) - len(event.logprobs or ()):]
@@ -194,8 +223,10 @@ async def _stream(call: Call, gone: asyncio.Future, model: str) -> AsyncIterator
         yield "data: [DONE]\n\n"
     except ClientGone:
         return
+    except ApiError as error:
+        yield _sse(error.body())
     finally:
-        gone.cancel()
+        ended.cancel()
         call.cancel()
 
 

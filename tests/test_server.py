@@ -28,14 +28,14 @@ MODEL = "tiny"
 
 
 @contextmanager
-def running_server(model, *args: str, slow: bool = False):
+def running_server(model, *args: str, slow: bool = False, key: tuple[str, ...] = ("--api-key", KEY), env=None):
     """A `gpt2-onnx serve` child on a free loopback port, up once /health says ok: its base URL
-    and the process."""
+    and the process. `key`: how the API key is given; `env`: the child's environment variables."""
     port = free_port()
     code = cli_code(slow)
     command = [sys.executable, "-c", code, "serve", "--model", str(model), "--model-name", MODEL, "--port", str(port),
-               "--api-key", KEY, "--threads", "1", *args]
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+               *key, "--threads", "1", *args]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 120
@@ -177,6 +177,19 @@ def test_n_and_prompt_lists(client, reference):
         assert [c.text for c in out.choices[2 * i:2 * i + 2]] == [r.text for r in expected]
 
 
+def test_greedy_n_returns_n_identical_choices(client, reference):
+    expected = reference.generate("这是", max_new_tokens=8, do_sample=False).text
+    out = client.completions.create(model=MODEL, prompt=["这是", "这是"], n=3, max_tokens=8, temperature=0)
+    assert [c.index for c in out.choices] == list(range(6)) and [c.text for c in out.choices] == [expected] * 6
+    assert out.usage.completion_tokens == 6 * len(reference.generate("这是", max_new_tokens=8, do_sample=False).token_ids)
+    stream = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "这是"}], n=3,
+                                            max_tokens=8, temperature=0, stream=True)
+    texts = ["", "", ""]
+    for chunk in stream:
+        texts[chunk.choices[0].index] += chunk.choices[0].delta.content or ""
+    assert texts == [expected] * 3
+
+
 def test_stop_strings_never_leak(client):
     text = client.completions.create(model=MODEL, prompt="这是", max_tokens=30, temperature=0).choices[0].text
     stop = next(text[i:i + 2] for i in range(3, len(text) - 1) if " " not in text[i:i + 2])
@@ -231,7 +244,8 @@ def error_of(call) -> tuple[int, dict]:
     (dict(temperature=-1), "temperature"),
     (dict(top_p=2), "top_p"),
     (dict(n=0), "n"),
-    (dict(n=2, temperature=0), "n"),
+    (dict(n=-1, temperature=0), "n"),
+    (dict(n=9, temperature=0), "n"),  # greedy n takes one row, yet is held to --max-running as sampling is
     (dict(presence_penalty=3), "presence_penalty"),
     (dict(stop=[1, 2]), "stop"),
     (dict(max_tokens=5000), "prompt"),
@@ -247,8 +261,37 @@ def test_bad_values_are_400_naming_the_field(client, body, param):
         assert error["code"] == "context_length_exceeded" and "5000" in error["message"] and "128" in error["message"]
     else:
         assert error["code"] in ("invalid_value", "invalid_type")
-    if body.get("n") == 9:  # the body's names, and the server's setting to raise
+    if body.get("n") == 9:  # the body's name, and the server's setting to raise
         assert "num_return_sequences" not in error["message"] and "--max-running" in error["message"]
+
+
+@pytest.mark.parametrize("endpoint, field, value", [
+    ("completions", "logit_bias", {"100": 5}),
+    ("completions", "best_of", 3),
+    ("completions", "suffix", "。"),
+    ("completions", "temprature", 0),  # a typo is no silent default
+    ("chat/completions", "tools", [{"type": "function", "function": {"name": "f"}}]),
+    ("chat/completions", "prompt", "x"),  # a completions field on chat
+    ("completions", "stream_options", {"include_usage": True, "continuous_usage_stats": True}),
+])
+def test_unsupported_fields_are_400_naming_them(server, endpoint, field, value):
+    body = {"model": MODEL, "max_tokens": 2, field: value}
+    body.update({"messages": [{"role": "user", "content": "这是"}]} if endpoint.startswith("chat") else {"prompt": "这是"})
+    r = httpx.post(f"{server}/v1/{endpoint}", json=body, headers={"Authorization": f"Bearer {KEY}"}, timeout=10)
+    error = r.json()["error"]
+    name = "stream_options.continuous_usage_stats" if field == "stream_options" else field
+    assert r.status_code == 400 and set(error) == {"message", "type", "param", "code"}
+    assert error["param"] == name and name in error["message"] and error["type"] == "invalid_request_error"
+
+
+def test_ignored_openai_fields_and_a_lower_case_bearer_are_accepted(server):
+    body = {"model": MODEL, "prompt": "这是", "max_tokens": 2, "user": "u-1", "metadata": {"team": "a"}}
+    for scheme in ("bearer", "BEARER", "Bearer"):
+        r = httpx.post(server + "/v1/completions", json=body, headers={"Authorization": f"{scheme} {KEY}"}, timeout=10)
+        assert r.status_code == 200, r.text
+    r = httpx.post(server + "/v1/completions", json={**body, "user": 5}, headers={"Authorization": f"bearer {KEY}"},
+                   timeout=10)
+    assert r.status_code == 400 and r.json()["error"]["param"] == "user"
 
 
 def test_a_context_keep_that_leaves_no_window_names_itself(client):
@@ -300,6 +343,62 @@ def test_malformed_json_and_too_large_bodies(server):
     assert r.status_code == 413 and set(r.json()["error"]) == {"message", "type", "param", "code"}
 
 
+@pytest.mark.parametrize("depth", [30000, 500])  # past the JSON reader's recursion limit; within it, in an error message
+def test_deeply_nested_json_is_400(server, depth):
+    headers = {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"}
+    body = '{"model": "tiny", "prompt": ' + "[" * depth + "]" * depth + "}"
+    r = httpx.post(server + "/v1/completions", content=body.encode(), headers=headers, timeout=10)
+    error = r.json()["error"]
+    assert r.status_code == 400 and set(error) == {"message", "type", "param", "code"} and len(error["message"]) < 1000
+
+
+def test_a_port_out_of_range_or_in_use_is_one_line(tiny_model):
+    import socket
+
+    def serve_on(port: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-c", cli_code(False), "serve", "--model", str(tiny_model), "--port", port],
+                              capture_output=True, text=True, timeout=120)
+
+    for port in ("70000", "0", "-1"):
+        run = serve_on(port)
+        assert run.returncode == 2 and run.stderr.count("\n") == 1, run.stderr
+        assert run.stderr.startswith("gpt2-onnx: error: ") and "65535" in run.stderr
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        run = serve_on(str(taken.getsockname()[1]))
+    assert run.returncode == 1 and run.stderr.count("\n") == 1 and "in use" in run.stderr, run.stderr
+
+
+def test_the_api_key_from_a_file_or_the_environment(tiny_model, tmp_path):
+    import os
+
+    key_file = tmp_path / "key"
+    key_file.write_text("file-key\n")
+    for key, env in [(("--api-key-file", str(key_file)), {}), ((), {"GPT2_ONNX_API_KEY": "env-key"})]:
+        secret = "file-key" if key else "env-key"
+        with running_server(tiny_model, key=key, env={**os.environ, **env}) as (url, _):
+            body = {"model": MODEL, "prompt": "这是", "max_tokens": 2}
+            for given, status in ((secret, 200), (KEY, 401)):
+                r = httpx.post(url + "/v1/completions", json=body, headers={"Authorization": f"Bearer {given}"}, timeout=10)
+                assert r.status_code == status
+
+
+def test_a_key_that_cannot_be_used_is_one_line(tiny_model, tmp_path):
+    import os
+
+    empty = tmp_path / "empty"
+    empty.write_text("\n")
+    cases = [(("--api-key", "a", "--api-key-file", str(empty)), {}, "both"),
+             (("--api-key-file", str(empty)), {}, "no usable API key"),
+             (("--api-key-file", str(tmp_path / "missing")), {}, "cannot read"),
+             ((), {"GPT2_ONNX_API_KEY": ""}, "GPT2_ONNX_API_KEY")]
+    for key, env, said in cases:
+        run = subprocess.run([sys.executable, "-c", cli_code(False), "serve", "--model", str(tiny_model), *key],
+                             capture_output=True, text=True, timeout=120, env={**os.environ, **env})
+        assert run.returncode == 1 and run.stderr.count("\n") == 1 and said in run.stderr, run.stderr
+
+
 # --- load --------------------------------------------------------------------------------------
 
 def test_64_concurrent_streams_complete_and_metrics_agree(server):
@@ -335,7 +434,7 @@ def test_past_the_limits_only_429_and_successes(slow_server):
         body = {"model": MODEL, "prompt": "这是", "max_tokens": 30, "temperature": 0}
         r = httpx.post(slow_server + "/v1/completions", json=body, headers={"Authorization": f"Bearer {KEY}"}, timeout=60)
         if r.status_code == 429:
-            assert r.json()["error"]["type"] == "rate_limit_error"
+            assert r.json()["error"]["type"] == "rate_limit_error" and int(r.headers["Retry-After"]) >= 1
         return r.status_code
 
     with ThreadPoolExecutor(12) as pool:
@@ -374,7 +473,8 @@ def test_a_client_leaving_a_plain_request_cancels_it(slow_server):
 
 def test_nothing_stays_occupied_after_bad_requests_and_cancellations(server):
     headers = {"Authorization": f"Bearer {KEY}"}
-    for body in ({"model": MODEL}, {"model": MODEL, "prompt": "x", "n": 3, "temperature": 0}, {"model": MODEL, "prompt": "x", "max_tokens": 999}):
+    for body in ({"model": MODEL}, {"model": MODEL, "prompt": "x", "n": 30, "temperature": 0},
+                 {"model": MODEL, "prompt": "x", "max_tokens": 999}, {"model": MODEL, "prompt": "x", "logit_bias": {}}):
         assert httpx.post(server + "/v1/completions", json=body, headers=headers, timeout=10).status_code == 400
     values = wait_for(server, idle)
     assert values["gpt2_onnx_kv_reserved_positions"] == 0 and values["gpt2_onnx_batch_rows"] == 0
@@ -392,3 +492,27 @@ def test_sigterm_lets_the_running_request_finish_and_exits_0(tiny_model):
         assert json.loads(first[6:])["choices"][0]["finish_reason"] is None
         assert rest[-1] == "data: [DONE]" and json.loads(rest[-2][6:])["choices"][0]["finish_reason"] in ("length", "stop")
         assert proc.wait(timeout=60) == 0
+
+
+def test_a_grace_period_that_ends_closes_streams_with_an_error_event(tiny_model):
+    """--grace-period 1 under 2.4 s answers: the streaming client gets an error chunk in OpenAI's shape
+    (no [DONE]), the waiting one a 503 in that shape, the log holds no traceback, and the process exits 0."""
+    with running_server(tiny_model, "--grace-period", "1", slow=True) as (url, proc), ThreadPoolExecutor(1) as pool:
+        body = {"model": MODEL, "prompt": "这是", "max_tokens": 120, "min_new_tokens": 120, "temperature": 0}
+        headers = {"Authorization": f"Bearer {KEY}"}
+        plain = pool.submit(httpx.post, url + "/v1/completions", json=body, headers=headers, timeout=60)
+        with httpx.Client(timeout=60) as http, http.stream("POST", url + "/v1/completions", json={**body, "stream": True},
+                                                            headers=headers) as r:
+            lines = r.iter_lines()
+            next(line for line in lines if line.startswith("data: "))
+            wait_for(url, lambda v: v["gpt2_onnx_requests_running"] + v["gpt2_onnx_requests_waiting"] == 2)
+            proc.send_signal(signal.SIGTERM)
+            rest = [line for line in lines if line.startswith("data: ")]
+        error = json.loads(rest[-1][6:])["error"]
+        assert set(error) == {"message", "type", "param", "code"} and error["type"] == "server_error"
+        assert "data: [DONE]" not in rest
+        answer = plain.result()
+        assert answer.status_code == 503 and answer.json()["error"]["code"] == "server_shutting_down"
+        assert proc.wait(timeout=60) == 0
+        _, log = proc.communicate(timeout=30)
+        assert "Traceback" not in log and "CancelledError" not in log, log
