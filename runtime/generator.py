@@ -30,8 +30,8 @@ from .text import TextCodec
 
 
 PREFIX_BLOCK_TOKENS = 16  # the prefix cache's block: vLLM's default size
-# the prefix cache's size where it is on by default (prefix_cache_mb=None; a server's and a batch job's default):
-# a few hundred recent prompts of the distil model, at 36 KB a position
+# the prefix cache's size where it is on by default (prefix_cache_mb=None: a server's and a batch job's default):
+# about 1,800 positions of the distil model (36 KB each), a few long shared prefixes or many short ones
 DEFAULT_PREFIX_CACHE_MB = 64
 
 

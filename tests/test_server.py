@@ -105,6 +105,14 @@ def test_runtime_imports_no_front_door(tiny_model):
     assert probe.stdout.strip() == "[]"
 
 
+def test_the_front_doors_settings_import_nothing_heavy():
+    """The command line reads its flags' defaults from apps/settings.py while building its parser."""
+    code = ("import sys, gpt2_onnx.apps.settings; print(sorted({m.split('.')[0] for m in sys.modules} & "
+            "{'numpy', 'onnxruntime', 'fastapi', 'uvicorn', 'prometheus_client', 'ray'}))")
+    probe = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert probe.returncode == 0 and probe.stdout.strip() == "[]", probe.stderr
+
+
 def test_health_is_503_while_the_model_loads(tiny_model, generators):
     from fastapi.testclient import TestClient
 
