@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gpt2_onnx.engine import Engine, Event, Request
+from gpt2_onnx.engine import Event, Request
 from gpt2_onnx.errors import Gpt2OnnxError
 from gpt2_onnx.generator import Generator
 
@@ -131,7 +131,7 @@ def run_rows(generator: Generator, rows: Iterable[InputRow], job_options: Mappin
     with at most `max_running` rows in it; a row that fails yields an error row."""
     if isinstance(max_running, bool) or not isinstance(max_running, int) or max_running < 1:
         raise Gpt2OnnxError(f"max_running must be an integer ≥ 1, got {max_running!r}")
-    engine = _engine(generator, max_running)
+    engine = generator.new_engine(max_running)  # rows of the model's whole context: a row of any length joins
     pending = iter(rows)
     retry: deque[InputRow] = deque()  # the rows of a step that raised, to run again one at a time
     running: list[_Running] = []
@@ -166,18 +166,12 @@ def run_rows(generator: Generator, rows: Iterable[InputRow], job_options: Mappin
         except Exception as e:
             # which row raised is unknown, and the engine's state with it: a new engine, and the
             # rows start over (the engine is row-exact: a row's result does not depend on its neighbours)
-            engine = _engine(generator, max_running)
+            engine = generator.new_engine(max_running)
             if len(running) == 1:
                 yield error_row(running[0].row, e, while_decoding=True)
             else:
                 retry.extendleft(reversed([r.row for r in running]))
             running = []
-
-
-def _engine(generator: Generator, max_running: int) -> Engine:
-    # the model's whole context per row: rows of any length join without a new engine
-    return Engine(generator.decoder, generator.codec, max_rows=max_running,
-                  capacity=generator.manifest.architecture.n_positions, prefix_cache=generator.prefix_cache)
 
 
 def run_local(generator: Generator, input_path: Path, output_path: Path, job_options: Mapping[str, Any],

@@ -32,7 +32,11 @@ JSONL_SUFFIXES = (".jsonl", ".ndjson", ".json")
 PARQUET_SUFFIXES = (".parquet", ".pq")
 PARQUET_CHUNK_ROWS = 1024  # rows read or written per Parquet batch
 JOURNAL_SUFFIX = ".partial.jsonl"
-DEFAULT_MAX_RUNNING = 16  # rows a job decodes together (the engine's KV cache rows)
+# rows a job decodes together (the engine's rows): twice a server's (settings.DEFAULT_MAX_RUNNING), as no
+# client waits on a row token by token; only the job's throughput counts, and it grows with the rows of a
+# step until the cores are busy (docs/scaling.md)
+DEFAULT_MAX_RUNNING = 16
+DEFAULT_RAY_BATCH = 64  # rows per Ray Data batch: each actor runs one batch through its engine at a time
 
 
 @dataclass(frozen=True)

@@ -18,12 +18,13 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from gpt2_onnx.engine import FINISH_CANCELLED, FINISH_ERROR, Engine, Event, Request, Stats
+from gpt2_onnx.engine import FINISH_CANCELLED, FINISH_ERROR, Event, Request, Stats
 from gpt2_onnx.errors import GenerationOptionError
 from gpt2_onnx.generator import Generator
 
 from .metrics import Metrics
 from .openai_api import ApiError, Choice, Job, engine_failed, request_error
+from .settings import Capacity
 
 RETRY_AFTER_S = 1  # a 429's Retry-After: rows free up within a few steps
 
@@ -32,22 +33,6 @@ _ENDED = object()  # queued when the handler's `ended` future completes
 
 class ClientGone(Exception):
     """The client disconnected before its answer was complete."""
-
-
-@dataclass(frozen=True)
-class Capacity:
-    """Engine sizing and admission limits."""
-
-    max_running: int = 8  # rows decoding at once (the engine's max_rows)
-    max_waiting: int = 64  # requests queued beyond those; more → 429
-    kv_cache_mb: float | None = None  # None: every row may hold the full context
-    prefill_chunk: int | None = 256  # prompt tokens per step, so long prompts do not stall the decoding rows
-
-    def budget_positions(self, generator: Generator) -> int:
-        architecture = generator.manifest.architecture
-        if self.kv_cache_mb is None:
-            return self.max_running * architecture.n_positions
-        return int(self.kv_cache_mb * 2**20 // architecture.kv_bytes_per_token)
 
 
 @dataclass(eq=False)
@@ -134,17 +119,15 @@ class Service:
 
     def __init__(self, generator: Generator, capacity: Capacity):
         self.generator, self.capacity = generator, capacity
-        context = generator.manifest.architecture.n_positions
-        self.engine = Engine(generator.decoder, generator.codec, max_rows=capacity.max_running, capacity=context,
-                             budget_positions=capacity.budget_positions(generator), prefill_chunk=capacity.prefill_chunk,
-                             prefix_cache=generator.prefix_cache)
+        # each row may hold the model's whole context: a request of any length joins
+        self.engine = generator.new_engine(capacity.max_running, kv_cache_mb=capacity.kv_cache_mb,
+                                           prefill_chunk=capacity.prefill_chunk)
         self.metrics: Metrics | None = None
         self.in_flight = 0
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self.engine.serve_forever, args=(self._stop,), name="gpt2-onnx-engine", daemon=True)
-        codec = generator.codec
-        self.piece = codec.piece if codec.wordpiece else (lambda token: codec.decode([token]))
+        self.piece = generator.token_text
 
     def start(self, metrics: Metrics) -> None:
         self.metrics = metrics

@@ -30,21 +30,20 @@ from typing import Any
 from gpt2_onnx.errors import Gpt2OnnxError
 
 from .batch import Summary, Tally, progress_bar, run_rows
-from .batch_io import (DEFAULT_MAX_RUNNING, InputRow, OutputWriter, count_rows, json_line, read_rows, writing_output,
-                       written_lines)
+from .batch_io import (DEFAULT_MAX_RUNNING, DEFAULT_RAY_BATCH, InputRow, OutputWriter, count_rows, json_line, read_rows,
+                       writing_output, written_lines)
+from .settings import DEFAULT_REPLICAS, ModelSettings
 
 STAGING_SUFFIX = ".ray-staging"
 STAGING_ROWS = 4096  # rows per staging file: Ray Data reads a file per task
 
 
 class GeneratorActor:
-    """A Ray Data callable class: one Generator and one engine loop per actor; each batch of
-    staged rows runs through the engine with continuous batching."""
+    """A Ray Data callable class: one Generator (`model`, loaded as the local job loads it) and one
+    engine loop per actor; each batch of staged rows runs through the engine with continuous batching."""
 
-    def __init__(self, model: str | None, precision: str, threads: int, job_options: Mapping[str, Any], max_running: int):
-        from gpt2_onnx.generator import Generator
-
-        self.generator = Generator.load(model, precision=precision, threads=threads)
+    def __init__(self, model: ModelSettings, job_options: Mapping[str, Any], max_running: int):
+        self.generator = model.load()
         self.job_options = dict(job_options)
         self.max_running = max_running
 
@@ -83,14 +82,17 @@ def stage_rows(rows: Iterator[InputRow], staging: Path) -> int:
 
 
 def run_ray(model: str | None, precision: str, input_path: Path, output_path: Path, job_options: Mapping[str, Any],
-            address: str | None = None, replicas: int = 1, threads: int = 1, max_running: int = DEFAULT_MAX_RUNNING,
-            batch_size: int = 64, resume: bool = False, progress: bool = True) -> Summary:
-    """Run the job of INPUT into OUTPUT on Ray Data with `replicas` engines of `threads` cores.
-    Uses the Ray of this process if `ray.init` ran already, else joins `address` (None: a new
-    local cluster)."""
+            address: str | None = None, replicas: int = DEFAULT_REPLICAS, threads: int | None = None,
+            max_running: int = DEFAULT_MAX_RUNNING, batch_size: int = DEFAULT_RAY_BATCH, resume: bool = False,
+            progress: bool = True, prefix_cache_mb: float | None = None) -> Summary:
+    """Run the job of INPUT into OUTPUT on Ray Data with `replicas` engines of `threads` cores
+    (None: RAY_THREADS), each loading the model as `ModelSettings` does (`prefix_cache_mb` None:
+    on where the precision allows it). Uses the Ray of this process if `ray.init` ran already,
+    else joins `address` (None: a new local cluster)."""
+    loaded = ModelSettings(model, precision, threads, prefix_cache_mb).on_ray()
     ray = _import_ray()
     input_path, output_path = Path(input_path), Path(output_path)
-    _check_options(model, precision, job_options)
+    _check_options(loaded, job_options)
     rows = read_rows(input_path)  # a missing INPUT, or an unwritable OUTPUT, fails before a cluster starts
     done = written_lines(output_path) if resume else set()
     staging = output_path.with_name(output_path.name + STAGING_SUFFIX)
@@ -103,7 +105,7 @@ def run_ray(model: str | None, precision: str, input_path: Path, output_path: Pa
         try:
             if stage_rows((r for r in rows if r.line not in done), staging):
                 bar = progress_bar(count_rows(input_path), len(done), progress)
-                for out in _pipeline(ray, staging, model, precision, threads, job_options, max_running, replicas, batch_size):
+                for out in _pipeline(ray, staging, loaded, job_options, max_running, replicas, batch_size):
                     writer.write(out)
                     tally.add(out)
                     bar.update(1)
@@ -113,7 +115,8 @@ def run_ray(model: str | None, precision: str, input_path: Path, output_path: Pa
     return tally.summary()
 
 
-def _pipeline(ray, staging: Path, model, precision, threads, job_options, max_running, replicas, batch_size) -> Iterator[dict]:
+def _pipeline(ray, staging: Path, model: ModelSettings, job_options, max_running, replicas,
+              batch_size) -> Iterator[dict]:
     """The output rows of the staged rows, as Ray Data produces them."""
     # reading a staging file is light: it takes no CPU slot, so the actors may hold every one.
     # Ray Data's V2 file reads list files in a task of one CPU that no argument changes: with
@@ -123,25 +126,28 @@ def _pipeline(ray, staging: Path, model, precision, threads, job_options, max_ru
     context.enable_progress_bars = False  # the job's own bar counts rows
     dataset = ray.data.read_parquet(str(staging), ray_remote_args={"num_cpus": 0})
     results = dataset.map_batches(
-        GeneratorActor, fn_constructor_kwargs={"model": None if model is None else str(model), "precision": precision,
-                                               "threads": threads, "job_options": dict(job_options), "max_running": max_running},
-        concurrency=replicas, num_cpus=threads, batch_size=batch_size, batch_format="numpy",
+        GeneratorActor,
+        fn_constructor_kwargs={"model": model, "job_options": dict(job_options), "max_running": max_running},
+        concurrency=replicas, num_cpus=model.threads, batch_size=batch_size, batch_format="numpy",
     )
     for batch in results.iter_batches(batch_size=None, batch_format="numpy"):
         for text in batch["output"]:
             yield json.loads(text)
 
 
-def _check_options(model, precision: str, job_options: Mapping[str, Any]) -> None:
+def _check_options(model: ModelSettings, job_options: Mapping[str, Any]) -> None:
     """Refuse bad command-line options here, before a cluster starts (the actors would fail on each row)."""
+    from gpt2_onnx.generator import prefix_cache_size
     from gpt2_onnx.manifest import read_manifest
     from gpt2_onnx.options import GenerationConfig
 
-    if model is not None and Path(model).is_dir():  # a hub id is resolved (and exported) by each actor
-        manifest = read_manifest(Path(model))
+    prefix_cache_size(model.precision, model.prefix_cache_mb)
+    if model.model is not None and Path(model.model).is_dir():  # a hub id is resolved (and exported) by each actor
+        manifest = read_manifest(Path(model.model))
         GenerationConfig.from_options(manifest.generation_defaults, job_options)
-        if precision not in manifest.variants:
-            raise Gpt2OnnxError(f"{model} has no {precision!r} variant; pick one of {', '.join(manifest.variants)}")
+        if model.precision not in manifest.variants:
+            raise Gpt2OnnxError(f"{model.model} has no {model.precision!r} variant; "
+                                f"pick one of {', '.join(manifest.variants)}")
 
 
 def _import_ray():

@@ -25,11 +25,11 @@ from pathlib import Path
 import uvicorn
 
 from gpt2_onnx.errors import Gpt2OnnxError
-from gpt2_onnx.generator import Generator
-from gpt2_onnx.precisions import BY_NAME
+from gpt2_onnx.generator import prefix_cache_size
 
-from .bridge import Capacity, Service
-from .server import Settings, close_calls, create_app
+from .bridge import Service
+from .server import close_calls, create_app
+from .settings import Capacity, ModelSettings, Settings
 
 MB = 2**20
 API_KEY_ENV = "GPT2_ONNX_API_KEY"
@@ -84,8 +84,8 @@ def _listening_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-def serve(args) -> int:
-    """Run the server of `gpt2-onnx serve ARGS`; the exit code."""
+def settings_from(args) -> tuple[ModelSettings, Settings]:
+    """What `gpt2-onnx serve ARGS` loads and how it serves, checked: the same on one machine and on Ray."""
     for name, low in (("max_running", 1), ("max_waiting", 0), ("prefill_chunk", 1), ("max_body_bytes", 1)):
         if getattr(args, name) < low:
             raise Gpt2OnnxError(f"--{name.replace('_', '-')} must be ≥ {low}, got {getattr(args, name)}")
@@ -100,8 +100,15 @@ def serve(args) -> int:
     if not (math.isfinite(args.grace_period) and args.grace_period >= 0):
         raise Gpt2OnnxError(f"--grace-period must be a number of seconds ≥ 0, got {args.grace_period}")
     settings = Settings(model_name, capacity, api_key(args, os.environ), args.chat_template, args.max_body_bytes)
+    return _model_settings(args), settings
+
+
+def serve(args) -> int:
+    """Run the server of `gpt2-onnx serve ARGS`; the exit code."""
+    model, settings = settings_from(args)
     if args.ray:
-        return _serve_on_ray(args, settings)
+        return _serve_on_ray(args, model, settings)
+    model_name = settings.model_name
     config = uvicorn.Config(None, host=args.host, port=args.port, log_level="warning",
                             timeout_graceful_shutdown=args.grace_period + BACKSTOP_S)
     server = _Server(config, args.grace_period)
@@ -112,14 +119,10 @@ def serve(args) -> int:
             failed.append(error or "the model did not load")
             server.should_exit = True
             return
-        print(_start_line(service, model_name, args), flush=True)
+        print(start_line(service, model_name, args), flush=True)
 
-    if args.prefix_cache_mb < 0:
-        raise Gpt2OnnxError(f"--prefix-cache-mb must be ≥ 0, got {args.prefix_cache_mb}")
-    cache_mb = args.prefix_cache_mb if BY_NAME[args.precision].shape_exact else 0  # see Precision.shape_exact
-    load = lambda: Generator.load(args.model, precision=args.precision, threads=args.threads, prefix_cache_mb=cache_mb)
     sock = _listening_socket(args.host, args.port)
-    config.app = create_app(load, settings, on_load)
+    config.app = create_app(model.load, settings, on_load)
     signal.signal(signal.SIGTERM, lambda signum, frame: None)
     server.run(sockets=[sock])
     if failed:
@@ -127,13 +130,28 @@ def serve(args) -> int:
     return 0
 
 
-def _start_line(service: Service, model_name: str, args) -> str:
-    architecture = service.generator.manifest.architecture
+def _model_settings(args) -> ModelSettings:
+    """What the server (each replica on Ray) loads; a prefix cache its precision cannot have is refused
+    here, before the port is taken (`prefix_cache_size`: None, the default, leaves it off there)."""
+    if args.prefix_cache_mb is not None and args.prefix_cache_mb < 0:
+        raise Gpt2OnnxError(f"--prefix-cache-mb must be ≥ 0, got {args.prefix_cache_mb}")
+    prefix_cache_size(args.precision, args.prefix_cache_mb)
+    return ModelSettings(args.model, args.precision, args.threads, args.prefix_cache_mb)
+
+
+def start_line(service: Service, model_name: str, args) -> str:
+    """The line the server prints once its model is loaded: where it listens, its KV budget, its limits and
+    its prefix cache (on with its budget, or off)."""
+    generator = service.generator
+    architecture = generator.manifest.architecture
     budget = service.engine.budget
     rows = budget // architecture.n_positions
-    return (f"gpt2-onnx serve: {model_name} ({service.generator.precision}) on http://{args.host}:{args.port}; "
+    cache = generator.prefix_cache
+    prefix = f"prefix cache {cache.budget_bytes / MB:g} MB" if cache else "prefix cache off"
+    return (f"gpt2-onnx serve: {model_name} ({generator.precision}) on http://{args.host}:{args.port}; "
             f"KV budget {budget * architecture.kv_bytes_per_token / MB:.1f} MB = {rows} full-context row(s) "
-            f"of {architecture.n_positions} positions; {args.max_running} running, {args.max_waiting} waiting at most")
+            f"of {architecture.n_positions} positions; {args.max_running} running, {args.max_waiting} waiting at most; "
+            f"{prefix}")
 
 
 def _default_model() -> str:
@@ -141,12 +159,18 @@ def _default_model() -> str:
     return default_model()
 
 
-def _serve_on_ray(args, settings: Settings) -> int:
-    """The same app as replicas on Ray Serve (`apps.ray_serve`), until Ctrl-C."""
-    from .ray_serve import RayServeSettings, serve_on_ray
+def ray_settings_from(args, model: ModelSettings):
+    """The `RayServeSettings` of `gpt2-onnx serve --ray ARGS`: every replica loads `model`."""
+    from .ray_serve import RayServeSettings
 
-    ray_settings = RayServeSettings(args.model, args.precision, threads=args.threads or 1, replicas=args.replicas,
-                                    min_replicas=args.min_replicas, max_replicas=args.max_replicas,
-                                    target_ongoing_requests=args.max_running, host=args.host, port=args.port)
-    serve_on_ray(None if args.ray == "local" else args.ray, ray_settings, settings)
+    return RayServeSettings(model, replicas=args.replicas, min_replicas=args.min_replicas,
+                            max_replicas=args.max_replicas, host=args.host, port=args.port)
+
+
+def _serve_on_ray(args, model: ModelSettings, settings: Settings) -> int:
+    """The same app as replicas on Ray Serve (`apps.ray_serve`), until Ctrl-C: each replica loads `model`
+    (its prefix cache included) and serves with `settings`, as the local server does."""
+    from .ray_serve import serve_on_ray
+
+    serve_on_ray(None if args.ray == "local" else args.ray, ray_settings_from(args, model), settings)
     return 0

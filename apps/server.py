@@ -19,7 +19,6 @@ import json
 import threading
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -28,20 +27,10 @@ from gpt2_onnx.errors import Gpt2OnnxError
 from gpt2_onnx.generator import Generator
 
 from . import openai_api
-from .bridge import Call, Capacity, ClientGone, Service
+from .bridge import Call, ClientGone, Service
 from .metrics import Metrics
 from .openai_api import ApiError, Job
-
-
-@dataclass(frozen=True)
-class Settings:
-    """How the server admits, sizes and answers requests."""
-
-    model_name: str  # the id /v1/models lists and requests must name
-    capacity: Capacity = field(default_factory=Capacity)
-    api_key: str | None = None  # None: no key needed
-    chat_template: str = openai_api.DEFAULT_CHAT_TEMPLATE  # per message, {role} and {content}; joined by newlines
-    max_body_bytes: int = 2**20
+from .settings import Settings
 
 
 class _State:

@@ -17,6 +17,8 @@ import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from gpt2_onnx.apps.batch_io import DEFAULT_MAX_RUNNING
+
 WORDS = "这是很久之前的事情了我们在山上看见一条河流向远方的城市"
 
 
@@ -41,19 +43,20 @@ def write_job(path: Path, rows: int) -> Path:
 
 
 def run_batch_jobs(model_dir: Path, precision: str = "int8", rows: int = 400, new_tokens: int = 16,
-                   max_running: int = 16, replicas: tuple[int, ...] = (1, 2)) -> list[JobFigure]:
-    """Tokens/s of the job locally (1 thread) and on a new local Ray cluster with each replica count."""
+                   max_running: int = DEFAULT_MAX_RUNNING, replicas: tuple[int, ...] = (1, 2)) -> list[JobFigure]:
+    """Tokens/s of the job locally (1 thread) and on a new local Ray cluster with each replica count.
+    Both load the model as `gpt2-onnx batch` does (`ModelSettings`: its prefix cache included)."""
     import ray
 
     from gpt2_onnx.apps.batch import run_local
     from gpt2_onnx.apps.ray_data import run_ray
-    from gpt2_onnx.generator import Generator
+    from gpt2_onnx.apps.settings import ModelSettings
 
     options = {"do_sample": False, "max_new_tokens": new_tokens, "min_new_tokens": new_tokens}
     figures = []
     with tempfile.TemporaryDirectory() as work:
         source = write_job(Path(work) / "in.jsonl", rows)
-        generator = Generator.load(model_dir, precision=precision, threads=1)
+        generator = ModelSettings(str(model_dir), precision, threads=1).load()
         summary = run_local(generator, source, Path(work) / "local.jsonl", options, max_running=max_running, progress=False)
         figures.append(JobFigure("local", 0, summary.written, summary.new_tokens, summary.seconds, summary.tokens_per_s))
         ray.init(num_cpus=max(replicas), include_dashboard=False, log_to_driver=False)

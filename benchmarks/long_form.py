@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from gpt2_onnx import Generator
+from gpt2_onnx.generator import DEFAULT_PREFIX_CACHE_MB
 
 GREEDY = dict(do_sample=False, stop_token_ids=[])
 
@@ -40,7 +41,8 @@ def long_form(gen: Generator, reps: int, new_tokens: int = 4096, short_tokens: i
             "long_form_decode_tokens_per_s": long_rate, "ratio": long_rate / short_rate}
 
 
-def prefix_cache(cold: Generator, model_dir: Path, precision: str, threads: int, reps: int, budget_mb: float = 64,
+def prefix_cache(cold: Generator, model_dir: Path, precision: str, threads: int, reps: int,
+                 budget_mb: float = DEFAULT_PREFIX_CACHE_MB,
                  prompt_tokens: int = 768, shared_tokens: int = 704) -> dict:
     """`cold`: a Generator of the model without a prefix cache; one with it is loaded here."""
     warm = Generator.load(model_dir, precision=precision, threads=threads, prefix_cache_mb=budget_mb)

@@ -30,6 +30,9 @@ from .text import TextCodec
 
 
 PREFIX_BLOCK_TOKENS = 16  # the prefix cache's block: vLLM's default size
+# the prefix cache's size where it is on by default (prefix_cache_mb=None: a server's and a batch job's default):
+# about 1,800 positions of the distil model (36 KB each), a few long shared prefixes or many short ones
+DEFAULT_PREFIX_CACHE_MB = 64
 
 
 @dataclass(frozen=True)
@@ -60,7 +63,15 @@ class GenerationResult:
 
 
 class Generator:
-    """Text generation with one variant of one exported model."""
+    """Text generation with one variant of one exported model.
+
+    Public: `load`; `generate`, `generate_ids` and `stream` (a call on an engine of its own); `config`,
+    `encode` and `request` (build an engine request), `run` and `engine` (drive requests on an engine sized
+    for them); `new_engine` (the engine a front door keeps: a server, a batch job) and `token_text`; the
+    attributes `model_dir`, `manifest`, `precision` and `prefix_cache` (None: off; its `stats()`). `decoder`
+    and `codec` are the model and tokenizer underneath, for measuring the model itself (benchmarks): a front
+    door gets its engine from `new_engine` and its requests from `request`, never from these parts.
+    """
 
     def __init__(self, model_dir: Path, manifest: Manifest, codec: TextCodec, decoder: Decoder, precision: str,
                  prefix_cache: PrefixCache | None = None):
@@ -69,20 +80,20 @@ class Generator:
         self.codec = codec
         self.decoder = decoder
         self.precision = precision
-        self.prefix_cache = prefix_cache  # shared by every call (and thread) of this Generator
+        self.prefix_cache = prefix_cache  # shared by every call (and thread, and engine) of this Generator
 
     @classmethod
     def load(cls, model: str | Path | None = None, precision: str = DEFAULT_PRECISION, threads: int | None = None,
-             prefix_cache_mb: float = 0) -> "Generator":
+             prefix_cache_mb: float | None = 0) -> "Generator":
         """`model`: a model directory, or a hub id (exported into the cache on first use);
         None: the default model. `precision`: "int8", "int4" or "fp32" (what the directory holds).
         `threads`: intra-op threads, at most the machine's CPUs (default: the cores this process
         may use). `prefix_cache_mb` > 0: keep the keys and values of recent prompts in that many
-        MB, so a prompt that begins like an earlier one computes only the rest."""
+        MB, so a prompt that begins like an earlier one computes only the rest; 0: no prefix
+        cache; None: DEFAULT_PREFIX_CACHE_MB where the precision allows one, else none
+        (`prefix_cache_size`)."""
         _check_threads(threads)
-        if (isinstance(prefix_cache_mb, bool) or not isinstance(prefix_cache_mb, (int, float))
-                or not prefix_cache_mb >= 0):
-            raise GenerationOptionError(f"prefix_cache_mb must be a number ≥ 0, got {prefix_cache_mb!r}")
+        cache_mb = prefix_cache_size(precision, prefix_cache_mb)
         model_dir = resolve_model_dir(model)
         manifest = read_manifest(model_dir)
         if precision not in manifest.variants:
@@ -96,11 +107,10 @@ class Generator:
             model_dir, [(TOKENIZER_NAME, manifest.tokenizer_sha256), (graph.file, graph.sha256), (variant.data_file, variant.data_sha256)]
         )
         codec = TextCodec.from_file(tokenizer, manifest.conventions)
-        if prefix_cache_mb:
-            _require_shape_exact(precision, "the prefix cache needs a precision whose logits do not depend on how a prompt is split")
         min_rows = BY_NAME[precision].min_call_rows if precision in BY_NAME else 1
         decoder = load_decoder(graph_path, manifest.architecture, threads, min_rows)
-        cache = PrefixCache(PREFIX_BLOCK_TOKENS, int(prefix_cache_mb * 2**20), manifest.architecture.kv_bytes_per_token) if prefix_cache_mb else None
+        token_bytes = manifest.architecture.kv_bytes_per_token
+        cache = PrefixCache(PREFIX_BLOCK_TOKENS, int(cache_mb * 2**20), token_bytes) if cache_mb else None
         return cls(model_dir, manifest, codec, decoder, precision, cache)
 
     def config(self, **options: Any) -> GenerationConfig:
@@ -173,13 +183,27 @@ class Generator:
             yield from filter(None, pieces)
             pieces.clear()
 
+    def new_engine(self, max_rows: int, capacity: int | None = None, kv_cache_mb: float | None = None,
+                   prefill_chunk: int | None = None) -> Engine:
+        """An engine over this model, for a front door that keeps one (a server, a batch job): `max_rows`
+        rows decode at once, each of `capacity` positions (None: the model's whole context, so a request
+        of any length may join); `kv_cache_mb` bounds the keys and values reserved at once (None: every
+        row may hold `capacity` positions); `prefill_chunk`: prompt tokens run per step (None: a whole
+        prompt in one step). It shares this Generator's prefix cache."""
+        if isinstance(max_rows, bool) or not isinstance(max_rows, int) or max_rows < 1:
+            raise GenerationOptionError(f"max_rows must be an integer ≥ 1, got {max_rows!r}")
+        architecture = self.manifest.architecture
+        capacity = architecture.n_positions if capacity is None else capacity
+        budget = None if kv_cache_mb is None else int(kv_cache_mb * 2**20 // architecture.kv_bytes_per_token)
+        return Engine(self.decoder, self.codec, max_rows=max_rows, capacity=capacity, budget_positions=budget,
+                      prefill_chunk=prefill_chunk, prefix_cache=self.prefix_cache)
+
     def engine(self, requests: Sequence[Request]) -> Engine:
-        """An engine sized for these requests: their rows, at most MAX_ROWS (more prompts wait
-        their turn), and their longest prompt + new tokens."""
+        """An engine sized for these requests (what `generate` and `stream` decode on): their rows, at
+        most MAX_ROWS (more prompts wait their turn), and their longest prompt + new tokens."""
         longest = max(len(r.prompt_ids) + r.config.max_new_tokens for r in requests)
         capacity = min(longest, self.manifest.architecture.n_positions)
-        rows = min(sum(r.rows for r in requests), MAX_ROWS)
-        return Engine(self.decoder, self.codec, max_rows=rows, capacity=capacity, prefix_cache=self.prefix_cache)
+        return self.new_engine(min(sum(r.rows for r in requests), MAX_ROWS), capacity)
 
     def run(self, requests: Sequence[Request]) -> None:
         """Decode the requests to the end in this thread, on an engine of their own."""
@@ -205,6 +229,11 @@ class Generator:
         prefix = list(conventions.prompt_prefix_ids)
         prefix_len = len(prefix) if ids[: len(prefix)] == prefix else 0
         return Request(ids, config, processors, np.random.default_rng(config.seed), on_event, prefix_len=prefix_len)
+
+    def token_text(self, token_id: int) -> str:
+        """One token's text as an API shows it beside its log-probability: a WordPiece token as
+        the vocabulary spells it (`##` marks a word's continuation), any other its decoded text."""
+        return self.codec.piece(token_id) if self.codec.wordpiece else self.codec.decode([token_id])
 
     def encode(self, prompt: str) -> list[int]:
         """Prompt ids as generate() runs them: the family's prefix ([CLS]) first."""
@@ -251,8 +280,29 @@ def _check_threads(threads: int | None) -> None:
         )
 
 
-def _require_shape_exact(precision: str, needs: str) -> None:
+def prefix_cache_size(precision: str, prefix_cache_mb: float | None) -> float:
+    """The one rule for a prefix cache: the MB it holds at this precision (0: none). None: the
+    default, DEFAULT_PREFIX_CACHE_MB where the precision's logits do not depend on how a prompt is
+    split (`Precision.shape_exact`: the cache is exact there), else none; a number as given, one
+    > 0 refused for a precision that is not shape-exact (the fix is named)."""
+    if prefix_cache_mb is None:
+        return DEFAULT_PREFIX_CACHE_MB if _shape_exact(precision) else 0
+    if isinstance(prefix_cache_mb, bool) or not isinstance(prefix_cache_mb, (int, float)) or not prefix_cache_mb >= 0:
+        raise GenerationOptionError(f"prefix_cache_mb must be a number ≥ 0 (or None: the default), "
+                                    f"got {prefix_cache_mb!r}")
+    if prefix_cache_mb:
+        _require_shape_exact(precision, "the prefix cache needs a precision whose logits do not depend on how a "
+                             "prompt is split", remedy=("prefix_cache_mb", 0))
+    return prefix_cache_mb
+
+
+def _shape_exact(precision: str) -> bool:
+    return precision not in BY_NAME or BY_NAME[precision].shape_exact
+
+
+def _require_shape_exact(precision: str, needs: str, remedy: tuple[str, Any] | None = None) -> None:
     """Refuse a feature (`needs`: what it needs, as a sentence start) for a precision whose
-    logits depend on how many tokens a call carries."""
-    if precision in BY_NAME and not BY_NAME[precision].shape_exact:
-        raise GenerationOptionError(f"{needs} ({', '.join(p.name for p in BY_NAME.values() if p.shape_exact)}); {precision} is not")
+    logits depend on how many tokens a call carries; `remedy`: the option and value that turn it off."""
+    if not _shape_exact(precision):
+        exact = ", ".join(p.name for p in BY_NAME.values() if p.shape_exact)
+        raise GenerationOptionError(f"{needs} ({exact}); {precision} is not: load one of those", remedy)

@@ -49,6 +49,13 @@ def tiny_model(tiny_checkpoint, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_int4(tiny_checkpoint, tmp_path_factory) -> Path:
+    """The tiny model in fp32 and int4 (a precision whose logits depend on the call's shape)."""
+    return export_model(str(tiny_checkpoint), tmp_path_factory.mktemp("tiny-int4") / "model", quantize=("int4",),
+                        check=False)
+
+
+@pytest.fixture(scope="session")
 def full_checkpoint(tmp_path_factory) -> Path:
     return write_uer_checkpoint(tmp_path_factory.mktemp("full") / "checkpoint", SyntheticSpec())
 

@@ -8,16 +8,19 @@ import sys
 import threading
 import time
 
+import httpx
 import openai
 import ray
 from ray import serve
 
-from gpt2_onnx.apps import server
-from gpt2_onnx.apps.ray_serve import APP_NAME, RayServeSettings, build_application
+from gpt2_onnx.apps.cli import build_parser
+from gpt2_onnx.apps.ray_serve import APP_NAME, build_application
+from gpt2_onnx.apps.serve import ray_settings_from, settings_from
 from gpt2_onnx.generator import Generator
 
 PORT = 8765
 PROMPT = "这是很久之前的事情了"
+LONG_PROMPT = PROMPT * 4  # 41 tokens: two blocks of the prefix cache
 
 
 def replica_names() -> list[str]:
@@ -29,18 +32,36 @@ def running_replicas() -> int:
     return status.replica_states.get("RUNNING", 0)
 
 
+def metrics(url: str) -> dict[str, float]:
+    text = httpx.get(url + "/metrics", timeout=10).text
+    return {line.split()[0]: float(line.split()[1]) for line in text.splitlines() if line and not line.startswith("#")}
+
+
 def main(model: str) -> None:
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     serve.start(http_options={"host": "127.0.0.1", "port": PORT})
-    serve.run(build_application(RayServeSettings(model, "fp32", threads=1, replicas=2), server.Settings(model)),
-              name=APP_NAME, route_prefix="/")
+    # the settings `gpt2-onnx serve --ray` makes of its command line (the prefix cache's default included)
+    args = build_parser().parse_args(["serve", "--model", model, "--precision", "fp32", "--threads", "1",
+                                      "--port", str(PORT), "--replicas", "2", "--ray"])
+    model_settings, server_settings = settings_from(args)
+    serve.run(build_application(ray_settings_from(args, model_settings), server_settings), name=APP_NAME,
+              route_prefix="/")
     client = openai.OpenAI(base_url=f"http://127.0.0.1:{PORT}/v1", api_key="unused", max_retries=0, timeout=120)
     model_id = client.models.list().data[0].id
     greedy = dict(model=model_id, prompt=PROMPT, max_tokens=8, temperature=0)
     results = {"replicas": len(replica_names()), "node": ray.nodes()[0]["NodeManagerAddress"]}
     results["text"] = client.completions.create(**greedy).choices[0].text
     results["streamed"] = "".join(c.choices[0].text for c in client.completions.create(**greedy, stream=True) if c.choices)
-    results["local"] = Generator.load(model, precision="fp32").generate(PROMPT, max_new_tokens=8, do_sample=False).text
+    local = Generator.load(model, precision="fp32")
+    results["local"] = local.generate(PROMPT, max_new_tokens=8, do_sample=False).text
+
+    # replicas keep a prefix cache: a repeated long prompt is served from it, with the same text
+    long = {**greedy, "prompt": LONG_PROMPT}
+    results["cached"] = [client.completions.create(**long).choices[0].text for _ in range(6)]
+    results["cached_local"] = local.generate(LONG_PROMPT, max_new_tokens=8, do_sample=False).text
+    gauges = [metrics(f"http://127.0.0.1:{PORT}") for _ in range(12)]  # each read answered by either replica
+    results["prefix_cache_bytes"] = max(g["gpt2_onnx_prefix_cache_bytes"] for g in gauges)
+    results["prefix_cache_hits"] = max(g["gpt2_onnx_prefix_cache_hits"] for g in gauges)
 
     # requests in flight while one replica's actor is killed: each succeeds or fails with a 5xx
     outcomes: list[str] = []

@@ -114,3 +114,21 @@ def test_cli_joins_a_cluster_and_writes_parquet(ray_jobs, local_jobs):
     assert set(got) == {str(i) for i in want}
     for row_id, row in want.items():
         assert (got[str(row_id)]["token_ids"], got[str(row_id)]["error"]) == (row.get("token_ids"), row.get("error"))
+
+
+def test_a_ray_job_loads_the_model_as_a_local_one(tiny_model, tiny_int4, tmp_path):
+    """The actors load `ModelSettings` (the prefix cache on by default where the precision allows it); a
+    prefix cache the precision cannot have is refused before any cluster starts, nothing written."""
+    import gpt2_onnx.apps.ray_data as ray_data
+    from gpt2_onnx import GenerationOptionError
+    from gpt2_onnx.apps.settings import RAY_THREADS, ModelSettings
+
+    source = write_jsonl(tmp_path / "in.jsonl", job_rows(3, sampled=False))
+    with pytest.raises(GenerationOptionError, match="int4 is not: .*prefix_cache_mb=0"):
+        ray_data.run_ray(str(tiny_int4), "int4", source, tmp_path / "out.jsonl", GREEDY, prefix_cache_mb=8)
+    assert not (tmp_path / "out.jsonl").exists()
+    settings = ModelSettings(tiny_model, "int8").on_ray()
+    assert settings.threads == RAY_THREADS and settings.model == str(tiny_model)
+    assert ray_data.GeneratorActor(settings, GREEDY, 4).generator.prefix_cache is not None
+    off = ModelSettings(str(tiny_model), "int8", prefix_cache_mb=0).on_ray()
+    assert ray_data.GeneratorActor(off, GREEDY, 4).generator.prefix_cache is None

@@ -38,6 +38,11 @@ def test_two_replicas_answer_the_openai_client(served):
     assert served["text"] == served["streamed"] == served["local"]
 
 
+def test_replicas_keep_the_prefix_cache_of_the_command_line(served):
+    assert served["cached"] == [served["cached_local"]] * 6
+    assert served["prefix_cache_bytes"] > 0 and served["prefix_cache_hits"] > 0
+
+
 def test_a_killed_replica_fails_cleanly_and_comes_back(served):
     assert len(served["in_flight"]) == 4
     assert all(o == "ok" or o.startswith("status 5") for o in served["in_flight"]), served["in_flight"]

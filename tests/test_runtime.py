@@ -395,3 +395,40 @@ def test_a_failing_step_ends_its_requests_and_the_engine_goes_on(tiny_model, gen
     finally:
         stop.set()
         thread.join(10)
+
+
+# --- the prefix cache's one rule, and the engine a front door gets -------------------------------
+
+def test_the_default_prefix_cache_is_on_where_the_precision_allows_it(tiny_int4):
+    from gpt2_onnx.generator import DEFAULT_PREFIX_CACHE_MB
+
+    on = Generator.load(tiny_int4, precision="fp32", prefix_cache_mb=None)
+    assert on.prefix_cache is not None and on.prefix_cache.budget_bytes == DEFAULT_PREFIX_CACHE_MB * 2**20
+    off = Generator.load(tiny_int4, precision="int4", prefix_cache_mb=None)
+    assert off.prefix_cache is None
+    assert off.generate(PROMPT, max_new_tokens=3, do_sample=False).finish_reason == "length"
+    assert Generator.load(tiny_int4, precision="fp32").prefix_cache is None  # a library call opts in
+
+
+def test_an_explicit_prefix_cache_on_int4_names_the_fix(tiny_int4):
+    with pytest.raises(GenerationOptionError, match=r"int4 is not: .*prefix_cache_mb=0"):
+        Generator.load(tiny_int4, precision="int4", prefix_cache_mb=16)
+    assert Generator.load(tiny_int4, precision="int4", prefix_cache_mb=0).prefix_cache is None
+
+
+def test_new_engine_is_bound_to_the_model(tiny_model):
+    gen = Generator.load(tiny_model, precision="int8", prefix_cache_mb=1)
+    architecture = gen.manifest.architecture
+    engine = gen.new_engine(3, kv_cache_mb=0.5, prefill_chunk=4)
+    assert (engine.max_rows, engine.capacity, engine.prefill_chunk) == (3, architecture.n_positions, 4)
+    assert engine.budget == int(0.5 * 2**20 // architecture.kv_bytes_per_token)
+    assert engine.prefix_cache is gen.prefix_cache
+    assert gen.new_engine(2, capacity=40).budget == 2 * 40  # no kv_cache_mb: every row may fill its positions
+    tokens: list[int] = []
+    config = gen.config(max_new_tokens=6, do_sample=False)
+    engine.submit(gen.request(gen.encode(PROMPT), config, lambda event: tokens.extend(event.tokens)))
+    engine.run_until_done()
+    assert tuple(tokens) == gen.generate(PROMPT, max_new_tokens=6, do_sample=False).token_ids
+    for bad in (0, 2.0, True):
+        with pytest.raises(GenerationOptionError, match="max_rows"):
+            gen.new_engine(bad)

@@ -105,6 +105,14 @@ def test_runtime_imports_no_front_door(tiny_model):
     assert probe.stdout.strip() == "[]"
 
 
+def test_the_front_doors_settings_import_nothing_heavy():
+    """The command line reads its flags' defaults from apps/settings.py while building its parser."""
+    code = ("import sys, gpt2_onnx.apps.settings; print(sorted({m.split('.')[0] for m in sys.modules} & "
+            "{'numpy', 'onnxruntime', 'fastapi', 'uvicorn', 'prometheus_client', 'ray'}))")
+    probe = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert probe.returncode == 0 and probe.stdout.strip() == "[]", probe.stderr
+
+
 def test_health_is_503_while_the_model_loads(tiny_model, generators):
     from fastapi.testclient import TestClient
 
@@ -397,6 +405,46 @@ def test_a_key_that_cannot_be_used_is_one_line(tiny_model, tmp_path):
         run = subprocess.run([sys.executable, "-c", cli_code(False), "serve", "--model", str(tiny_model), *key],
                              capture_output=True, text=True, timeout=120, env={**os.environ, **env})
         assert run.returncode == 1 and run.stderr.count("\n") == 1 and said in run.stderr, run.stderr
+
+
+# --- the prefix cache ---------------------------------------------------------------------------
+
+def test_the_start_line_says_the_prefix_cache_is_on(tiny_model):
+    from gpt2_onnx.generator import DEFAULT_PREFIX_CACHE_MB
+
+    with running_server(tiny_model) as (_, proc):
+        line = proc.stdout.readline()
+    assert "(int8)" in line and line.rstrip().endswith(f"; prefix cache {DEFAULT_PREFIX_CACHE_MB:g} MB"), line
+
+
+def test_int4_serves_without_a_prefix_cache_unless_one_is_asked_for(tiny_int4):
+    from argparse import Namespace
+
+    from fastapi.testclient import TestClient
+
+    from gpt2_onnx.apps.serve import start_line
+    from gpt2_onnx.apps.server import create_app
+    from gpt2_onnx.apps.settings import ModelSettings, Settings
+
+    loaded = []
+    app = create_app(ModelSettings(str(tiny_int4), "int4", threads=1).load, Settings(MODEL),
+                     lambda service, error: loaded.append((service, error)))
+    with TestClient(app) as http:
+        deadline = time.monotonic() + 60
+        while http.get("/health").status_code != 200:
+            assert time.monotonic() < deadline, loaded
+            time.sleep(0.05)
+        r = http.post("/v1/completions", json={"model": MODEL, "prompt": "这是", "max_tokens": 2, "temperature": 0})
+        assert r.status_code == 200
+        service = loaded[0][0]
+        assert service.generator.prefix_cache is None
+        args = Namespace(host="127.0.0.1", port=8000, max_running=8, max_waiting=64)
+        assert start_line(service, MODEL, args).endswith("; prefix cache off")
+    asked = [sys.executable, "-c", cli_code(False), "serve", "--model", str(tiny_int4), "--precision", "int4",
+             "--prefix-cache-mb", "8", "--port", str(free_port())]
+    run = subprocess.run(asked, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 1 and run.stderr.count("\n") == 1, run.stderr
+    assert "int4 is not" in run.stderr and "--prefix-cache-mb 0" in run.stderr, run.stderr
 
 
 # --- load --------------------------------------------------------------------------------------
