@@ -22,6 +22,7 @@ from .errors import ContextLengthError, GenerationOptionError, ModelDirectoryErr
 from .hub import resolve_model_dir
 from .logits import Processors
 from .manifest import TOKENIZER_NAME, Manifest, read_manifest
+from .option_registry import PROMPT
 from .options import MAX_ROWS, GenerationConfig, as_sequence, require_utf8
 from .precisions import BY_NAME, DEFAULT_PRECISION
 from .prefix_cache import PrefixCache
@@ -82,7 +83,8 @@ class Generator:
         _check_threads(threads)
         if (isinstance(prefix_cache_mb, bool) or not isinstance(prefix_cache_mb, (int, float))
                 or not prefix_cache_mb >= 0):
-            raise GenerationOptionError(f"prefix_cache_mb must be a number ≥ 0, got {prefix_cache_mb!r}")
+            raise GenerationOptionError(f"prefix_cache_mb must be a number ≥ 0, got {prefix_cache_mb!r}",
+                                        option="prefix_cache_mb")
         model_dir = resolve_model_dir(model)
         manifest = read_manifest(model_dir)
         if precision not in manifest.variants:
@@ -97,7 +99,7 @@ class Generator:
         )
         codec = TextCodec.from_file(tokenizer, manifest.conventions)
         if prefix_cache_mb:
-            _require_shape_exact(precision, "the prefix cache needs a precision whose logits do not depend on how a prompt is split")
+            _require_shape_exact(precision, "prefix_cache_mb", "the prefix cache needs a precision whose logits do not depend on how a prompt is split")
         min_rows = BY_NAME[precision].min_call_rows if precision in BY_NAME else 1
         decoder = load_decoder(graph_path, manifest.architecture, threads, min_rows)
         cache = PrefixCache(PREFIX_BLOCK_TOKENS, int(prefix_cache_mb * 2**20), manifest.architecture.kv_bytes_per_token) if prefix_cache_mb else None
@@ -128,7 +130,8 @@ class Generator:
         id_lists = [list(prompt_ids)] if single else [list(p) for p in prompt_ids]
         vocab = self.manifest.architecture.vocab_size
         if not id_lists or not all(p and all(0 <= int(t) < vocab for t in p) for p in id_lists):
-            raise GenerationOptionError(f"prompt_ids must be a non-empty list (or list of lists) of ids in [0, {vocab})")
+            raise GenerationOptionError(f"prompt_ids must be a non-empty list (or list of lists) of ids in [0, {vocab})",
+                                        option=PROMPT)
         return self._generate([[int(t) for t in p] for p in id_lists], single, self.config(**options))
 
     def _generate(self, id_lists: list[list[int]], single: bool, config: GenerationConfig):
@@ -161,10 +164,11 @@ class Generator:
         """Yield the text of one prompt's continuation piece by piece as it is generated;
         the pieces join to `generate(prompt, **same_options).text`."""
         if not isinstance(prompt, str):
-            raise GenerationOptionError(f"stream() takes one prompt string, got {type(prompt).__name__}")
+            raise GenerationOptionError(f"stream() takes one prompt string, got {type(prompt).__name__}", option=PROMPT)
         config = self.config(**options)
         if config.num_beams > 1 or config.num_return_sequences > 1:
-            raise GenerationOptionError("stream() produces one sequence: use num_beams=1 and num_return_sequences=1, or generate()")
+            raise GenerationOptionError("stream() produces one sequence: use num_beams=1 and num_return_sequences=1, or generate()",
+                                        option="num_beams" if config.num_beams > 1 else "num_return_sequences")
         pieces: list[str] = []
         request = self.request(self.encode(prompt), config, lambda event: pieces.append(event.text))
         engine = self.engine([request])
@@ -198,17 +202,17 @@ class Generator:
         bad = tuple(seq for w in config.bad_words for seq in (self.codec.token_sequences(w) if isinstance(w, str) else [w]))
         for name, seq in (("stop_token_ids", stop_ids), *(("bad_words", b) for b in bad)):
             if any(t >= vocab for t in seq):
-                raise GenerationOptionError(f"{name} holds an id ≥ the vocabulary size {vocab}: {seq}")
+                raise GenerationOptionError(f"{name} holds an id ≥ the vocabulary size {vocab}: {seq}", option=name)
         processors = Processors(config, tuple(stop_ids), tuple(b for b in bad if b))
         if config.prompt_lookup_num_tokens:
-            _require_shape_exact(self.precision, "prompt_lookup_num_tokens needs a precision whose logits for one token and for several agree")
+            _require_shape_exact(self.precision, "prompt_lookup_num_tokens", "prompt_lookup_num_tokens needs a precision whose logits for one token and for several agree")
         prefix = list(conventions.prompt_prefix_ids)
         prefix_len = len(prefix) if ids[: len(prefix)] == prefix else 0
         return Request(ids, config, processors, np.random.default_rng(config.seed), on_event, prefix_len=prefix_len)
 
     def encode(self, prompt: str) -> list[int]:
         """Prompt ids as generate() runs them: the family's prefix ([CLS]) first."""
-        require_utf8(prompt, "the prompt")
+        require_utf8(prompt, "the prompt", PROMPT)
         ids = self.codec.encode(prompt)
         # a family without a prompt prefix (English GPT-2) starts an empty prompt from its
         # end-of-text token, as transformers does with GPT-2's bos (= eos)
@@ -234,7 +238,7 @@ class Generator:
                 fixes = "shorten the prompt, lower max_new_tokens" if room >= 1 else "lower max_new_tokens"
                 problem = (f"the prompt has {len(ids)} tokens and max_new_tokens is {config.max_new_tokens}: "
                            f"{len(ids) + config.max_new_tokens} > {limit} positions of this model; {fixes}")
-            raise ContextLengthError(problem, remedy=("truncate", "left") if room >= 1 else None)
+            raise ContextLengthError(problem, option=PROMPT, remedy=("truncate", "left") if room >= 1 else None)
         return ids[:prefix] + ids[len(ids) - room:]
 
 
@@ -247,12 +251,13 @@ def _check_threads(threads: int | None) -> None:
     if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= most):
         raise GenerationOptionError(
             f"threads must be an int in [1, {most}] (this machine's CPUs; more threads only contend for them), "
-            f"got {threads!r}"
+            f"got {threads!r}", option="threads"
         )
 
 
-def _require_shape_exact(precision: str, needs: str) -> None:
-    """Refuse a feature (`needs`: what it needs, as a sentence start) for a precision whose
+def _require_shape_exact(precision: str, option: str, needs: str) -> None:
+    """Refuse a feature (`option`, `needs`: what it needs, as a sentence start) for a precision whose
     logits depend on how many tokens a call carries."""
     if precision in BY_NAME and not BY_NAME[precision].shape_exact:
-        raise GenerationOptionError(f"{needs} ({', '.join(p.name for p in BY_NAME.values() if p.shape_exact)}); {precision} is not")
+        raise GenerationOptionError(f"{needs} ({', '.join(p.name for p in BY_NAME.values() if p.shape_exact)}); {precision} is not",
+                                    option=option)
