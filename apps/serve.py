@@ -86,7 +86,7 @@ def _listening_socket(host: str, port: int) -> socket.socket:
 
 def serve(args) -> int:
     """Run the server of `gpt2-onnx serve ARGS`; the exit code."""
-    for name, low in (("max_running", 1), ("max_waiting", 0), ("prefill_chunk", 1), ("max_body_bytes", 1)):
+    for name, low in (("max_waiting", 0), ("prefill_chunk", 1), ("max_body_bytes", 1)):  # --max-running: the command's
         if getattr(args, name) < low:
             raise Gpt2OnnxError(f"--{name.replace('_', '-')} must be ≥ {low}, got {getattr(args, name)}")
     if args.kv_cache_mb is not None and args.kv_cache_mb <= 0:
