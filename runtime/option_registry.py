@@ -174,6 +174,7 @@ def flag_of(option: str) -> str:
 
 
 def is_int(v: Any) -> bool:
+    """An int that is not a bool (JSON's true is no token id)."""
     return isinstance(v, int) and not isinstance(v, bool)
 
 
