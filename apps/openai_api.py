@@ -6,8 +6,8 @@ field). Defaults follow OpenAI, not the model's manifest, for the fields OpenAI 
 (OPENAI_DEFAULTS): max_tokens 16, temperature 1.0 (so sampling: do_sample is
 `temperature > 0`), top_p 1.0, top_k 0 (off; OpenAI has none); the other option fields keep
 the runtime's names and, when absent, the manifest's defaults. An option error answers with
-the field of the option it names (`GenerationOptionError.option`), never by reading its message. Token counts include the family's prompt prefix ([CLS] for uer), as the
-runtime counts them.
+the field of the option it names (`GenerationOptionError.option`), never by reading its message.
+Token counts include the family's prompt prefix ([CLS] for uer), as the runtime counts them.
 
 A body field the parser never reads is refused (400 naming it), so a client asking for a feature this server
 lacks (`logit_bias`, `tools`, a typo) is told rather than ignored; IGNORED_FIELDS are the OpenAI fields that
@@ -26,7 +26,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gpt2_onnx.errors import ContextLengthError, GenerationOptionError
-from gpt2_onnx.option_registry import BOOL, CHOICE, FLOAT, IDS, INT, OPTIONS, TEXTS, WORDS, Option, body_field, require_utf8
+from gpt2_onnx.option_registry import (
+    BOOL, CHOICE, FLOAT, IDS, INT, OPTIONS, TEXTS, WORDS, Option, body_field, is_int, require_utf8,
+)
 
 DEFAULT_MAX_TOKENS = 16  # OpenAI's default for /v1/completions
 # option → OpenAI's default for the field that sets it (absent, other option fields take the manifest's defaults)
@@ -125,7 +127,7 @@ def _get(body: _Fields, name: str, kinds: tuple[type, ...], default: Any = None)
 
 _LISTS = {  # a list option's kind → (what each entry may be, the field's type in words)
     TEXTS: (lambda v: isinstance(v, str), "a string or a list of strings"),
-    IDS: (lambda v: isinstance(v, int) and not isinstance(v, bool), "a list of token ids"),
+    IDS: (is_int, "a list of token ids"),
     WORDS: (lambda v: isinstance(v, (str, list)), "a list of strings or of token-id lists"),
 }
 _SCALARS = {INT: _INT, FLOAT: _NUMBER, BOOL: _BOOL, CHOICE: _STR}
@@ -179,7 +181,8 @@ def _common(raw: Any) -> tuple[_Fields, str, int, bool, bool]:
     options = _Fields(_get(body, "stream_options", _OBJECT, {}), "stream_options.")
     usage = bool(_get(options, "include_usage", _BOOL, False))
     options.refuse_unread()
-    return body, model, _get(body, body_field("num_return_sequences"), _INT, 1), bool(_get(body, "stream", _BOOL, False)), usage
+    n = _get(body, body_field("num_return_sequences"), _INT, 1)
+    return body, model, n, bool(_get(body, "stream", _BOOL, False)), usage
 
 
 def completion_job(raw: Any) -> Job:
@@ -245,7 +248,8 @@ def request_error(error: GenerationOptionError) -> ApiError:
     if error.limit is not None and error.limit[0] in SERVER_FLAGS:
         message += f" (this server's {SERVER_FLAGS[error.limit[0]]} is {error.limit[1]})"
     param = SET_BY.get(error.option) or body_field(error.option)
-    return ApiError(400, message, param, "context_length_exceeded" if isinstance(error, ContextLengthError) else "invalid_value")
+    code = "context_length_exceeded" if isinstance(error, ContextLengthError) else "invalid_value"
+    return ApiError(400, message, param, code)
 
 
 # --- writing responses ------------------------------------------------------------------------

@@ -99,7 +99,9 @@ class Generator:
         )
         codec = TextCodec.from_file(tokenizer, manifest.conventions)
         if prefix_cache_mb:
-            _require_shape_exact(precision, "prefix_cache_mb", "the prefix cache needs a precision whose logits do not depend on how a prompt is split")
+            _require_shape_exact(precision, "prefix_cache_mb",
+                                 "the prefix cache needs a precision whose logits do not depend on how a prompt "
+                                 "is split")
         min_rows = BY_NAME[precision].min_call_rows if precision in BY_NAME else 1
         decoder = load_decoder(graph_path, manifest.architecture, threads, min_rows)
         cache = PrefixCache(PREFIX_BLOCK_TOKENS, int(prefix_cache_mb * 2**20), manifest.architecture.kv_bytes_per_token) if prefix_cache_mb else None
@@ -130,7 +132,8 @@ class Generator:
         id_lists = [list(prompt_ids)] if single else [list(p) for p in prompt_ids]
         vocab = self.manifest.architecture.vocab_size
         if not id_lists or not all(p and all(0 <= int(t) < vocab for t in p) for p in id_lists):
-            raise GenerationOptionError(f"prompt_ids must be a non-empty list (or list of lists) of ids in [0, {vocab})",
+            raise GenerationOptionError(f"prompt_ids must be a non-empty list (or list of lists) of ids in "
+                                        f"[0, {vocab})",
                                         option=PROMPT)
         return self._generate([[int(t) for t in p] for p in id_lists], single, self.config(**options))
 
@@ -167,7 +170,8 @@ class Generator:
             raise GenerationOptionError(f"stream() takes one prompt string, got {type(prompt).__name__}", option=PROMPT)
         config = self.config(**options)
         if config.num_beams > 1 or config.num_return_sequences > 1:
-            raise GenerationOptionError("stream() produces one sequence: use num_beams=1 and num_return_sequences=1, or generate()",
+            raise GenerationOptionError("stream() produces one sequence: use num_beams=1 and "
+                                        "num_return_sequences=1, or generate()",
                                         option="num_beams" if config.num_beams > 1 else "num_return_sequences")
         pieces: list[str] = []
         request = self.request(self.encode(prompt), config, lambda event: pieces.append(event.text))
@@ -205,7 +209,9 @@ class Generator:
                 raise GenerationOptionError(f"{name} holds an id ≥ the vocabulary size {vocab}: {seq}", option=name)
         processors = Processors(config, tuple(stop_ids), tuple(b for b in bad if b))
         if config.prompt_lookup_num_tokens:
-            _require_shape_exact(self.precision, "prompt_lookup_num_tokens", "prompt_lookup_num_tokens needs a precision whose logits for one token and for several agree")
+            _require_shape_exact(self.precision, "prompt_lookup_num_tokens",
+                                 "prompt_lookup_num_tokens needs a precision whose logits for one token and for "
+                                 "several agree")
         prefix = list(conventions.prompt_prefix_ids)
         prefix_len = len(prefix) if ids[: len(prefix)] == prefix else 0
         return Request(ids, config, processors, np.random.default_rng(config.seed), on_event, prefix_len=prefix_len)
@@ -259,5 +265,5 @@ def _require_shape_exact(precision: str, option: str, needs: str) -> None:
     """Refuse a feature (`option`, `needs`: what it needs, as a sentence start) for a precision whose
     logits depend on how many tokens a call carries."""
     if precision in BY_NAME and not BY_NAME[precision].shape_exact:
-        raise GenerationOptionError(f"{needs} ({', '.join(p.name for p in BY_NAME.values() if p.shape_exact)}); {precision} is not",
-                                    option=option)
+        exact = ", ".join(p.name for p in BY_NAME.values() if p.shape_exact)
+        raise GenerationOptionError(f"{needs} ({exact}); {precision} is not", option=option)

@@ -93,7 +93,8 @@ class Option:
         if self.kind in LISTS:
             self._check_entries(value)
         elif not self._fits(value):
-            raise GenerationOptionError(f"{self.name} must be {self.allowed}, got {value!r}{self.why}", option=self.name)
+            raise GenerationOptionError(f"{self.name} must be {self.allowed}, got {value!r}{self.why}",
+                                        option=self.name)
 
     def _fits(self, v: Any) -> bool:
         if self.kind == CHOICE:
@@ -147,7 +148,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("seed", INT, "random seed for sampling", low=0, nullable=True),
     Option("logprobs", INT, "also return each chosen token's log-probability and the N most likely", low=0,
            flag=None),
-    Option("truncate", CHOICE, "left: drop the prompt's oldest tokens to fit the context (else such a prompt is refused)",
+    Option("truncate", CHOICE,
+           "left: drop the prompt's oldest tokens to fit the context (else such a prompt is refused)",
            choices=(None, "left")),
     Option("context_overflow", CHOICE, "slide: generate past the model's positions, re-encoding a window of recent "
            "text when the context is full", choices=("error", "slide")),

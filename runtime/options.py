@@ -83,7 +83,8 @@ class GenerationConfig:
     def _validate_combination(self) -> None:
         if self.prompt_lookup_num_tokens and (self.num_beams > 1 or self.num_return_sequences > 1):
             raise GenerationOptionError(
-                "prompt_lookup_num_tokens works with one sequence per prompt: use num_beams=1 and num_return_sequences=1",
+                "prompt_lookup_num_tokens works with one sequence per prompt: use num_beams=1 and "
+                "num_return_sequences=1",
                 option="prompt_lookup_num_tokens",
             )
         if self.context_overflow == "slide" and self.num_beams > 1:

@@ -270,8 +270,10 @@ def apps_imports(root: Path) -> dict[str, set[str]]:
                     full = f"{prefix}.{alias.name}".lstrip(".")
                     targets.add(full if full in modules else prefix)
             elif isinstance(node, ast.Import):
-                targets |= {a.name.removeprefix("gpt2_onnx.apps.") for a in node.names if a.name.startswith("gpt2_onnx.apps.")}
-            elif isinstance(node, ast.Call) and getattr(node.func, "attr", getattr(node.func, "id", "")) == "import_module":
+                targets |= {a.name.removeprefix("gpt2_onnx.apps.") for a in node.names
+                            if a.name.startswith("gpt2_onnx.apps.")}
+            elif isinstance(node, ast.Call) and "import_module" in (getattr(node.func, "attr", None),
+                                                                     getattr(node.func, "id", None)):
                 argument = node.args[0] if node.args else None
                 assert not (isinstance(argument, ast.Constant) and "gpt2_onnx" in str(argument.value)), \
                     f"{path}: importlib for our own module {argument.value}"
@@ -298,7 +300,8 @@ def test_apps_import_no_cli_and_form_no_cycle():
 
 
 def test_serve_max_running_is_bounded_by_the_runtime_as_batch_is(tiny_model, monkeypatch, capsys):
-    """`serve --max-running 100000` started (and failed allocating its engine): refused in one line, by batch's check."""
+    """`serve --max-running 100000` started (and failed allocating its engine): refused in one line,
+    by the check batch uses."""
     import gpt2_onnx.apps.serve as serving
 
     monkeypatch.setattr(serving, "serve", lambda args: 0)  # the server itself is not what is tested

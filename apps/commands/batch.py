@@ -27,18 +27,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="JSONL (one object per line: prompt, optional id and options) or Parquet")
     parser.add_argument("output", type=Path,
                         help="the rows with text, token_ids, finish_reason, usage (or error); same format")
-    parser.add_argument("--model", default=None, help="model directory or hub id (default: the registry's default model)")
+    parser.add_argument("--model", default=None,
+                        help="model directory or hub id (default: the registry's default model)")
     parser.add_argument("--precision", default=precisions.DEFAULT_PRECISION, choices=precisions.NAMES,
                         help="model variant")
     parser.add_argument("--threads", type=int, default=None,
                         help="intra-op threads (per replica with --ray; default: available cores, 1 with --ray)")
     parser.add_argument("--max-running", type=int, default=DEFAULT_MAX_RUNNING,
                         help="rows decoded together (per replica with --ray)")
-    parser.add_argument("--resume", action="store_true", help="skip the input lines OUTPUT already answers and append the rest")
+    parser.add_argument("--resume", action="store_true",
+                        help="skip the input lines OUTPUT already answers and append the rest")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     parser.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
-                        help="run on Ray Data: a new local cluster, or the cluster at ADDRESS (e.g. auto, ray://host:10001)")
-    parser.add_argument("--replicas", type=int, default=1, help="with --ray: engines (actors), each with --threads cores")
+                        help="run on Ray Data: a new local cluster, or the cluster at ADDRESS "
+                             "(e.g. auto, ray://host:10001)")
+    parser.add_argument("--replicas", type=int, default=1,
+                        help="with --ray: engines (actors), each with --threads cores")
     parser.add_argument("--ray-batch", type=int, default=DEFAULT_RAY_BATCH, help="with --ray: rows per Ray Data batch")
     add_option_flags(parser, "the row's, else the model's")
 

@@ -38,7 +38,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         import matplotlib  # noqa: F401  (the plots are written after every measurement)
     except ImportError:
-        raise Gpt2OnnxError("bench needs the bench extra (matplotlib is missing): pip install 'gpt2-onnx[bench]'") from None
+        raise Gpt2OnnxError("bench needs the bench extra (matplotlib is missing): "
+                            "pip install 'gpt2-onnx[bench]'") from None
     from gpt2_onnx.benchmarks.run import (
         run_bench, run_kernels_report, run_long_form_report, run_quality, run_serve_report, run_speculative_report,
     )

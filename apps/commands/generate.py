@@ -23,7 +23,8 @@ TIMING_DECIMALS = 4  # JSON timings: seconds to 0.1 ms
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("prompt", nargs="?",
                         help="the prompt; omit it to read one prompt per line (interactive on a terminal)")
-    parser.add_argument("--model", default=None, help="model directory or hub id (default: the registry's default model)")
+    parser.add_argument("--model", default=None,
+                        help="model directory or hub id (default: the registry's default model)")
     parser.add_argument("--precision", default=precisions.DEFAULT_PRECISION, choices=precisions.NAMES,
                         help="model variant")
     parser.add_argument("--threads", type=int, default=None,
@@ -80,7 +81,8 @@ def _run_prompt(generator, prompt: str, options: dict[str, Any], as_json: bool, 
         if as_json:
             record = {"prompt": prompt, **asdict(result)}
             timings = {**record["timings"], "decode_tokens_per_s": result.timings.decode_tokens_per_s}
-            record["timings"] = {k: round(v, TIMING_DECIMALS) if isinstance(v, float) else v for k, v in timings.items()}
+            record["timings"] = {k: round(v, TIMING_DECIMALS) if isinstance(v, float) else v
+                                 for k, v in timings.items()}
             write(json.dumps(record, ensure_ascii=False) + "\n")
         else:
             write(result.text + "\n")

@@ -17,19 +17,23 @@ HELP = "an OpenAI-compatible HTTP server (/v1/completions, /v1/chat/completions)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default=None, help="model directory or hub id (default: the registry's default model)")
+    parser.add_argument("--model", default=None,
+                        help="model directory or hub id (default: the registry's default model)")
     parser.add_argument("--model-name", default=None,
                         help="the model id clients pass and /v1/models lists (default: --model as given)")
     parser.add_argument("--precision", default=precisions.DEFAULT_PRECISION, choices=precisions.NAMES,
                         help="model variant")
-    parser.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 exposes the server to the network)")
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address to bind (0.0.0.0 exposes the server to the network)")
     parser.add_argument("--port", type=_port, default=8000, help="port to bind (1-65535)")
-    parser.add_argument("--max-running", type=int, default=8, help="rows decoding together (a sampled n > 1 takes n rows)")
+    parser.add_argument("--max-running", type=int, default=8,
+                        help="rows decoding together (a sampled n > 1 takes n rows)")
     parser.add_argument("--max-waiting", type=int, default=64,
                         help="requests queued beyond the running ones; more get 429")
     parser.add_argument("--api-key", default=None, help="require `Authorization: Bearer KEY` on /v1 (default: no key; "
                         "--api-key-file or the GPT2_ONNX_API_KEY environment variable keep it out of `ps`)")
-    parser.add_argument("--api-key-file", default=None, metavar="PATH", help="read the API key from this file's first line")
+    parser.add_argument("--api-key-file", default=None, metavar="PATH",
+                        help="read the API key from this file's first line")
     parser.add_argument("--threads", type=int, default=None, help="intra-op threads (default: available cores)")
     parser.add_argument("--kv-cache-mb", type=float, default=None,
                         help="KV cache budget in MB (default: enough for every running row at full context)")
