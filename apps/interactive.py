@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 from gpt2_onnx.errors import Gpt2OnnxError
 
-from .cli import error_line
+from .console import error_line
 
 PROMPT = "> "
 

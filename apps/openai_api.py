@@ -1,13 +1,13 @@
 """OpenAI's HTTP API shapes: request bodies → a `Job` (prompts + runtime options), and the
 response, chunk and error bodies built from the runtime's events.
 
-Defaults follow OpenAI, not the model's manifest, for the fields OpenAI defines:
-max_tokens 16, temperature 1.0 (so sampling: do_sample is `temperature > 0`), top_p 1.0,
-top_k 0 (off; OpenAI has none). Fields OpenAI does not define keep the runtime's names
-(`top_k`, `repetition_penalty`, `no_repeat_ngram_size`, `min_new_tokens`, `bad_words`,
-`truncate`, `context_overflow`, `context_keep`, `prompt_lookup_num_tokens`, `max_matching_ngram_size`) and,
-when absent, the manifest's defaults. Token counts include the family's prompt prefix ([CLS] for uer), as the
-runtime counts them.
+The option fields are the option table's (`gpt2_onnx.option_registry`: each option's `body`
+field). Defaults follow OpenAI, not the model's manifest, for the fields OpenAI defines
+(OPENAI_DEFAULTS): max_tokens 16, temperature 1.0 (so sampling: do_sample is
+`temperature > 0`), top_p 1.0, top_k 0 (off; OpenAI has none); the other option fields keep
+the runtime's names and, when absent, the manifest's defaults. An option error answers with
+the field of the option it names (`GenerationOptionError.option`), never by reading its message.
+Token counts include the family's prompt prefix ([CLS] for uer), as the runtime counts them.
 
 A body field the parser never reads is refused (400 naming it), so a client asking for a feature this server
 lacks (`logit_bias`, `tools`, a typo) is told rather than ignored; IGNORED_FIELDS are the OpenAI fields that
@@ -17,26 +17,31 @@ sequences are identical, so one engine sequence fills n choices (`Job.copies`).
 
 from __future__ import annotations
 
-import re
+import json
 import reprlib
 import time
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any
 
 from gpt2_onnx.errors import ContextLengthError, GenerationOptionError
-from gpt2_onnx.options import GenerationConfig
+from gpt2_onnx.option_registry import (
+    BOOL, CHOICE, FLOAT, IDS, INT, OPTIONS, TEXTS, WORDS, Option, body_field, is_int, require_utf8,
+)
 
 DEFAULT_MAX_TOKENS = 16  # OpenAI's default for /v1/completions
+# option → OpenAI's default for the field that sets it (absent, other option fields take the manifest's defaults)
+OPENAI_DEFAULTS = {"max_new_tokens": DEFAULT_MAX_TOKENS, "temperature": 1.0, "top_p": 1.0, "top_k": 0}
 DEFAULT_CHAT_TEMPLATE = "{content}"  # one line per message, in order: GPT-2 is no chat model
 
 # an OpenAI finish reason per runtime finish reason (a stop string is a stop, as in OpenAI); the engine's
 # "error" is no finish reason here: the call fails (`engine_failed`)
 FINISH_REASONS = {"stop": "stop", "stop_string": "stop", "length": "length", "cancelled": "stop"}
-# runtime option → the body field that sets it, for errors naming the field
-FIELD_OF_OPTION = {"max_new_tokens": "max_tokens", "num_return_sequences": "n", "do_sample": "temperature"}
-OPTION_NAMES = frozenset(f.name for f in fields(GenerationConfig))
+# options no body field of their own sets: the field that decides them, for errors naming it
+SET_BY = {"do_sample": "temperature"}
+# engine settings a request may exceed → the server flag that sets them (the engine's max_rows is --max-running)
+SERVER_FLAGS = {"max_rows": "--max-running"}
 
 
 class ApiError(Exception):
@@ -120,46 +125,46 @@ def _get(body: _Fields, name: str, kinds: tuple[type, ...], default: Any = None)
     return value
 
 
-def _string_list(body: _Fields, name: str) -> list[str] | None:
-    value = body.get(name)
+_LISTS = {  # a list option's kind → (what each entry may be, the field's type in words)
+    TEXTS: (lambda v: isinstance(v, str), "a string or a list of strings"),
+    IDS: (is_int, "a list of token ids"),
+    WORDS: (lambda v: isinstance(v, (str, list)), "a list of strings or of token-id lists"),
+}
+_SCALARS = {INT: _INT, FLOAT: _NUMBER, BOOL: _BOOL, CHOICE: _STR}
+# options whose fields have OpenAI's own meaning: read by `_options` itself, not as plain option fields
+_EXPLICIT = frozenset({"max_new_tokens", "do_sample", "temperature", "num_return_sequences", "logprobs"})
+_PLAIN = tuple(o for o in OPTIONS if o.body is not None and o.name not in _EXPLICIT)
+
+
+def _option(body: _Fields, option: Option) -> Any:
+    """The value of a plain option field: of the option's type (ranges are checked by the runtime)."""
+    default = OPENAI_DEFAULTS.get(option.name)
+    if option.kind not in _LISTS:
+        return _get(body, option.body, _SCALARS[option.kind], default)
+    value = body.get(option.body)
+    entry_ok, kind = _LISTS[option.kind]
     if value is None:
-        return None
-    if isinstance(value, str):
+        return default
+    if isinstance(value, str) and option.kind == TEXTS:
         return [value]
-    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+    if isinstance(value, list) and all(map(entry_ok, value)):
         return value
-    raise ApiError(400, f"{name} must be a string or a list of strings, got {_SHOWN.repr(value)}", name, "invalid_type")
+    raise ApiError(400, f"{option.body} must be {kind}, got {_SHOWN.repr(value)}", option.body, "invalid_type")
 
 
 def _options(body: _Fields, n: int, logprobs: int | None) -> dict[str, Any]:
-    """The runtime options of a completion or chat body (ranges are checked by the runtime). Greedy
-    decoding (temperature 0) runs one sequence for the n identical ones asked for."""
-    temperature = _get(body, "temperature", _NUMBER, 1.0)
+    """The runtime options of a completion or chat body: the plain option fields, then those with
+    OpenAI's meaning. Greedy decoding (temperature 0) runs one sequence for the n identical ones asked for."""
+    options = {o.name: _option(body, o) for o in _PLAIN}
+    temperature = _get(body, body_field("temperature"), _NUMBER, OPENAI_DEFAULTS["temperature"])
     sampling = temperature > 0
-    bad_words = body.get("bad_words")
-    if bad_words is not None and not (isinstance(bad_words, list) and all(isinstance(w, (str, list)) for w in bad_words)):
-        raise ApiError(400, f"bad_words must be a list of strings or of token-id lists, got {_SHOWN.repr(bad_words)}",
-                       "bad_words", "invalid_type")
+    max_tokens = _get(body, "max_completion_tokens", _INT, OPENAI_DEFAULTS["max_new_tokens"])  # chat's newer name
     return {
-        "max_new_tokens": _get(body, "max_tokens", _INT, _get(body, "max_completion_tokens", _INT, DEFAULT_MAX_TOKENS)),
+        **options,
+        "max_new_tokens": _get(body, body_field("max_new_tokens"), _INT, max_tokens),
         "do_sample": sampling,
         "temperature": temperature,
-        "top_p": _get(body, "top_p", _NUMBER, 1.0),
-        "top_k": _get(body, "top_k", _INT, 0),
         "num_return_sequences": n if sampling else 1,
-        "stop": _string_list(body, "stop"),
-        "seed": _get(body, "seed", _INT),
-        "presence_penalty": _get(body, "presence_penalty", _NUMBER),
-        "frequency_penalty": _get(body, "frequency_penalty", _NUMBER),
-        "repetition_penalty": _get(body, "repetition_penalty", _NUMBER),
-        "no_repeat_ngram_size": _get(body, "no_repeat_ngram_size", _INT),
-        "min_new_tokens": _get(body, "min_new_tokens", _INT),
-        "bad_words": bad_words,
-        "truncate": _get(body, "truncate", _STR),
-        "context_overflow": _get(body, "context_overflow", _STR),
-        "context_keep": _get(body, "context_keep", _INT),
-        "prompt_lookup_num_tokens": _get(body, "prompt_lookup_num_tokens", _INT),
-        "max_matching_ngram_size": _get(body, "max_matching_ngram_size", _INT),
         "logprobs": logprobs,
     }
 
@@ -176,7 +181,8 @@ def _common(raw: Any) -> tuple[_Fields, str, int, bool, bool]:
     options = _Fields(_get(body, "stream_options", _OBJECT, {}), "stream_options.")
     usage = bool(_get(options, "include_usage", _BOOL, False))
     options.refuse_unread()
-    return body, model, _get(body, "n", _INT, 1), bool(_get(body, "stream", _BOOL, False)), usage
+    n = _get(body, body_field("num_return_sequences"), _INT, 1)
+    return body, model, n, bool(_get(body, "stream", _BOOL, False)), usage
 
 
 def completion_job(raw: Any) -> Job:
@@ -190,7 +196,7 @@ def completion_job(raw: Any) -> Job:
     else:
         raise ApiError(400, f"prompt must be a string or a non-empty list of strings, got {_SHOWN.repr(prompt)}",
                        "prompt", "invalid_type")
-    logprobs = _get(body, "logprobs", _INT)
+    logprobs = _get(body, body_field("logprobs"), _INT)
     echo = bool(_get(body, "echo", _BOOL, False))
     if echo and logprobs:
         raise ApiError(400, "echo with logprobs is not supported (prompt tokens have no log-probabilities here); drop one", "echo")
@@ -209,7 +215,7 @@ def chat_job(raw: Any, template: str) -> Job:
                        "messages", "invalid_type")
     lines = [template.format(role=m.get("role", ""), content=_content(m, i)) for i, m in enumerate(messages)]
     top = _get(body, "top_logprobs", _INT, 0)
-    wanted = _get(body, "logprobs", _BOOL, False)
+    wanted = _get(body, body_field("logprobs"), _BOOL, False)  # chat's logprobs: whether, top_logprobs: how many
     # the runtime returns the chosen token's log-probability only beside a top-N of N ≥ 1
     options = _options(body, n, max(top, 1) if wanted else None)
     body.refuse_unread()
@@ -222,33 +228,28 @@ def _content(message: Any, i: int) -> str:
         raise ApiError(400, f"messages[{i}] must be an object with a string role, got {_SHOWN.repr(message)}",
                        f"messages[{i}]", "invalid_type")
     content = message.get("content")
-    if isinstance(content, str):
-        return content
     if isinstance(content, list) and all(isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str) for p in content):
-        return "".join(p["text"] for p in content)
-    raise ApiError(400, f"{param} must be a string or a list of text parts, got {_SHOWN.repr(content)}", param, "invalid_type")
-
-
-def _option_error(message: str) -> ApiError:
-    """A runtime option error (GenerationOptionError) as a 400 naming the body field."""
-    first = re.match(r"[A-Za-z_]*", message).group()  # the runtime's messages start with the option
-    param = FIELD_OF_OPTION.get(first, first if first in OPTION_NAMES else None)
-    return ApiError(400, _field_names(message), param, "invalid_value")
+        content = "".join(p["text"] for p in content)
+    if not isinstance(content, str):
+        raise ApiError(400, f"{param} must be a string or a list of text parts, got {_SHOWN.repr(content)}", param,
+                       "invalid_type")
+    try:  # here, not when the joined prompt is encoded: the error names the message
+        require_utf8(content, param, param)
+    except GenerationOptionError as e:
+        raise ApiError(400, str(e), param, "invalid_value") from None
+    return content
 
 
 def request_error(error: GenerationOptionError) -> ApiError:
-    """A request the runtime refused, as a 400: a prompt that cannot fit (with max_tokens) is
-    `context_length_exceeded` on `prompt`; any other option error names its field."""
-    if isinstance(error, ContextLengthError):
-        return ApiError(400, _field_names(str(error)), "prompt", "context_length_exceeded")
-    return _option_error(str(error))
-
-
-def _field_names(message: str) -> str:
-    """The runtime's option names in a message replaced by the body fields that set them."""
-    for option in ("max_new_tokens", "num_return_sequences"):
-        message = message.replace(option, FIELD_OF_OPTION[option])
-    return message
+    """A request the runtime refused, as a 400 naming the body field of the option it concerns: a
+    prompt that cannot fit (with max_tokens) is `context_length_exceeded` on `prompt`. A remedy is
+    spelled as a body field; an engine limit the request exceeds is named by the server flag that sets it."""
+    message = error.spelled(lambda option, value: f"{body_field(option) or option}={json.dumps(value)}")
+    if error.limit is not None and error.limit[0] in SERVER_FLAGS:
+        message += f" (this server's {SERVER_FLAGS[error.limit[0]]} is {error.limit[1]})"
+    param = SET_BY.get(error.option) or body_field(error.option)
+    code = "context_length_exceeded" if isinstance(error, ContextLengthError) else "invalid_value"
+    return ApiError(400, message, param, code)
 
 
 # --- writing responses ------------------------------------------------------------------------

@@ -29,10 +29,9 @@ from gpt2_onnx.generator import prefix_cache_size
 
 from .bridge import Service
 from .server import close_calls, create_app
-from .settings import Capacity, ModelSettings, Settings
+from .settings import API_KEY_ENV, Capacity, ModelSettings, Settings
 
 MB = 2**20
-API_KEY_ENV = "GPT2_ONNX_API_KEY"
 BACKSTOP_S = 5.0  # after --grace-period: time the closed calls have to end before uvicorn cancels them
 
 
@@ -86,7 +85,7 @@ def _listening_socket(host: str, port: int) -> socket.socket:
 
 def settings_from(args) -> tuple[ModelSettings, Settings]:
     """What `gpt2-onnx serve ARGS` loads and how it serves, checked: the same on one machine and on Ray."""
-    for name, low in (("max_running", 1), ("max_waiting", 0), ("prefill_chunk", 1), ("max_body_bytes", 1)):
+    for name, low in (("max_waiting", 0), ("prefill_chunk", 1), ("max_body_bytes", 1)):  # --max-running: the command's
         if getattr(args, name) < low:
             raise Gpt2OnnxError(f"--{name.replace('_', '-')} must be ≥ {low}, got {getattr(args, name)}")
     if args.kv_cache_mb is not None and args.kv_cache_mb <= 0:

@@ -31,6 +31,7 @@ import numpy as np
 
 from . import plan as planning
 from .errors import ContextLengthError, GenerationOptionError
+from .option_registry import PROMPT
 from .prefix_cache import PrefixCache
 from .requests import FINISH_CANCELLED, FINISH_ERROR, FINISH_LENGTH, Event, Request
 from .sequences import Active
@@ -92,7 +93,8 @@ class Engine:
             raise GenerationOptionError(
                 f"num_return_sequences={request.config.num_return_sequences}{f' with num_beams={beams}' if beams > 1 else ''} "
                 f"needs {request.rows} rows at once, more than the {self.max_rows} this engine decodes "
-                "(a server's --max-running); ask for fewer"
+                "(its max_rows); ask for fewer", option="num_beams" if beams > 1 else "num_return_sequences",
+                limit=("max_rows", self.max_rows),
             )
         sliding = request.config.context_overflow == "slide"
         if sliding:
@@ -102,7 +104,8 @@ class Engine:
             raise ContextLengthError(
                 f"the request needs {request.rows} row(s) of {len(request.prompt_ids)} prompt + "
                 f"{request.config.max_new_tokens} new tokens; this engine holds {self.max_rows} rows of {self.capacity} "
-                f"positions with a KV budget of {self.budget} positions; shorten the prompt or max_new_tokens"
+                f"positions with a KV budget of {self.budget} positions; shorten the prompt or max_new_tokens",
+                option=PROMPT,
             )
 
     def submit(self, request: Request) -> None:

@@ -22,6 +22,7 @@ from .errors import ContextLengthError, GenerationOptionError, ModelDirectoryErr
 from .hub import resolve_model_dir
 from .logits import Processors
 from .manifest import TOKENIZER_NAME, Manifest, read_manifest
+from .option_registry import PROMPT
 from .options import MAX_ROWS, GenerationConfig, as_sequence, require_utf8
 from .precisions import BY_NAME, DEFAULT_PRECISION
 from .prefix_cache import PrefixCache
@@ -138,7 +139,9 @@ class Generator:
         id_lists = [list(prompt_ids)] if single else [list(p) for p in prompt_ids]
         vocab = self.manifest.architecture.vocab_size
         if not id_lists or not all(p and all(0 <= int(t) < vocab for t in p) for p in id_lists):
-            raise GenerationOptionError(f"prompt_ids must be a non-empty list (or list of lists) of ids in [0, {vocab})")
+            raise GenerationOptionError(f"prompt_ids must be a non-empty list (or list of lists) of ids in "
+                                        f"[0, {vocab})",
+                                        option=PROMPT)
         return self._generate([[int(t) for t in p] for p in id_lists], single, self.config(**options))
 
     def _generate(self, id_lists: list[list[int]], single: bool, config: GenerationConfig):
@@ -171,10 +174,12 @@ class Generator:
         """Yield the text of one prompt's continuation piece by piece as it is generated;
         the pieces join to `generate(prompt, **same_options).text`."""
         if not isinstance(prompt, str):
-            raise GenerationOptionError(f"stream() takes one prompt string, got {type(prompt).__name__}")
+            raise GenerationOptionError(f"stream() takes one prompt string, got {type(prompt).__name__}", option=PROMPT)
         config = self.config(**options)
         if config.num_beams > 1 or config.num_return_sequences > 1:
-            raise GenerationOptionError("stream() produces one sequence: use num_beams=1 and num_return_sequences=1, or generate()")
+            raise GenerationOptionError("stream() produces one sequence: use num_beams=1 and "
+                                        "num_return_sequences=1, or generate()",
+                                        option="num_beams" if config.num_beams > 1 else "num_return_sequences")
         pieces: list[str] = []
         request = self.request(self.encode(prompt), config, lambda event: pieces.append(event.text))
         engine = self.engine([request])
@@ -191,7 +196,7 @@ class Generator:
         row may hold `capacity` positions); `prefill_chunk`: prompt tokens run per step (None: a whole
         prompt in one step). It shares this Generator's prefix cache."""
         if isinstance(max_rows, bool) or not isinstance(max_rows, int) or max_rows < 1:
-            raise GenerationOptionError(f"max_rows must be an integer ≥ 1, got {max_rows!r}")
+            raise GenerationOptionError(f"max_rows must be an integer ≥ 1, got {max_rows!r}", option="max_rows")
         architecture = self.manifest.architecture
         capacity = architecture.n_positions if capacity is None else capacity
         budget = None if kv_cache_mb is None else int(kv_cache_mb * 2**20 // architecture.kv_bytes_per_token)
@@ -222,10 +227,12 @@ class Generator:
         bad = tuple(seq for w in config.bad_words for seq in (self.codec.token_sequences(w) if isinstance(w, str) else [w]))
         for name, seq in (("stop_token_ids", stop_ids), *(("bad_words", b) for b in bad)):
             if any(t >= vocab for t in seq):
-                raise GenerationOptionError(f"{name} holds an id ≥ the vocabulary size {vocab}: {seq}")
+                raise GenerationOptionError(f"{name} holds an id ≥ the vocabulary size {vocab}: {seq}", option=name)
         processors = Processors(config, tuple(stop_ids), tuple(b for b in bad if b))
         if config.prompt_lookup_num_tokens:
-            _require_shape_exact(self.precision, "prompt_lookup_num_tokens needs a precision whose logits for one token and for several agree")
+            _require_shape_exact(self.precision, "prompt_lookup_num_tokens",
+                                 "prompt_lookup_num_tokens needs a precision whose logits for one token and for "
+                                 "several agree")
         prefix = list(conventions.prompt_prefix_ids)
         prefix_len = len(prefix) if ids[: len(prefix)] == prefix else 0
         return Request(ids, config, processors, np.random.default_rng(config.seed), on_event, prefix_len=prefix_len)
@@ -237,7 +244,7 @@ class Generator:
 
     def encode(self, prompt: str) -> list[int]:
         """Prompt ids as generate() runs them: the family's prefix ([CLS]) first."""
-        require_utf8(prompt, "the prompt")
+        require_utf8(prompt, "the prompt", PROMPT)
         ids = self.codec.encode(prompt)
         # a family without a prompt prefix (English GPT-2) starts an empty prompt from its
         # end-of-text token, as transformers does with GPT-2's bos (= eos)
@@ -263,7 +270,7 @@ class Generator:
                 fixes = "shorten the prompt, lower max_new_tokens" if room >= 1 else "lower max_new_tokens"
                 problem = (f"the prompt has {len(ids)} tokens and max_new_tokens is {config.max_new_tokens}: "
                            f"{len(ids) + config.max_new_tokens} > {limit} positions of this model; {fixes}")
-            raise ContextLengthError(problem, remedy=("truncate", "left") if room >= 1 else None)
+            raise ContextLengthError(problem, option=PROMPT, remedy=("truncate", "left") if room >= 1 else None)
         return ids[:prefix] + ids[len(ids) - room:]
 
 
@@ -276,7 +283,7 @@ def _check_threads(threads: int | None) -> None:
     if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= most):
         raise GenerationOptionError(
             f"threads must be an int in [1, {most}] (this machine's CPUs; more threads only contend for them), "
-            f"got {threads!r}"
+            f"got {threads!r}", option="threads"
         )
 
 
@@ -289,10 +296,10 @@ def prefix_cache_size(precision: str, prefix_cache_mb: float | None) -> float:
         return DEFAULT_PREFIX_CACHE_MB if _shape_exact(precision) else 0
     if isinstance(prefix_cache_mb, bool) or not isinstance(prefix_cache_mb, (int, float)) or not prefix_cache_mb >= 0:
         raise GenerationOptionError(f"prefix_cache_mb must be a number ≥ 0 (or None: the default), "
-                                    f"got {prefix_cache_mb!r}")
+                                    f"got {prefix_cache_mb!r}", option="prefix_cache_mb")
     if prefix_cache_mb:
-        _require_shape_exact(precision, "the prefix cache needs a precision whose logits do not depend on how a "
-                             "prompt is split", remedy=("prefix_cache_mb", 0))
+        _require_shape_exact(precision, "prefix_cache_mb", "the prefix cache needs a precision whose logits do not "
+                             "depend on how a prompt is split", remedy=("prefix_cache_mb", 0))
     return prefix_cache_mb
 
 
@@ -300,9 +307,10 @@ def _shape_exact(precision: str) -> bool:
     return precision not in BY_NAME or BY_NAME[precision].shape_exact
 
 
-def _require_shape_exact(precision: str, needs: str, remedy: tuple[str, Any] | None = None) -> None:
-    """Refuse a feature (`needs`: what it needs, as a sentence start) for a precision whose
+def _require_shape_exact(precision: str, option: str, needs: str, remedy: tuple[str, Any] | None = None) -> None:
+    """Refuse a feature (`option`, `needs`: what it needs, as a sentence start) for a precision whose
     logits depend on how many tokens a call carries; `remedy`: the option and value that turn it off."""
     if not _shape_exact(precision):
         exact = ", ".join(p.name for p in BY_NAME.values() if p.shape_exact)
-        raise GenerationOptionError(f"{needs} ({exact}); {precision} is not: load one of those", remedy)
+        raise GenerationOptionError(f"{needs} ({exact}); {precision} is not: load one of those", option=option,
+                                    remedy=remedy)

@@ -22,7 +22,7 @@ def window_head(request: Request, capacity: int) -> list[int]:
     if len(head) >= capacity // 2:
         raise GenerationOptionError(
             f"context_keep {request.config.context_keep} leaves no room for recent tokens "
-            f"in a window of {capacity // 2}"
+            f"in a window of {capacity // 2}", option="context_keep"
         )
     return head
 

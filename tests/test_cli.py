@@ -186,7 +186,8 @@ def test_broken_pipe_exits_quietly(tiny_model):
 
 def test_heavy_imports_happen_inside_main(tiny_model, monkeypatch, capsys):
     """Ctrl-C while numpy / onnxruntime load is handled by main: importing the CLI loads neither."""
-    code = "import sys, gpt2_onnx.apps.cli; print(sorted({'numpy', 'onnxruntime'} & set(sys.modules)))"
+    code = ("import sys, gpt2_onnx.apps.cli as cli; cli.build_parser()  # every sub-command's flags, as --help\n"
+            "print(sorted({'numpy', 'onnxruntime', 'fastapi', 'uvicorn', 'ray'} & set(sys.modules)))")
     probe = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert probe.stdout.strip() == "[]"
 
@@ -243,3 +244,69 @@ def test_streaming_follows_the_manifest_defaults(tiny_model, tmp_path):
     proc = cli("generate", "这是", "--model", str(model), "--max-new-tokens", "6")
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == Generator.load(model).generate("这是", max_new_tokens=6).text + "\n"
+
+
+def apps_imports(root: Path) -> dict[str, set[str]]:
+    """Module (dotted, relative to apps/) → the apps modules it imports, read from its source with `ast`;
+    fails on `importlib.import_module` of one of our own modules."""
+    import ast
+
+    modules = {".".join(p.relative_to(root).with_suffix("").parts).removesuffix("__init__").rstrip("."): p
+               for p in root.rglob("*.py")}
+    graph = {}
+    for name, path in modules.items():
+        package = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
+        package = [part for part in package if part]
+        targets = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                if node.level:
+                    prefix = ".".join(package[: len(package) - node.level + 1] + ([node.module] if node.module else []))
+                elif (node.module or "").startswith("gpt2_onnx.apps"):
+                    prefix = node.module.removeprefix("gpt2_onnx.apps").lstrip(".")
+                else:
+                    continue
+                for alias in node.names:  # `from . import x`: the module x, if it is one
+                    full = f"{prefix}.{alias.name}".lstrip(".")
+                    targets.add(full if full in modules else prefix)
+            elif isinstance(node, ast.Import):
+                targets |= {a.name.removeprefix("gpt2_onnx.apps.") for a in node.names
+                            if a.name.startswith("gpt2_onnx.apps.")}
+            elif isinstance(node, ast.Call) and "import_module" in (getattr(node.func, "attr", None),
+                                                                     getattr(node.func, "id", None)):
+                argument = node.args[0] if node.args else None
+                assert not (isinstance(argument, ast.Constant) and "gpt2_onnx" in str(argument.value)), \
+                    f"{path}: importlib for our own module {argument.value}"
+        graph[name] = {t for t in targets if t in modules and t != name}
+    return graph
+
+
+def test_apps_import_no_cli_and_form_no_cycle():
+    """`cli.py` is the top of apps/ (the table of sub-commands): nothing in apps imports it, and the
+    imports between apps modules form no cycle (they once went cli → batch_cli → cli through importlib)."""
+    import gpt2_onnx.apps as apps
+
+    graph = apps_imports(Path(apps.__file__).parent)
+    assert not [name for name, targets in graph.items() if "cli" in targets]
+    assert {"commands.batch", "commands.serve", "commands.generate"} <= graph["cli"]
+
+    def visit(name: str, path: tuple[str, ...]) -> None:
+        assert name not in path, f"import cycle: {' → '.join(path + (name,))}"
+        for target in graph[name]:
+            visit(target, path + (name,))
+
+    for name in graph:
+        visit(name, ())
+
+
+def test_serve_max_running_is_bounded_by_the_runtime_as_batch_is(tiny_model, monkeypatch, capsys):
+    """`serve --max-running 100000` started (and failed allocating its engine): refused in one line,
+    by the check batch uses."""
+    import gpt2_onnx.apps.serve as serving
+
+    monkeypatch.setattr(serving, "serve", lambda args: 0)  # the server itself is not what is tested
+    for command in (["serve", "--model", str(tiny_model)], ["batch", "in.jsonl", "out.jsonl"]):
+        for value, bound in (("100000", f"--max-running must be ≤ {MAX_ROWS}"), ("0", "--max-running must be ≥ 1")):
+            assert main([*command, "--max-running", value]) == 1
+            err = capsys.readouterr().err
+            assert err.count("\n") == 1 and bound in err, err

@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
 import pytest
+from gpt2_onnx import GenerationOptionError
 from gpt2_onnx.benchmarks.serve_bench import free_port
 from slow_cli import cli_code
 
@@ -328,6 +329,38 @@ def test_a_call_is_checked_whole_before_any_prompt_is_queued(tiny_model, generat
         asyncio.run(submit())
     assert info.value.status == 400 and info.value.code == "context_length_exceeded"
     assert not service.engine.has_work and service.in_flight == 0
+
+
+def test_a_prompt_that_is_not_utf8_names_its_field(server):
+    """A lone surrogate (valid JSON, not valid UTF-8) is a 400 on the field that holds it, not `param: null`."""
+    headers = {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"}
+    chat = {"model": MODEL, "messages": [{"role": "user", "content": "这是"}, {"role": "user", "content": "x\udcff"}]}
+    for endpoint, body, param in (("completions", {"model": MODEL, "prompt": "x\udcff"}, "prompt"),
+                                  ("chat/completions", chat, "messages[1].content")):
+        r = httpx.post(f"{server}/v1/{endpoint}", content=json.dumps(body).encode(), headers=headers, timeout=10)
+        error = r.json()["error"]
+        assert r.status_code == 400 and error["param"] == param and "not valid UTF-8" in error["message"], error
+
+
+def test_option_errors_are_answered_from_the_option_they_carry(tiny_model, generators):
+    """The runtime's error carries its option and the engine limit it passed: the server names the body
+    field, spells a remedy as one, and adds its own flag for the limit; the runtime names no server flag."""
+    from gpt2_onnx.engine import Engine
+    from gpt2_onnx.apps.openai_api import request_error
+
+    gen = generators(tiny_model, "int8")
+    request = gen.request(gen.encode("这是"), gen.config(num_return_sequences=4, do_sample=True), lambda event: None)
+    with pytest.raises(GenerationOptionError) as info:
+        Engine(gen.decoder, gen.codec, max_rows=2, capacity=64).check(request)
+    assert (info.value.option, info.value.limit) == ("num_return_sequences", ("max_rows", 2))
+    assert "--max-running" not in str(info.value) and "max_rows" in str(info.value)
+    answer = request_error(info.value)
+    assert answer.param == "n" and "this server's --max-running is 2" in answer.message
+    with pytest.raises(GenerationOptionError) as info:
+        gen.request(gen.encode("这是" * 60), gen.config(max_new_tokens=16), lambda event: None)
+    answer = request_error(info.value)
+    assert (answer.param, answer.code) == ("prompt", "context_length_exceeded")
+    assert answer.message.endswith('or pass truncate="left"'), answer.message
 
 
 def test_unknown_model_missing_key_and_wrong_key(server, client):

@@ -1,0 +1,208 @@
+"""The generation options: one row per `GenerationConfig` field, read by every front door.
+
+    OPTIONS ─> GenerationConfig.validate (each value's type and range)
+            ─> the `generate` and `batch` flags (apps/option_flags.py)
+            ─> the HTTP body parser (apps/openai_api.py) and its errors' `param`
+            ─> the README's option table (`markdown_table`)
+
+A row holds what an option is (kind, bounds or choices, one line of help) and how each
+front door spells it (`body`: its OpenAI request field, `flag`: its command-line flag; None
+where a front door does not take it). Defaults are not here: they are GenerationConfig's
+field defaults, overridden by a manifest's `generation_defaults`. Rules over several options
+(beams with sampling, ...) are code in GenerationConfig. A new option is a row here, a field
+there and its logits processor.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import GenerationOptionError
+
+# Rows (beams or returned sequences) one call decodes at once: each holds a KV cache row of up to
+# the whole context (37.7 MB at full context for the distil model, 75 MB for GPT-2 base) and a row
+# of logits per step, so this bounds what one option can make a call allocate (64 rows: 2.4 GB and
+# 4.8 GB). `num_beams` and `num_return_sequences` are at most this, in every front door; a call of
+# many prompts decodes this many rows at a time, the rest waiting their turn (an engine of a server
+# or batch job holds its max_rows, and refuses a request of more).
+MAX_ROWS = 64
+_ROWS_WHY = f" (a call decodes at most {MAX_ROWS} rows, beams or sequences, at once)"
+
+# what an option's value is
+INT, FLOAT, BOOL, CHOICE = "int", "float", "bool", "choice"
+TEXTS = "texts"  # a list of non-empty strings (a single string is a list of one)
+IDS = "ids"  # a list of token ids
+WORDS = "words"  # a list whose entries are non-empty strings or lists of token ids
+LISTS = (TEXTS, IDS, WORDS)
+_KIND_NAMES = {INT: "int", FLOAT: "float", BOOL: "bool", TEXTS: "list of strings", IDS: "list of token ids",
+               WORDS: "list of strings or token-id lists"}
+
+_FROM_NAME = "<from the name>"  # `body`/`flag` not given: the option's name (its flag: dashes for underscores)
+
+
+@dataclass(frozen=True)
+class Option:
+    """One generation option. `low`/`high`: inclusive bounds (`open_low`: low excluded);
+    `nullable`: None is a value of its own (seed: none, stop_token_ids: the model's);
+    `body`/`flag`: its OpenAI body field and command-line flag, None where not taken."""
+
+    name: str
+    kind: str
+    help: str
+    low: float | None = None
+    high: float | None = None
+    open_low: bool = False
+    choices: tuple[Any, ...] = ()
+    nullable: bool = False
+    why: str = ""  # appended to a range error
+    body: str | None = _FROM_NAME
+    flag: str | None = _FROM_NAME
+
+    def __post_init__(self) -> None:
+        if self.body == _FROM_NAME:
+            object.__setattr__(self, "body", self.name)
+        if self.flag == _FROM_NAME:
+            object.__setattr__(self, "flag", "--" + self.name.replace("_", "-"))
+
+    @property
+    def allowed(self) -> str:
+        """Its values in words: "an int ≥ 0", "in (0, 1]", "'error' or 'slide'"."""
+        if self.kind == CHOICE:
+            shown = [repr(c) for c in self.choices]
+            return f"{', '.join(shown[:-1])} or {shown[-1]}"
+        if self.kind == BOOL:
+            return "True or False"
+        if self.kind in LISTS:
+            return "a " + _KIND_NAMES[self.kind]
+        if self.low is not None and self.high is not None:
+            bounds = f"{'(' if self.open_low else '['}{self.low:g}, {self.high:g}]"
+            span = f"in {bounds}"
+        elif self.low is not None:
+            span = f"{'>' if self.open_low else '≥'} {self.low:g}"
+        else:
+            span = "a number" if self.kind == FLOAT else ""
+        text = (f"an int {span}".rstrip() if self.kind == INT else span)
+        return f"{text} or None" if self.nullable else text
+
+    def check(self, value: Any) -> None:
+        """Refuse a value of the wrong type or out of range (GenerationOptionError naming this option)."""
+        if value is None and self.nullable:
+            return
+        if self.kind in LISTS:
+            self._check_entries(value)
+        elif not self._fits(value):
+            raise GenerationOptionError(f"{self.name} must be {self.allowed}, got {value!r}{self.why}",
+                                        option=self.name)
+
+    def _fits(self, v: Any) -> bool:
+        if self.kind == CHOICE:
+            return v in self.choices
+        if self.kind == BOOL:
+            return isinstance(v, bool)
+        if self.kind == INT and not is_int(v) or not isinstance(v, (int, float)) or isinstance(v, bool) or v != v:
+            return False
+        if self.low is not None and (v <= self.low if self.open_low else v < self.low):
+            return False
+        return self.high is None or v <= self.high
+
+    def _check_entries(self, value: Any) -> None:
+        if self.kind == TEXTS and not all(isinstance(s, str) and s for s in value):
+            raise GenerationOptionError(f"{self.name} must be a list of non-empty strings, got {value!r}",
+                                        option=self.name)
+        if self.kind == IDS and not all(is_int(t) and t >= 0 for t in value):
+            raise GenerationOptionError(f"{self.name} must be a list of token ids (ints ≥ 0), got {value!r}",
+                                        option=self.name)
+        for entry in value:
+            if self.kind == WORDS and not (isinstance(entry, str) and entry) and not (
+                    isinstance(entry, tuple) and entry and all(is_int(t) for t in entry)):
+                raise GenerationOptionError(
+                    f"{self.name} entries must be non-empty strings or lists of token ids, got {entry!r}",
+                    option=self.name)
+            if isinstance(entry, str):
+                require_utf8(entry, f"the {self.name} entry {entry!r}", self.name)
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option("max_new_tokens", INT, "new tokens at most", low=0, body="max_tokens"),
+    Option("min_new_tokens", INT, "stop tokens are suppressed before this many new tokens", low=0),
+    Option("do_sample", BOOL, "sample (else greedy, or beam search)", body=None),  # the server: temperature > 0
+    Option("temperature", FLOAT, "sampling temperature (0: greedy)", low=0),
+    Option("top_k", INT, "sample among the k best tokens (0: all)", low=0),
+    Option("top_p", FLOAT, "sample among the best tokens holding this probability", low=0, high=1, open_low=True),
+    Option("repetition_penalty", FLOAT, ">1 discourages repeating tokens (1: off)", low=0, open_low=True),
+    Option("no_repeat_ngram_size", INT, "never repeat an n-gram of this size (0: off)", low=0),
+    Option("presence_penalty", FLOAT, "OpenAI's: subtract once from tokens already generated", low=-2, high=2),
+    Option("frequency_penalty", FLOAT, "OpenAI's: subtract per occurrence among generated tokens", low=-2, high=2),
+    Option("num_return_sequences", INT, "sequences per prompt", low=1, high=MAX_ROWS, why=_ROWS_WHY, body="n"),
+    Option("num_beams", INT, "beam search with this many beams", low=1, high=MAX_ROWS, why=_ROWS_WHY, body=None),
+    Option("length_penalty", FLOAT, "beam score = log-prob sum / length ** this", body=None),
+    Option("early_stopping", CHOICE, "beams: stop when enough are done (True), by a heuristic (False), or never",
+           choices=(True, False, "never"), body=None, flag=None),
+    Option("stop", TEXTS, "a string that ends a sequence (not included in the text)"),
+    Option("stop_token_ids", IDS, "token ids that end a sequence (None: the model's)", nullable=True,
+           body=None, flag=None),
+    Option("bad_words", WORDS, "never generate this text, however it is tokenized",
+           flag="--bad-word"),
+    Option("seed", INT, "random seed for sampling", low=0, nullable=True),
+    Option("logprobs", INT, "also return each chosen token's log-probability and the N most likely", low=0,
+           flag=None),
+    Option("truncate", CHOICE,
+           "left: drop the prompt's oldest tokens to fit the context (else such a prompt is refused)",
+           choices=(None, "left")),
+    Option("context_overflow", CHOICE, "slide: generate past the model's positions, re-encoding a window of recent "
+           "text when the context is full", choices=("error", "slide")),
+    Option("context_keep", INT, "with context_overflow slide: prompt tokens every window keeps", low=0),
+    Option("prompt_lookup_num_tokens", INT, "speculative decoding: propose up to this many tokens found earlier in "
+           "the text (same output, faster on repeated text)", low=0),
+    Option("max_matching_ngram_size", INT, "longest n-gram prompt lookup matches", low=1),
+)
+BY_NAME: Mapping[str, Option] = {o.name: o for o in OPTIONS}
+PROMPT = "prompt"  # the `option` of an error about the prompt itself (too long, not UTF-8)
+
+
+def body_field(option: str | None) -> str | None:
+    """The OpenAI body field that sets `option` (the prompt: "prompt"); None when no field does."""
+    if option == PROMPT:
+        return PROMPT
+    return BY_NAME[option].body if option in BY_NAME else None
+
+
+def flag_of(option: str) -> str:
+    """The command-line flag that sets `option` (a setting outside the table: its name with dashes)."""
+    row = BY_NAME.get(option)
+    return row.flag if row is not None and row.flag else "--" + option.replace("_", "-")
+
+
+def is_int(v: Any) -> bool:
+    """An int that is not a bool (JSON's true is no token id)."""
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def require_utf8(text: str, what: str, option: str) -> None:
+    """Refuse text holding lone surrogates: Python's stand-ins for bytes that were not valid
+    UTF-8 (command-line arguments and standard input decode with `surrogateescape`)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        code = ord(text[e.start])
+        found = f"the byte 0x{code - 0xDC00:02x}" if 0xDC80 <= code <= 0xDCFF else f"a lone surrogate U+{code:04X}"
+        raise GenerationOptionError(
+            f"{what} is not valid UTF-8: it holds {found} at character {e.start}; pass UTF-8 text "
+            "(convert the input with iconv, or set the terminal to UTF-8)", option=option
+        ) from None
+
+
+def markdown_table() -> str:
+    """The README's option table: every option, its values, its OpenAI field and its flag."""
+    lines = ["| option | values | OpenAI body | command line | what |", "| --- | --- | --- | --- | --- |"]
+    for o in OPTIONS:
+        values = o.allowed if o.kind != INT or o.low is not None else "an int"
+        flag = "—" if o.flag is None else f"`{o.flag}`" + (" (repeatable)" if o.kind in LISTS else "")
+        if o.kind == BOOL and o.flag:
+            flag = f"`{o.flag}` / `--no-{o.flag[2:]}`"
+        body = "—" if o.body is None else f"`{o.body}`"
+        lines.append(f"| `{o.name}` | {values} | {body} | {flag} | {o.help} |")
+    return "\n".join(lines) + "\n"
+
