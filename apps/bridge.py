@@ -81,9 +81,12 @@ class Call:
         return index, event
 
     def cancel(self) -> None:
-        """Cancel every request with a sequence still open (a no-op once all finished)."""
-        for request, left in zip(self.requests, self.open_slots):
-            if left:
+        """Cancel every request with a choice this loop has not seen finish (event loop: it reads only
+        the loop's own `choices`, never the engine thread's `open_slots`; a request that finished
+        meanwhile is skipped by the engine, and has said so already)."""
+        n = self.job.n
+        for i, request in enumerate(self.requests):
+            if any(c.finish_reason is None for c in self.choices[i * n:(i + 1) * n]):
                 self.service.engine.cancel(request)
 
     def _on_event(self, i: int, event: Event) -> None:
