@@ -23,9 +23,8 @@ from .sequences import Active
 from .session import CONTINUING_ROWS, Decoder, KVBuffer
 
 # Proposals are verified while at most this many rows decode: a call of several tokens after a
-# past takes CONTINUING_ROWS rows (onnxruntime's GroupQueryAttention), a pass per row in a batch
-# costs more than it saves, and the kernel that takes a batch in one pass scans every row's whole
-# capacity (`gpt2_onnx.benchmarks.batched_verify` measures its break-even).
+# past takes CONTINUING_ROWS rows (onnxruntime's GroupQueryAttention), and a pass per row in a
+# batch costs more than it saves.
 SPECULATION_MAX_ROWS = CONTINUING_ROWS
 
 

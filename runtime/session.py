@@ -200,7 +200,7 @@ class _BoundCall:
 
 
 # onnxruntime's GroupQueryAttention: "batch_size must be 1 when sequence_length > 1 and past
-# context is given" (`gpt2_onnx.benchmarks.batched_verify` measures the kernel that takes more)
+# context is given"
 CONTINUING_ROWS = 1  # rows a call takes when they continue a past with several tokens each
 
 
