@@ -81,19 +81,30 @@ def prepare(generator: Generator, row: InputRow, job_options: Mapping[str, Any],
     prompt = row.record.get("prompt")
     if not isinstance(prompt, str):
         found = "no prompt" if prompt is None else f"a prompt of type {type(prompt).__name__}"
-        raise Gpt2OnnxError(f"the row has {found}; give every row a text \"prompt\"")
+        raise Gpt2OnnxError(f'the row has {found}; give every row a text "prompt"')
     config = generator.config(**merge_options(job_options, row.record))
     if config.num_return_sequences != 1:
-        raise Gpt2OnnxError(f"num_return_sequences is {config.num_return_sequences}; a batch row holds one sequence: "
-                            "use 1 and repeat the row with other seeds")
+        raise Gpt2OnnxError(
+            f"num_return_sequences is {config.num_return_sequences}; a batch row holds one sequence: "
+            "use 1 and repeat the row with other seeds"
+        )
     return generator.request(generator.encode(prompt), config, on_event)
 
 
-def result_row(row: InputRow, text: str, token_ids: list[int], finish_reason: str, prompt_tokens: int) -> dict[str, Any]:
+def result_row(
+    row: InputRow, text: str, token_ids: list[int], finish_reason: str, prompt_tokens: int
+) -> dict[str, Any]:
     """The output row of a finished request: the input's fields, its line and id, and the result."""
     usage = {"prompt_tokens": prompt_tokens, "completion_tokens": len(token_ids)}
-    return {**row.record, LINE: row.line, "id": row.id, "text": text, "token_ids": token_ids,
-            "finish_reason": finish_reason, "usage": usage}
+    return {
+        **row.record,
+        LINE: row.line,
+        "id": row.id,
+        "text": text,
+        "token_ids": token_ids,
+        "finish_reason": finish_reason,
+        "usage": usage,
+    }
 
 
 def error_row(row: InputRow, error: Exception, while_decoding: bool = False) -> dict[str, Any]:
@@ -125,8 +136,12 @@ class _Running:
         self.finish_reason = event.finish_reason or self.finish_reason
 
 
-def run_rows(generator: Generator, rows: Iterable[InputRow], job_options: Mapping[str, Any],
-             max_running: int = DEFAULT_MAX_RUNNING) -> Iterator[dict[str, Any]]:
+def run_rows(
+    generator: Generator,
+    rows: Iterable[InputRow],
+    job_options: Mapping[str, Any],
+    max_running: int = DEFAULT_MAX_RUNNING,
+) -> Iterator[dict[str, Any]]:
     """Output rows (in the order they finish) of these input rows, run through one engine
     with at most `max_running` rows in it; a row that fails yields an error row."""
     if isinstance(max_running, bool) or not isinstance(max_running, int) or max_running < 1:
@@ -160,8 +175,9 @@ def run_rows(generator: Generator, rows: Iterable[InputRow], job_options: Mappin
             for _ in engine.steps():  # rows submitted between steps join the next one
                 for entry in [r for r in running if r.finish_reason is not None]:
                     running.remove(entry)
-                    yield result_row(entry.row, entry.text, entry.tokens, entry.finish_reason,
-                                     len(entry.request.prompt_ids))
+                    yield result_row(
+                        entry.row, entry.text, entry.tokens, entry.finish_reason, len(entry.request.prompt_ids)
+                    )
                 yield from fill()
         except Exception as e:
             # which row raised is unknown, and the engine's state with it: a new engine, and the
@@ -174,9 +190,16 @@ def run_rows(generator: Generator, rows: Iterable[InputRow], job_options: Mappin
             running = []
 
 
-def run_local(generator: Generator, input_path: Path, output_path: Path, job_options: Mapping[str, Any],
-              max_running: int = DEFAULT_MAX_RUNNING, resume: bool = False, progress: bool = True,
-              on_row: Callable[[dict[str, Any]], None] | None = None) -> Summary:
+def run_local(
+    generator: Generator,
+    input_path: Path,
+    output_path: Path,
+    job_options: Mapping[str, Any],
+    max_running: int = DEFAULT_MAX_RUNNING,
+    resume: bool = False,
+    progress: bool = True,
+    on_row: Callable[[dict[str, Any]], None] | None = None,
+) -> Summary:
     """Run the job of INPUT into OUTPUT on this machine. Options and files are checked before
     any row runs (a bad command-line option or file fails the job, with nothing written; a
     bad row fails the row). `on_row` sees each output row after it is written."""

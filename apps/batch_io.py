@@ -51,7 +51,7 @@ class InputRow:
 
 
 def file_format(path: Path) -> str:
-    """"jsonl" or "parquet", from the file name."""
+    """ "jsonl" or "parquet", from the file name."""
     suffix = path.suffix.lower()
     if suffix in JSONL_SUFFIXES:
         return "jsonl"
@@ -103,8 +103,11 @@ def reading_input(path: Path):
 
 def writing_output(path: Path):
     """OSErrors on OUTPUT (or a file beside it) as one Gpt2OnnxError."""
-    return _io_errors(path, "cannot write OUTPUT",
-                      "choose a writable OUTPUT with free space (rows written so far are kept for --resume)")
+    return _io_errors(
+        path,
+        "cannot write OUTPUT",
+        "choose a writable OUTPUT with free space (rows written so far are kept for --resume)",
+    )
 
 
 def count_rows(path: Path) -> int:
@@ -149,7 +152,9 @@ def _jsonl_rows(path: Path) -> Iterator[InputRow]:
             try:
                 record = json.loads(text)
             except json.JSONDecodeError as e:
-                yield InputRow(line, line, error=f"not valid JSON ({e.msg} at column {e.colno}); write one object per line")
+                yield InputRow(
+                    line, line, error=f"not valid JSON ({e.msg} at column {e.colno}); write one object per line"
+                )
                 continue
             yield _checked(line, record)
 
@@ -166,7 +171,7 @@ def _parquet_rows(path: Path) -> Iterator[InputRow]:
 
 def _checked(line: int, record: Any) -> InputRow:
     if not isinstance(record, dict):
-        return InputRow(line, line, error=f"a JSON {type(record).__name__}, not an object; write {{\"prompt\": ...}}")
+        return InputRow(line, line, error=f'a JSON {type(record).__name__}, not an object; write {{"prompt": ...}}')
     row_id = record.get("id", line)
     if row_id is None:
         row_id = line
@@ -179,11 +184,15 @@ def _parquet(path: Path):
     try:
         import pyarrow.parquet as pq
     except ImportError:
-        raise Gpt2OnnxError("Parquet files need pyarrow: pip install 'gpt2-onnx[ray]' (or pip install pyarrow)") from None
+        raise Gpt2OnnxError(
+            "Parquet files need pyarrow: pip install 'gpt2-onnx[ray]' (or pip install pyarrow)"
+        ) from None
     try:
         return pq.ParquetFile(path)
     except ValueError as e:  # pyarrow's ArrowInvalid: not Parquet (an OSError is its caller's to name)
-        raise Gpt2OnnxError(f"{path} is not a readable Parquet file ({one_line(str(e))}); check it, or pass another") from None
+        raise Gpt2OnnxError(
+            f"{path} is not a readable Parquet file ({one_line(str(e))}); check it, or pass another"
+        ) from None
 
 
 # --- output --------------------------------------------------------------------------------
@@ -205,7 +214,7 @@ def written_lines(output: Path) -> set[int]:
         if journal != output and output.is_file():
             finished = _parquet(output)
             if LINE not in finished.schema_arrow.names:
-                raise _unkeyed(output, "has no \"line\" column")
+                raise _unkeyed(output, 'has no "line" column')
             done |= {r[LINE] for b in finished.iter_batches(columns=[LINE]) for r in b.to_pylist()}
         if journal.is_file():
             _drop_partial_line(journal)
@@ -220,13 +229,15 @@ def _line_of(journal: Path, number: int, text: str) -> int:
     except (json.JSONDecodeError, AttributeError):
         line = None
     if isinstance(line, bool) or not isinstance(line, int):
-        raise _unkeyed(journal, f"line {number} is no output row with a \"line\"")
+        raise _unkeyed(journal, f'line {number} is no output row with a "line"')
     return line
 
 
 def _unkeyed(path: Path, problem: str) -> Gpt2OnnxError:
-    return Gpt2OnnxError(f"{path} {problem} (written by an older gpt2-onnx, or not by a batch job), so --resume "
-                         "cannot tell which input lines it answers; run the job into a new OUTPUT")
+    return Gpt2OnnxError(
+        f"{path} {problem} (written by an older gpt2-onnx, or not by a batch job), so --resume "
+        "cannot tell which input lines it answers; run the job into a new OUTPUT"
+    )
 
 
 def _drop_partial_line(path: Path) -> None:
@@ -252,7 +263,9 @@ class OutputWriter:
         self.output = output
         self.journal = journal_path(output)
         if not resume and (output.exists() or self.journal.exists()):
-            raise Gpt2OnnxError(f"{output} already exists; pass --resume to add the missing rows, or choose another OUTPUT")
+            raise Gpt2OnnxError(
+                f"{output} already exists; pass --resume to add the missing rows, or choose another OUTPUT"
+            )
         self._created = not self.journal.exists()
         self._rows = 0
         with writing_output(self.journal):
@@ -270,7 +283,7 @@ class OutputWriter:
         if self.journal != self.output:
             _journal_to_parquet(self.journal, self.output)
 
-    def __enter__(self) -> "OutputWriter":
+    def __enter__(self) -> OutputWriter:
         return self
 
     def __exit__(self, kind, *_) -> None:
@@ -292,10 +305,18 @@ def _journal_to_parquet(journal: Path, output: Path) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    schema = pa.schema([(LINE, pa.int64()), ("id", pa.string()), ("prompt", pa.string()), ("text", pa.string()),
-                        ("token_ids", pa.list_(pa.int64())), ("finish_reason", pa.string()),
-                        ("usage", pa.struct([("prompt_tokens", pa.int64()), ("completion_tokens", pa.int64())])),
-                        ("error", pa.string())])
+    schema = pa.schema(
+        [
+            (LINE, pa.int64()),
+            ("id", pa.string()),
+            ("prompt", pa.string()),
+            ("text", pa.string()),
+            ("token_ids", pa.list_(pa.int64())),
+            ("finish_reason", pa.string()),
+            ("usage", pa.struct([("prompt_tokens", pa.int64()), ("completion_tokens", pa.int64())])),
+            ("error", pa.string()),
+        ]
+    )
     tmp = output.with_name(output.name + ".tmp")
 
     def normal(row: dict[str, Any]) -> dict[str, Any]:

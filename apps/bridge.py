@@ -40,7 +40,7 @@ class Call:
     """One API call's engine requests and the queue their events arrive on."""
 
     job: Job
-    service: "Service"
+    service: Service
     loop: asyncio.AbstractEventLoop
     queue: asyncio.Queue = field(default_factory=asyncio.Queue)
     requests: list[Request] = field(default_factory=list)
@@ -86,7 +86,7 @@ class Call:
         meanwhile is skipped by the engine, and has said so already)."""
         n = self.job.n
         for i, request in enumerate(self.requests):
-            if any(c.finish_reason is None for c in self.choices[i * n:(i + 1) * n]):
+            if any(c.finish_reason is None for c in self.choices[i * n : (i + 1) * n]):
                 self.service.engine.cancel(request)
 
     def _on_event(self, i: int, event: Event) -> None:
@@ -123,13 +123,16 @@ class Service:
     def __init__(self, generator: Generator, capacity: Capacity):
         self.generator, self.capacity = generator, capacity
         # each row may hold the model's whole context: a request of any length joins
-        self.engine = generator.new_engine(capacity.max_running, kv_cache_mb=capacity.kv_cache_mb,
-                                           prefill_chunk=capacity.prefill_chunk)
+        self.engine = generator.new_engine(
+            capacity.max_running, kv_cache_mb=capacity.kv_cache_mb, prefill_chunk=capacity.prefill_chunk
+        )
         self.metrics: Metrics | None = None
         self.in_flight = 0
         self._lock = threading.Lock()
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self.engine.serve_forever, args=(self._stop,), name="gpt2-onnx-engine", daemon=True)
+        self._thread = threading.Thread(
+            target=self.engine.serve_forever, args=(self._stop,), name="gpt2-onnx-engine", daemon=True
+        )
         self.piece = generator.token_text
 
     def start(self, metrics: Metrics) -> None:
@@ -152,12 +155,19 @@ class Service:
         prompt that cannot fit (before any is submitted), 429 when the running and waiting limits are full."""
         generator, call = self.generator, Call(job, self, asyncio.get_running_loop())
         if not 1 <= job.n <= self.capacity.max_running:  # greedy n takes one row, but is held to what sampling takes
-            raise ApiError(400, f"n must be from 1 to {self.capacity.max_running} (the sequences this server decodes "
-                           f"at once, its --max-running), got {job.n}", "n", "invalid_value")
+            raise ApiError(
+                400,
+                f"n must be from 1 to {self.capacity.max_running} (the sequences this server decodes "
+                f"at once, its --max-running), got {job.n}",
+                "n",
+                "invalid_value",
+            )
         try:
             config = generator.config(**job.options)
-            requests = [generator.request(generator.encode(p), config, lambda e, i=i: call._on_event(i, e))
-                        for i, p in enumerate(job.prompts)]
+            requests = [
+                generator.request(generator.encode(p), config, lambda e, i=i: call._on_event(i, e))
+                for i, p in enumerate(job.prompts)
+            ]
             for request in requests:
                 self.engine.check(request)
         except GenerationOptionError as e:
@@ -165,9 +175,15 @@ class Service:
         with self._lock:
             if self.in_flight + len(requests) > self.capacity.max_running + self.capacity.max_waiting:
                 self.metrics.rejected.inc()
-                raise ApiError(429, f"the server is full: {self.in_flight} requests are running or waiting "
-                               f"(limit {self.capacity.max_running} running + {self.capacity.max_waiting} waiting); retry later",
-                               None, "too_many_requests", "rate_limit_error", {"Retry-After": str(RETRY_AFTER_S)})
+                raise ApiError(
+                    429,
+                    f"the server is full: {self.in_flight} requests are running or waiting "
+                    f"(limit {self.capacity.max_running} running + {self.capacity.max_waiting} waiting); retry later",
+                    None,
+                    "too_many_requests",
+                    "rate_limit_error",
+                    {"Retry-After": str(RETRY_AFTER_S)},
+                )
             self.in_flight += len(requests)
         call.requests, call.open_slots = requests, [config.num_return_sequences] * len(requests)
         call.choices, call.remaining = [Choice() for _ in range(len(requests) * job.n)], len(requests) * job.n

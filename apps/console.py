@@ -45,8 +45,11 @@ class OutputError(Exception):
 
 def error_line(error: Exception) -> str:
     """The one line an error prints; an option that would fix it is named as its flag (`--truncate left`)."""
-    message = error.spelled(lambda option, value: f"{flag_of(option)} {value}") \
-        if isinstance(error, GenerationOptionError) else str(error)
+    message = (
+        error.spelled(lambda option, value: f"{flag_of(option)} {value}")
+        if isinstance(error, GenerationOptionError)
+        else str(error)
+    )
     return f"gpt2-onnx: error: {message}"
 
 
@@ -73,9 +76,11 @@ def discard_stdout() -> None:
 # extra → (modules it brings that a command imports, how to install it)
 EXTRAS = {
     "hub": (("onnx", "huggingface_hub"), "pip install 'gpt2-onnx[hub]'"),
-    "check": (("onnx", "huggingface_hub", "torch", "transformers"),
-              "pip install 'gpt2-onnx[check]' (CPU-only torch: pip install torch --index-url "
-              "https://download.pytorch.org/whl/cpu first)"),
+    "check": (
+        ("onnx", "huggingface_hub", "torch", "transformers"),
+        "pip install 'gpt2-onnx[check]' (CPU-only torch: pip install torch --index-url "
+        "https://download.pytorch.org/whl/cpu first)",
+    ),
     "serve": (("fastapi", "uvicorn", "prometheus_client"), "pip install 'gpt2-onnx[serve]'"),
 }
 

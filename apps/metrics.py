@@ -24,19 +24,35 @@ class Metrics:
     def __init__(self, stats: Callable[[], Stats | None]):
         self.registry = CollectorRegistry()
         r = self.registry
-        self.prompt_tokens = Counter(PREFIX + "prompt_tokens", "Prompt tokens submitted (the family's prefix included)", registry=r)
-        self.generated_tokens = Counter(PREFIX + "generated_tokens", "New tokens generated (final stop tokens included)", registry=r)
+        self.prompt_tokens = Counter(
+            PREFIX + "prompt_tokens", "Prompt tokens submitted (the family's prefix included)", registry=r
+        )
+        self.generated_tokens = Counter(
+            PREFIX + "generated_tokens", "New tokens generated (final stop tokens included)", registry=r
+        )
         self.requests = Counter(PREFIX + "requests", "Engine requests submitted (one per prompt)", registry=r)
-        self.rejected = Counter(PREFIX + "requests_rejected", "API calls refused with 429 (running and waiting limits full)", registry=r)
-        self.cancelled = Counter(PREFIX + "requests_cancelled", "Engine requests cancelled (the client went away)", registry=r)
-        self.time_to_first_token = Histogram(PREFIX + "time_to_first_token_seconds", "Submission to first new token",
-                                             buckets=LATENCY_BUCKETS, registry=r)
-        self.inter_token_latency = Histogram(PREFIX + "inter_token_latency_seconds", "Between consecutive tokens of a sequence",
-                                             buckets=LATENCY_BUCKETS, registry=r)
+        self.rejected = Counter(
+            PREFIX + "requests_rejected", "API calls refused with 429 (running and waiting limits full)", registry=r
+        )
+        self.cancelled = Counter(
+            PREFIX + "requests_cancelled", "Engine requests cancelled (the client went away)", registry=r
+        )
+        self.time_to_first_token = Histogram(
+            PREFIX + "time_to_first_token_seconds", "Submission to first new token", buckets=LATENCY_BUCKETS, registry=r
+        )
+        self.inter_token_latency = Histogram(
+            PREFIX + "inter_token_latency_seconds",
+            "Between consecutive tokens of a sequence",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         self._stats = stats
         self._snapshot: Stats | None = None  # what `text` read, for the gauges
         gauges = {
-            "requests_running": ("Requests prefilling or decoding", lambda s: s.decoding_requests + s.prefilling_requests),
+            "requests_running": (
+                "Requests prefilling or decoding",
+                lambda s: s.decoding_requests + s.prefilling_requests,
+            ),
             "requests_waiting": ("Requests submitted, not yet admitted", lambda s: s.waiting_requests),
             "batch_rows": ("Rows decoding", lambda s: s.decoding_rows),
             "batch_occupancy": ("Decoding rows / max rows", lambda s: s.decoding_rows / s.max_rows),
@@ -53,6 +69,7 @@ class Metrics:
         def value() -> float:
             stats = self._snapshot
             return float(read(stats)) if stats is not None else 0.0
+
         return value
 
     def text(self) -> bytes:

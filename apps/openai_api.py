@@ -27,7 +27,18 @@ from typing import Any
 
 from gpt2_onnx.errors import ContextLengthError, GenerationOptionError
 from gpt2_onnx.option_registry import (
-    BOOL, CHOICE, FLOAT, IDS, INT, OPTIONS, TEXTS, WORDS, Option, body_field, is_int, require_utf8,
+    BOOL,
+    CHOICE,
+    FLOAT,
+    IDS,
+    INT,
+    OPTIONS,
+    TEXTS,
+    WORDS,
+    Option,
+    body_field,
+    is_int,
+    require_utf8,
 )
 
 DEFAULT_MAX_TOKENS = 16  # OpenAI's default for /v1/completions
@@ -47,8 +58,15 @@ SERVER_FLAGS = {"max_rows": "--max-running"}
 class ApiError(Exception):
     """An error answered with OpenAI's body: {"error": {"message", "type", "param", "code"}} (and `headers`)."""
 
-    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
-                 kind: str = "invalid_request_error", headers: Mapping[str, str] | None = None):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        param: str | None = None,
+        code: str | None = None,
+        kind: str = "invalid_request_error",
+        headers: Mapping[str, str] | None = None,
+    ):
         super().__init__(message)
         self.status, self.message, self.param, self.code, self.kind = status, message, param, code, kind
         self.headers = headers
@@ -81,8 +99,13 @@ class Job:
 
 def engine_failed() -> ApiError:
     """The call's answer when the engine failed in a step its requests were in (the server log has why)."""
-    return ApiError(500, "the engine failed while generating this answer (the server's log has the cause); retry",
-                    None, "engine_error", "server_error")
+    return ApiError(
+        500,
+        "the engine failed while generating this answer (the server's log has the cause); retry",
+        None,
+        "engine_error",
+        "server_error",
+    )
 
 
 # --- reading bodies ---------------------------------------------------------------------------
@@ -111,8 +134,13 @@ class _Fields:
         unread = next((name for name in self.values if name not in self.read), None)
         if unread is not None:
             name, known = self.prefix + unread, ", ".join(sorted(self.prefix + r for r in self.read))
-            raise ApiError(400, f"unsupported field {_SHOWN.repr(name)}: this server does not implement it; remove it "
-                           f"(supported fields: {known})", name, "unsupported_parameter")
+            raise ApiError(
+                400,
+                f"unsupported field {_SHOWN.repr(name)}: this server does not implement it; remove it "
+                f"(supported fields: {known})",
+                name,
+                "unsupported_parameter",
+            )
 
 
 def _get(body: _Fields, name: str, kinds: tuple[type, ...], default: Any = None) -> Any:
@@ -194,12 +222,18 @@ def completion_job(raw: Any) -> Job:
     elif isinstance(prompt, list) and prompt and all(isinstance(p, str) for p in prompt):
         prompts = tuple(prompt)
     else:
-        raise ApiError(400, f"prompt must be a string or a non-empty list of strings, got {_SHOWN.repr(prompt)}",
-                       "prompt", "invalid_type")
+        raise ApiError(
+            400,
+            f"prompt must be a string or a non-empty list of strings, got {_SHOWN.repr(prompt)}",
+            "prompt",
+            "invalid_type",
+        )
     logprobs = _get(body, body_field("logprobs"), _INT)
     echo = bool(_get(body, "echo", _BOOL, False))
     if echo and logprobs:
-        raise ApiError(400, "echo with logprobs is not supported (prompt tokens have no log-probabilities here); drop one", "echo")
+        raise ApiError(
+            400, "echo with logprobs is not supported (prompt tokens have no log-probabilities here); drop one", "echo"
+        )
     options = _options(body, n, logprobs)
     body.refuse_unread()
     return Job(False, model, prompts, options, n, stream, usage, echo, logprobs)
@@ -211,8 +245,12 @@ def chat_job(raw: Any, template: str) -> Job:
     body, model, n, stream, usage = _common(raw)
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
-        raise ApiError(400, f"messages must be a non-empty list of {{role, content}} objects, got {_SHOWN.repr(messages)}",
-                       "messages", "invalid_type")
+        raise ApiError(
+            400,
+            f"messages must be a non-empty list of {{role, content}} objects, got {_SHOWN.repr(messages)}",
+            "messages",
+            "invalid_type",
+        )
     lines = [template.format(role=m.get("role", ""), content=_content(m, i)) for i, m in enumerate(messages)]
     top = _get(body, "top_logprobs", _INT, 0)
     wanted = _get(body, body_field("logprobs"), _BOOL, False)  # chat's logprobs: whether, top_logprobs: how many
@@ -225,14 +263,21 @@ def chat_job(raw: Any, template: str) -> Job:
 def _content(message: Any, i: int) -> str:
     param = f"messages[{i}].content"
     if not isinstance(message, dict) or not isinstance(message.get("role"), str):
-        raise ApiError(400, f"messages[{i}] must be an object with a string role, got {_SHOWN.repr(message)}",
-                       f"messages[{i}]", "invalid_type")
+        raise ApiError(
+            400,
+            f"messages[{i}] must be an object with a string role, got {_SHOWN.repr(message)}",
+            f"messages[{i}]",
+            "invalid_type",
+        )
     content = message.get("content")
-    if isinstance(content, list) and all(isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str) for p in content):
+    if isinstance(content, list) and all(
+        isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str) for p in content
+    ):
         content = "".join(p["text"] for p in content)
     if not isinstance(content, str):
-        raise ApiError(400, f"{param} must be a string or a list of text parts, got {_SHOWN.repr(content)}", param,
-                       "invalid_type")
+        raise ApiError(
+            400, f"{param} must be a string or a list of text parts, got {_SHOWN.repr(content)}", param, "invalid_type"
+        )
     try:  # here, not when the joined prompt is encoded: the error names the message
         require_utf8(content, param, param)
     except GenerationOptionError as e:
@@ -254,6 +299,7 @@ def request_error(error: GenerationOptionError) -> ApiError:
 
 # --- writing responses ------------------------------------------------------------------------
 
+
 @dataclass
 class Choice:
     """What one returned sequence has produced so far."""
@@ -265,8 +311,11 @@ class Choice:
 
 
 def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
-    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens}
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
 
 
 def _completion_logprobs(entries: Sequence[tuple[str, float, list[tuple[str, float]]]], offset: int) -> dict[str, Any]:
@@ -274,14 +323,21 @@ def _completion_logprobs(entries: Sequence[tuple[str, float, list[tuple[str, flo
     for token, _, _ in entries:
         offsets.append(at)
         at += len(token)
-    return {"tokens": [t for t, _, _ in entries], "token_logprobs": [lp for _, lp, _ in entries],
-            "top_logprobs": [dict(top) for _, _, top in entries], "text_offset": offsets}
+    return {
+        "tokens": [t for t, _, _ in entries],
+        "token_logprobs": [lp for _, lp, _ in entries],
+        "top_logprobs": [dict(top) for _, _, top in entries],
+        "text_offset": offsets,
+    }
 
 
 def _chat_logprobs(entries: Sequence[tuple[str, float, list[tuple[str, float]]]], top_n: int) -> dict[str, Any]:
     def item(token: str, lp: float) -> dict[str, Any]:
         return {"token": token, "logprob": lp, "bytes": list(token.encode())}
-    return {"content": [{**item(t, lp), "top_logprobs": [item(a, b) for a, b in top[:top_n]]} for t, lp, top in entries]}
+
+    return {
+        "content": [{**item(t, lp), "top_logprobs": [item(a, b) for a, b in top[:top_n]]} for t, lp, top in entries]
+    }
 
 
 def _choice_body(job: Job, index: int, text: str, reason: str | None, entries, offset: int = 0) -> dict[str, Any]:
@@ -290,7 +346,12 @@ def _choice_body(job: Job, index: int, text: str, reason: str | None, entries, o
         logprobs = _chat_logprobs(entries, job.logprobs) if job.chat else _completion_logprobs(entries, offset)
     finish = FINISH_REASONS.get(reason) if reason else None
     if job.chat:
-        return {"index": index, "message": {"role": "assistant", "content": text}, "logprobs": logprobs, "finish_reason": finish}
+        return {
+            "index": index,
+            "message": {"role": "assistant", "content": text},
+            "logprobs": logprobs,
+            "finish_reason": finish,
+        }
     return {"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish}
 
 
@@ -299,13 +360,19 @@ def response(job: Job, model: str, choices: Sequence[Choice], prompt_tokens: int
     bodies = []
     for index, choice in enumerate(choices):
         prefix = job.prompts[index // job.n] if job.echo else ""
-        bodies.append(_choice_body(job, index, prefix + choice.text, choice.finish_reason, choice.logprobs, len(prefix)))
-    return {**_envelope(job, model, streamed=False), "choices": bodies,
-            "usage": usage(prompt_tokens, sum(c.tokens for c in choices))}
+        bodies.append(
+            _choice_body(job, index, prefix + choice.text, choice.finish_reason, choice.logprobs, len(prefix))
+        )
+    return {
+        **_envelope(job, model, streamed=False),
+        "choices": bodies,
+        "usage": usage(prompt_tokens, sum(c.tokens for c in choices)),
+    }
 
 
-def chunk(job: Job, model: str, index: int, text: str, reason: str | None, entries, offset: int = 0,
-          first: bool = False) -> dict[str, Any]:
+def chunk(
+    job: Job, model: str, index: int, text: str, reason: str | None, entries, offset: int = 0, first: bool = False
+) -> dict[str, Any]:
     """One streamed chunk of choice `index`."""
     body = _choice_body(job, index, text, reason, entries, offset)
     if job.chat:
@@ -325,4 +392,9 @@ def usage_chunk(job: Job, model: str, prompt_tokens: int, completion_tokens: int
 def _envelope(job: Job, model: str, streamed: bool) -> dict[str, Any]:
     """The fields every response body and chunk of a call share."""
     kind = ("chat.completion.chunk" if streamed else "chat.completion") if job.chat else "text_completion"
-    return {"id": ("chatcmpl-" if job.chat else "cmpl-") + job.id, "object": kind, "created": job.created, "model": model}
+    return {
+        "id": ("chatcmpl-" if job.chat else "cmpl-") + job.id,
+        "object": kind,
+        "created": job.created,
+        "model": model,
+    }

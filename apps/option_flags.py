@@ -29,8 +29,13 @@ def add_option_flags(parser: argparse.ArgumentParser, default: str) -> None:
             if option.kind == CHOICE:
                 kwargs["choices"] = [c for c in option.choices if isinstance(c, str)]
         repeatable = "repeatable; " if option.kind in LISTS else ""
-        parser.add_argument(option.flag, dest=option.name, default=None,
-                            help=f"{option.help} ({repeatable}default: {default})", **kwargs)
+        parser.add_argument(
+            option.flag,
+            dest=option.name,
+            default=None,
+            help=f"{option.help} ({repeatable}default: {default})",
+            **kwargs,
+        )
 
 
 def options_given(args: argparse.Namespace) -> dict[str, Any]:

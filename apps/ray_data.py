@@ -30,8 +30,17 @@ from typing import Any
 from gpt2_onnx.errors import Gpt2OnnxError
 
 from .batch import Summary, Tally, progress_bar, run_rows
-from .batch_io import (DEFAULT_MAX_RUNNING, DEFAULT_RAY_BATCH, InputRow, OutputWriter, count_rows, json_line, read_rows,
-                       writing_output, written_lines)
+from .batch_io import (
+    DEFAULT_MAX_RUNNING,
+    DEFAULT_RAY_BATCH,
+    InputRow,
+    OutputWriter,
+    count_rows,
+    json_line,
+    read_rows,
+    writing_output,
+    written_lines,
+)
 from .settings import DEFAULT_REPLICAS, ModelSettings
 
 STAGING_SUFFIX = ".ray-staging"
@@ -48,8 +57,10 @@ class GeneratorActor:
         self.max_running = max_running
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, list]:
-        rows = [InputRow(int(line), json.loads(row_id), None if record is None else json.loads(record), error)
-                for line, row_id, record, error in zip(batch["line"], batch["id"], batch["record"], batch["error"])]
+        rows = [
+            InputRow(int(line), json.loads(row_id), None if record is None else json.loads(record), error)
+            for line, row_id, record, error in zip(batch["line"], batch["id"], batch["record"], batch["error"])
+        ]
         outputs = [json_line(out) for out in run_rows(self.generator, rows, self.job_options, self.max_running)]
         return {"output": outputs}
 
@@ -81,10 +92,21 @@ def stage_rows(rows: Iterator[InputRow], staging: Path) -> int:
     return count
 
 
-def run_ray(model: str | None, precision: str, input_path: Path, output_path: Path, job_options: Mapping[str, Any],
-            address: str | None = None, replicas: int = DEFAULT_REPLICAS, threads: int | None = None,
-            max_running: int = DEFAULT_MAX_RUNNING, batch_size: int = DEFAULT_RAY_BATCH, resume: bool = False,
-            progress: bool = True, prefix_cache_mb: float | None = None) -> Summary:
+def run_ray(
+    model: str | None,
+    precision: str,
+    input_path: Path,
+    output_path: Path,
+    job_options: Mapping[str, Any],
+    address: str | None = None,
+    replicas: int = DEFAULT_REPLICAS,
+    threads: int | None = None,
+    max_running: int = DEFAULT_MAX_RUNNING,
+    batch_size: int = DEFAULT_RAY_BATCH,
+    resume: bool = False,
+    progress: bool = True,
+    prefix_cache_mb: float | None = None,
+) -> Summary:
     """Run the job of INPUT into OUTPUT on Ray Data with `replicas` engines of `threads` cores
     (None: RAY_THREADS), each loading the model as `ModelSettings` does (`prefix_cache_mb` None:
     on where the precision allows it). Uses the Ray of this process if `ray.init` ran already,
@@ -115,8 +137,9 @@ def run_ray(model: str | None, precision: str, input_path: Path, output_path: Pa
     return tally.summary()
 
 
-def _pipeline(ray, staging: Path, model: ModelSettings, job_options, max_running, replicas,
-              batch_size) -> Iterator[dict]:
+def _pipeline(
+    ray, staging: Path, model: ModelSettings, job_options, max_running, replicas, batch_size
+) -> Iterator[dict]:
     """The output rows of the staged rows, as Ray Data produces them."""
     # reading a staging file is light: it takes no CPU slot, so the actors may hold every one.
     # Ray Data's V2 file reads list files in a task of one CPU that no argument changes: with
@@ -128,7 +151,10 @@ def _pipeline(ray, staging: Path, model: ModelSettings, job_options, max_running
     results = dataset.map_batches(
         GeneratorActor,
         fn_constructor_kwargs={"model": model, "job_options": dict(job_options), "max_running": max_running},
-        concurrency=replicas, num_cpus=model.threads, batch_size=batch_size, batch_format="numpy",
+        concurrency=replicas,
+        num_cpus=model.threads,
+        batch_size=batch_size,
+        batch_format="numpy",
     )
     for batch in results.iter_batches(batch_size=None, batch_format="numpy"):
         for text in batch["output"]:
@@ -146,8 +172,9 @@ def _check_options(model: ModelSettings, job_options: Mapping[str, Any]) -> None
         manifest = read_manifest(Path(model.model))
         GenerationConfig.from_options(manifest.generation_defaults, job_options)
         if model.precision not in manifest.variants:
-            raise Gpt2OnnxError(f"{model.model} has no {model.precision!r} variant; "
-                                f"pick one of {', '.join(manifest.variants)}")
+            raise Gpt2OnnxError(
+                f"{model.model} has no {model.precision!r} variant; pick one of {', '.join(manifest.variants)}"
+            )
 
 
 def _import_ray():
@@ -157,4 +184,3 @@ def _import_ray():
     except ImportError:
         raise Gpt2OnnxError("--ray needs the ray extra (ray[data] is missing): pip install 'gpt2-onnx[ray]'") from None
     return ray
-

@@ -53,7 +53,9 @@ def _import_serve():
     try:
         from ray import serve
     except ImportError:
-        raise Gpt2OnnxError("serve --ray needs the ray extra (ray[serve] is missing): pip install 'gpt2-onnx[ray]'") from None
+        raise Gpt2OnnxError(
+            "serve --ray needs the ray extra (ray[serve] is missing): pip install 'gpt2-onnx[ray]'"
+        ) from None
     return serve
 
 
@@ -81,16 +83,22 @@ def build_application(ray_settings: RayServeSettings, server_settings: Settings)
         high = s.max_replicas if s.max_replicas is not None else max(low, s.replicas)
         if not 1 <= low <= high:
             raise Gpt2OnnxError(f"the autoscaling range needs 1 ≤ min_replicas ≤ max_replicas, got {low}..{high}")
-        scaling = {"autoscaling_config": {"min_replicas": low, "max_replicas": high,
-                                          "target_ongoing_requests": server_settings.capacity.max_running}}
+        scaling = {
+            "autoscaling_config": {
+                "min_replicas": low,
+                "max_replicas": high,
+                "target_ongoing_requests": server_settings.capacity.max_running,
+            }
+        }
     deployment = serve.deployment(name="gpt2-onnx", ray_actor_options={"num_cpus": model.threads}, **scaling)(
         serve.ingress()(Gpt2OnnxReplica)
     )
     return deployment.bind(model, server_settings)
 
 
-def serve_on_ray(address: str | None, ray_settings: RayServeSettings, server_settings: Settings,
-                 stop: threading.Event | None = None) -> None:
+def serve_on_ray(
+    address: str | None, ray_settings: RayServeSettings, server_settings: Settings, stop: threading.Event | None = None
+) -> None:
     """Join the cluster at `address` (None: start a local one), run the application on
     host:port, and keep it up until `stop` is set or Ctrl-C; then shut Serve down."""
     import ray
@@ -108,9 +116,20 @@ def serve_on_ray(address: str | None, ray_settings: RayServeSettings, server_set
 
 def add_ray_arguments(serve_parser) -> None:
     """The `--ray` options of `gpt2-onnx serve` (its handler calls `serve_on_ray` when args.ray is set)."""
-    serve_parser.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
-                              help="run on Ray Serve: a new local cluster, or the cluster at ADDRESS")
-    serve_parser.add_argument("--replicas", type=int, default=DEFAULT_REPLICAS,
-                              help="with --ray: replicas, each with --threads cores")
-    serve_parser.add_argument("--min-replicas", type=int, default=None, help="with --ray: autoscale from this many replicas")
-    serve_parser.add_argument("--max-replicas", type=int, default=None, help="with --ray: autoscale up to this many replicas")
+    serve_parser.add_argument(
+        "--ray",
+        nargs="?",
+        const="local",
+        default=None,
+        metavar="ADDRESS",
+        help="run on Ray Serve: a new local cluster, or the cluster at ADDRESS",
+    )
+    serve_parser.add_argument(
+        "--replicas", type=int, default=DEFAULT_REPLICAS, help="with --ray: replicas, each with --threads cores"
+    )
+    serve_parser.add_argument(
+        "--min-replicas", type=int, default=None, help="with --ray: autoscale from this many replicas"
+    )
+    serve_parser.add_argument(
+        "--max-replicas", type=int, default=None, help="with --ray: autoscale up to this many replicas"
+    )

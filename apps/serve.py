@@ -65,8 +65,10 @@ def api_key(args, environ: Mapping[str, str]) -> str | None:
         return None
     key = key.strip()
     if not key or any(not c.isprintable() for c in key):
-        raise Gpt2OnnxError(f"{source} holds no usable API key (empty, or with control characters); "
-                            f"set a key, or give none to serve without one")
+        raise Gpt2OnnxError(
+            f"{source} holds no usable API key (empty, or with control characters); "
+            f"set a key, or give none to serve without one"
+        )
     return key
 
 
@@ -79,7 +81,9 @@ def _listening_socket(host: str, port: int) -> socket.socket:
         sock.bind((host, port))
     except OSError as e:
         sock.close()
-        raise Gpt2OnnxError(f"cannot listen on {host}:{port}: {e.strerror or e}; pick another --port or --host") from None
+        raise Gpt2OnnxError(
+            f"cannot listen on {host}:{port}: {e.strerror or e}; pick another --port or --host"
+        ) from None
     return sock
 
 
@@ -93,7 +97,9 @@ def settings_from(args) -> tuple[ModelSettings, Settings]:
     try:
         args.chat_template.format(role="", content="")
     except (KeyError, IndexError, ValueError) as e:
-        raise Gpt2OnnxError(f"--chat-template may use only {{role}} and {{content}} (double other braces): {e!r}") from None
+        raise Gpt2OnnxError(
+            f"--chat-template may use only {{role}} and {{content}} (double other braces): {e!r}"
+        ) from None
     model_name = args.model_name or args.model or _default_model()
     capacity = Capacity(args.max_running, args.max_waiting, args.kv_cache_mb, args.prefill_chunk)
     if not (math.isfinite(args.grace_period) and args.grace_period >= 0):
@@ -108,8 +114,13 @@ def serve(args) -> int:
     if args.ray:
         return _serve_on_ray(args, model, settings)
     model_name = settings.model_name
-    config = uvicorn.Config(None, host=args.host, port=args.port, log_level="warning",
-                            timeout_graceful_shutdown=args.grace_period + BACKSTOP_S)
+    config = uvicorn.Config(
+        None,
+        host=args.host,
+        port=args.port,
+        log_level="warning",
+        timeout_graceful_shutdown=args.grace_period + BACKSTOP_S,
+    )
     server = _Server(config, args.grace_period)
     failed: list[str] = []
 
@@ -147,14 +158,17 @@ def start_line(service: Service, model_name: str, args) -> str:
     rows = budget // architecture.n_positions
     cache = generator.prefix_cache
     prefix = f"prefix cache {cache.budget_bytes / MB:g} MB" if cache else "prefix cache off"
-    return (f"gpt2-onnx serve: {model_name} ({generator.precision}) on http://{args.host}:{args.port}; "
-            f"KV budget {budget * architecture.kv_bytes_per_token / MB:.1f} MB = {rows} full-context row(s) "
-            f"of {architecture.n_positions} positions; {args.max_running} running, {args.max_waiting} waiting at most; "
-            f"{prefix}")
+    return (
+        f"gpt2-onnx serve: {model_name} ({generator.precision}) on http://{args.host}:{args.port}; "
+        f"KV budget {budget * architecture.kv_bytes_per_token / MB:.1f} MB = {rows} full-context row(s) "
+        f"of {architecture.n_positions} positions; {args.max_running} running, {args.max_waiting} waiting at most; "
+        f"{prefix}"
+    )
 
 
 def _default_model() -> str:
     from gpt2_onnx.models import default_model
+
     return default_model()
 
 
@@ -162,8 +176,14 @@ def ray_settings_from(args, model: ModelSettings):
     """The `RayServeSettings` of `gpt2-onnx serve --ray ARGS`: every replica loads `model`."""
     from .ray_serve import RayServeSettings
 
-    return RayServeSettings(model, replicas=args.replicas, min_replicas=args.min_replicas,
-                            max_replicas=args.max_replicas, host=args.host, port=args.port)
+    return RayServeSettings(
+        model,
+        replicas=args.replicas,
+        min_replicas=args.min_replicas,
+        max_replicas=args.max_replicas,
+        host=args.host,
+        port=args.port,
+    )
 
 
 def _serve_on_ray(args, model: ModelSettings, settings: Settings) -> int:

@@ -48,8 +48,11 @@ def close_calls(app: FastAPI) -> None:
     app.state.gpt2_onnx.closing.set()
 
 
-def create_app(generator: Generator | Callable[[], Generator], settings: Settings,
-               on_load: Callable[[Service | None, str | None], None] | None = None) -> FastAPI:
+def create_app(
+    generator: Generator | Callable[[], Generator],
+    settings: Settings,
+    on_load: Callable[[Service | None, str | None], None] | None = None,
+) -> FastAPI:
     """The app; `generator` may be a loader, run in a thread at startup (/health says 503 until
     done). `on_load(service, None)` or `on_load(None, error)` is called when loading ends."""
     state = _State()
@@ -112,10 +115,16 @@ def create_app(generator: Generator | Callable[[], Generator], settings: Setting
 
     async def _answer(request: Request, job: Job) -> Response:
         if job.model != settings.model_name:
-            raise ApiError(404, f"the model {job.model!r} does not exist; this server serves {settings.model_name!r}",
-                           "model", "model_not_found")
+            raise ApiError(
+                404,
+                f"the model {job.model!r} does not exist; this server serves {settings.model_name!r}",
+                "model",
+                "model_not_found",
+            )
         if state.service is None:
-            raise ApiError(503, "the model is still loading; retry when GET /health says ok", None, None, "server_error")
+            raise ApiError(
+                503, "the model is still loading; retry when GET /health says ok", None, None, "server_error"
+            )
         call = state.service.submit(job)
         ended = asyncio.ensure_future(_ended(request, state.closing))
         if job.stream:
@@ -141,16 +150,26 @@ def _check_key(request: Request, key: str | None) -> None:
     token = token.strip(" ") if scheme.lower() == "bearer" else ""
     if not token or not hmac.compare_digest(token.encode(), key.encode()):
         what = "a wrong API key" if token else "no API key"
-        raise ApiError(401, f"{what} was given: send the server's key as `Authorization: Bearer KEY`",
-                       None, "invalid_api_key", "authentication_error")
+        raise ApiError(
+            401,
+            f"{what} was given: send the server's key as `Authorization: Bearer KEY`",
+            None,
+            "invalid_api_key",
+            "authentication_error",
+        )
 
 
 async def _body(request: Request, settings: Settings) -> object:
     """The JSON body, read with a size limit (413) and parsed (400)."""
     _check_key(request, settings.api_key)
     limit = settings.max_body_bytes
-    too_large = ApiError(413, f"the request body is larger than {limit} bytes; send a shorter prompt "
-                         "(or start the server with a larger --max-body-bytes)", None, "request_too_large")
+    too_large = ApiError(
+        413,
+        f"the request body is larger than {limit} bytes; send a shorter prompt "
+        "(or start the server with a larger --max-body-bytes)",
+        None,
+        "request_too_large",
+    )
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
         raise too_large
@@ -162,10 +181,16 @@ async def _body(request: Request, settings: Settings) -> object:
     try:
         return json.loads(data)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ApiError(400, f"the request body is not valid JSON ({e}); send a JSON object", None, "invalid_json") from None
+        raise ApiError(
+            400, f"the request body is not valid JSON ({e}); send a JSON object", None, "invalid_json"
+        ) from None
     except RecursionError:
-        raise ApiError(400, "the request body nests JSON arrays or objects too deeply to read; send a flat request "
-                       "object", None, "invalid_json") from None
+        raise ApiError(
+            400,
+            "the request body nests JSON arrays or objects too deeply to read; send a flat request object",
+            None,
+            "invalid_json",
+        ) from None
 
 
 async def _ended(request: Request, closing: asyncio.Event) -> Exception:
@@ -179,8 +204,14 @@ async def _ended(request: Request, closing: asyncio.Event) -> Exception:
         closed.cancel()
     if gone.done() and not gone.cancelled():
         return ClientGone()
-    return ApiError(503, "the server is shutting down and its grace period (--grace-period) ended before this answer "
-                    "was complete; retry on a running server", None, "server_shutting_down", "server_error")
+    return ApiError(
+        503,
+        "the server is shutting down and its grace period (--grace-period) ended before this answer "
+        "was complete; retry on a running server",
+        None,
+        "server_shutting_down",
+        "server_error",
+    )
 
 
 async def _disconnected(request: Request) -> None:
@@ -201,10 +232,13 @@ async def _stream(call: Call, ended: asyncio.Future, model: str) -> AsyncIterato
             index, event = await call.next(ended)
             if not (event.text or event.finish_reason or event.logprobs):
                 continue  # text held back (a possible stop string, an incomplete character)
-            entries = call.choices[index].logprobs[len(call.choices[index].logprobs) - len(event.logprobs or ()):]
+            entries = call.choices[index].logprobs[len(call.choices[index].logprobs) - len(event.logprobs or ()) :]
             offset = len(call.choices[index].text) - len(event.text)
-            yield _sse(openai_api.chunk(job, model, index, event.text, event.finish_reason, entries, offset,
-                                        first=index not in sent))
+            yield _sse(
+                openai_api.chunk(
+                    job, model, index, event.text, event.finish_reason, entries, offset, first=index not in sent
+                )
+            )
             sent.add(index)
         if job.include_usage:
             completion = sum(c.tokens for c in call.choices)

@@ -35,8 +35,10 @@ DEFAULT_MAX_WAITING = 64  # requests queued beyond the running ones; more get 42
 DEFAULT_PREFILL_CHUNK = 256  # prompt tokens prefilled per step beside the decoding rows
 DEFAULT_MAX_BODY_BYTES = 2**20
 API_KEY_ENV = "GPT2_ONNX_API_KEY"  # the server's API key, kept out of the process list
-PREFIX_CACHE_HELP = ("keys and values of recent prompts kept, in MB, for prompts that begin alike (default: "
-                     "the runtime's, where the precision allows one, none for int4; 0: off)")
+PREFIX_CACHE_HELP = (
+    "keys and values of recent prompts kept, in MB, for prompts that begin alike (default: "
+    "the runtime's, where the precision allows one, none for int4; 0: off)"
+)
 
 
 @dataclass(frozen=True)
@@ -50,13 +52,14 @@ class ModelSettings:
     # a server's and a batch job's rows often begin alike (a system prompt, a few-shot template), and it is exact
     prefix_cache_mb: float | None = None
 
-    def load(self) -> "Generator":
+    def load(self) -> Generator:
         from gpt2_onnx.generator import Generator
 
-        return Generator.load(self.model, precision=self.precision, threads=self.threads,
-                              prefix_cache_mb=self.prefix_cache_mb)
+        return Generator.load(
+            self.model, precision=self.precision, threads=self.threads, prefix_cache_mb=self.prefix_cache_mb
+        )
 
-    def on_ray(self) -> "ModelSettings":
+    def on_ray(self) -> ModelSettings:
         """As a Ray replica or actor loads it: `threads` set (its num_cpus), the model as text (every node reads it)."""
         return replace(self, model=None if self.model is None else str(self.model), threads=self.threads or RAY_THREADS)
 

@@ -38,12 +38,20 @@ def write_job(path: Path, rows: int) -> Path:
     """`rows` prompts of 4 to 35 characters."""
     with open(path, "w", encoding="utf-8") as f:
         for i in range(rows):
-            f.write(json.dumps({"id": i, "prompt": (WORDS * 3)[i % len(WORDS):][: 4 + i % 32]}, ensure_ascii=False) + "\n")
+            f.write(
+                json.dumps({"id": i, "prompt": (WORDS * 3)[i % len(WORDS) :][: 4 + i % 32]}, ensure_ascii=False) + "\n"
+            )
     return path
 
 
-def run_batch_jobs(model_dir: Path, precision: str = "int8", rows: int = 400, new_tokens: int = 16,
-                   max_running: int = DEFAULT_MAX_RUNNING, replicas: tuple[int, ...] = (1, 2)) -> list[JobFigure]:
+def run_batch_jobs(
+    model_dir: Path,
+    precision: str = "int8",
+    rows: int = 400,
+    new_tokens: int = 16,
+    max_running: int = DEFAULT_MAX_RUNNING,
+    replicas: tuple[int, ...] = (1, 2),
+) -> list[JobFigure]:
     """Tokens/s of the job locally (1 thread) and on a new local Ray cluster with each replica count.
     Both load the model as `gpt2-onnx batch` does (`ModelSettings`: its prefix cache included)."""
     import ray
@@ -57,14 +65,32 @@ def run_batch_jobs(model_dir: Path, precision: str = "int8", rows: int = 400, ne
     with tempfile.TemporaryDirectory() as work:
         source = write_job(Path(work) / "in.jsonl", rows)
         generator = ModelSettings(str(model_dir), precision, threads=1).load()
-        summary = run_local(generator, source, Path(work) / "local.jsonl", options, max_running=max_running, progress=False)
-        figures.append(JobFigure("local", 0, summary.written, summary.new_tokens, summary.seconds, summary.tokens_per_s))
+        summary = run_local(
+            generator, source, Path(work) / "local.jsonl", options, max_running=max_running, progress=False
+        )
+        figures.append(
+            JobFigure("local", 0, summary.written, summary.new_tokens, summary.seconds, summary.tokens_per_s)
+        )
         ray.init(num_cpus=max(replicas), include_dashboard=False, log_to_driver=False)
         try:
             for n in replicas:
-                summary = run_ray(model_dir, precision, source, Path(work) / f"ray{n}.jsonl", options, replicas=n, threads=1,
-                                  max_running=max_running, batch_size=max(64, rows // (4 * n)), progress=False)
-                figures.append(JobFigure(f"ray ×{n}", n, summary.written, summary.new_tokens, summary.seconds, summary.tokens_per_s))
+                summary = run_ray(
+                    model_dir,
+                    precision,
+                    source,
+                    Path(work) / f"ray{n}.jsonl",
+                    options,
+                    replicas=n,
+                    threads=1,
+                    max_running=max_running,
+                    batch_size=max(64, rows // (4 * n)),
+                    progress=False,
+                )
+                figures.append(
+                    JobFigure(
+                        f"ray ×{n}", n, summary.written, summary.new_tokens, summary.seconds, summary.tokens_per_s
+                    )
+                )
         finally:
             ray.shutdown()
     return figures
@@ -75,8 +101,10 @@ def markdown(figures: list[JobFigure]) -> str:
     local = figures[0].tokens_per_s
     lines = ["| mode | replicas | rows | new tokens | seconds | tokens/s | vs local |", "|---|---|---|---|---|---|---|"]
     for f in figures:
-        lines.append(f"| {f.mode} | {f.replicas or '-'} | {f.rows} | {f.new_tokens} | {f.seconds:.1f} | {f.tokens_per_s:.1f} | "
-                     f"{f.tokens_per_s / local:.2f}× |")
+        lines.append(
+            f"| {f.mode} | {f.replicas or '-'} | {f.rows} | {f.new_tokens} | {f.seconds:.1f} | {f.tokens_per_s:.1f} | "
+            f"{f.tokens_per_s / local:.2f}× |"
+        )
     return "\n".join(lines)
 
 

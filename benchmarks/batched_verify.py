@@ -66,11 +66,16 @@ def scatter_attention_model(path: Path, n_head: int) -> bytes:
             nodes.append(node)
             continue
         # the runtime's form: packed QKV, no rotary, default scale
-        assert list(node.input[1:3]) == ["", ""] and {a.name for a in node.attribute} == {"num_heads", "kv_num_heads"}, node
+        assert list(node.input[1:3]) == ["", ""] and {a.name for a in node.attribute} == {
+            "num_heads",
+            "kv_num_heads",
+        }, node
         qkv, past_key, past_value = node.input[0], node.input[3], node.input[4]
         context, present_key, present_value = node.output
-        q, k, v = (op("Transpose", [op("Reshape", [part, heads])], perm=[0, 2, 1, 3])  # [rows, n_head, seq, head_dim]
-                   for part in op("Split", [qkv], 3, axis=2, num_outputs=3))
+        q, k, v = (
+            op("Transpose", [op("Reshape", [part, heads])], perm=[0, 2, 1, 3])  # [rows, n_head, seq, head_dim]
+            for part in op("Split", [qkv], 3, axis=2, num_outputs=3)
+        )
         op("TensorScatter", [past_key, k, WRITE_INDICES], [present_key], axis=2)
         op("TensorScatter", [past_value, v, WRITE_INDICES], [present_value], axis=2)
         attended = op("Attention", [q, present_key, present_value, "", "", "", NONPAD], is_causal=1)
@@ -79,7 +84,10 @@ def scatter_attention_model(path: Path, n_head: int) -> bytes:
     graph.node.extend(nodes)
     kept = [i for i in graph.input if i.name not in (SEQLENS_K, TOTAL_SEQUENCE_LENGTH)]
     del graph.input[:]
-    graph.input.extend(kept + [helper.make_tensor_value_info(n, onnx.TensorProto.INT64, ["batch_size"]) for n in (WRITE_INDICES, NONPAD)])
+    graph.input.extend(
+        kept
+        + [helper.make_tensor_value_info(n, onnx.TensorProto.INT64, ["batch_size"]) for n in (WRITE_INDICES, NONPAD)]
+    )
     for opset in model.opset_import:
         if opset.domain in ("", "ai.onnx"):
             opset.version = 24  # TensorScatter and Attention's nonpad_kv_seqlen
@@ -97,8 +105,13 @@ class _ScatterCall:
         self.positions = np.zeros((rows, seq), np.int64)
         self.write, self.nonpad = np.zeros(rows, np.int64), np.zeros(rows, np.int64)
         self.logits = np.empty((rows, seq, decoder.architecture.vocab_size), np.float32)
-        inputs = {INPUT_IDS: self.ids, POSITION_IDS: self.positions, WRITE_INDICES: self.write, NONPAD: self.nonpad,
-                  LOGITS_TO_KEEP: np.array(seq, np.int64)}
+        inputs = {
+            INPUT_IDS: self.ids,
+            POSITION_IDS: self.positions,
+            WRITE_INDICES: self.write,
+            NONPAD: self.nonpad,
+            LOGITS_TO_KEEP: np.array(seq, np.int64),
+        }
         self.binding = bind_in_place(session, decoder, inputs, self.logits, buffers)
 
     def __call__(self, ids: np.ndarray, lengths: np.ndarray) -> np.ndarray:
@@ -137,7 +150,7 @@ class _Setup:
         self.call = _ScatterCall(variant.scatter, self.decoder, [b[:ROWS] for b in self.cache.full], seq)
 
     def one_row(self, r: int) -> np.ndarray:
-        logits = self.decoder.run(self.cache, r, self.ids[r:r + 1], every_position=True)[0]
+        logits = self.decoder.run(self.cache, r, self.ids[r : r + 1], every_position=True)[0]
         self.cache.lengths[r] = self.lengths[r]
         return logits
 
@@ -162,8 +175,14 @@ def _best_of_rounds_ms(fns: dict[str, Callable[[], object]], reps: int, rounds: 
     return best
 
 
-def batched_verification_cost(model_dir: Path, threads: int, reps: int, proposals: Sequence[int],
-                              capacities: Sequence[int] = (512, 1024), past: int = 256) -> dict:
+def batched_verification_cost(
+    model_dir: Path,
+    threads: int,
+    reps: int,
+    proposals: Sequence[int],
+    capacities: Sequence[int] = (512, 1024),
+    past: int = 256,
+) -> dict:
     """For each cache capacity and number of proposed tokens k: ms of a plain batch-8 INT8 step,
     a one-row pass of k + 1 tokens and one rewritten batch-8 pass of k + 1 tokens per row after
     about `past` tokens. Also the rewritten graph's largest logit difference from one-row
@@ -177,37 +196,57 @@ def batched_verification_cost(model_dir: Path, threads: int, reps: int, proposal
     for capacity in capacities:
         for k in proposals:
             s = _Setup(int8, capacity, k + 1, past)
-            ms = _best_of_rounds_ms({"step": s.step, "row": lambda: s.one_row(0), "batched": s.batched}, reps)
-            results.append({"capacity": capacity, "tokens_per_row": k + 1, "step_ms": ms["step"], "one_row_pass_ms": ms["row"],
-                            "batched_pass_ms": ms["batched"], "int8_max_logit_difference": s.difference(),
-                            "break_even_tokens_per_pass": ms["batched"] / ms["step"],
-                            "row_by_row_break_even": ROWS * ms["row"] / ms["step"]})
+            ms = _best_of_rounds_ms({"step": s.step, "row": lambda s=s: s.one_row(0), "batched": s.batched}, reps)
+            results.append(
+                {
+                    "capacity": capacity,
+                    "tokens_per_row": k + 1,
+                    "step_ms": ms["step"],
+                    "one_row_pass_ms": ms["row"],
+                    "batched_pass_ms": ms["batched"],
+                    "int8_max_logit_difference": s.difference(),
+                    "break_even_tokens_per_pass": ms["batched"] / ms["step"],
+                    "row_by_row_break_even": ROWS * ms["row"] / ms["step"],
+                }
+            )
     return {"rows": ROWS, "past": past, "fp32_max_logit_difference": check, "by_shape": results}
 
 
 def batched_markdown(b: dict, tasks: dict[str, dict], k: int) -> list[str]:
     """Report lines: the table, and what each task's measured tokens per pass (with up to `k`
     proposals) says against the break-even of a pass of k + 1 tokens at the largest capacity."""
-    lines = [f"Verifying a batch in one pass (full-size INT8, {b['rows']} rows at different lengths, about {b['past']} "
-             "tokens each; ONNX Attention + TensorScatter in place of GroupQueryAttention, which refuses several tokens "
-             "after a past for more than one row):", "",
-             "| cache capacity | tokens per row | plain step (8 tokens) | one-row pass | batched pass "
-             "| tokens per pass to break even: batched | row by row | largest INT8 logit difference |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"Verifying a batch in one pass (full-size INT8, {b['rows']} rows at different lengths, about {b['past']} "
+        "tokens each; ONNX Attention + TensorScatter in place of GroupQueryAttention, which refuses several tokens "
+        "after a past for more than one row):",
+        "",
+        "| cache capacity | tokens per row | plain step (8 tokens) | one-row pass | batched pass "
+        "| tokens per pass to break even: batched | row by row | largest INT8 logit difference |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for c in b["by_shape"]:
-        lines.append(f"| {c['capacity']} | {c['tokens_per_row']} | {c['step_ms']:.2f} ms | {c['one_row_pass_ms']:.2f} ms | "
-                     f"{c['batched_pass_ms']:.2f} ms | {c['break_even_tokens_per_pass']:.2f} | {c['row_by_row_break_even']:.2f} | "
-                     f"{c['int8_max_logit_difference']:.1e} |")
+        lines.append(
+            f"| {c['capacity']} | {c['tokens_per_row']} | {c['step_ms']:.2f} ms | {c['one_row_pass_ms']:.2f} ms | "
+            f"{c['batched_pass_ms']:.2f} ms | {c['break_even_tokens_per_pass']:.2f} | {c['row_by_row_break_even']:.2f} "
+            "| "
+            f"{c['int8_max_logit_difference']:.1e} |"
+        )
     largest = max(c["capacity"] for c in b["by_shape"])
     shape = next(c for c in b["by_shape"] if c["capacity"] == largest and c["tokens_per_row"] == k + 1)
-    verdicts = [f"{name} keeps {t['tokens_per_pass']:.2f} tokens per pass: a batched pass would "
-                + ("save time" if t["tokens_per_pass"] > shape["break_even_tokens_per_pass"] else "cost time")
-                for name, t in tasks.items()]
+    verdicts = [
+        f"{name} keeps {t['tokens_per_pass']:.2f} tokens per pass: a batched pass would "
+        + ("save time" if t["tokens_per_pass"] > shape["break_even_tokens_per_pass"] else "cost time")
+        for name, t in tasks.items()
+    ]
     worst = max(c["int8_max_logit_difference"] for c in b["by_shape"])
-    lines += ["", f"With up to {k} proposals (passes of {k + 1} tokens) at capacity {largest}, break-even is "
-              f"{shape['break_even_tokens_per_pass']:.2f} tokens per pass; {'; '.join(verdicts)}. "
-              f"The rewritten graph computes the runtime's function (FP32 logits within "
-              f"{b['fp32_max_logit_difference']:.1e} of one-row passes), but in INT8 its logits differ by up to {worst:.2f}: "
-              "verified through it, a batch would lose the identical output that one-row verification keeps up to float "
-              "rounding.", ""]
+    lines += [
+        "",
+        f"With up to {k} proposals (passes of {k + 1} tokens) at capacity {largest}, break-even is "
+        f"{shape['break_even_tokens_per_pass']:.2f} tokens per pass; {'; '.join(verdicts)}. "
+        f"The rewritten graph computes the runtime's function (FP32 logits within "
+        f"{b['fp32_max_logit_difference']:.1e} of one-row passes), but in INT8 its logits differ by up to {worst:.2f}: "
+        "verified through it, a batch would lose the identical output that one-row verification keeps up to float "
+        "rounding.",
+        "",
+    ]
     return lines

@@ -23,18 +23,24 @@ def weights_only_model(a: Architecture, linear: Linear, n_inner: int, seed: int 
     rng = np.random.default_rng(seed)
     shapes = {"lm_head": (a.n_embd, a.vocab_size)}
     for i in range(a.n_layer):
-        shapes.update({
-            f"h.{i}.attn.c_attn.weight": (a.n_embd, 3 * a.n_embd), f"h.{i}.attn.c_proj.weight": (a.n_embd, a.n_embd),
-            f"h.{i}.mlp.c_fc.weight": (a.n_embd, n_inner), f"h.{i}.mlp.c_proj.weight": (n_inner, a.n_embd),
-        })
+        shapes.update(
+            {
+                f"h.{i}.attn.c_attn.weight": (a.n_embd, 3 * a.n_embd),
+                f"h.{i}.attn.c_proj.weight": (a.n_embd, a.n_embd),
+                f"h.{i}.mlp.c_fc.weight": (a.n_embd, n_inner),
+                f"h.{i}.mlp.c_proj.weight": (n_inner, a.n_embd),
+            }
+        )
     weights = {name: rng.normal(0, 0.02, shape).astype(np.float32) for name, shape in shapes.items()}
     g = GraphWriter(weights)
     outputs = []
     for name, (rows, _) in shapes.items():
         x = "x" if rows == a.n_embd else "x_inner"  # [1, n_embd] or [1, n_inner]
         outputs.append(g.op("Identity", [linear.matmul(g, x, name, None)], outputs=[name + ".out"]))
-    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["rows", a.n_embd]),
-              helper.make_tensor_value_info("x_inner", TensorProto.FLOAT, ["rows", n_inner])]
+    inputs = [
+        helper.make_tensor_value_info("x", TensorProto.FLOAT, ["rows", a.n_embd]),
+        helper.make_tensor_value_info("x_inner", TensorProto.FLOAT, ["rows", n_inner]),
+    ]
     outs = [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in outputs]
     graph = helper.make_graph(g.nodes, "weights_only", inputs, outs, g.initializers)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid(MS_DOMAIN, 1)])
@@ -47,7 +53,10 @@ def ceiling_ms(a: Architecture, precision: str, threads: int, reps: int = 200) -
     n_inner = 4 * a.n_embd  # GPT-2's MLP width
     session = create_session(weights_only_model(a, linear_for(precision), n_inner).SerializeToString(), threads)
     rng = np.random.default_rng(1)
-    feeds = {"x": rng.normal(size=(1, a.n_embd)).astype(np.float32), "x_inner": rng.normal(size=(1, n_inner)).astype(np.float32)}
+    feeds = {
+        "x": rng.normal(size=(1, a.n_embd)).astype(np.float32),
+        "x_inner": rng.normal(size=(1, n_inner)).astype(np.float32),
+    }
     for _ in range(20):
         session.run(None, feeds)
     times = []

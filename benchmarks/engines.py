@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import dataclass
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -66,7 +66,10 @@ def _ours_files(precision: str):
         from gpt2_onnx.manifest import read_manifest
 
         variant = read_manifest(artifact).variants[precision]
-        return [artifact / name for name, _ in variant.files()] + [artifact / "tokenizer.json", artifact / "gpt2_onnx.json"]
+        return [artifact / name for name, _ in variant.files()] + [
+            artifact / "tokenizer.json",
+            artifact / "gpt2_onnx.json",
+        ]
 
     return files
 
@@ -85,8 +88,14 @@ def _hf_generate(model) -> GenerateFn:
         """Greedy, every row to exactly `new_tokens`; `streamer`: generate()'s, for a server."""
         ids = torch.tensor(prompts)
         with torch.inference_mode():
-            model.generate(ids, attention_mask=torch.ones_like(ids), generation_config=config,
-                           max_new_tokens=new_tokens, min_new_tokens=new_tokens, streamer=streamer)
+            model.generate(
+                ids,
+                attention_mask=torch.ones_like(ids),
+                generation_config=config,
+                max_new_tokens=new_tokens,
+                min_new_tokens=new_tokens,
+                streamer=streamer,
+            )
 
     return generate
 
@@ -100,7 +109,11 @@ def _torch_load(checkpoint: Path, threads: int) -> GenerateFn:
 
 
 def _torch_files(checkpoint: Path) -> list[Path]:
-    return [p for p in checkpoint.iterdir() if p.name in ("pytorch_model.bin", "model.safetensors", "config.json", "vocab.txt")]
+    return [
+        p
+        for p in checkpoint.iterdir()
+        if p.name in ("pytorch_model.bin", "model.safetensors", "config.json", "vocab.txt")
+    ]
 
 
 def _optimum_prepare(precision: str):
@@ -157,7 +170,11 @@ def _ct2_prepare(precision: str):
         source = work / "ct2-source"
         if not source.exists():
             shutil.copytree(checkpoint, source)
-            special = json.loads((source / "special_tokens_map.json").read_text()) if (source / "special_tokens_map.json").exists() else {}
+            special = (
+                json.loads((source / "special_tokens_map.json").read_text())
+                if (source / "special_tokens_map.json").exists()
+                else {}
+            )
             if (source / "vocab.txt").exists():
                 special.update(bos_token="[CLS]", eos_token="[SEP]")
             (source / "special_tokens_map.json").write_text(json.dumps(special))
@@ -172,14 +189,25 @@ def _ct2_load(precision: str):
     def load(artifact: Path, threads: int) -> GenerateFn:
         import ctranslate2
 
-        generator = ctranslate2.Generator(str(artifact), device="cpu", compute_type="float32" if precision == "fp32" else "int8",
-                                          intra_threads=threads, inter_threads=1)
+        generator = ctranslate2.Generator(
+            str(artifact),
+            device="cpu",
+            compute_type="float32" if precision == "fp32" else "int8",
+            intra_threads=threads,
+            inter_threads=1,
+        )
         vocab = _ct2_vocabulary(artifact)
 
         def generate(prompts, new_tokens):
             tokens = [[vocab[i] for i in p] for p in prompts]
-            generator.generate_batch(tokens, max_length=new_tokens, min_length=new_tokens, sampling_topk=1,
-                                     include_prompt_in_result=False, max_batch_size=len(prompts))
+            generator.generate_batch(
+                tokens,
+                max_length=new_tokens,
+                min_length=new_tokens,
+                sampling_topk=1,
+                include_prompt_in_result=False,
+                max_batch_size=len(prompts),
+            )
 
         return generate
 

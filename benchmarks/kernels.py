@@ -64,8 +64,16 @@ class NBits8(Int8Linear):
         scale = np.where(scale == 0, 1.0, scale).astype(np.float32)
         packed = (np.clip(np.rint(blocks / scale[..., None]), -127, 127) + 128).astype(np.uint8)
         b, s = g.weight(weight + ".nbits8", packed), g.weight(weight + ".nbits8_scale", scale)
-        return g.op("MatMulNBits", [x, b, s], domain=MS_DOMAIN, K=in_features, N=out_features, bits=8, block_size=32,
-                    accuracy_level=4)
+        return g.op(
+            "MatMulNBits",
+            [x, b, s],
+            domain=MS_DOMAIN,
+            K=in_features,
+            N=out_features,
+            bits=8,
+            block_size=32,
+            accuracy_level=4,
+        )
 
 
 STRATEGIES = {
@@ -86,9 +94,13 @@ def weights_only_ms(arch, linear, threads: int, reps: int) -> dict[str, float]:
     rng = np.random.default_rng(0)
     result = {}
     for rows in ROWS:
-        feeds = {"x": rng.normal(size=(rows, arch.n_embd)).astype(np.float32),
-                 "x_inner": rng.normal(size=(rows, n_inner)).astype(np.float32)}
-        result[str(rows)] = _median_ms(lambda: session.run(None, feeds), reps if rows < 256 else max(3, reps // 10))
+        feeds = {
+            "x": rng.normal(size=(rows, arch.n_embd)).astype(np.float32),
+            "x_inner": rng.normal(size=(rows, n_inner)).astype(np.float32),
+        }
+        result[str(rows)] = _median_ms(
+            lambda feeds=feeds: session.run(None, feeds), reps if rows < 256 else max(3, reps // 10)
+        )
     return result
 
 
@@ -105,7 +117,7 @@ def whole_graph(checkpoint, linear, threads: int, reps: int) -> dict:
     for batch in (1, 8):
         prompts = [rng.integers(vocab // 2, vocab, 32).tolist() for _ in range(batch)]
 
-        def decode():
+        def decode(prompts=prompts):
             cache, logits = decoder.prefill(prompts, 32 + reps + 1)
             for _ in range(reps):
                 logits = decoder.step(cache, logits.argmax(-1))
@@ -113,7 +125,9 @@ def whole_graph(checkpoint, linear, threads: int, reps: int) -> dict:
         result[f"decode_ms_batch_{batch}"] = _median_ms(decode, 3) / reps  # prefill is 1/reps of it at most
     rows = [rng.integers(vocab // 2, vocab, 12).tolist() for _ in range(3)]  # equal lengths: one call
     _, together = decoder.prefill(rows, 64)
-    result["row_invariant"] = all(np.array_equal(together[r], decoder.prefill([row], 64)[1][0]) for r, row in enumerate(rows))
+    result["row_invariant"] = all(
+        np.array_equal(together[r], decoder.prefill([row], 64)[1][0]) for r, row in enumerate(rows)
+    )
     return result
 
 
@@ -125,21 +139,33 @@ def run_kernels(checkpoint: Path, threads: int, reps: int = 50, log=print) -> di
     for round_ in range(2):
         for name, strategy in STRATEGIES.items():
             log(f"kernels: {name} (round {round_ + 1} of 2)")
-            measured = {"weights_only_ms": weights_only_ms(arch, strategy(), threads, reps),
-                        **whole_graph(ckpt, strategy(), threads, reps)}
-            results[name] = best_of(results[name], measured) if name in results else measured  # row_invariant: min = and
+            measured = {
+                "weights_only_ms": weights_only_ms(arch, strategy(), threads, reps),
+                **whole_graph(ckpt, strategy(), threads, reps),
+            }
+            results[name] = (
+                best_of(results[name], measured) if name in results else measured
+            )  # row_invariant: min = and
     return {"architecture": arch.__dict__, "threads": threads, "strategies": results}
 
 
 def kernels_markdown(doc: dict, command: str, machine: dict) -> str:
-    lines = ["# INT8 kernels: the cost of batch-invariant activations", "",
-             f"Command: `{command}`  ", f"Machine: {machine['cpu']} ({machine.get('isa', '?')}), {doc['threads']} threads  ",
-             "Weights only: the 25 weight matmuls of one decode step; whole graph: decode ms per step after a 32-token "
-             "prompt. Medians, best of two interleaved rounds.", "",
-             "| strategy | row-invariant | weights only, 1 row ms | 8 rows ms | 256 rows ms | decode batch 1 ms | decode batch 8 ms |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        "# INT8 kernels: the cost of batch-invariant activations",
+        "",
+        f"Command: `{command}`  ",
+        f"Machine: {machine['cpu']} ({machine.get('isa', '?')}), {doc['threads']} threads  ",
+        "Weights only: the 25 weight matmuls of one decode step; whole graph: decode ms per step after a 32-token "
+        "prompt. Medians, best of two interleaved rounds.",
+        "",
+        "| strategy | row-invariant | weights only, 1 row ms | 8 rows ms | 256 rows ms | decode batch 1 ms | decode "
+        "batch 8 ms |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for name, r in doc["strategies"].items():
         w = r["weights_only_ms"]
-        lines.append(f"| {name} | {'yes' if r['row_invariant'] else 'no'} | {w['1']:.2f} | {w['8']:.2f} | {w['256']:.1f} | "
-                     f"{r['decode_ms_batch_1']:.2f} | {r['decode_ms_batch_8']:.2f} |")
+        lines.append(
+            f"| {name} | {'yes' if r['row_invariant'] else 'no'} | {w['1']:.2f} | {w['8']:.2f} | {w['256']:.1f} | "
+            f"{r['decode_ms_batch_1']:.2f} | {r['decode_ms_batch_8']:.2f} |"
+        )
     return "\n".join(lines) + "\n"

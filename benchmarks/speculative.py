@@ -39,14 +39,16 @@ NEW_TOKENS = 128  # at most; the model's positions may allow fewer
 def _tasks(count: int, passage_chars: int) -> dict[str, list[str]]:
     _, held_out = corpus()
     lines = [line for line in held_out if len(line) >= 60][: 4 * count]
-    passages = ["".join(lines[i:i + 3])[:passage_chars] for i in range(0, 3 * count, 3)]
+    passages = ["".join(lines[i : i + 3])[:passage_chars] for i in range(0, 3 * count, 3)]
     return {
         "input-grounded": [p + "。" + p[:16] for p in passages],
-        "open-ended": [line[:12] for line in lines[3 * count: 4 * count]],
+        "open-ended": [line[:12] for line in lines[3 * count : 4 * count]],
     }
 
 
-def _generate(gen: Generator, prompt: str, lookup: int, new_tokens: int) -> tuple[tuple[int, ...], float, int, int, int]:
+def _generate(
+    gen: Generator, prompt: str, lookup: int, new_tokens: int
+) -> tuple[tuple[int, ...], float, int, int, int]:
     """(tokens, seconds, proposed, accepted, model passes) of one greedy generation."""
     tokens: list[int] = []
     config = gen.config(max_new_tokens=new_tokens, do_sample=False, stop_token_ids=[], prompt_lookup_num_tokens=lookup)
@@ -68,7 +70,9 @@ def _tie_margin(gen: Generator, prompt_ids: list[int], plain: tuple[int, ...], o
     return float(best[1] - best[0])
 
 
-def peer_seconds(checkpoint: Path, work: Path, threads: int, prompt_ids: list[list[int]], reps: int, new_tokens: int) -> list[float] | None:
+def peer_seconds(
+    checkpoint: Path, work: Path, threads: int, prompt_ids: list[list[int]], reps: int, new_tokens: int
+) -> list[float] | None:
     """Median seconds per prompt of CTranslate2 INT8 generating `new_tokens` greedily on the
     same checkpoint; None when it is not installed."""
     from .engines import BY_NAME
@@ -82,7 +86,7 @@ def peer_seconds(checkpoint: Path, work: Path, threads: int, prompt_ids: list[li
     seconds = []
     for ids in prompt_ids:
         generate([ids], new_tokens)  # warm-up at this length
-        seconds.append(median_time(lambda: generate([ids], new_tokens), reps))
+        seconds.append(median_time(lambda ids=ids: generate([ids], new_tokens), reps))
     return seconds
 
 
@@ -100,11 +104,18 @@ def task_speed(gen: Generator, prompts: list[str], reps: int, new_tokens: int, p
         fast_s.append(statistics.median(f[1] for f in fast))
         proposed, accepted, passes = proposed + fast[0][2], accepted + fast[0][3], passes + fast[0][4]
     tokens = new_tokens * len(prompts)
-    result = {"prompts": len(prompts), "identical_output": identical == len(prompts), "identical_prompts": identical,
-              "divergence_logit_gaps": margins,
-              "plain_tokens_per_s": tokens / sum(plain_s), "lookup_tokens_per_s": tokens / sum(fast_s),
-              "speedup": sum(plain_s) / sum(fast_s), "acceptance": accepted / proposed if proposed else 0.0,
-              "proposed_tokens": proposed, "tokens_per_pass": tokens / passes}
+    result = {
+        "prompts": len(prompts),
+        "identical_output": identical == len(prompts),
+        "identical_prompts": identical,
+        "divergence_logit_gaps": margins,
+        "plain_tokens_per_s": tokens / sum(plain_s),
+        "lookup_tokens_per_s": tokens / sum(fast_s),
+        "speedup": sum(plain_s) / sum(fast_s),
+        "acceptance": accepted / proposed if proposed else 0.0,
+        "proposed_tokens": proposed,
+        "tokens_per_pass": tokens / passes,
+    }
     if peer_s is not None:
         result["ctranslate2_int8_tokens_per_s"] = tokens / sum(peer_s)
         result["plain_vs_ctranslate2_int8"] = sum(peer_s) / sum(plain_s)
@@ -129,7 +140,12 @@ def verification_cost(model_dir: Path, threads: int, reps: int, past: int = 256)
             decoder.run(cache, 0, ids, every_position=seq > 1)
             times.append(time.perf_counter() - start)
         result[str(seq)] = statistics.median(times[2:]) * 1e3
-    return {"past": past, "ms_by_tokens": result, "ratio_5": result["5"] / result["1"], f"ratio_{K + 1}": result[str(K + 1)] / result["1"]}
+    return {
+        "past": past,
+        "ms_by_tokens": result,
+        "ratio_5": result["5"] / result["1"],
+        f"ratio_{K + 1}": result[str(K + 1)] / result["1"],
+    }
 
 
 def run_speculative(checkpoint: Path, learned: Path, full: Path, threads: int, work: Path, smoke: bool = False) -> dict:
@@ -142,33 +158,58 @@ def run_speculative(checkpoint: Path, learned: Path, full: Path, threads: int, w
     tasks = _tasks(2 if smoke else 8, passage_chars)
     reps = 1 if smoke else 3
     # the peer runs first, before our session has run (its threads never spin meanwhile)
-    peers = {name: peer_seconds(checkpoint, work, threads, [gen.encode(p) for p in prompts], reps, new_tokens)
-             for name, prompts in tasks.items()}
-    return {"k": K, "new_tokens": new_tokens, "threads": threads,
-            "tasks": {name: task_speed(gen, prompts, reps, new_tokens, peers[name]) for name, prompts in tasks.items()},
-            "verification": verification_cost(full, threads, 5 if smoke else 50),
-            "batched_verification": batched_verification_cost(full, threads, 3 if smoke else 30, proposals=(4, K))}
+    peers = {
+        name: peer_seconds(checkpoint, work, threads, [gen.encode(p) for p in prompts], reps, new_tokens)
+        for name, prompts in tasks.items()
+    }
+    return {
+        "k": K,
+        "new_tokens": new_tokens,
+        "threads": threads,
+        "tasks": {name: task_speed(gen, prompts, reps, new_tokens, peers[name]) for name, prompts in tasks.items()},
+        "verification": verification_cost(full, threads, 5 if smoke else 50),
+        "batched_verification": batched_verification_cost(full, threads, 3 if smoke else 30, proposals=(4, K)),
+    }
 
 
 def speculative_markdown(doc: dict) -> str:
     m, v = doc["machine"], doc["verification"]
-    lines = ["# Speculative decoding by prompt lookup", "",
-             f"Command: `{doc['command']}`  ", f"Machine: {m['cpu']} ({m.get('isa', '?')}), {doc['threads']} threads  ",
-             f"Model: {doc['learned_model']}; INT8, batch 1, greedy, {doc['new_tokens']} new tokens, "
-             f"prompt_lookup_num_tokens={doc['k']}; medians.", "",
-             "| task | identical output | plain tok/s | with lookup tok/s | speed-up | proposals accepted | tokens per pass "
-             "| CTranslate2 INT8 tok/s | plain vs CT2 | with lookup vs CT2 |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "# Speculative decoding by prompt lookup",
+        "",
+        f"Command: `{doc['command']}`  ",
+        f"Machine: {m['cpu']} ({m.get('isa', '?')}), {doc['threads']} threads  ",
+        f"Model: {doc['learned_model']}; INT8, batch 1, greedy, {doc['new_tokens']} new tokens, "
+        f"prompt_lookup_num_tokens={doc['k']}; medians.",
+        "",
+        "| task | identical output | plain tok/s | with lookup tok/s | speed-up | proposals accepted | tokens per pass "
+        "| CTranslate2 INT8 tok/s | plain vs CT2 | with lookup vs CT2 |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for name, t in doc["tasks"].items():
-        peer = (f"{t['ctranslate2_int8_tokens_per_s']:.1f} | {t['plain_vs_ctranslate2_int8']:.2f}× | {t['lookup_vs_ctranslate2_int8']:.2f}×"
-                if "ctranslate2_int8_tokens_per_s" in t else "not installed | | ")
-        same = "yes" if t["identical_output"] else (
-            f"{t['identical_prompts']} of {t['prompts']} (ties within {max(t['divergence_logit_gaps']):.3f})")
-        lines.append(f"| {name} ({t['prompts']} prompts) | {same} | "
-                     f"{t['plain_tokens_per_s']:.1f} | {t['lookup_tokens_per_s']:.1f} | {t['speedup']:.2f}× | {t['acceptance']:.0%} | "
-                     f"{t['tokens_per_pass']:.2f} | {peer} |")
+        peer = (
+            f"{t['ctranslate2_int8_tokens_per_s']:.1f} | {t['plain_vs_ctranslate2_int8']:.2f}× | "
+            f"{t['lookup_vs_ctranslate2_int8']:.2f}×"
+            if "ctranslate2_int8_tokens_per_s" in t
+            else "not installed | | "
+        )
+        same = (
+            "yes"
+            if t["identical_output"]
+            else (f"{t['identical_prompts']} of {t['prompts']} (ties within {max(t['divergence_logit_gaps']):.3f})")
+        )
+        lines.append(
+            f"| {name} ({t['prompts']} prompts) | {same} | "
+            f"{t['plain_tokens_per_s']:.1f} | {t['lookup_tokens_per_s']:.1f} | {t['speedup']:.2f}× | "
+            f"{t['acceptance']:.0%} | "
+            f"{t['tokens_per_pass']:.2f} | {peer} |"
+        )
     costs = ", ".join(f"{n} token(s) {ms:.2f} ms" for n, ms in v["ms_by_tokens"].items())
-    lines += ["", f"Verification pass on the full-size architecture (INT8, after {v['past']} tokens): {costs}; "
-              f"5 tokens cost {v['ratio_5']:.2f}× one.", ""]
+    lines += [
+        "",
+        f"Verification pass on the full-size architecture (INT8, after {v['past']} tokens): {costs}; "
+        f"5 tokens cost {v['ratio_5']:.2f}× one.",
+        "",
+    ]
     lines += batched_markdown(doc["batched_verification"], doc["tasks"], doc["k"])
     return "\n".join(lines)

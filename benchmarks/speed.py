@@ -36,11 +36,25 @@ from .ceiling import ceiling_ms
 from .engines import ENGINES, Engine
 from .spec import BenchSpec
 
-PACKAGES = ("gpt2-onnx", "onnxruntime", "numpy", "torch", "transformers", "optimum-onnx", "optimum", "ctranslate2", "tokenizers")
+PACKAGES = (
+    "gpt2-onnx",
+    "onnxruntime",
+    "numpy",
+    "torch",
+    "transformers",
+    "optimum-onnx",
+    "optimum",
+    "ctranslate2",
+    "tokenizers",
+)
 
 
 def run_speed(
-    checkpoint: Path, work: Path, spec: BenchSpec, threads: int | None = None, engines: list[str] | None = None,
+    checkpoint: Path,
+    work: Path,
+    spec: BenchSpec,
+    threads: int | None = None,
+    engines: list[str] | None = None,
     log=print,
 ) -> dict:
     """Measure every engine (or the named ones); returns the results document."""
@@ -66,7 +80,11 @@ def run_speed(
             except Exception as e:  # a peer that fails is reported as such; our own failures are bugs
                 if engine.name.startswith("gpt2-onnx"):
                     raise
-                detail = e.stderr.strip().splitlines()[-1] if isinstance(e, subprocess.CalledProcessError) and e.stderr else repr(e)
+                detail = (
+                    e.stderr.strip().splitlines()[-1]
+                    if isinstance(e, subprocess.CalledProcessError) and e.stderr
+                    else repr(e)
+                )
                 skipped[engine.name] = f"failed: {detail}"
                 results.pop(engine.name, None)
                 log(f"skip {engine.name}: {skipped[engine.name]}")
@@ -96,7 +114,9 @@ def best_of(a: dict, b: dict, higher_is_better: bool = False) -> dict:
     best = {}
     for key, value in a.items():
         higher = higher_is_better or "tokens_per_s" in key
-        best[key] = best_of(value, b[key], higher) if isinstance(value, dict) else (max if higher else min)(value, b[key])
+        best[key] = (
+            best_of(value, b[key], higher) if isinstance(value, dict) else (max if higher else min)(value, b[key])
+        )
     return best
 
 
@@ -107,11 +127,32 @@ def _importable(module: str) -> bool:
         return False
 
 
-def _worker(engine: Engine, artifact: Path, threads: int, prefix_ids: Sequence[int], vocab_size: int, spec: BenchSpec,
-            cold: bool) -> tuple[dict, float]:
-    cmd = [sys.executable, "-m", "gpt2_onnx.benchmarks.worker", "--engine", engine.name, "--artifact", str(artifact),
-           "--threads", str(threads), "--prefix-ids", json.dumps(list(prefix_ids)), "--vocab-size", str(vocab_size),
-           "--spec", json.dumps(asdict(spec))]
+def _worker(
+    engine: Engine,
+    artifact: Path,
+    threads: int,
+    prefix_ids: Sequence[int],
+    vocab_size: int,
+    spec: BenchSpec,
+    cold: bool,
+) -> tuple[dict, float]:
+    cmd = [
+        sys.executable,
+        "-m",
+        "gpt2_onnx.benchmarks.worker",
+        "--engine",
+        engine.name,
+        "--artifact",
+        str(artifact),
+        "--threads",
+        str(threads),
+        "--prefix-ids",
+        json.dumps(list(prefix_ids)),
+        "--vocab-size",
+        str(vocab_size),
+        "--spec",
+        json.dumps(asdict(spec)),
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "TOKENIZERS_PARALLELISM": "false"}
     # Python's default: modules are compiled once and their bytecode reused. A sandbox that sets
     # PYTHONDONTWRITEBYTECODE would make every cold start compile gpt2-onnx (installed editable,
@@ -123,7 +164,9 @@ def _worker(engine: Engine, artifact: Path, threads: int, prefix_ids: Sequence[i
     return json.loads(proc.stdout.strip().splitlines()[-1]), elapsed
 
 
-def _measure_engine(engine: Engine, artifact: Path, threads: int, prefix_ids: Sequence[int], vocab_size: int, spec: BenchSpec) -> dict:
+def _measure_engine(
+    engine: Engine, artifact: Path, threads: int, prefix_ids: Sequence[int], vocab_size: int, spec: BenchSpec
+) -> dict:
     result, _ = _worker(engine, artifact, threads, prefix_ids, vocab_size, spec, cold=False)
     colds = [_worker(engine, artifact, threads, prefix_ids, vocab_size, spec, cold=True) for _ in range(spec.cold_reps)]
     result["cold_start_s"] = sorted(t for _, t in colds)[len(colds) // 2]
@@ -141,13 +184,24 @@ def machine(threads: int) -> dict:
         flags = set(next(line.split(":", 1)[1].split() for line in info if line.startswith("flags")))
     except (OSError, StopIteration):
         pass
-    return {"cpu": cpu, "isa": instruction_set(flags), "cores": os.cpu_count(), "threads": threads,
-            "python": platform.python_version(), "os": platform.platform()}
+    return {
+        "cpu": cpu,
+        "isa": instruction_set(flags),
+        "cores": os.cpu_count(),
+        "threads": threads,
+        "python": platform.python_version(),
+        "os": platform.platform(),
+    }
 
 
 def instruction_set(flags: set[str]) -> str:
     """The best x86 matrix extension present: AMX, AVX-512 VNNI, AVX-VNNI, AVX2 (or unknown)."""
-    for flag, name in (("amx_int8", "AMX"), ("avx512_vnni", "AVX-512 VNNI"), ("avx_vnni", "AVX-VNNI"), ("avx2", "AVX2")):
+    for flag, name in (
+        ("amx_int8", "AMX"),
+        ("avx512_vnni", "AVX-512 VNNI"),
+        ("avx_vnni", "AVX-VNNI"),
+        ("avx2", "AVX2"),
+    ):
         if flag in flags:
             return name
     return "unknown"

@@ -22,8 +22,26 @@ COMMON_HANZI = (
 )
 SPECIALS = ["[PAD]"] + [f"[unused{i}]" for i in range(1, 100)] + ["[UNK]", "[CLS]", "[SEP]", "[MASK]", "<S>", "<T>"]
 FULLWIDTH = "，。！？、；：「」『』（）《》“”‘’…—·"
-LATIN_WORDS = ["the", "and", "hello", "world", "gpt", "onnx", "model", "test", "python", "is", "of", "to", "in", "it", "we"]
-CONTINUATIONS = ["##" + s for s in list(string.ascii_lowercase) + list(string.digits) + ["ing", "ed", "s", "er", "ly", "th"]]
+LATIN_WORDS = [
+    "the",
+    "and",
+    "hello",
+    "world",
+    "gpt",
+    "onnx",
+    "model",
+    "test",
+    "python",
+    "is",
+    "of",
+    "to",
+    "in",
+    "it",
+    "we",
+]
+CONTINUATIONS = [
+    "##" + s for s in list(string.ascii_lowercase) + list(string.digits) + ["ing", "ed", "s", "er", "ly", "th"]
+]
 
 
 def bert_chinese_vocab(size: int) -> list[str]:
@@ -71,8 +89,14 @@ def _random_model(spec: SyntheticSpec, vocab_size: int, **config_extra):
 
     torch.manual_seed(spec.seed)
     config = GPT2Config(
-        vocab_size=vocab_size, n_positions=spec.n_positions, n_embd=spec.n_embd, n_layer=spec.n_layer,
-        n_head=spec.n_head, activation_function="gelu_new", initializer_range=spec.initializer_range, **config_extra,
+        vocab_size=vocab_size,
+        n_positions=spec.n_positions,
+        n_embd=spec.n_embd,
+        n_layer=spec.n_layer,
+        n_head=spec.n_head,
+        activation_function="gelu_new",
+        initializer_range=spec.initializer_range,
+        **config_extra,
     )
     return GPT2LMHeadModel(config).eval()
 
@@ -81,16 +105,28 @@ def write_uer_checkpoint(out: Path, spec: SyntheticSpec = SyntheticSpec(), safet
     """The file layout of the uer hub repository (with `model.safetensors` instead when asked)."""
     out.mkdir(parents=True, exist_ok=True)
     model = _random_model(
-        spec, spec.vocab_size, bos_token_id=50256, eos_token_id=50256, tokenizer_class="BertTokenizer",
+        spec,
+        spec.vocab_size,
+        bos_token_id=50256,
+        eos_token_id=50256,
+        tokenizer_class="BertTokenizer",
         task_specific_params={"text-generation": {"do_sample": True, "max_length": 320}},
     )
     model.save_pretrained(out, safe_serialization=safetensors)
     (out / "generation_config.json").unlink(missing_ok=True)  # the uer repository has none
     (out / "vocab.txt").write_text("\n".join(bert_chinese_vocab(spec.vocab_size)) + "\n", encoding="utf-8")
     (out / "tokenizer_config.json").write_text(json.dumps({"do_lower_case": False, "tokenizer_class": "BertTokenizer"}))
-    (out / "special_tokens_map.json").write_text(json.dumps(
-        {"unk_token": "[UNK]", "sep_token": "[SEP]", "pad_token": "[PAD]", "cls_token": "[CLS]", "mask_token": "[MASK]"}
-    ))
+    (out / "special_tokens_map.json").write_text(
+        json.dumps(
+            {
+                "unk_token": "[UNK]",
+                "sep_token": "[SEP]",
+                "pad_token": "[PAD]",
+                "cls_token": "[CLS]",
+                "mask_token": "[MASK]",
+            }
+        )
+    )
     return out
 
 
@@ -106,7 +142,9 @@ def write_gpt2_bpe_checkpoint(out: Path, spec: SyntheticSpec = TINY) -> Path:
 
     out.mkdir(parents=True, exist_ok=True)
     bpe = ByteLevelBPETokenizer()
-    bpe.train_from_iterator([ENGLISH_TEXT], vocab_size=spec.vocab_size, min_frequency=1, special_tokens=["<|endoftext|>"])
+    bpe.train_from_iterator(
+        [ENGLISH_TEXT], vocab_size=spec.vocab_size, min_frequency=1, special_tokens=["<|endoftext|>"]
+    )
     bpe.save_model(str(out))
     size = bpe.get_vocab_size()
     eos = bpe.token_to_id("<|endoftext|>")

@@ -33,7 +33,9 @@ def peak_rss_mb() -> float:
         return next(int(line.split()[1]) for line in f if line.startswith("VmHWM")) / 1024
 
 
-def measure(engine_name: str, artifact: Path, threads: int, prefix_ids: list[int], vocab_size: int, spec: BenchSpec) -> dict:
+def measure(
+    engine_name: str, artifact: Path, threads: int, prefix_ids: list[int], vocab_size: int, spec: BenchSpec
+) -> dict:
     """Warm up, then medians of: time to first token per prompt length, batch-1 decode rate,
     batch throughput. Decode per token = (time of N new tokens - time of 1) / (N - 1)."""
     generate = BY_NAME[engine_name].load(artifact, threads)
@@ -44,7 +46,7 @@ def measure(engine_name: str, artifact: Path, threads: int, prefix_ids: list[int
     for length in spec.ttft_prompts:
         p = random_prompts(prefix_ids, vocab_size, 1, length, seed=length)
         generate(p, 1)  # first call at a new length allocates
-        ttft[length] = median_time(lambda: generate(p, 1), spec.reps)
+        ttft[length] = median_time(lambda p=p: generate(p, 1), spec.reps)
     firsts, fulls = [], []
     for _ in range(spec.reps):
         firsts.append(median_time(lambda: generate(prompt, 1), 1))
@@ -54,7 +56,11 @@ def measure(engine_name: str, artifact: Path, threads: int, prefix_ids: list[int
     for batch in spec.batches:
         prompts = random_prompts(prefix_ids, vocab_size, batch, spec.decode_prompt, seed=batch)
         generate(prompts, 2)
-        throughput[batch] = batch * spec.new_tokens / median_time(lambda: generate(prompts, spec.new_tokens), spec.batch_reps)
+        throughput[batch] = (
+            batch
+            * spec.new_tokens
+            / median_time(lambda prompts=prompts: generate(prompts, spec.new_tokens), spec.batch_reps)
+        )
     return {
         "decode_tokens_per_s": 1.0 / per_token,
         "decode_ms_per_token": per_token * 1e3,
@@ -64,7 +70,9 @@ def measure(engine_name: str, artifact: Path, threads: int, prefix_ids: list[int
     }
 
 
-def cold_start(engine_name: str, artifact: Path, threads: int, prefix_ids: list[int], vocab_size: int, prompt_length: int) -> dict:
+def cold_start(
+    engine_name: str, artifact: Path, threads: int, prefix_ids: list[int], vocab_size: int, prompt_length: int
+) -> dict:
     """Load and produce one token; the parent times this whole process from its start."""
     generate = BY_NAME[engine_name].load(artifact, threads)
     generate(random_prompts(prefix_ids, vocab_size, 1, prompt_length, seed=0), 1)
@@ -92,4 +100,3 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
-

@@ -1,4 +1,5 @@
-"""Checkpoint → ONNX model directory. Needs the `hub` extra (onnx, huggingface_hub); the parity check, the `check` extra (torch, transformers)."""
+"""Checkpoint → ONNX model directory. Needs the `hub` extra (onnx, huggingface_hub); the parity check,
+the `check` extra (torch, transformers)."""
 
 from .api import export_model
 

@@ -10,8 +10,8 @@ it into place: a failed or interrupted export leaves nothing behind.
 from __future__ import annotations
 
 import shutil
-from importlib.metadata import PackageNotFoundError, version
 from collections.abc import Callable, Mapping
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +39,7 @@ ALIGN_MIN_BYTES = 1 << 16
 ALIGNMENT = 1 << 16
 TOOLS = ("gpt2-onnx", "onnx", "onnxruntime", "torch", "transformers", "tokenizers")
 CHECK_PACKAGES = ("torch", "transformers")  # the parity check's reference
+DEFAULT_INT8 = Int8Settings()  # INT8 quantization as exported unless a caller (the kernels benchmark) asks otherwise
 
 
 def export_model(
@@ -47,7 +48,7 @@ def export_model(
     quantize: tuple[str, ...] = (),
     force: bool = False,
     check: bool = True,
-    int8: Int8Settings = Int8Settings(),
+    int8: Int8Settings = DEFAULT_INT8,
     progress: Callable[[str], None] = lambda message: None,
     wait: bool = False,
 ) -> Path:
@@ -86,8 +87,14 @@ def _remember_checksums(out: Path, manifest: Manifest) -> None:
     remember_verified({out / name: sha256 for name, sha256 in manifest.checksummed_files()})
 
 
-def _write_directory(tmp: Path, checkpoint: Checkpoint, tokenizer: TokenizerExport, quantize: tuple[str, ...],
-                     int8: Int8Settings, progress: Callable[[str], None]) -> Manifest:
+def _write_directory(
+    tmp: Path,
+    checkpoint: Checkpoint,
+    tokenizer: TokenizerExport,
+    quantize: tuple[str, ...],
+    int8: Int8Settings,
+    progress: Callable[[str], None],
+) -> Manifest:
     """Every file of the model directory contract, the manifest last (returned)."""
     variants, weights = {}, _weights_for_graph(checkpoint)
     for name in ("fp32", *quantize):
@@ -141,21 +148,31 @@ def _weights_for_graph(checkpoint: Checkpoint) -> dict[str, np.ndarray]:
     return weights
 
 
-def _write_variant(tmp: Path, checkpoint: Checkpoint, weights: dict[str, np.ndarray], precision: precisions.Precision,
-                   int8: Int8Settings) -> Variant:
+def _write_variant(
+    tmp: Path,
+    checkpoint: Checkpoint,
+    weights: dict[str, np.ndarray],
+    precision: precisions.Precision,
+    int8: Int8Settings,
+) -> Variant:
     """The graph the runtime runs and, for FP32, the ecosystem's graph, on one weights file."""
     spec, linear = checkpoint.spec, linear_for(precision.name, int8)
-    graphs = {tmp / precision.graph_file: build_model(dict(weights), spec, linear, IO_KV_BUFFER)}  # a copy: quantizers add to it
+    graphs = {
+        tmp / precision.graph_file: build_model(dict(weights), spec, linear, IO_KV_BUFFER)
+    }  # a copy: quantizers add to it
     if precision.ecosystem_graph:
         graphs[tmp / precisions.ECOSYSTEM_GRAPH] = build_model(dict(weights), spec, linear, IO_PAST_KEY_VALUES)
     data = save_with_external_data(graphs, tmp / precision.data_file)
     io = dict(zip(graphs, (IO_KV_BUFFER, IO_PAST_KEY_VALUES)))
-    return Variant(graphs=tuple(Graph(path.name, sha256_file(path), io[path]) for path in graphs),
-                   data_file=data.name, data_sha256=sha256_file(data),
-                   quantization=linear.quantization(spec.architecture, spec.tied_lm_head))
+    return Variant(
+        graphs=tuple(Graph(path.name, sha256_file(path), io[path]) for path in graphs),
+        data_file=data.name,
+        data_sha256=sha256_file(data),
+        quantization=linear.quantization(spec.architecture, spec.tied_lm_head),
+    )
 
 
-def linear_for(precision: str, int8: Int8Settings = Int8Settings()) -> Linear:
+def linear_for(precision: str, int8: Int8Settings = DEFAULT_INT8) -> Linear:
     """The matmul strategy that writes a precision's graph."""
     strategy = STRATEGIES[precisions.BY_NAME[precision].strategy]
     return strategy(int8) if strategy is Int8Linear else strategy()
@@ -197,4 +214,3 @@ def package_versions(names: tuple[str, ...]) -> dict[str, str]:
         except PackageNotFoundError:
             pass
     return found
-

@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 
 from gpt2_onnx.errors import SourceError
-from gpt2_onnx.sources import CHECKPOINT_WEIGHTS, looks_like_path
 from gpt2_onnx.manifest import Architecture
+from gpt2_onnx.sources import CHECKPOINT_WEIGHTS, looks_like_path
 
 from .graph import GraphSpec
 from .weights import read_tensors
@@ -24,9 +24,17 @@ from .weights import read_tensors
 # activation_function → ONNX Gelu's `approximate` attribute
 GELU_APPROXIMATE = {"gelu_new": "tanh", "gelu_pytorch_tanh": "tanh", "gelu": "none"}
 HUB_FILES = [
-    "config.json", "generation_config.json", "model.safetensors", "pytorch_model.bin",
-    "vocab.txt", "vocab.json", "merges.txt", "tokenizer.json",
-    "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
+    "config.json",
+    "generation_config.json",
+    "model.safetensors",
+    "pytorch_model.bin",
+    "vocab.txt",
+    "vocab.json",
+    "merges.txt",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
 ]
 
 
@@ -57,7 +65,10 @@ def resolve_source(source: str) -> tuple[Path, str, str | None]:
     path = Path(source).expanduser()
     if path.exists() or looks_like_path(source):
         if not path.is_dir():
-            raise SourceError(f"checkpoint directory {source} does not exist; pass a directory with config.json and weights, or a hub id")
+            raise SourceError(
+                f"checkpoint directory {source} does not exist; pass a directory with config.json and weights, or a "
+                "hub id"
+            )
         return path.resolve(), str(path.resolve()), None
     return _download(source)
 
@@ -70,7 +81,8 @@ def _download(repo_id: str) -> tuple[Path, str, str | None]:
         local = Path(snapshot_download(repo_id=repo_id, allow_patterns=HUB_FILES))
     except (RepositoryNotFoundError, RevisionNotFoundError):
         raise SourceError(
-            f"{repo_id} is neither a local directory nor a model on the Hugging Face hub; check the spelling or pass a checkpoint directory"
+            f"{repo_id} is neither a local directory nor a model on the Hugging Face hub; check the spelling or pass a "
+            "checkpoint directory"
         ) from None
     except (LocalEntryNotFoundError, OSError, ValueError) as e:
         if "Repo id must" in str(e):
@@ -92,7 +104,8 @@ def read_config(path: Path) -> dict[str, Any]:
         raise SourceError(f"{config_path} is not valid JSON ({e}); restore the checkpoint's config.json") from None
     if config.get("model_type") != "gpt2":
         raise SourceError(
-            f"{config_path} has model_type {config.get('model_type')!r}; gpt2-onnx exports GPT-2 checkpoints (model_type 'gpt2') only"
+            f"{config_path} has model_type {config.get('model_type')!r}; gpt2-onnx exports GPT-2 checkpoints "
+            "(model_type 'gpt2') only"
         )
     return config
 
@@ -100,10 +113,14 @@ def read_config(path: Path) -> dict[str, Any]:
 def graph_spec(config: dict[str, Any], path: Path) -> GraphSpec:
     activation = config.get("activation_function", "gelu_new")
     if activation not in GELU_APPROXIMATE:
-        raise SourceError(f"{path}/config.json uses activation_function {activation!r}; supported: {', '.join(GELU_APPROXIMATE)}")
+        raise SourceError(
+            f"{path}/config.json uses activation_function {activation!r}; supported: {', '.join(GELU_APPROXIMATE)}"
+        )
     for flag in ("scale_attn_by_inverse_layer_idx", "reorder_and_upcast_attn", "add_cross_attention"):
         if config.get(flag):
-            raise SourceError(f"{path}/config.json sets {flag}, which gpt2-onnx does not implement; export a checkpoint without it")
+            raise SourceError(
+                f"{path}/config.json sets {flag}, which gpt2-onnx does not implement; export a checkpoint without it"
+            )
     if config.get("scale_attn_weights") is False:
         raise SourceError(f"{path}/config.json sets scale_attn_weights false, which gpt2-onnx does not implement")
     try:
@@ -142,22 +159,33 @@ def expected_shapes(spec: GraphSpec, n_inner: int) -> dict[str, tuple[int, ...]]
         p = f"h.{i}."
         for ln in ("ln_1", "ln_2"):
             shapes[p + ln + ".weight"] = shapes[p + ln + ".bias"] = (c,)
-        shapes.update({
-            p + "attn.c_attn.weight": (c, 3 * c), p + "attn.c_attn.bias": (3 * c,),
-            p + "attn.c_proj.weight": (c, c), p + "attn.c_proj.bias": (c,),
-            p + "mlp.c_fc.weight": (c, n_inner), p + "mlp.c_fc.bias": (n_inner,),
-            p + "mlp.c_proj.weight": (n_inner, c), p + "mlp.c_proj.bias": (c,),
-        })
+        shapes.update(
+            {
+                p + "attn.c_attn.weight": (c, 3 * c),
+                p + "attn.c_attn.bias": (3 * c,),
+                p + "attn.c_proj.weight": (c, c),
+                p + "attn.c_proj.bias": (c,),
+                p + "mlp.c_fc.weight": (c, n_inner),
+                p + "mlp.c_fc.bias": (n_inner,),
+                p + "mlp.c_proj.weight": (n_inner, c),
+                p + "mlp.c_proj.bias": (c,),
+            }
+        )
     if not spec.tied_lm_head:
         shapes["lm_head.weight"] = (a.vocab_size, c)
     return shapes
 
 
 def check_weights(weights: dict[str, np.ndarray], spec: GraphSpec, path: Path) -> None:
-    n_inner = weights["h.0.mlp.c_fc.weight"].shape[1] if "h.0.mlp.c_fc.weight" in weights else 4 * spec.architecture.n_embd
+    n_inner = (
+        weights["h.0.mlp.c_fc.weight"].shape[1] if "h.0.mlp.c_fc.weight" in weights else 4 * spec.architecture.n_embd
+    )
     for name, shape in expected_shapes(spec, n_inner).items():
         if name not in weights:
-            raise SourceError(f"the weights in {path} lack {name}, which config.json requires; weights and config.json do not belong together")
+            raise SourceError(
+                f"the weights in {path} lack {name}, which config.json requires; weights and config.json do not belong "
+                "together"
+            )
         if weights[name].shape != shape:
             raise SourceError(
                 f"{name} in {path} has shape {list(weights[name].shape)}, config.json implies {list(shape)}; "

@@ -30,9 +30,9 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from gpt2_onnx.errors import Interrupted, ModelDirectoryError, SourceError
-from gpt2_onnx.sources import CHECKPOINT_WEIGHTS
 from gpt2_onnx.manifest import MANIFEST_NAME, read_manifest
 from gpt2_onnx.precisions import BY_NAME
+from gpt2_onnx.sources import CHECKPOINT_WEIGHTS
 
 # rounding of the factors, plus tokenizer.json, config.json and the manifest
 MARGIN_FACTOR, MARGIN_BYTES = 1.1, 16 << 20
@@ -45,8 +45,9 @@ def estimate_export_bytes(weight_bytes: int, precisions: Iterable[str]) -> int:
 
 
 @contextmanager
-def claim(out: Path, source: str, precisions: tuple[str, ...], force: bool, wait: bool,
-          progress: Callable[[str], None]) -> Iterator[bool]:
+def claim(
+    out: Path, source: str, precisions: tuple[str, ...], force: bool, wait: bool, progress: Callable[[str], None]
+) -> Iterator[bool]:
     """Hold `out` (absolute, resolved) for one export; yields True when, with `wait`, a
     concurrent export finished it meanwhile (nothing left to do), else False once every
     check passed and stale leftovers are gone."""
@@ -65,7 +66,10 @@ def check_parent(parent: Path) -> None:
     """OUT_DIR's parent exists and this process may create entries in it."""
     if not parent.is_dir():
         what = "is not a directory" if parent.exists() else "does not exist"
-        raise SourceError(f"the parent directory of OUT_DIR, {parent}, {what}; create it (mkdir -p {parent}) or choose another OUT_DIR")
+        raise SourceError(
+            f"the parent directory of OUT_DIR, {parent}, {what}; create it (mkdir -p {parent}) or choose another "
+            "OUT_DIR"
+        )
     if not os.access(parent, os.W_OK | os.X_OK):
         cause = "read-only file system" if os.statvfs(parent).f_flag & os.ST_RDONLY else "permission denied"
         raise SourceError(f"cannot write to {parent} ({cause}); choose an OUT_DIR on a writable file system")
@@ -76,10 +80,19 @@ def check_replaceable(out: Path, source: str, force: bool) -> None:
     checkpoint = Path(source).expanduser()
     if checkpoint.is_dir():
         checkpoint = checkpoint.resolve()
-        relation = ("is the checkpoint SOURCE" if out == checkpoint else "lies inside the checkpoint SOURCE"
-                    if checkpoint in out.parents else "contains the checkpoint SOURCE" if out in checkpoint.parents else None)
+        relation = (
+            "is the checkpoint SOURCE"
+            if out == checkpoint
+            else "lies inside the checkpoint SOURCE"
+            if checkpoint in out.parents
+            else "contains the checkpoint SOURCE"
+            if out in checkpoint.parents
+            else None
+        )
         if relation:
-            raise SourceError(f"OUT_DIR {out} {relation} {checkpoint}; choose an OUT_DIR outside it, e.g. {checkpoint}-onnx")
+            raise SourceError(
+                f"OUT_DIR {out} {relation} {checkpoint}; choose an OUT_DIR outside it, e.g. {checkpoint}-onnx"
+            )
     if not out.exists():
         return
     if not out.is_dir():
@@ -88,8 +101,9 @@ def check_replaceable(out: Path, source: str, force: bool) -> None:
     if reason:
         raise SourceError(reason)
     if any(out.iterdir()) and not force:
-        raise SourceError(f"{out} already holds a gpt2-onnx model; pass --force (force=True) to replace it, "
-                          "or choose another OUT_DIR")
+        raise SourceError(
+            f"{out} already holds a gpt2-onnx model; pass --force (force=True) to replace it, or choose another OUT_DIR"
+        )
 
 
 def refusal(out: Path, entries_at: Path | None = None) -> str | None:
@@ -103,19 +117,25 @@ def refusal(out: Path, entries_at: Path | None = None) -> str | None:
     if not names:
         return None
     if MANIFEST_NAME not in names:
-        return (f"{out} holds {describe_names(names)}, not a gpt2-onnx model directory; "
-                "export replaces only directories it wrote: choose another OUT_DIR")
+        return (
+            f"{out} holds {describe_names(names)}, not a gpt2-onnx model directory; "
+            "export replaces only directories it wrote: choose another OUT_DIR"
+        )
     try:
         listed = read_manifest(at).file_names()
     except ModelDirectoryError:
-        return (f"{out / MANIFEST_NAME} is not a manifest this gpt2-onnx can read, so export cannot tell which of "
-                f"{describe_names(names)} it wrote: choose another OUT_DIR, or remove {out} yourself if nothing in it "
-                "is needed")
+        return (
+            f"{out / MANIFEST_NAME} is not a manifest this gpt2-onnx can read, so export cannot tell which of "
+            f"{describe_names(names)} it wrote: choose another OUT_DIR, or remove {out} yourself if nothing in it "
+            "is needed"
+        )
     foreign = [p.name for p in entries if p.name not in listed or not p.is_file()]
     if foreign:
-        return (f"{out} holds {describe_names(foreign)} beside the gpt2-onnx model, which export did not write; "
-                f"move {'it' if len(foreign) == 1 else 'them'} out of {out} (then --force replaces the model) "
-                "or choose another OUT_DIR")
+        return (
+            f"{out} holds {describe_names(foreign)} beside the gpt2-onnx model, which export did not write; "
+            f"move {'it' if len(foreign) == 1 else 'them'} out of {out} (then --force replaces the model) "
+            "or choose another OUT_DIR"
+        )
     return None
 
 
@@ -129,8 +149,10 @@ def describe_names(names: list[str]) -> str:
 def check_free_space(parent: Path, needed: int, precisions: tuple[str, ...]) -> None:
     free = shutil.disk_usage(parent).free
     if free < needed:
-        raise SourceError(f"{parent} has {free / 2**20:.1f} MiB free, the export ({', '.join(precisions)}) needs about "
-                          f"{needed / 2**20:.1f} MiB; free some space or choose an OUT_DIR on another file system")
+        raise SourceError(
+            f"{parent} has {free / 2**20:.1f} MiB free, the export ({', '.join(precisions)}) needs about "
+            f"{needed / 2**20:.1f} MiB; free some space or choose an OUT_DIR on another file system"
+        )
 
 
 def _weight_bytes(source: str) -> int:
@@ -218,8 +240,10 @@ def _acquire(fd: int, path: Path, out: Path, wait: bool, progress: Callable[[str
     except BlockingIOError:
         holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "another process"
     if not wait:
-        raise SourceError(f"another export to {out} is running (process {holder} holds {path}); "
-                          "wait for it to finish or choose another OUT_DIR")
+        raise SourceError(
+            f"another export to {out} is running (process {holder} holds {path}); "
+            "wait for it to finish or choose another OUT_DIR"
+        )
     progress(f"waiting for another export to {out} (process {holder}) to finish")
     fcntl.flock(fd, fcntl.LOCK_EX)
 
@@ -244,7 +268,9 @@ def partial(out: Path) -> Iterator[Path]:
             shutil.rmtree(tmp, ignore_errors=True)
         if isinstance(e, OSError):
             hint = "free some space" if e.errno in (errno.ENOSPC, errno.EDQUOT) else "check the permissions"
-            raise SourceError(f"cannot write {out}: {e.strerror or e}; {hint} or choose another OUT_DIR (nothing was written)") from None
+            raise SourceError(
+                f"cannot write {out}: {e.strerror or e}; {hint} or choose another OUT_DIR (nothing was written)"
+            ) from None
         raise
 
 

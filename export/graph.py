@@ -2,8 +2,8 @@
 
 One graph serves prefill (past_len 0) and decode, in either I/O convention of
 `gpt2_onnx.graph_io`: the ecosystem's (`past_key_values`, for other tools) or the
-fixed-size KV buffer that attention writes in place (`kv_buffer`, what the runtime runs). The graph is written node by node
-rather than traced from torch, so that every tensor is stored exactly once: the
+fixed-size KV buffer that attention writes in place (`kv_buffer`, what the runtime runs). The
+graph is written node by node rather than traced from torch, so that every tensor is stored exactly once: the
 tied token embedding / LM head keeps the checkpoint's `[vocab, n_embd]` layout. The
 embedding lookup gathers its rows, so only the rows it reads are ever paged in from
 the memory-mapped weights; the LM head multiplies by its transpose, which onnxruntime
@@ -40,8 +40,19 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from gpt2_onnx.graph_io import (
-    ATTENTION_MASK, INPUT_IDS, IO_KV_BUFFER, IO_PAST_KEY_VALUES, KV_KINDS, LOGITS, LOGITS_TO_KEEP, POSITION_IDS,
-    POSITION_TABLE, SEQLENS_K, TOTAL_SEQUENCE_LENGTH, past_name, present_name,
+    ATTENTION_MASK,
+    INPUT_IDS,
+    IO_KV_BUFFER,
+    IO_PAST_KEY_VALUES,
+    KV_KINDS,
+    LOGITS,
+    LOGITS_TO_KEEP,
+    POSITION_IDS,
+    POSITION_TABLE,
+    SEQLENS_K,
+    TOTAL_SEQUENCE_LENGTH,
+    past_name,
+    present_name,
 )
 from gpt2_onnx.manifest import Architecture, Quantization
 
@@ -62,13 +73,13 @@ class GraphSpec:
 class Linear(Protocol):
     """Emits the weight matmuls and the embedding lookup for one precision."""
 
-    def matmul(self, g: "GraphWriter", x: str, weight: str, bias: str | None) -> str:
+    def matmul(self, g: GraphWriter, x: str, weight: str, bias: str | None) -> str:
         """`x @ W (+ b)` for a Conv1D weight `W` `[in, out]`."""
 
-    def lm_head(self, g: "GraphWriter", x: str, weight: str) -> str:
+    def lm_head(self, g: GraphWriter, x: str, weight: str) -> str:
         """`x @ Wᵀ` for the `[vocab, n_embd]` embedding / LM-head matrix `W`."""
 
-    def embed(self, g: "GraphWriter", weight: str, ids: str) -> str:
+    def embed(self, g: GraphWriter, weight: str, ids: str) -> str:
         """Rows `ids` of the `[vocab, n_embd]` matrix `weight`: `[batch, seq]` ids → `[batch, seq, n_embd]`."""
 
     def quantization(self, a: Architecture, tied_lm_head: bool) -> Quantization | None:
@@ -101,7 +112,9 @@ class GraphWriter:
         """Append a node; return its output name (or names, when several)."""
         self._count += 1
         names = outputs if isinstance(outputs, list) else [f"{op_type}_{self._count}_{k}" for k in range(outputs)]
-        self.nodes.append(helper.make_node(op_type, inputs, names, name=f"{op_type}_{self._count}", domain=domain, **attrs))
+        self.nodes.append(
+            helper.make_node(op_type, inputs, names, name=f"{op_type}_{self._count}", domain=domain, **attrs)
+        )
         return names[0] if len(names) == 1 else names
 
 
@@ -122,7 +135,9 @@ class Fp32Linear:
         return None
 
 
-def build_model(weights: dict[str, np.ndarray], spec: GraphSpec, linear: Linear, io: str = IO_PAST_KEY_VALUES) -> onnx.ModelProto:
+def build_model(
+    weights: dict[str, np.ndarray], spec: GraphSpec, linear: Linear, io: str = IO_PAST_KEY_VALUES
+) -> onnx.ModelProto:
     """The whole graph; `weights` maps checkpoint names (without `transformer.`) to arrays.
     Matmul weights are `[in, out]` as in GPT-2's Conv1D. `io`: the I/O
     convention (`IO_PAST_KEY_VALUES` or `IO_KV_BUFFER`)."""
@@ -138,7 +153,9 @@ def build_model(weights: dict[str, np.ndarray], spec: GraphSpec, linear: Linear,
         p = f"h.{i}."
         attention = _attention(g, linear, attend, h, p, i)
         x, h = _add_and_norm(g, x, attention, p + "ln_2", eps)
-        h = g.op("Gelu", [linear.matmul(g, h, p + "mlp.c_fc.weight", p + "mlp.c_fc.bias")], approximate=spec.gelu_approximate)
+        h = g.op(
+            "Gelu", [linear.matmul(g, h, p + "mlp.c_fc.weight", p + "mlp.c_fc.bias")], approximate=spec.gelu_approximate
+        )
         mlp = linear.matmul(g, h, p + "mlp.c_proj.weight", p + "mlp.c_proj.bias")
         x, h = _add_and_norm(g, x, mlp, f"h.{i + 1}.ln_1" if i + 1 < a.n_layer else "ln_f", eps)
     h = _last_positions(g, h)  # [batch, kept, n_embd]
@@ -190,7 +207,9 @@ def _last_positions(g: GraphWriter, h: str) -> str:
 
 
 def _layer_norm(g: GraphWriter, x: str, prefix: str, eps: float) -> str:
-    return g.op("LayerNormalization", [x, g.weight(prefix + ".weight"), g.weight(prefix + ".bias")], axis=-1, epsilon=eps)
+    return g.op(
+        "LayerNormalization", [x, g.weight(prefix + ".weight"), g.weight(prefix + ".bias")], axis=-1, epsilon=eps
+    )
 
 
 def _add_and_norm(g: GraphWriter, x: str, y: str, prefix: str, eps: float) -> tuple[str, str]:
@@ -226,8 +245,13 @@ class _GroupQueryAttention:
 
 
 def _emit(g: GraphWriter, op_type: str, inputs: list[str], i: int, **attrs) -> str:
-    context, _, _ = g.op(op_type, inputs, outputs=[f"attn_{i}", present_name(i, "key"), present_name(i, "value")],
-                         domain=MS_DOMAIN, **attrs)
+    context, _, _ = g.op(
+        op_type,
+        inputs,
+        outputs=[f"attn_{i}", present_name(i, "key"), present_name(i, "value")],
+        domain=MS_DOMAIN,
+        **attrs,
+    )
     return context  # [batch, seq, n_embd]
 
 

@@ -17,7 +17,15 @@ import numpy as np
 
 from gpt2_onnx.errors import SourceError
 from gpt2_onnx.generator import Generator
-from gpt2_onnx.graph_io import ATTENTION_MASK, INPUT_IDS, IO_PAST_KEY_VALUES, LOGITS, POSITION_IDS, cache_names, past_name
+from gpt2_onnx.graph_io import (
+    ATTENTION_MASK,
+    INPUT_IDS,
+    IO_PAST_KEY_VALUES,
+    LOGITS,
+    POSITION_IDS,
+    cache_names,
+    past_name,
+)
 from gpt2_onnx.session import create_session
 
 FP32_TOLERANCE = 1e-3
@@ -60,7 +68,7 @@ class VariantReport:
     ecosystem_max_abs: float | None = None  # model.onnx (past_key_values), when the variant has it
 
     def verdict(self) -> str:
-        """"ok" / "within INT8 gate", or what failed; "" for a precision without a gate."""
+        """ "ok" / "within INT8 gate", or what failed; "" for a precision without a gate."""
         if self.precision == "fp32":
             failed = [f"max |Δlogit| > {FP32_TOLERANCE}"] * (self.max_abs > FP32_TOLERANCE)
             failed += ["greedy differs"] * (self.greedy_agreement < self.greedy_tokens)
@@ -78,7 +86,8 @@ class VariantReport:
         ecosystem = "" if self.ecosystem_max_abs is None else f"  model.onnx {self.ecosystem_max_abs:.2e}"
         return (
             f"{self.precision:>5}  prefill {self.prefill_max_abs:.2e}  decode {self.decode_max_abs:.2e}  "
-            f"padded batch {self.padded_max_abs:.2e}{ecosystem}  greedy {self.greedy_agreement}/{self.greedy_tokens} identical  "
+            f"padded batch {self.padded_max_abs:.2e}{ecosystem}  greedy {self.greedy_agreement}/{self.greedy_tokens} "
+            "identical  "
             f"relative error {self.prefill_relative_error:.1e}  top-1 {self.prefill_top1:.0%}  {self.verdict()}"
         ).rstrip()
 
@@ -87,7 +96,9 @@ class VariantReport:
         return max(self.prefill_max_abs, self.decode_max_abs, self.padded_max_abs, self.ecosystem_max_abs or 0.0)
 
 
-def check_model(model_dir: str | Path, source: str | Path, variants: tuple[str, ...] | None = None) -> list[VariantReport]:
+def check_model(
+    model_dir: str | Path, source: str | Path, variants: tuple[str, ...] | None = None
+) -> list[VariantReport]:
     """Compare each variant (default: all in the manifest) with the checkpoint at `source`."""
     import torch
     from transformers import GPT2LMHeadModel
@@ -95,11 +106,16 @@ def check_model(model_dir: str | Path, source: str | Path, variants: tuple[str, 
     from .checkpoint import resolve_source
 
     checkpoint_path, _, _ = resolve_source(str(source))
-    torch_model = GPT2LMHeadModel.from_pretrained(checkpoint_path, dtype=torch.float32, attn_implementation="eager").eval()
+    torch_model = GPT2LMHeadModel.from_pretrained(
+        checkpoint_path, dtype=torch.float32, attn_implementation="eager"
+    ).eval()
     reports = []
     fp32 = Generator.load(model_dir, precision="fp32")
     if torch_model.config.vocab_size != fp32.manifest.architecture.vocab_size:
-        raise SourceError(f"{source} has vocabulary size {torch_model.config.vocab_size}, the model directory {fp32.manifest.architecture.vocab_size}: they are different models")
+        raise SourceError(
+            f"{source} has vocabulary size {torch_model.config.vocab_size}, the model directory "
+            f"{fp32.manifest.architecture.vocab_size}: they are different models"
+        )
     for precision in variants or tuple(fp32.manifest.variants):
         generator = fp32 if precision == "fp32" else Generator.load(model_dir, precision=precision)
         reports.append(_check_variant(generator, torch_model))
@@ -117,8 +133,11 @@ def _torch_logits(model, ids, mask, positions, past=None):
 
     with torch.no_grad():
         out = model(
-            input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask),
-            position_ids=torch.from_numpy(positions), past_key_values=past, use_cache=True,
+            input_ids=torch.from_numpy(ids),
+            attention_mask=torch.from_numpy(mask),
+            position_ids=torch.from_numpy(positions),
+            past_key_values=past,
+            use_cache=True,
         )
     return out.logits.numpy(), out.past_key_values
 
@@ -149,7 +168,7 @@ def _check_variant(generator: Generator, torch_model) -> VariantReport:
     ids = rng.integers(0, vocab, (3, prompt_len))
     mask = np.array([[0] * (prompt_len - n) + [1] * n for n in lengths])
     positions = np.clip(mask.cumsum(-1) - 1, 0, None)
-    _, ours = decoder.prefill([row[prompt_len - n:].tolist() for row, n in zip(ids, lengths)], prompt_len)
+    _, ours = decoder.prefill([row[prompt_len - n :].tolist() for row, n in zip(ids, lengths)], prompt_len)
     theirs, _ = _torch_logits(torch_model, ids, mask, positions)
     padded = float(np.abs(ours - theirs[:, -1]).max())
 

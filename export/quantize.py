@@ -26,7 +26,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-
 from onnx import TensorProto
 
 from gpt2_onnx.manifest import Architecture, Quantization
@@ -63,9 +62,7 @@ class Int8Settings:
 def quantized_weight_names(a: Architecture, tied_lm_head: bool) -> tuple[str, ...]:
     """The checkpoint tensors that the quantized variants store in fewer bits."""
     names = [
-        f"h.{i}.{m}.weight"
-        for i in range(a.n_layer)
-        for m in ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")
+        f"h.{i}.{m}.weight" for i in range(a.n_layer) for m in ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")
     ]
     return tuple(names + ["wte.weight" if tied_lm_head else "lm_head.weight"])
 
@@ -125,10 +122,19 @@ class Int8Linear:
         rows = g.op("Cast", [g.op("Gather", [q, ids])], to=1)  # [batch, seq, n_embd] float
         if self.settings.zero_point:
             rows = g.op("Sub", [rows, g.const(float(self.settings.zero_point), np.float32)])
-        return g.op("Mul", [rows, g.op("Unsqueeze", [g.op("Gather", [scale, ids]), g.const([-1])])])  # × [batch, seq, 1]
+        return g.op(
+            "Mul", [rows, g.op("Unsqueeze", [g.op("Gather", [scale, ids]), g.const([-1])])]
+        )  # × [batch, seq, 1]
 
     def quantization(self, a: Architecture, tied_lm_head: bool) -> Quantization:
         s = self.settings
-        return Quantization(scheme="per_channel", bits=8, block_size=None, symmetric=True, zero_point=s.zero_point,
-                            max_value=s.weight_max, activations="int8_per_token",
-                            weights=quantized_weight_names(a, tied_lm_head))
+        return Quantization(
+            scheme="per_channel",
+            bits=8,
+            block_size=None,
+            symmetric=True,
+            zero_point=s.zero_point,
+            max_value=s.weight_max,
+            activations="int8_per_token",
+            weights=quantized_weight_names(a, tied_lm_head),
+        )

@@ -64,8 +64,16 @@ class Int4Linear:
     def _matmul_nbits(self, g: GraphWriter, x: str, packed: tuple[str, str, int, int]) -> str:
         s = self.settings
         b, scale, k, n = packed
-        return g.op("MatMulNBits", [x, b, scale], domain=MS_DOMAIN, K=k, N=n, bits=s.bits,
-                    block_size=s.block_size, accuracy_level=s.accuracy_level)
+        return g.op(
+            "MatMulNBits",
+            [x, b, scale],
+            domain=MS_DOMAIN,
+            K=k,
+            N=n,
+            bits=s.bits,
+            block_size=s.block_size,
+            accuracy_level=s.accuracy_level,
+        )
 
     def matmul(self, g: GraphWriter, x: str, weight: str, bias: str | None) -> str:
         y = self._matmul_nbits(g, x, self._packed(g, weight))
@@ -78,11 +86,25 @@ class Int4Linear:
         s = self.settings
         packed, scale, k, n = self._packed(g, weight, rows=True)  # rows of `packed` are the vocabulary
         rows = g.op("Reshape", [packed, g.const([n, k * s.bits // 8])])  # [vocab, n_embd / 2]
-        return g.op("GatherBlockQuantized", [rows, ids, scale], domain=MS_DOMAIN, bits=s.bits,
-                    block_size=s.block_size, gather_axis=0, quantize_axis=1)  # [batch, seq, n_embd]
+        return g.op(
+            "GatherBlockQuantized",
+            [rows, ids, scale],
+            domain=MS_DOMAIN,
+            bits=s.bits,
+            block_size=s.block_size,
+            gather_axis=0,
+            quantize_axis=1,
+        )  # [batch, seq, n_embd]
 
     def quantization(self, a: Architecture, tied_lm_head: bool) -> Quantization:
         s = self.settings
-        return Quantization(scheme="blockwise", bits=s.bits, block_size=s.block_size, symmetric=True,
-                            zero_point=2 ** (s.bits - 1), max_value=2 ** (s.bits - 1) - 1, activations="int8_per_block",
-                            weights=quantized_weight_names(a, tied_lm_head))
+        return Quantization(
+            scheme="blockwise",
+            bits=s.bits,
+            block_size=s.block_size,
+            symmetric=True,
+            zero_point=2 ** (s.bits - 1),
+            max_value=2 ** (s.bits - 1) - 1,
+            activations="int8_per_block",
+            weights=quantized_weight_names(a, tied_lm_head),
+        )

@@ -22,7 +22,13 @@ from gpt2_onnx.manifest import DECODE_TOKENIZER, DECODE_WORDPIECE_CJK, Conventio
 ROLES = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
 # transformers' defaults: BertTokenizerFast's and GPT2TokenizerFast's
 DEFAULT_SPECIALS = {
-    "wordpiece": {"unk_token": "[UNK]", "sep_token": "[SEP]", "pad_token": "[PAD]", "cls_token": "[CLS]", "mask_token": "[MASK]"},
+    "wordpiece": {
+        "unk_token": "[UNK]",
+        "sep_token": "[SEP]",
+        "pad_token": "[PAD]",
+        "cls_token": "[CLS]",
+        "mask_token": "[MASK]",
+    },
     "bpe": {"bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>"},
 }
 
@@ -49,7 +55,9 @@ def export_tokenizer(path: Path, config: dict[str, Any], embedding_rows: int) ->
     except SourceError:
         raise
     except Exception as e:  # tokenizers raises plain Exception for a bad file
-        raise SourceError(f"the tokenizer files in {path} cannot be read ({type(e).__name__}: {e}); restore them from the checkpoint") from None
+        raise SourceError(
+            f"the tokenizer files in {path} cannot be read ({type(e).__name__}: {e}); restore them from the checkpoint"
+        ) from None
     specials = _special_ids(tokenizer, _special_names(kind, settings, special_map), special_map)
     size = tokenizer.get_vocab_size(with_added_tokens=True)
     if size != embedding_rows:
@@ -57,7 +65,11 @@ def export_tokenizer(path: Path, config: dict[str, Any], embedding_rows: int) ->
             f"the tokenizer in {path} has {size} tokens but the embedding has {embedding_rows} rows; "
             "the vocabulary file does not belong to these weights"
         )
-    conventions = _wordpiece_conventions(specials, path) if kind == "wordpiece" else _bpe_conventions(specials, config, size, path)
+    conventions = (
+        _wordpiece_conventions(specials, path)
+        if kind == "wordpiece"
+        else _bpe_conventions(specials, config, size, path)
+    )
     return TokenizerExport(json=tokenizer.to_str(pretty=True), kind=kind, conventions=conventions)
 
 
@@ -89,15 +101,18 @@ def _wordpiece(vocab_file: Path, settings: dict[str, Any], names: dict[str, str]
         vocab = {token.rstrip("\n"): index for index, token in enumerate(f.readlines())}
     tokenizer = Tokenizer(models.WordPiece(vocab, unk_token=names["unk_token"], max_input_chars_per_word=100))
     tokenizer.normalizer = normalizers.BertNormalizer(
-        clean_text=True, handle_chinese_chars=settings.get("tokenize_chinese_chars", True),
+        clean_text=True,
+        handle_chinese_chars=settings.get("tokenize_chinese_chars", True),
         # BertTokenizerFast lower-cases unless told otherwise; a bare vocab.txt (no config) is uer's, cased
-        strip_accents=settings.get("strip_accents"), lowercase=settings.get("do_lower_case", True) if settings else False,
+        strip_accents=settings.get("strip_accents"),
+        lowercase=settings.get("do_lower_case", True) if settings else False,
     )
     tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     cls, sep = names["cls_token"], names["sep_token"]
     if cls in vocab and sep in vocab:
         tokenizer.post_processor = processors.TemplateProcessing(
-            single=f"{cls}:0 $A:0 {sep}:0", pair=f"{cls}:0 $A:0 {sep}:0 $B:1 {sep}:1",
+            single=f"{cls}:0 $A:0 {sep}:0",
+            pair=f"{cls}:0 $A:0 {sep}:0 $B:1 {sep}:1",
             special_tokens=[(cls, vocab[cls]), (sep, vocab[sep])],
         )
     tokenizer.decoder = decoders.WordPiece(prefix="##")
@@ -110,7 +125,9 @@ def _byte_level_bpe(vocab_file: Path, merges_file: Path, settings: dict[str, Any
     vocab = json.loads(vocab_file.read_text(encoding="utf-8"))
     lines = merges_file.read_text(encoding="utf-8").split("\n")[1:-1]  # GPT2Tokenizer skips the #version line
     merges = [tuple(line.split()) for line in lines]
-    tokenizer = Tokenizer(models.BPE(vocab, merges, dropout=None, continuing_subword_prefix="", end_of_word_suffix="", fuse_unk=False))
+    tokenizer = Tokenizer(
+        models.BPE(vocab, merges, dropout=None, continuing_subword_prefix="", end_of_word_suffix="", fuse_unk=False)
+    )
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=settings.get("add_prefix_space", False))
     tokenizer.decoder = decoders.ByteLevel()
     tokenizer.post_processor = processors.ByteLevel(trim_offsets=False)
@@ -132,7 +149,9 @@ def _special_names(kind: str, settings: dict[str, Any], special_map: dict[str, A
 
 
 def _special_ids(tokenizer: Tokenizer, names: dict[str, str], special_map: dict[str, Any]) -> SpecialIds:
-    roles = {role: tokenizer.token_to_id(token) for role, token in names.items() if tokenizer.token_to_id(token) is not None}
+    roles = {
+        role: tokenizer.token_to_id(token) for role, token in names.items() if tokenizer.token_to_id(token) is not None
+    }
     extra = [t if isinstance(t, str) else t.get("content") for t in special_map.get("additional_special_tokens", [])]
     extra_ids = [tokenizer.token_to_id(t) for t in extra if isinstance(t, str)]
     return SpecialIds(roles, tuple(sorted(set(roles.values()) | {i for i in extra_ids if i is not None})))
@@ -157,7 +176,9 @@ def _bpe_conventions(specials: SpecialIds, config: dict[str, Any], size: int, pa
     if not isinstance(eos, int) or not 0 <= eos < size:
         eos = specials.roles.get("eos_token")
     if eos is None:
-        raise SourceError(f"neither config.json nor the tokenizer in {path} names an end-of-text token inside the vocabulary")
+        raise SourceError(
+            f"neither config.json nor the tokenizer in {path} names an end-of-text token inside the vocabulary"
+        )
     return Conventions(
         prompt_prefix_ids=(),
         stop_token_ids=(eos,),

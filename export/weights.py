@@ -24,16 +24,29 @@ from gpt2_onnx.errors import SourceError
 
 # torch storage class → numpy dtype; bfloat16 has none, it is read as uint16 and widened
 TORCH_STORAGES = {
-    "DoubleStorage": np.dtype("<f8"), "FloatStorage": np.dtype("<f4"), "HalfStorage": np.dtype("<f2"),
-    "BFloat16Storage": np.dtype("<u2"), "LongStorage": np.dtype("<i8"), "IntStorage": np.dtype("<i4"),
-    "ShortStorage": np.dtype("<i2"), "CharStorage": np.dtype("i1"), "ByteStorage": np.dtype("u1"),
+    "DoubleStorage": np.dtype("<f8"),
+    "FloatStorage": np.dtype("<f4"),
+    "HalfStorage": np.dtype("<f2"),
+    "BFloat16Storage": np.dtype("<u2"),
+    "LongStorage": np.dtype("<i8"),
+    "IntStorage": np.dtype("<i4"),
+    "ShortStorage": np.dtype("<i2"),
+    "CharStorage": np.dtype("i1"),
+    "ByteStorage": np.dtype("u1"),
     "BoolStorage": np.dtype("?"),
 }
 # safetensors dtype name → numpy dtype (same bfloat16 rule)
 SAFETENSORS_DTYPES = {
-    "F64": np.dtype("<f8"), "F32": np.dtype("<f4"), "F16": np.dtype("<f2"), "BF16": np.dtype("<u2"),
-    "I64": np.dtype("<i8"), "I32": np.dtype("<i4"), "I16": np.dtype("<i2"), "I8": np.dtype("i1"),
-    "U8": np.dtype("u1"), "BOOL": np.dtype("?"),
+    "F64": np.dtype("<f8"),
+    "F32": np.dtype("<f4"),
+    "F16": np.dtype("<f2"),
+    "BF16": np.dtype("<u2"),
+    "I64": np.dtype("<i8"),
+    "I32": np.dtype("<i4"),
+    "I16": np.dtype("<i2"),
+    "I8": np.dtype("i1"),
+    "U8": np.dtype("u1"),
+    "BOOL": np.dtype("?"),
 }
 ZIP_MAGIC = b"PK\x03\x04"
 
@@ -69,7 +82,11 @@ def _read_safetensors(file: Path) -> dict[str, np.ndarray]:
         header.pop("__metadata__", None)
         tensors = {}
         for name, entry in header.items():
-            dtype, shape, (begin, end) = SAFETENSORS_DTYPES[entry["dtype"]], tuple(entry["shape"]), entry["data_offsets"]
+            dtype, shape, (begin, end) = (
+                SAFETENSORS_DTYPES[entry["dtype"]],
+                tuple(entry["shape"]),
+                entry["data_offsets"],
+            )
             if end - begin != dtype.itemsize * int(np.prod(shape)) or 8 + length + end > len(data):
                 raise _corrupt(file, f"{name} has {end - begin} bytes for shape {list(shape)}")
             array = np.frombuffer(data, dtype, int(np.prod(shape)), 8 + length + begin).reshape(shape)
@@ -77,7 +94,10 @@ def _read_safetensors(file: Path) -> dict[str, np.ndarray]:
     except SourceError:
         raise
     except KeyError as e:
-        raise SourceError(f"{file} holds a tensor of dtype {e}, which gpt2-onnx does not read; save the checkpoint in FP32, FP16 or BF16") from None
+        raise SourceError(
+            f"{file} holds a tensor of dtype {e}, which gpt2-onnx does not read; save the checkpoint in FP32, FP16 or "
+            "BF16"
+        ) from None
     except (struct.error, ValueError, TypeError, UnicodeDecodeError) as e:
         raise _corrupt(file, type(e).__name__) from None
     return tensors
@@ -97,7 +117,9 @@ def _rebuild_tensor_v2(storage, offset, size, stride, requires_grad=False, backw
     if len(size) != len(stride) or min((offset, *size, *stride), default=0) < 0:
         raise ValueError(f"tensor of size {size}, stride {stride}, offset {offset}")
     if 0 not in size and offset + sum((n - 1) * s for n, s in zip(size, stride)) >= len(flat):
-        raise ValueError(f"tensor of size {size}, stride {stride}, offset {offset} exceeds its storage of {len(flat)} elements")
+        raise ValueError(
+            f"tensor of size {size}, stride {stride}, offset {offset} exceeds its storage of {len(flat)} elements"
+        )
     view = np.lib.stride_tricks.as_strided(flat[offset:], size, tuple(s * flat.itemsize for s in stride))
     return to_fp32(np.ascontiguousarray(view), bfloat16)  # a copy only for a non-contiguous view
 
@@ -144,7 +166,9 @@ class _StateDictUnpickler(pickle.Unpickler):
         except KeyError:
             raise _corrupt(self.path, f"record {self.prefix}{name} is missing") from None
         if info.file_size != numel * dtype.itemsize:
-            raise _corrupt(self.path, f"record {self.prefix}{name} has {info.file_size} bytes, {numel * dtype.itemsize} expected")
+            raise _corrupt(
+                self.path, f"record {self.prefix}{name} has {info.file_size} bytes, {numel * dtype.itemsize} expected"
+            )
         buffer = bytearray(info.file_size)
         with self.archive.open(info) as f:
             f.readinto(buffer)
@@ -159,12 +183,23 @@ def _read_torch_zip(file: Path) -> dict[str, np.ndarray]:
                 raise _corrupt(file, "no data.pkl record")
             prefix = pickles[0].removesuffix("data.pkl")
             if prefix + "byteorder" in archive.namelist() and archive.read(prefix + "byteorder") != b"little":
-                raise SourceError(f"{file} was saved on a big-endian machine; load it with torch there and save it again")
+                raise SourceError(
+                    f"{file} was saved on a big-endian machine; load it with torch there and save it again"
+                )
             with archive.open(pickles[0]) as f:
                 state = _StateDictUnpickler(f, archive, prefix, file).load()
     except SourceError:
         raise
-    except (zipfile.BadZipFile, EOFError, OSError, pickle.UnpicklingError, ValueError, TypeError, IndexError, KeyError) as e:
+    except (
+        zipfile.BadZipFile,
+        EOFError,
+        OSError,
+        pickle.UnpicklingError,
+        ValueError,
+        TypeError,
+        IndexError,
+        KeyError,
+    ) as e:
         raise _corrupt(file, f"{type(e).__name__}: {e}"[:120]) from None
     return _state_dict(state, file)
 
@@ -175,7 +210,8 @@ def _read_torch_legacy(file: Path) -> dict[str, np.ndarray]:
         import torch
     except ImportError:
         raise SourceError(
-            f"{file} is in torch's legacy (pre-zip) format, which only torch reads; convert it where torch is installed "
+            f"{file} is in torch's legacy (pre-zip) format, which only torch reads; convert it where torch is "
+            "installed "
             "(load it and save_pretrained, or torch.save(torch.load(f, weights_only=True), f)) or install torch"
         ) from None
     try:
@@ -188,5 +224,7 @@ def _read_torch_legacy(file: Path) -> dict[str, np.ndarray]:
 
 def _state_dict(state, file: Path) -> dict[str, np.ndarray]:
     if not isinstance(state, dict) or not all(isinstance(k, str) for k in state):
-        raise SourceError(f"{file} holds a {type(state).__name__}, not a state dict of tensors; save the model with save_pretrained")
+        raise SourceError(
+            f"{file} holds a {type(state).__name__}, not a state dict of tensors; save the model with save_pretrained"
+        )
     return dict(state)

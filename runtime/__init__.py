@@ -1,8 +1,8 @@
 """gpt2-onnx: fast, torch-free GPT-2 generation on the CPU with ONNX Runtime.
 
-    from gpt2_onnx import Generator
-    gen = Generator.load("uer/gpt2-distil-chinese-cluecorpussmall")
-    print(gen.generate("这是很久之前的事情了", max_new_tokens=50).text)
+from gpt2_onnx import Generator
+gen = Generator.load("uer/gpt2-distil-chinese-cluecorpussmall")
+print(gen.generate("这是很久之前的事情了", max_new_tokens=50).text)
 """
 
 from importlib import import_module
@@ -13,11 +13,23 @@ __version__ = "0.1.0"
 
 # Imported on first use, not with the package: `gpt2-onnx` starts by importing
 # gpt2_onnx.apps.cli, and numpy + onnxruntime must load inside its Ctrl-C handling.
-_LAZY = {"Generator": ".generator", "GenerationResult": ".generator", "Timings": ".generator", "GenerationConfig": ".options"}
+_LAZY = {
+    "Generator": ".generator",
+    "GenerationResult": ".generator",
+    "Timings": ".generator",
+    "GenerationConfig": ".options",
+}
 
 __all__ = [
-    "Generator", "GenerationConfig", "GenerationResult", "Timings",
-    "Gpt2OnnxError", "GenerationOptionError", "ContextLengthError", "ModelDirectoryError", "SourceError",
+    "Generator",
+    "GenerationConfig",
+    "GenerationResult",
+    "Timings",
+    "Gpt2OnnxError",
+    "GenerationOptionError",
+    "ContextLengthError",
+    "ModelDirectoryError",
+    "SourceError",
 ]
 
 

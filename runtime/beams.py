@@ -32,7 +32,7 @@ class BeamGroup:
         """scores [beams, vocab] processed log-probs → (parent beam [beams], token [beams])."""
         nb, vocab = self.c.num_beams, scores.shape[1]
         total = (scores + self.running_scores[:, None]).reshape(-1)  # [beams × vocab]
-        top = np.argpartition(total, -self.candidates)[-self.candidates:]
+        top = np.argpartition(total, -self.candidates)[-self.candidates :]
         top = top[np.lexsort((top, -total[top]))]  # best first; lower index first on ties
         top_scores, parent, token = total[top], top // vocab, top % vocab
         hits = np.isin(token, stop_ids) | last  # [candidates]: this continuation ends
@@ -51,8 +51,8 @@ class BeamGroup:
             return
         nb = self.c.num_beams
         for k in np.flatnonzero(hits[:nb]):
-            ids = histories[parent[k]][self.prompt_length:] + [int(token[k])]
-            self.finished.append((float(top_scores[k]) / generated_length ** self.c.length_penalty, ids))
+            ids = histories[parent[k]][self.prompt_length :] + [int(token[k])]
+            self.finished.append((float(top_scores[k]) / generated_length**self.c.length_penalty, ids))
         self.finished.sort(key=lambda f: -f[0])
         del self.finished[nb:]
 
@@ -64,7 +64,7 @@ class BeamGroup:
             best_length = generated_length
         full = len(self.finished) == c.num_beams
         if full:
-            best_possible = self.running_scores[0] / best_length ** c.length_penalty
+            best_possible = self.running_scores[0] / best_length**c.length_penalty
             self.improvable = self.improvable and best_possible > self.finished[-1][0]
         self.done = not self.improvable or (full and c.early_stopping is True) or bool(hits.all())
 

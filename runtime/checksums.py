@@ -16,8 +16,8 @@ import os
 import tempfile
 from pathlib import Path
 
-from .errors import ModelDirectoryError
 from .cache import cache_root
+from .errors import ModelDirectoryError
 from .manifest import MANIFEST_NAME
 
 VERIFIED_NAME = "verified.json"
@@ -45,7 +45,8 @@ def verified_paths(model_dir: Path, files: list[tuple[str, str]]) -> list[Path]:
         if verified.get(str(path.resolve())) != [_signature(path), sha256]:
             if sha256_file(path) != sha256:
                 raise ModelDirectoryError(
-                    f"{path} does not match the sha256 in {MANIFEST_NAME} (corrupt or modified); re-export the model directory"
+                    f"{path} does not match the sha256 in {MANIFEST_NAME} (corrupt or modified); re-export the model "
+                    "directory"
                 )
             newly[path] = sha256
         paths.append(path)

@@ -64,9 +64,16 @@ class Engine:
     max_new_tokens per row, at most `capacity`). `prefill_chunk`: prompt tokens run per
     step (None: all). `prefix_cache`: prompts start from the cached blocks they begin with."""
 
-    def __init__(self, decoder: Decoder, codec: TextCodec, max_rows: int, capacity: int,
-                 budget_positions: int | None = None, prefill_chunk: int | None = None,
-                 prefix_cache: PrefixCache | None = None):
+    def __init__(
+        self,
+        decoder: Decoder,
+        codec: TextCodec,
+        max_rows: int,
+        capacity: int,
+        budget_positions: int | None = None,
+        prefill_chunk: int | None = None,
+        prefix_cache: PrefixCache | None = None,
+    ):
         self.decoder, self.codec = decoder, codec
         self.max_rows, self.capacity = max_rows, capacity
         self.budget = budget_positions if budget_positions is not None else max_rows * capacity
@@ -90,10 +97,12 @@ class Engine:
         a row holds or more than the KV budget (ContextLengthError)."""
         if request.rows > self.max_rows:
             beams = request.config.num_beams
+            with_beams = f" with num_beams={beams}" if beams > 1 else ""
             raise GenerationOptionError(
-                f"num_return_sequences={request.config.num_return_sequences}{f' with num_beams={beams}' if beams > 1 else ''} "
+                f"num_return_sequences={request.config.num_return_sequences}{with_beams} "
                 f"needs {request.rows} rows at once, more than the {self.max_rows} this engine decodes "
-                "(its max_rows); ask for fewer", option="num_beams" if beams > 1 else "num_return_sequences",
+                "(its max_rows); ask for fewer",
+                option="num_beams" if beams > 1 else "num_return_sequences",
                 limit=("max_rows", self.max_rows),
             )
         sliding = request.config.context_overflow == "slide"
@@ -103,7 +112,8 @@ class Engine:
         if total > self.capacity or self._reservation(request) > self.budget:
             raise ContextLengthError(
                 f"the request needs {request.rows} row(s) of {len(request.prompt_ids)} prompt + "
-                f"{request.config.max_new_tokens} new tokens; this engine holds {self.max_rows} rows of {self.capacity} "
+                f"{request.config.max_new_tokens} new tokens; this engine holds {self.max_rows} rows of "
+                f"{self.capacity} "
                 f"positions with a KV budget of {self.budget} positions; shorten the prompt or max_new_tokens",
                 option=PROMPT,
             )
@@ -218,14 +228,14 @@ class Engine:
         blocks written there already. Every row holds its request's `computed` positions."""
         cache = self.cache
         for a in self.decoding + self.prefilling:  # what the rows of now hold: copies and freed pages follow it
-            cache.lengths[a.first:a.first + a.width] = a.computed
+            cache.lengths[a.first : a.first + a.width] = a.computed
         cache.select(np.array([r for _, sources in rows for r in sources], np.int64))
         if joining:
             cache.append(len(joining))
         first = 0
         for a, width in [*((a, len(sources)) for a, sources in rows), *((a, 1) for a in joining)]:
             a.first, a.width = first, width
-            cache.lengths[first:first + width] = a.computed
+            cache.lengths[first : first + width] = a.computed
             first += width
 
     def _publish(self) -> None:
@@ -234,10 +244,18 @@ class Engine:
         cache = self.prefix_cache.stats() if self.prefix_cache is not None else None
         with self._lock:
             waiting = len(self.waiting)
-        self._stats = Stats(len(self.decoding), sum(a.width for a in self.decoding), len(self.prefilling), waiting,
-                            sum(a.reserved for a in active), self.budget, self.max_rows,
-                            self.proposed_tokens, self.accepted_tokens,
-                            *((cache.hits, cache.misses, cache.bytes) if cache else ()))
+        self._stats = Stats(
+            len(self.decoding),
+            sum(a.width for a in self.decoding),
+            len(self.prefilling),
+            waiting,
+            sum(a.reserved for a in active),
+            self.budget,
+            self.max_rows,
+            self.proposed_tokens,
+            self.accepted_tokens,
+            *((cache.hits, cache.misses, cache.bytes) if cache else ()),
+        )
 
     def _reservation(self, request: Request) -> int:
         return request.rows * min(self.capacity, len(request.prompt_ids) + request.config.max_new_tokens)
@@ -297,5 +315,6 @@ class Engine:
         """A prompt's last chunk ran: its history starts, and the prefix cache keeps its blocks."""
         active.histories = [list(active.request.prompt_ids)]
         if self.prefix_cache is not None:
-            self.prefix_cache.insert(active.request.prompt_ids,
-                                     lambda start, end: self.cache.read_positions(row, start, end))
+            self.prefix_cache.insert(
+                active.request.prompt_ids, lambda start, end: self.cache.read_positions(row, start, end)
+            )

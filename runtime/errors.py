@@ -20,8 +20,14 @@ class GenerationOptionError(Gpt2OnnxError, ValueError):
     words it with `spelled`. `limit`: the engine setting and value the request exceeds (e.g.
     ("max_rows", 8)), for a front door to name the flag that sets it."""
 
-    def __init__(self, problem: str, *, option: str, remedy: tuple[str, object] | None = None,
-                 limit: tuple[str, int] | None = None):
+    def __init__(
+        self,
+        problem: str,
+        *,
+        option: str,
+        remedy: tuple[str, object] | None = None,
+        limit: tuple[str, int] | None = None,
+    ):
         self.problem, self.option, self.remedy, self.limit = problem, option, remedy, limit
         super().__init__(self.spelled(lambda option, value: f"{option}={value!r}"))
 

@@ -29,7 +29,6 @@ from .prefix_cache import PrefixCache
 from .session import Decoder, load_decoder
 from .text import TextCodec
 
-
 PREFIX_BLOCK_TOKENS = 16  # the prefix cache's block: vLLM's default size
 # the prefix cache's size where it is on by default (prefix_cache_mb=None: a server's and a batch job's default):
 # about 1,800 positions of the distil model (36 KB each), a few long shared prefixes or many short ones
@@ -74,8 +73,15 @@ class Generator:
     door gets its engine from `new_engine` and its requests from `request`, never from these parts.
     """
 
-    def __init__(self, model_dir: Path, manifest: Manifest, codec: TextCodec, decoder: Decoder, precision: str,
-                 prefix_cache: PrefixCache | None = None):
+    def __init__(
+        self,
+        model_dir: Path,
+        manifest: Manifest,
+        codec: TextCodec,
+        decoder: Decoder,
+        precision: str,
+        prefix_cache: PrefixCache | None = None,
+    ):
         self.model_dir = model_dir
         self.manifest = manifest
         self.codec = codec
@@ -84,8 +90,13 @@ class Generator:
         self.prefix_cache = prefix_cache  # shared by every call (and thread, and engine) of this Generator
 
     @classmethod
-    def load(cls, model: str | Path | None = None, precision: str = DEFAULT_PRECISION, threads: int | None = None,
-             prefix_cache_mb: float | None = 0) -> "Generator":
+    def load(
+        cls,
+        model: str | Path | None = None,
+        precision: str = DEFAULT_PRECISION,
+        threads: int | None = None,
+        prefix_cache_mb: float | None = 0,
+    ) -> Generator:
         """`model`: a model directory, or a hub id (exported into the cache on first use);
         None: the default model. `precision`: "int8", "int4" or "fp32" (what the directory holds).
         `threads`: intra-op threads, at most the machine's CPUs (default: the cores this process
@@ -100,12 +111,18 @@ class Generator:
         if precision not in manifest.variants:
             raise ModelDirectoryError(
                 f"{model_dir} has no {precision!r} variant (it has {', '.join(manifest.variants)}); "
-                f"pick one of those or re-export with `gpt2-onnx export SOURCE {model_dir} --quantize {precision} --force`"
+                f"pick one of those or re-export with `gpt2-onnx export SOURCE {model_dir} --quantize {precision} "
+                "--force`"
             )
         variant = manifest.variants[precision]
         graph = variant.graph()
         tokenizer, graph_path, _ = verified_paths(
-            model_dir, [(TOKENIZER_NAME, manifest.tokenizer_sha256), (graph.file, graph.sha256), (variant.data_file, variant.data_sha256)]
+            model_dir,
+            [
+                (TOKENIZER_NAME, manifest.tokenizer_sha256),
+                (graph.file, graph.sha256),
+                (variant.data_file, variant.data_sha256),
+            ],
         )
         codec = TextCodec.from_file(tokenizer, manifest.conventions)
         min_rows = BY_NAME[precision].min_call_rows if precision in BY_NAME else 1
@@ -125,7 +142,9 @@ class Generator:
     def generate(self, prompt: str, **options: Any) -> GenerationResult | list[GenerationResult]: ...
 
     @overload
-    def generate(self, prompt: Sequence[str], **options: Any) -> list[GenerationResult] | list[list[GenerationResult]]: ...
+    def generate(
+        self, prompt: Sequence[str], **options: Any
+    ) -> list[GenerationResult] | list[list[GenerationResult]]: ...
 
     def generate(self, prompt, **options):
         """Generate for one prompt (→ a GenerationResult, or a list of num_return_sequences)
@@ -139,9 +158,9 @@ class Generator:
         id_lists = [list(prompt_ids)] if single else [list(p) for p in prompt_ids]
         vocab = self.manifest.architecture.vocab_size
         if not id_lists or not all(p and all(0 <= int(t) < vocab for t in p) for p in id_lists):
-            raise GenerationOptionError(f"prompt_ids must be a non-empty list (or list of lists) of ids in "
-                                        f"[0, {vocab})",
-                                        option=PROMPT)
+            raise GenerationOptionError(
+                f"prompt_ids must be a non-empty list (or list of lists) of ids in [0, {vocab})", option=PROMPT
+            )
         return self._generate([[int(t) for t in p] for p in id_lists], single, self.config(**options))
 
     def _generate(self, id_lists: list[list[int]], single: bool, config: GenerationConfig):
@@ -154,6 +173,7 @@ class Generator:
                 texts[key] = texts.get(key, "") + event.text
                 tokens.setdefault(key, []).extend(event.tokens)
                 reasons[key] = event.finish_reason or reasons.get(key, "")
+
             return on_event
 
         requests = [self.request(ids, config, collector(i)) for i, ids in enumerate(id_lists)]
@@ -163,8 +183,16 @@ class Generator:
         first = min((r.clock.first_token for r in requests if r.clock.first_token), default=end)
         timings = Timings(first - start, end - first, sum(map(len, tokens.values())))
         results = [
-            [GenerationResult(texts.get((i, j), ""), tuple(tokens.get((i, j), ())), reasons.get((i, j), ""),
-                              len(r.prompt_ids), timings) for j in range(n)]
+            [
+                GenerationResult(
+                    texts.get((i, j), ""),
+                    tuple(tokens.get((i, j), ())),
+                    reasons.get((i, j), ""),
+                    len(r.prompt_ids),
+                    timings,
+                )
+                for j in range(n)
+            ]
             for i, r in enumerate(requests)
         ]
         grouped = [group[0] if n == 1 else group for group in results]
@@ -177,9 +205,10 @@ class Generator:
             raise GenerationOptionError(f"stream() takes one prompt string, got {type(prompt).__name__}", option=PROMPT)
         config = self.config(**options)
         if config.num_beams > 1 or config.num_return_sequences > 1:
-            raise GenerationOptionError("stream() produces one sequence: use num_beams=1 and "
-                                        "num_return_sequences=1, or generate()",
-                                        option="num_beams" if config.num_beams > 1 else "num_return_sequences")
+            raise GenerationOptionError(
+                "stream() produces one sequence: use num_beams=1 and num_return_sequences=1, or generate()",
+                option="num_beams" if config.num_beams > 1 else "num_return_sequences",
+            )
         pieces: list[str] = []
         request = self.request(self.encode(prompt), config, lambda event: pieces.append(event.text))
         engine = self.engine([request])
@@ -188,8 +217,13 @@ class Generator:
             yield from filter(None, pieces)
             pieces.clear()
 
-    def new_engine(self, max_rows: int, capacity: int | None = None, kv_cache_mb: float | None = None,
-                   prefill_chunk: int | None = None) -> Engine:
+    def new_engine(
+        self,
+        max_rows: int,
+        capacity: int | None = None,
+        kv_cache_mb: float | None = None,
+        prefill_chunk: int | None = None,
+    ) -> Engine:
         """An engine over this model, for a front door that keeps one (a server, a batch job): `max_rows`
         rows decode at once, each of `capacity` positions (None: the model's whole context, so a request
         of any length may join); `kv_cache_mb` bounds the keys and values reserved at once (None: every
@@ -200,8 +234,15 @@ class Generator:
         architecture = self.manifest.architecture
         capacity = architecture.n_positions if capacity is None else capacity
         budget = None if kv_cache_mb is None else int(kv_cache_mb * 2**20 // architecture.kv_bytes_per_token)
-        return Engine(self.decoder, self.codec, max_rows=max_rows, capacity=capacity, budget_positions=budget,
-                      prefill_chunk=prefill_chunk, prefix_cache=self.prefix_cache)
+        return Engine(
+            self.decoder,
+            self.codec,
+            max_rows=max_rows,
+            capacity=capacity,
+            budget_positions=budget,
+            prefill_chunk=prefill_chunk,
+            prefix_cache=self.prefix_cache,
+        )
 
     def engine(self, requests: Sequence[Request]) -> Engine:
         """An engine sized for these requests (what `generate` and `stream` decode on): their rows, at
@@ -224,15 +265,19 @@ class Generator:
         ids = self._fit_context(prompt_ids, config)
         stop_ids = conventions.stop_token_ids if config.stop_token_ids is None else config.stop_token_ids
         vocab = self.manifest.architecture.vocab_size
-        bad = tuple(seq for w in config.bad_words for seq in (self.codec.token_sequences(w) if isinstance(w, str) else [w]))
+        bad = tuple(
+            seq for w in config.bad_words for seq in (self.codec.token_sequences(w) if isinstance(w, str) else [w])
+        )
         for name, seq in (("stop_token_ids", stop_ids), *(("bad_words", b) for b in bad)):
             if any(t >= vocab for t in seq):
                 raise GenerationOptionError(f"{name} holds an id ≥ the vocabulary size {vocab}: {seq}", option=name)
         processors = Processors(config, tuple(stop_ids), tuple(b for b in bad if b))
         if config.prompt_lookup_num_tokens:
-            _require_shape_exact(self.precision, "prompt_lookup_num_tokens",
-                                 "prompt_lookup_num_tokens needs a precision whose logits for one token and for "
-                                 "several agree")
+            _require_shape_exact(
+                self.precision,
+                "prompt_lookup_num_tokens",
+                "prompt_lookup_num_tokens needs a precision whose logits for one token and for several agree",
+            )
         prefix = list(conventions.prompt_prefix_ids)
         prefix_len = len(prefix) if ids[: len(prefix)] == prefix else 0
         return Request(ids, config, processors, np.random.default_rng(config.seed), on_event, prefix_len=prefix_len)
@@ -264,14 +309,18 @@ class Generator:
         room = limit - needed - prefix
         if config.truncate != "left" or room < 1:
             if sliding:
-                problem = (f"the prompt has {len(ids)} tokens: with the context sliding it may hold {limit - 1} of "
-                           f"the {limit} positions of this model (one is for the first new token); shorten the prompt")
+                problem = (
+                    f"the prompt has {len(ids)} tokens: with the context sliding it may hold {limit - 1} of "
+                    f"the {limit} positions of this model (one is for the first new token); shorten the prompt"
+                )
             else:
                 fixes = "shorten the prompt, lower max_new_tokens" if room >= 1 else "lower max_new_tokens"
-                problem = (f"the prompt has {len(ids)} tokens and max_new_tokens is {config.max_new_tokens}: "
-                           f"{len(ids) + config.max_new_tokens} > {limit} positions of this model; {fixes}")
+                problem = (
+                    f"the prompt has {len(ids)} tokens and max_new_tokens is {config.max_new_tokens}: "
+                    f"{len(ids) + config.max_new_tokens} > {limit} positions of this model; {fixes}"
+                )
             raise ContextLengthError(problem, option=PROMPT, remedy=("truncate", "left") if room >= 1 else None)
-        return ids[:prefix] + ids[len(ids) - room:]
+        return ids[:prefix] + ids[len(ids) - room :]
 
 
 def _check_threads(threads: int | None) -> None:
@@ -283,7 +332,8 @@ def _check_threads(threads: int | None) -> None:
     if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= most):
         raise GenerationOptionError(
             f"threads must be an int in [1, {most}] (this machine's CPUs; more threads only contend for them), "
-            f"got {threads!r}", option="threads"
+            f"got {threads!r}",
+            option="threads",
         )
 
 
@@ -295,11 +345,17 @@ def prefix_cache_size(precision: str, prefix_cache_mb: float | None) -> float:
     if prefix_cache_mb is None:
         return DEFAULT_PREFIX_CACHE_MB if _shape_exact(precision) else 0
     if isinstance(prefix_cache_mb, bool) or not isinstance(prefix_cache_mb, (int, float)) or not prefix_cache_mb >= 0:
-        raise GenerationOptionError(f"prefix_cache_mb must be a number ≥ 0 (or None: the default), "
-                                    f"got {prefix_cache_mb!r}", option="prefix_cache_mb")
+        raise GenerationOptionError(
+            f"prefix_cache_mb must be a number ≥ 0 (or None: the default), got {prefix_cache_mb!r}",
+            option="prefix_cache_mb",
+        )
     if prefix_cache_mb:
-        _require_shape_exact(precision, "prefix_cache_mb", "the prefix cache needs a precision whose logits do not "
-                             "depend on how a prompt is split", remedy=("prefix_cache_mb", 0))
+        _require_shape_exact(
+            precision,
+            "prefix_cache_mb",
+            "the prefix cache needs a precision whose logits do not depend on how a prompt is split",
+            remedy=("prefix_cache_mb", 0),
+        )
     return prefix_cache_mb
 
 
@@ -312,5 +368,6 @@ def _require_shape_exact(precision: str, option: str, needs: str, remedy: tuple[
     logits depend on how many tokens a call carries; `remedy`: the option and value that turn it off."""
     if not _shape_exact(precision):
         exact = ", ".join(p.name for p in BY_NAME.values() if p.shape_exact)
-        raise GenerationOptionError(f"{needs} ({exact}); {precision} is not: load one of those", option=option,
-                                    remedy=remedy)
+        raise GenerationOptionError(
+            f"{needs} ({exact}); {precision} is not: load one of those", option=option, remedy=remedy
+        )

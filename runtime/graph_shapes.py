@@ -28,11 +28,16 @@ def check_graph_architecture(session: ort.InferenceSession, graph_file: Path, ar
     """Refuse a manifest whose architecture is not its graph's, with one line naming each field that
     disagrees and what the graph has."""
     found = graph_architecture(session, graph_file)
-    wrong = [f"architecture.{name} is {getattr(architecture, name)}, the graph has {value}"
-             for name, value in found.items() if getattr(architecture, name) != value]
+    wrong = [
+        f"architecture.{name} is {getattr(architecture, name)}, the graph has {value}"
+        for name, value in found.items()
+        if getattr(architecture, name) != value
+    ]
     if wrong:
-        raise ModelDirectoryError(f"{graph_file.parent / MANIFEST_NAME} does not match its graph {graph_file.name}: "
-                                  f"{'; '.join(wrong)}; re-export the model directory")
+        raise ModelDirectoryError(
+            f"{graph_file.parent / MANIFEST_NAME} does not match its graph {graph_file.name}: "
+            f"{'; '.join(wrong)}; re-export the model directory"
+        )
 
 
 def graph_architecture(session: ort.InferenceSession, graph_file: Path) -> dict[str, int]:
@@ -46,10 +51,17 @@ def graph_architecture(session: ort.InferenceSession, graph_file: Path) -> dict[
     outputs = {o.name: o.shape for o in session.get_outputs()}
     positions = initializer_dims(graph_file, POSITION_TABLE)
     if n_layer == 0 or LOGITS not in outputs or positions is None or len(positions) != 2:
-        raise ModelDirectoryError(f"{graph_file} is not a gpt2-onnx graph (no KV inputs, logits or position table "
-                                  f"{POSITION_TABLE}); re-export the model directory")
-    return {"n_layer": n_layer, "n_head": inputs[past_name(0, KV_KINDS[0])][1], "n_embd": positions[1],
-            "vocab_size": outputs[LOGITS][-1], "n_positions": positions[0]}
+        raise ModelDirectoryError(
+            f"{graph_file} is not a gpt2-onnx graph (no KV inputs, logits or position table "
+            f"{POSITION_TABLE}); re-export the model directory"
+        )
+    return {
+        "n_layer": n_layer,
+        "n_head": inputs[past_name(0, KV_KINDS[0])][1],
+        "n_embd": positions[1],
+        "vocab_size": outputs[LOGITS][-1],
+        "n_positions": positions[0],
+    }
 
 
 def initializer_dims(graph_file: Path, name: str) -> tuple[int, ...] | None:
@@ -94,7 +106,7 @@ def _wire_fields(message: memoryview, number: int) -> Iterator[tuple[int, int | 
             size, pos = _varint(message, pos) if wire == LENGTH_DELIMITED else (8 if wire == FIXED64 else 4, pos)
             if pos + size > len(message):
                 raise ValueError("truncated protobuf")
-            value, pos = message[pos:pos + size], pos + size
+            value, pos = message[pos : pos + size], pos + size
         else:
             raise ValueError(f"protobuf wire type {wire} is not one ONNX files use")
         if key >> 3 == number:

@@ -28,11 +28,14 @@ def resolve_model_dir(model: str | Path | None) -> Path:
         has_weights = any((path / f).is_file() for f in CHECKPOINT_WEIGHTS)
         if not (path / MANIFEST_NAME).is_file() and (path / CONFIG_NAME).is_file() and has_weights:
             raise ModelDirectoryError(
-                f"{path} is a checkpoint, not an exported model directory; run `gpt2-onnx export {path} OUT_DIR` and load OUT_DIR"
+                f"{path} is a checkpoint, not an exported model directory; run `gpt2-onnx export {path} OUT_DIR` and "
+                "load OUT_DIR"
             )
         return path
     if looks_like_path(name):
-        raise ModelDirectoryError(f"model directory {name} does not exist; export one with `gpt2-onnx export SOURCE {name}`")
+        raise ModelDirectoryError(
+            f"model directory {name} does not exist; export one with `gpt2-onnx export SOURCE {name}`"
+        )
     cached = cached_dir(name)
     if (cached / MANIFEST_NAME).is_file():
         return cached
@@ -56,4 +59,3 @@ def _export_to_cache(hub_id: str, target: Path) -> Path:
         ) from None
     # wait: a concurrent first use of the same id exports it once, the other loads its result
     return export_model(hub_id, target, quantize=QUANTIZED, force=True, wait=True, progress=print_progress)
-

@@ -38,7 +38,9 @@ class Processors:
             if c.repetition_penalty != 1.0:
                 repetition_penalty(row, history, c.repetition_penalty)
             if openai and n_new:
-                presence_frequency_penalty(row, history[len(history) - n_new:], c.presence_penalty, c.frequency_penalty)
+                presence_frequency_penalty(
+                    row, history[len(history) - n_new :], c.presence_penalty, c.frequency_penalty
+                )
             if c.no_repeat_ngram_size > 0:
                 row[banned_ngram_tokens(history, c.no_repeat_ngram_size)] = NEG_INF
             if self.bad_words_ids:
@@ -72,8 +74,8 @@ def banned_ngram_tokens(history: Sequence[int], n: int) -> list[int]:
     """Tokens that would repeat an n-gram already in `history`."""
     if len(history) + 1 < n:
         return []
-    prefix = tuple(history[len(history) - n + 1:]) if n > 1 else ()
-    return [history[i + n - 1] for i in range(len(history) - n + 1) if tuple(history[i:i + n - 1]) == prefix]
+    prefix = tuple(history[len(history) - n + 1 :]) if n > 1 else ()
+    return [history[i + n - 1] for i in range(len(history) - n + 1) if tuple(history[i : i + n - 1]) == prefix]
 
 
 def banned_bad_words(history: Sequence[int], bad_words: Sequence[tuple[int, ...]]) -> list[int]:
@@ -81,7 +83,7 @@ def banned_bad_words(history: Sequence[int], bad_words: Sequence[tuple[int, ...]
     banned = []
     for word in bad_words:
         k = len(word) - 1
-        if k == 0 or (len(history) >= k and tuple(history[len(history) - k:]) == word[:-1]):
+        if k == 0 or (len(history) >= k and tuple(history[len(history) - k :]) == word[:-1]):
             banned.append(word[-1])
     return banned
 

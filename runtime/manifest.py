@@ -58,7 +58,7 @@ class Architecture:
                 raise ValueError(f"{f.name} must be ≥ 1, got {getattr(self, f.name)}")
 
     @classmethod
-    def from_config(cls, config: dict[str, Any]) -> "Architecture":
+    def from_config(cls, config: dict[str, Any]) -> Architecture:
         """The shape numbers of a checkpoint's config.json; KeyError for a missing entry,
         TypeError or ValueError for one that is not a positive whole number."""
         return cls(**{f.name: int(config[f.name]) for f in dataclasses.fields(cls)})
@@ -146,7 +146,7 @@ class Manifest:
     format_version: int = FORMAT_VERSION
 
     def __post_init__(self):
-        for name, variant in self.variants.items():
+        for variant in self.variants.values():
             variant.graph(IO_KV_BUFFER)  # the runtime runs this one
 
     def checksummed_files(self) -> list[tuple[str, str]]:
@@ -198,6 +198,7 @@ def parse(cls, raw: Any, where: str):
     """`raw` JSON as an instance of the (frozen dataclass) type `cls`, every field checked
     against its annotation: a ValueError names the field, e.g. `the field architecture.n_layer
     must be int, got 'six'`, so a hand-edited manifest fails here, not deep in the decoder."""
+
     def wrong(expected: str) -> ValueError:
         return ValueError(f"the field {where or 'manifest'} must be {expected}, got {raw!r}")
 

@@ -36,8 +36,14 @@ TEXTS = "texts"  # a list of non-empty strings (a single string is a list of one
 IDS = "ids"  # a list of token ids
 WORDS = "words"  # a list whose entries are non-empty strings or lists of token ids
 LISTS = (TEXTS, IDS, WORDS)
-_KIND_NAMES = {INT: "int", FLOAT: "float", BOOL: "bool", TEXTS: "list of strings", IDS: "list of token ids",
-               WORDS: "list of strings or token-id lists"}
+_KIND_NAMES = {
+    INT: "int",
+    FLOAT: "float",
+    BOOL: "bool",
+    TEXTS: "list of strings",
+    IDS: "list of token ids",
+    WORDS: "list of strings or token-id lists",
+}
 
 _FROM_NAME = "<from the name>"  # `body`/`flag` not given: the option's name (its flag: dashes for underscores)
 
@@ -83,7 +89,7 @@ class Option:
             span = f"{'>' if self.open_low else '≥'} {self.low:g}"
         else:
             span = "a number" if self.kind == FLOAT else ""
-        text = (f"an int {span}".rstrip() if self.kind == INT else span)
+        text = f"an int {span}".rstrip() if self.kind == INT else span
         return f"{text} or None" if self.nullable else text
 
     def check(self, value: Any) -> None:
@@ -93,8 +99,9 @@ class Option:
         if self.kind in LISTS:
             self._check_entries(value)
         elif not self._fits(value):
-            raise GenerationOptionError(f"{self.name} must be {self.allowed}, got {value!r}{self.why}",
-                                        option=self.name)
+            raise GenerationOptionError(
+                f"{self.name} must be {self.allowed}, got {value!r}{self.why}", option=self.name
+            )
 
     def _fits(self, v: Any) -> bool:
         if self.kind == CHOICE:
@@ -109,17 +116,23 @@ class Option:
 
     def _check_entries(self, value: Any) -> None:
         if self.kind == TEXTS and not all(isinstance(s, str) and s for s in value):
-            raise GenerationOptionError(f"{self.name} must be a list of non-empty strings, got {value!r}",
-                                        option=self.name)
+            raise GenerationOptionError(
+                f"{self.name} must be a list of non-empty strings, got {value!r}", option=self.name
+            )
         if self.kind == IDS and not all(is_int(t) and t >= 0 for t in value):
-            raise GenerationOptionError(f"{self.name} must be a list of token ids (ints ≥ 0), got {value!r}",
-                                        option=self.name)
+            raise GenerationOptionError(
+                f"{self.name} must be a list of token ids (ints ≥ 0), got {value!r}", option=self.name
+            )
         for entry in value:
-            if self.kind == WORDS and not (isinstance(entry, str) and entry) and not (
-                    isinstance(entry, tuple) and entry and all(is_int(t) for t in entry)):
+            if (
+                self.kind == WORDS
+                and not (isinstance(entry, str) and entry)
+                and not (isinstance(entry, tuple) and entry and all(is_int(t) for t in entry))
+            ):
                 raise GenerationOptionError(
                     f"{self.name} entries must be non-empty strings or lists of token ids, got {entry!r}",
-                    option=self.name)
+                    option=self.name,
+                )
             if isinstance(entry, str):
                 require_utf8(entry, f"the {self.name} entry {entry!r}", self.name)
 
@@ -138,24 +151,41 @@ OPTIONS: tuple[Option, ...] = (
     Option("num_return_sequences", INT, "sequences per prompt", low=1, high=MAX_ROWS, why=_ROWS_WHY, body="n"),
     Option("num_beams", INT, "beam search with this many beams", low=1, high=MAX_ROWS, why=_ROWS_WHY, body=None),
     Option("length_penalty", FLOAT, "beam score = log-prob sum / length ** this", body=None),
-    Option("early_stopping", CHOICE, "beams: stop when enough are done (True), by a heuristic (False), or never",
-           choices=(True, False, "never"), body=None, flag=None),
+    Option(
+        "early_stopping",
+        CHOICE,
+        "beams: stop when enough are done (True), by a heuristic (False), or never",
+        choices=(True, False, "never"),
+        body=None,
+        flag=None,
+    ),
     Option("stop", TEXTS, "a string that ends a sequence (not included in the text)"),
-    Option("stop_token_ids", IDS, "token ids that end a sequence (None: the model's)", nullable=True,
-           body=None, flag=None),
-    Option("bad_words", WORDS, "never generate this text, however it is tokenized",
-           flag="--bad-word"),
+    Option(
+        "stop_token_ids", IDS, "token ids that end a sequence (None: the model's)", nullable=True, body=None, flag=None
+    ),
+    Option("bad_words", WORDS, "never generate this text, however it is tokenized", flag="--bad-word"),
     Option("seed", INT, "random seed for sampling", low=0, nullable=True),
-    Option("logprobs", INT, "also return each chosen token's log-probability and the N most likely", low=0,
-           flag=None),
-    Option("truncate", CHOICE,
-           "left: drop the prompt's oldest tokens to fit the context (else such a prompt is refused)",
-           choices=(None, "left")),
-    Option("context_overflow", CHOICE, "slide: generate past the model's positions, re-encoding a window of recent "
-           "text when the context is full", choices=("error", "slide")),
+    Option("logprobs", INT, "also return each chosen token's log-probability and the N most likely", low=0, flag=None),
+    Option(
+        "truncate",
+        CHOICE,
+        "left: drop the prompt's oldest tokens to fit the context (else such a prompt is refused)",
+        choices=(None, "left"),
+    ),
+    Option(
+        "context_overflow",
+        CHOICE,
+        "slide: generate past the model's positions, re-encoding a window of recent text when the context is full",
+        choices=("error", "slide"),
+    ),
     Option("context_keep", INT, "with context_overflow slide: prompt tokens every window keeps", low=0),
-    Option("prompt_lookup_num_tokens", INT, "speculative decoding: propose up to this many tokens found earlier in "
-           "the text (same output, faster on repeated text)", low=0),
+    Option(
+        "prompt_lookup_num_tokens",
+        INT,
+        "speculative decoding: propose up to this many tokens found earlier in "
+        "the text (same output, faster on repeated text)",
+        low=0,
+    ),
     Option("max_matching_ngram_size", INT, "longest n-gram prompt lookup matches", low=1),
 )
 BY_NAME: Mapping[str, Option] = {o.name: o for o in OPTIONS}
@@ -190,7 +220,8 @@ def require_utf8(text: str, what: str, option: str) -> None:
         found = f"the byte 0x{code - 0xDC00:02x}" if 0xDC80 <= code <= 0xDCFF else f"a lone surrogate U+{code:04X}"
         raise GenerationOptionError(
             f"{what} is not valid UTF-8: it holds {found} at character {e.start}; pass UTF-8 text "
-            "(convert the input with iconv, or set the terminal to UTF-8)", option=option
+            "(convert the input with iconv, or set the terminal to UTF-8)",
+            option=option,
         ) from None
 
 
@@ -205,4 +236,3 @@ def markdown_table() -> str:
         body = "—" if o.body is None else f"`{o.body}`"
         lines.append(f"| `{o.name}` | {values} | {body} | {flag} | {o.help} |")
     return "\n".join(lines) + "\n"
-

@@ -55,7 +55,7 @@ class GenerationConfig:
     max_matching_ngram_size: int = 2
 
     @classmethod
-    def from_options(cls, defaults: Mapping[str, Any], options: Mapping[str, Any]) -> "GenerationConfig":
+    def from_options(cls, defaults: Mapping[str, Any], options: Mapping[str, Any]) -> GenerationConfig:
         names = {f.name for f in fields(cls)}
         for source, values in (("manifest generation_defaults", defaults), ("generate()", options)):
             unknown = sorted(set(values) - names)
@@ -88,13 +88,15 @@ class GenerationConfig:
                 option="prompt_lookup_num_tokens",
             )
         if self.context_overflow == "slide" and self.num_beams > 1:
-            raise GenerationOptionError("context_overflow='slide' is not supported with beam search; use num_beams=1",
-                                        option="context_overflow")
+            raise GenerationOptionError(
+                "context_overflow='slide' is not supported with beam search; use num_beams=1", option="context_overflow"
+            )
         if self.num_beams > 1:
             if self.do_sample:
                 raise GenerationOptionError(
                     "num_beams > 1 with do_sample=True (beam sampling) is not supported; set do_sample=False",
-                    option="do_sample")
+                    option="do_sample",
+                )
             if self.num_return_sequences > self.num_beams:
                 raise GenerationOptionError(
                     f"num_return_sequences ({self.num_return_sequences}) must be ≤ num_beams ({self.num_beams})",
@@ -102,14 +104,18 @@ class GenerationConfig:
                 )
             if self.stop:
                 raise GenerationOptionError(
-                    "stop strings are not supported with beam search; use stop_token_ids or num_beams=1", option="stop")
+                    "stop strings are not supported with beam search; use stop_token_ids or num_beams=1", option="stop"
+                )
             if self.logprobs:
-                raise GenerationOptionError("logprobs are not supported with beam search; use num_beams=1",
-                                            option="logprobs")
+                raise GenerationOptionError(
+                    "logprobs are not supported with beam search; use num_beams=1", option="logprobs"
+                )
         elif self.num_return_sequences > 1 and not self.sampling:
             raise GenerationOptionError(
-                f"num_return_sequences={self.num_return_sequences} needs do_sample=True or num_beams ≥ num_return_sequences "
-                "(greedy decoding returns one sequence)", option="num_return_sequences"
+                f"num_return_sequences={self.num_return_sequences} needs do_sample=True or num_beams ≥ "
+                "num_return_sequences "
+                "(greedy decoding returns one sequence)",
+                option="num_return_sequences",
             )
 
     @property
@@ -124,5 +130,6 @@ def as_sequence(prompts: str | Sequence[str]) -> tuple[list[str], bool]:
         return [prompts], True
     if isinstance(prompts, Sequence) and prompts and all(isinstance(p, str) for p in prompts):
         return list(prompts), False
-    raise GenerationOptionError(f"prompt must be a string or a non-empty list of strings, got {type(prompts).__name__}",
-                                option=PROMPT)
+    raise GenerationOptionError(
+        f"prompt must be a string or a non-empty list of strings, got {type(prompts).__name__}", option=PROMPT
+    )

@@ -67,8 +67,9 @@ class Plan:
     calls: tuple[Call, ...]
 
 
-def plan(decoding: Sequence[Active], prefilling: Sequence[Active], cache: KVBuffer, capacity: int,
-         prefill_chunk: int | None) -> Plan:
+def plan(
+    decoding: Sequence[Active], prefilling: Sequence[Active], cache: KVBuffer, capacity: int, prefill_chunk: int | None
+) -> Plan:
     """The step for these requests, whose rows (spans) the engine laid out in `cache`. Only a
     speculating request's pause count moves (`Speculation.propose`)."""
     chunks, chunk_calls = _prefill(prefilling, prefill_chunk, len(decoding))  # works after the decoding requests'
@@ -90,7 +91,7 @@ def run(decoder: Decoder, cache: KVBuffer, step: Plan) -> list[np.ndarray | None
         for i in call.works:
             work = step.works[i]
             if work.chooses:
-                out[i] = logits[work.first - call.first: work.first - call.first + work.width, : work.positions]
+                out[i] = logits[work.first - call.first : work.first - call.first + work.width, : work.positions]
     return out
 
 
@@ -106,14 +107,16 @@ def _prefill(prefilling: Sequence[Active], budget: int | None, first_work: int) 
     while i < len(prefilling) and left_budget > 0:
         head = prefilling[i]
         point = (head.computed, len(head.request.prompt_ids))
-        group = list(itertools.takewhile(lambda a: (a.computed, len(a.request.prompt_ids)) == point, prefilling[i:]))
+        group = list(
+            itertools.takewhile(lambda a, point=point: (a.computed, len(a.request.prompt_ids)) == point, prefilling[i:])
+        )
         left = point[1] - point[0]
         take = int(min(left, left_budget))
         width = 1 if take < left else int(min(len(group), max(1, left_budget // left)))
         if head.computed > 0 and take > 1:  # several tokens after a past
             width = min(width, CONTINUING_ROWS)
         group = group[:width]
-        ids = np.array([a.request.prompt_ids[a.computed:a.computed + take] for a in group], np.int64)  # [group, take]
+        ids = np.array([a.request.prompt_ids[a.computed : a.computed + take] for a in group], np.int64)  # [group, take]
         index = first_work + len(works)
         calls.append(Call(head.first, ids, False, tuple(range(index, index + len(group)))))
         works += [Work(a, a.first, 1, take, chooses=take == left) for a in group]
@@ -124,8 +127,9 @@ def _prefill(prefilling: Sequence[Active], budget: int | None, first_work: int) 
     return works, calls
 
 
-def _decode(decoding: Sequence[Active], after: np.ndarray, capacity: int,
-            min_rows: int) -> tuple[list[Work], Call | None]:
+def _decode(
+    decoding: Sequence[Active], after: np.ndarray, capacity: int, min_rows: int
+) -> tuple[list[Work], Call | None]:
     """One call for every decoding row: its pending token, then a speculating request's proposal."""
     if not decoding:
         return [], None
@@ -135,8 +139,8 @@ def _decode(decoding: Sequence[Active], after: np.ndarray, capacity: int,
     ids = np.zeros((rows, seq), np.int64)  # [rows, seq]: pending token, proposal, padding
     works = []
     for a, proposal in zip(decoding, proposals):
-        ids[a.first:a.first + a.width, 0] = a.next_tokens
-        ids[a.first, 1:1 + len(proposal)] = proposal
+        ids[a.first : a.first + a.width, 0] = a.next_tokens
+        ids[a.first, 1 : 1 + len(proposal)] = proposal
         works.append(Work(a, a.first, a.width, 1 + len(proposal), tuple(proposal)))
     return works, Call(0, ids, seq > 1, tuple(range(len(works))))
 
@@ -149,7 +153,12 @@ def _proposals(decoding: Sequence[Active], rows: int, bound: np.ndarray, capacit
         return [[] for _ in decoding]
     room = int(capacity - bound.max()) - 1
     return [
-        a.speculation.propose(a.histories[0], min(room, a.request.config.max_new_tokens - a.new_tokens - 1),
-                              a.request.processors.stop_token_ids) if a.speculation and room > 0 else []
+        a.speculation.propose(
+            a.histories[0],
+            min(room, a.request.config.max_new_tokens - a.new_tokens - 1),
+            a.request.processors.stop_token_ids,
+        )
+        if a.speculation and room > 0
+        else []
         for a in decoding
     ]

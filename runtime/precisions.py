@@ -42,8 +42,14 @@ ECOSYSTEM_GRAPH = "model.onnx"  # where optimum, onnxruntime-genai and transform
 PRECISIONS = (
     Precision("fp32", "fp32", "the checkpoint's FP32 weights", 1.0, ecosystem_graph=True),
     Precision("int8", "int8_per_token", "8-bit weights per output column, activations quantized per token", 0.27),
-    Precision("int4", "int4_blockwise", "4-bit weights in blocks of 32, activations int8 per block", 0.18, min_call_rows=2,
-              shape_exact=False),
+    Precision(
+        "int4",
+        "int4_blockwise",
+        "4-bit weights in blocks of 32, activations int8 per block",
+        0.18,
+        min_call_rows=2,
+        shape_exact=False,
+    ),
 )
 BY_NAME = {p.name: p for p in PRECISIONS}
 NAMES = tuple(BY_NAME)

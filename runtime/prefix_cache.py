@@ -39,7 +39,10 @@ class PrefixCache:
 
     def __init__(self, block_size: int, budget_bytes: int, token_bytes: int):
         if block_size < 1 or budget_bytes < 0 or token_bytes < 1:
-            raise ValueError(f"block_size and token_bytes must be ≥ 1 and budget_bytes ≥ 0, got {block_size}, {token_bytes}, {budget_bytes}")
+            raise ValueError(
+                f"block_size and token_bytes must be ≥ 1 and budget_bytes ≥ 0, got {block_size}, {token_bytes}, "
+                f"{budget_bytes}"
+            )
         self.block_size, self.budget_bytes = block_size, budget_bytes
         self.block_bytes = block_size * token_bytes
         self._blocks: OrderedDict[tuple[int, tuple[int, ...]], tuple[int, np.ndarray]] = OrderedDict()  # key → (id, kv)
@@ -52,7 +55,7 @@ class PrefixCache:
         """The cached blocks that begin `ids` (at most `blocks`): [(key, kv)] in order."""
         chain, parent = [], ROOT
         for k in range(blocks):
-            key = (parent, tuple(ids[k * self.block_size:(k + 1) * self.block_size]))
+            key = (parent, tuple(ids[k * self.block_size : (k + 1) * self.block_size]))
             if key not in self._blocks:
                 break
             parent, kv = self._blocks[key]
@@ -89,7 +92,7 @@ class PrefixCache:
                 break  # checked before copying the block out of the row
             kv = read(k * self.block_size, (k + 1) * self.block_size)
             assert kv.nbytes == self.block_bytes, f"a block of {kv.nbytes} bytes, {self.block_bytes} expected"
-            key = (parent, tuple(ids[k * self.block_size:(k + 1) * self.block_size]))
+            key = (parent, tuple(ids[k * self.block_size : (k + 1) * self.block_size]))
             self._blocks[key] = (self._next_id, kv)
             parent, self._next_id = self._next_id, self._next_id + 1
             self._bytes += kv.nbytes
@@ -107,4 +110,6 @@ class PrefixCache:
             self._bytes -= kv.nbytes
 
     def stats(self) -> PrefixCacheStats:
-        return PrefixCacheStats(self.hits, self.misses, self.hit_tokens, len(self._blocks), self._bytes, self.budget_bytes)
+        return PrefixCacheStats(
+            self.hits, self.misses, self.hit_tokens, len(self._blocks), self._bytes, self.budget_bytes
+        )

@@ -17,6 +17,7 @@ FINISH_LENGTH = "length"  # max_new_tokens reached
 FINISH_CANCELLED = "cancelled"  # the caller cancelled the request
 FINISH_ERROR = "error"  # the engine failed (a server's engine thread reports it and goes on)
 
+
 @dataclass(frozen=True)
 class Event:
     """New output of one returned sequence (slot j of the request's num_return_sequences)."""

@@ -112,7 +112,13 @@ class Active:
         """Send one chosen token of a sequence to the caller; its finish reason, if it ends there."""
         request = self.request
         text, hit_stop_string = self.streams[slot].push(token)
-        reason = FINISH_STOP if token in request.processors.stop_token_ids else FINISH_STOP_STRING if hit_stop_string else None
+        reason = (
+            FINISH_STOP
+            if token in request.processors.stop_token_ids
+            else FINISH_STOP_STRING
+            if hit_stop_string
+            else None
+        )
         if reason is None and step + 1 == request.config.max_new_tokens:
             reason = FINISH_LENGTH
         if reason in (FINISH_STOP, FINISH_LENGTH):

@@ -21,7 +21,14 @@ import numpy as np
 import onnxruntime as ort
 
 from .graph_io import (
-    INPUT_IDS, LOGITS, LOGITS_TO_KEEP, POSITION_IDS, SEQLENS_K, TOTAL_SEQUENCE_LENGTH, cache_names, past_name,
+    INPUT_IDS,
+    LOGITS,
+    LOGITS_TO_KEEP,
+    POSITION_IDS,
+    SEQLENS_K,
+    TOTAL_SEQUENCE_LENGTH,
+    cache_names,
+    past_name,
     present_name,
 )
 from .graph_shapes import check_graph_architecture
@@ -106,7 +113,9 @@ class KVBuffer:
         moves = [(dst, int(src)) for dst, src in enumerate(rows) if dst != src]
         overwritten = {dst for dst, _ in moves}
         # a source that is itself overwritten before it is read is staged first
-        staged = {src: [b[src, :, : self.lengths[src]].copy() for b in self.full] for _, src in moves if src in overwritten}
+        staged = {
+            src: [b[src, :, : self.lengths[src]].copy() for b in self.full] for _, src in moves if src in overwritten
+        }
         old_lengths = np.zeros(len(self.full[0]), np.int64)
         old_lengths[: len(self.lengths)] = self.lengths
         for dst, src in moves:
@@ -130,7 +139,7 @@ class KVBuffer:
     def write_positions(self, row: int, start: int, values: np.ndarray) -> None:
         """Put `read_positions` output at positions [start, start + n) of a row."""
         for b, v in zip(self.full, values):
-            b[row, :, start:start + v.shape[1]] = v
+            b[row, :, start : start + v.shape[1]] = v
 
     def replace_row(self, row: int, values: np.ndarray, held: int) -> None:
         """The row's first positions become `values` [layers × kinds, n_head, n, head_dim]; the
@@ -143,7 +152,10 @@ class KVBuffer:
     def _release_range(self, first: tuple[int, int, int], end: tuple[int, int, int]) -> None:
         """Give back the whole pages between (row, head, position) `first` and `end`."""
         _, heads, capacity, head_dim = self.full[0].shape
-        offset = lambda row, head, position: ((row * heads + head) * capacity + position) * head_dim * 4
+
+        def offset(row: int, head: int, position: int) -> int:  # bytes into a buffer (float32)
+            return ((row * heads + head) * capacity + position) * head_dim * 4
+
         start = -(-offset(*first) // mmap.PAGESIZE) * mmap.PAGESIZE
         stop = offset(*end) // mmap.PAGESIZE * mmap.PAGESIZE
         for memory in self.memory:
@@ -151,8 +163,13 @@ class KVBuffer:
                 memory.madvise(mmap.MADV_DONTNEED, start, stop - start)
 
 
-def bind_in_place(session: ort.InferenceSession, decoder: "Decoder", inputs: dict[str, np.ndarray],
-                  logits: np.ndarray, buffers: list[np.ndarray]) -> ort.IOBinding:
+def bind_in_place(
+    session: ort.InferenceSession,
+    decoder: Decoder,
+    inputs: dict[str, np.ndarray],
+    logits: np.ndarray,
+    buffers: list[np.ndarray],
+) -> ort.IOBinding:
     """A binding of `session` that reads `inputs` and writes `logits` in their numpy memory,
     with each KV buffer bound as both its past and its present (written in place)."""
     binding = session.io_binding()
@@ -172,7 +189,7 @@ class _BoundCall:
     that onnxruntime reads and writes in place, so a call only writes a few numbers into
     them (no OrtValue or output objects are made per token)."""
 
-    def __init__(self, decoder: "Decoder", buffers: list[np.ndarray], seq: int, keep: int):
+    def __init__(self, decoder: Decoder, buffers: list[np.ndarray], seq: int, keep: int):
         rows = buffers[0].shape[0]
         self.session = decoder.session
         self.input_ids = np.zeros((rows, seq), np.int64)
@@ -181,8 +198,13 @@ class _BoundCall:
         self.total_sequence_length = np.zeros((), np.int32)
         self.keep = np.array(keep, np.int64)
         self.logits = np.empty((rows, keep or seq, decoder.architecture.vocab_size), np.float32)
-        inputs = {INPUT_IDS: self.input_ids, POSITION_IDS: self.position_ids, SEQLENS_K: self.seqlens_k,
-                  TOTAL_SEQUENCE_LENGTH: self.total_sequence_length, LOGITS_TO_KEEP: self.keep}
+        inputs = {
+            INPUT_IDS: self.input_ids,
+            POSITION_IDS: self.position_ids,
+            SEQLENS_K: self.seqlens_k,
+            TOTAL_SEQUENCE_LENGTH: self.total_sequence_length,
+            LOGITS_TO_KEEP: self.keep,
+        }
         self.binding = bind_in_place(self.session, decoder, inputs, self.logits, buffers)
 
     def __call__(self, ids: np.ndarray, past: np.ndarray) -> np.ndarray:
@@ -225,22 +247,26 @@ class Decoder:
         k, seq = ids.shape
         width = max(k, self.min_rows) if seq == 1 else k  # several tokens are several rows to the kernels already
         lengths = np.zeros(width, np.int64)
-        known = cache.lengths[first:first + width]
+        known = cache.lengths[first : first + width]
         lengths[: len(known)] = known
         keep = seq if every_position else 1
         assert seq == 1 or k <= CONTINUING_ROWS or not lengths.any(), "several tokens after a past: too many rows"
         if first == 0 and (seq == 1 or every_position):
             call = cache.decode_calls.get((width, seq, keep))
             if call is None:
-                call = cache.decode_calls[width, seq, keep] = _BoundCall(self, [b[:width] for b in cache.full], seq, keep)
+                call = cache.decode_calls[width, seq, keep] = _BoundCall(
+                    self, [b[:width] for b in cache.full], seq, keep
+                )
         else:
-            call = _BoundCall(self, [b[first:first + width] for b in cache.full], seq, keep)
+            call = _BoundCall(self, [b[first : first + width] for b in cache.full], seq, keep)
         padded = np.zeros((width, seq), np.int64)
         padded[:k] = ids
         logits = call(padded, lengths)[:k]
         return logits if every_position else logits[:, -1]
 
-    def prefill(self, prompts: Sequence[Sequence[int]], capacity: int, max_rows: int | None = None) -> tuple[KVBuffer, np.ndarray]:
+    def prefill(
+        self, prompts: Sequence[Sequence[int]], capacity: int, max_rows: int | None = None
+    ) -> tuple[KVBuffer, np.ndarray]:
         """Run the prompts (of any lengths) into an empty cache of `capacity` positions per row
         that can grow to `max_rows` rows: (cache, last-position logits [rows, vocab]).
         Equal-length prompts run as one batch; otherwise each row runs alone into its slice."""

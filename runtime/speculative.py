@@ -47,7 +47,7 @@ def prompt_lookup(ids: Sequence[int], max_ngram: int, k: int) -> list[int]:
         for back in range(1, n):
             candidates = candidates[array[candidates - back] == array[-1 - back]]
         if len(candidates):
-            return array[candidates[0] + 1: candidates[0] + 1 + k].tolist()
+            return array[candidates[0] + 1 : candidates[0] + 1 + k].tolist()
     return []
 
 

@@ -27,8 +27,14 @@ def is_cjk(ch: str) -> bool:
     """The code point ranges BERT's basic tokenizer splits one character per token."""
     cp = ord(ch)
     return (
-        0x4E00 <= cp <= 0x9FFF or 0x3400 <= cp <= 0x4DBF or 0x20000 <= cp <= 0x2A6DF or 0x2A700 <= cp <= 0x2B73F
-        or 0x2B740 <= cp <= 0x2B81F or 0x2B820 <= cp <= 0x2CEAF or 0xF900 <= cp <= 0xFAFF or 0x2F800 <= cp <= 0x2FA1F
+        0x4E00 <= cp <= 0x9FFF
+        or 0x3400 <= cp <= 0x4DBF
+        or 0x20000 <= cp <= 0x2A6DF
+        or 0x2A700 <= cp <= 0x2B73F
+        or 0x2B740 <= cp <= 0x2B81F
+        or 0x2B820 <= cp <= 0x2CEAF
+        or 0xF900 <= cp <= 0xFAFF
+        or 0x2F800 <= cp <= 0x2FA1F
     )
 
 
@@ -46,11 +52,13 @@ class TextCodec:
         self._wordpiece = conventions.decode == DECODE_WORDPIECE_CJK
 
     @classmethod
-    def from_file(cls, path: Path, conventions: Conventions) -> "TextCodec":
+    def from_file(cls, path: Path, conventions: Conventions) -> TextCodec:
         try:
             tokenizer = Tokenizer.from_file(str(path))
         except Exception as e:  # tokenizers raises a plain Exception for a malformed file
-            raise ModelDirectoryError(f"{path} cannot be read by tokenizers ({e}); re-export the model directory") from None
+            raise ModelDirectoryError(
+                f"{path} cannot be read by tokenizers ({e}); re-export the model directory"
+            ) from None
         return cls(tokenizer, conventions)
 
     def encode(self, prompt: str) -> list[int]:
@@ -105,7 +113,7 @@ class TextCodec:
         assembler = self.assembler()
         return "".join(assembler.push(i) for i in ids) + assembler.flush()
 
-    def assembler(self) -> "TextAssembler":
+    def assembler(self) -> TextAssembler:
         return TextAssembler(self)
 
 
@@ -183,7 +191,7 @@ class TextStream:
         return 0
 
     def _take(self, upto: int) -> str:
-        piece = self._text[self._emitted: upto]
+        piece = self._text[self._emitted : upto]
         self._emitted = max(self._emitted, upto)
         return piece
 

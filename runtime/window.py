@@ -1,7 +1,7 @@
 """Sliding windows: what a row that is full keeps of its history, and re-encoding it.
 
-    history ─> [family's prefix, context_keep prompt tokens] + most recent tokens   (capacity // 2)
-            ─> run into a scratch cache ─> copied over the row's first positions, the rest given back
+history ─> [family's prefix, context_keep prompt tokens] + most recent tokens   (capacity // 2)
+        ─> run into a scratch cache ─> copied over the row's first positions, the rest given back
 """
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ def window_head(request: Request, capacity: int) -> list[int]:
     if len(head) >= capacity // 2:
         raise GenerationOptionError(
             f"context_keep {request.config.context_keep} leaves no room for recent tokens "
-            f"in a window of {capacity // 2}", option="context_keep"
+            f"in a window of {capacity // 2}",
+            option="context_keep",
         )
     return head
 
@@ -31,7 +32,7 @@ def slide_window(ids: list[int], request: Request, capacity: int) -> list[int]:
     """What a full row keeps of its ids: `window_head`, then the most recent tokens,
     `capacity // 2` in all."""
     head = window_head(request, capacity)
-    return head + ids[len(ids) - (capacity // 2 - len(head)):]
+    return head + ids[len(ids) - (capacity // 2 - len(head)) :]
 
 
 def slide_if_full(decoder: Decoder, cache: KVBuffer, active: Active, rows: list[int], capacity: int) -> None:

@@ -19,7 +19,7 @@ def job_rows(n: int, sampled: bool, bad: bool = False) -> list[dict]:
     every seventh its own top_k; sampled rows carry their own seed. Odd rows have no id (→ line number)."""
     rows = []
     for i in range(n):
-        row = {"prompt": (WORDS * 2)[i % len(WORDS):][: 1 + i % 20]}
+        row = {"prompt": (WORDS * 2)[i % len(WORDS) :][: 1 + i % 20]}
         if i % 2 == 0:
             row["id"] = f"row-{i}"
         if i % 5 == 0:

@@ -15,9 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from gpt2_onnx.export import export_model
 from gpt2_onnx.benchmarks.synthetic import TINY, SyntheticSpec, write_gpt2_bpe_checkpoint, write_uer_checkpoint
-
+from gpt2_onnx.export import export_model
 
 # fixtures that make a test slow: the full-size export takes a minute or two on two cores
 SLOW_FIXTURES = frozenset({"full_checkpoint", "full_model"})
@@ -51,8 +50,9 @@ def tiny_model(tiny_checkpoint, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_int4(tiny_checkpoint, tmp_path_factory) -> Path:
     """The tiny model in fp32 and int4 (a precision whose logits depend on the call's shape)."""
-    return export_model(str(tiny_checkpoint), tmp_path_factory.mktemp("tiny-int4") / "model", quantize=("int4",),
-                        check=False)
+    return export_model(
+        str(tiny_checkpoint), tmp_path_factory.mktemp("tiny-int4") / "model", quantize=("int4",), check=False
+    )
 
 
 @pytest.fixture(scope="session")
@@ -63,7 +63,9 @@ def full_checkpoint(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def full_model(full_checkpoint, tmp_path_factory) -> Path:
     # check=False: test_export measures parity itself and asserts on the numbers
-    return export_model(str(full_checkpoint), tmp_path_factory.mktemp("full-onnx") / "model", quantize=("int8", "int4"), check=False)
+    return export_model(
+        str(full_checkpoint), tmp_path_factory.mktemp("full-onnx") / "model", quantize=("int8", "int4"), check=False
+    )
 
 
 @pytest.fixture(scope="session")

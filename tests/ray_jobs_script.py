@@ -34,7 +34,9 @@ def interrupted_job(model: str, work: Path, after: int) -> str:
 
     ray_data.OutputWriter.write = stop_after
     try:
-        ray_data.run_ray(model, "fp32", work / "in-sampled.jsonl", work / "resumed.jsonl", SAMPLED, replicas=2, progress=False)
+        ray_data.run_ray(
+            model, "fp32", work / "in-sampled.jsonl", work / "resumed.jsonl", SAMPLED, replicas=2, progress=False
+        )
     except Interrupt as e:
         return str(e)
     finally:
@@ -47,7 +49,9 @@ def main(model: str, work: Path) -> None:
     results = {"node": ray.nodes()[0]["NodeManagerAddress"]}
 
     def job(name: str, source: str, options: dict, **kwargs) -> None:
-        summary = ray_data.run_ray(model, "fp32", work / f"in-{source}", work / f"{name}.jsonl", options, progress=False, **kwargs)
+        summary = ray_data.run_ray(
+            model, "fp32", work / f"in-{source}", work / f"{name}.jsonl", options, progress=False, **kwargs
+        )
         results[name] = asdict(summary)
 
     job("greedy", "greedy.jsonl", GREEDY, replicas=2, batch_size=32)
@@ -58,10 +62,29 @@ def main(model: str, work: Path) -> None:
     job("resumed", "sampled.jsonl", SAMPLED, replicas=2, resume=True)
     # the command line, joining this cluster by its address
     cli = subprocess.run(
-        [sys.executable, "-m", "gpt2_onnx.apps.cli", "batch", str(work / "in-bad.jsonl"), str(work / "cli.parquet"),
-         "--model", model, "--precision", "fp32", "--no-do-sample", "--max-new-tokens", "6", "--no-progress",
-         "--ray", ray.get_runtime_context().gcs_address, "--replicas", "2"],
-        capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            "-m",
+            "gpt2_onnx.apps.cli",
+            "batch",
+            str(work / "in-bad.jsonl"),
+            str(work / "cli.parquet"),
+            "--model",
+            model,
+            "--precision",
+            "fp32",
+            "--no-do-sample",
+            "--max-new-tokens",
+            "6",
+            "--no-progress",
+            "--ray",
+            ray.get_runtime_context().gcs_address,
+            "--replicas",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     results["cli"] = {"returncode": cli.returncode, "stderr_tail": cli.stderr.strip().splitlines()[-1:]}
     ray.shutdown()

@@ -41,17 +41,34 @@ def main(model: str) -> None:
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     serve.start(http_options={"host": "127.0.0.1", "port": PORT})
     # the settings `gpt2-onnx serve --ray` makes of its command line (the prefix cache's default included)
-    args = build_parser().parse_args(["serve", "--model", model, "--precision", "fp32", "--threads", "1",
-                                      "--port", str(PORT), "--replicas", "2", "--ray"])
+    args = build_parser().parse_args(
+        [
+            "serve",
+            "--model",
+            model,
+            "--precision",
+            "fp32",
+            "--threads",
+            "1",
+            "--port",
+            str(PORT),
+            "--replicas",
+            "2",
+            "--ray",
+        ]
+    )
     model_settings, server_settings = settings_from(args)
-    serve.run(build_application(ray_settings_from(args, model_settings), server_settings), name=APP_NAME,
-              route_prefix="/")
+    serve.run(
+        build_application(ray_settings_from(args, model_settings), server_settings), name=APP_NAME, route_prefix="/"
+    )
     client = openai.OpenAI(base_url=f"http://127.0.0.1:{PORT}/v1", api_key="unused", max_retries=0, timeout=120)
     model_id = client.models.list().data[0].id
     greedy = dict(model=model_id, prompt=PROMPT, max_tokens=8, temperature=0)
     results = {"replicas": len(replica_names()), "node": ray.nodes()[0]["NodeManagerAddress"]}
     results["text"] = client.completions.create(**greedy).choices[0].text
-    results["streamed"] = "".join(c.choices[0].text for c in client.completions.create(**greedy, stream=True) if c.choices)
+    results["streamed"] = "".join(
+        c.choices[0].text for c in client.completions.create(**greedy, stream=True) if c.choices
+    )
     local = Generator.load(model, precision="fp32")
     results["local"] = local.generate(PROMPT, max_new_tokens=8, do_sample=False).text
 

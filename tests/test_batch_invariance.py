@@ -12,7 +12,10 @@ import pytest
 
 from gpt2_onnx.session import Decoder, KVBuffer
 
-CHARS = "的一是了我不人在他有这个上们来到时大地为子中你说生国年着就那和要她出也得里后自以会家可下而过天去能对小多然于心学么之都好看起发"
+CHARS = (
+    "的一是了我不人在他有这个上们来到时大地为子中你说生国年着就那和要她出也得里后自以会家"
+    "可下而过天去能对小多然于心学么之都好看起发"
+)
 
 
 def mixed_prompts(count: int, seed: int = 0, longest: int = 40) -> list[str]:
@@ -65,7 +68,9 @@ def test_int4_rows_agree_with_alone(full_model, generators):
     stepped = decoder.step(cache, np.array([5000, 5001, 5002]))
     for r, row in enumerate(rows):
         alone_cache, alone = decoder.prefill([row], 32)
-        np.testing.assert_allclose(together[r], alone[0], rtol=0, atol=1e-4)  # float rounding: blocks summed in another order
+        np.testing.assert_allclose(
+            together[r], alone[0], rtol=0, atol=1e-4
+        )  # float rounding: blocks summed in another order
         np.testing.assert_allclose(stepped[r], decoder.step(alone_cache, np.array([5000 + r]))[0], rtol=0, atol=1e-4)
 
 

@@ -44,13 +44,29 @@ def test_speed_smoke(tiny_checkpoint, tmp_path):
 def test_best_of_rounds_takes_the_better_figure_each():
     from gpt2_onnx.benchmarks.speed import best_of
 
-    first = {"decode_tokens_per_s": 200.0, "decode_ms_per_token": 5.0, "time_to_first_token_ms": {"32": 14.0, "256": 90.0},
-             "throughput_tokens_per_s": {"8": 700.0}, "cold_start_s": 0.5, "size_mb": 64.0}
-    second = {"decode_tokens_per_s": 250.0, "decode_ms_per_token": 4.0, "time_to_first_token_ms": {"32": 16.0, "256": 80.0},
-              "throughput_tokens_per_s": {"8": 650.0}, "cold_start_s": 0.4, "size_mb": 64.0}
+    first = {
+        "decode_tokens_per_s": 200.0,
+        "decode_ms_per_token": 5.0,
+        "time_to_first_token_ms": {"32": 14.0, "256": 90.0},
+        "throughput_tokens_per_s": {"8": 700.0},
+        "cold_start_s": 0.5,
+        "size_mb": 64.0,
+    }
+    second = {
+        "decode_tokens_per_s": 250.0,
+        "decode_ms_per_token": 4.0,
+        "time_to_first_token_ms": {"32": 16.0, "256": 80.0},
+        "throughput_tokens_per_s": {"8": 650.0},
+        "cold_start_s": 0.4,
+        "size_mb": 64.0,
+    }
     assert best_of(first, second) == {
-        "decode_tokens_per_s": 250.0, "decode_ms_per_token": 4.0, "time_to_first_token_ms": {"32": 14.0, "256": 80.0},
-        "throughput_tokens_per_s": {"8": 700.0}, "cold_start_s": 0.4, "size_mb": 64.0,
+        "decode_tokens_per_s": 250.0,
+        "decode_ms_per_token": 4.0,
+        "time_to_first_token_ms": {"32": 14.0, "256": 80.0},
+        "throughput_tokens_per_s": {"8": 700.0},
+        "cold_start_s": 0.4,
+        "size_mb": 64.0,
     }
 
 
@@ -123,7 +139,9 @@ def test_speculative_smoke(tiny_checkpoint, tmp_path):
     for name, t in doc["tasks"].items():
         assert t["identical_prompts"] == t["prompts"] - len(t["divergence_logit_gaps"]), name
         assert all(0 <= gap < 0.05 for gap in t["divergence_logit_gaps"]), name
-        assert t["plain_tokens_per_s"] > 0 and t["lookup_tokens_per_s"] > 0 and 1 <= t["tokens_per_pass"] <= doc["k"] + 1, name
+        assert (
+            t["plain_tokens_per_s"] > 0 and t["lookup_tokens_per_s"] > 0 and 1 <= t["tokens_per_pass"] <= doc["k"] + 1
+        ), name
         assert ("ctranslate2_int8_tokens_per_s" in t) == _installed("ctranslate2"), name
     assert set(doc["verification"]["ms_by_tokens"]) == {"1", "5", str(doc["k"] + 1)}
     batched = doc["batched_verification"]

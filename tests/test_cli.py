@@ -18,22 +18,49 @@ from gpt2_onnx.options import MAX_ROWS
 
 def cli(*args, stdin: str | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "gpt2_onnx.apps.cli", *args], input=stdin, capture_output=True, text=True,
-        env={**os.environ, **(env or {})}, timeout=600,
+        [sys.executable, "-m", "gpt2_onnx.apps.cli", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        timeout=600,
     )
 
 
 def test_generate_streams_the_same_text_as_the_api(tiny_model):
-    proc = cli("generate", "这是很久之前的事情了", "--model", str(tiny_model), "--precision", "fp32",
-               "--max-new-tokens", "20", "--no-do-sample")
+    proc = cli(
+        "generate",
+        "这是很久之前的事情了",
+        "--model",
+        str(tiny_model),
+        "--precision",
+        "fp32",
+        "--max-new-tokens",
+        "20",
+        "--no-do-sample",
+    )
     assert proc.returncode == 0, proc.stderr
-    expected = Generator.load(tiny_model, precision="fp32").generate("这是很久之前的事情了", max_new_tokens=20, do_sample=False)
+    expected = Generator.load(tiny_model, precision="fp32").generate(
+        "这是很久之前的事情了", max_new_tokens=20, do_sample=False
+    )
     assert proc.stdout == expected.text + "\n"
 
 
 def test_generate_json_lines(tiny_model):
-    proc = cli("generate", "今天", "--model", str(tiny_model), "--json", "--max-new-tokens", "8",
-               "--do-sample", "--seed", "3", "--num-return-sequences", "2")
+    proc = cli(
+        "generate",
+        "今天",
+        "--model",
+        str(tiny_model),
+        "--json",
+        "--max-new-tokens",
+        "8",
+        "--do-sample",
+        "--seed",
+        "3",
+        "--num-return-sequences",
+        "2",
+    )
     assert proc.returncode == 0, proc.stderr
     records = [json.loads(line) for line in proc.stdout.splitlines()]
     assert len(records) == 2
@@ -45,8 +72,15 @@ def test_generate_json_lines(tiny_model):
 
 def test_prompts_from_standard_input(tiny_model):
     """One prompt per line; a blank line (or only whitespace) is no prompt, as at the interactive prompt."""
-    proc = cli("generate", "--model", str(tiny_model), "--max-new-tokens", "5", "--no-do-sample",
-               stdin="这是\n\n \t\n今天天气\n")
+    proc = cli(
+        "generate",
+        "--model",
+        str(tiny_model),
+        "--max-new-tokens",
+        "5",
+        "--no-do-sample",
+        stdin="这是\n\n \t\n今天天气\n",
+    )
     assert proc.returncode == 0, proc.stderr
     gen = Generator.load(tiny_model)
     expected = [gen.generate(p, max_new_tokens=5, do_sample=False).text for p in ("这是", "今天天气")]
@@ -63,10 +97,11 @@ def test_bad_option_is_one_line(tiny_model, capsys):
 
 def test_rows_and_threads_are_bounded_in_one_line(tiny_model, capsys):
     """`--num-beams 100000` grew to 23 GB and `--threads 100000` hung: both are refused at once, naming the bound."""
-    for flags, bound in ((["--num-beams", "1000"], "num_beams must be an int in [1, 64]"),
-                         (["--num-return-sequences", "65", "--do-sample"],
-                          "num_return_sequences must be an int in [1, 64]"),
-                         (["--threads", str(os.cpu_count() + 1)], f"threads must be an int in [1, {os.cpu_count()}]")):
+    for flags, bound in (
+        (["--num-beams", "1000"], "num_beams must be an int in [1, 64]"),
+        (["--num-return-sequences", "65", "--do-sample"], "num_return_sequences must be an int in [1, 64]"),
+        (["--threads", str(os.cpu_count() + 1)], f"threads must be an int in [1, {os.cpu_count()}]"),
+    ):
         code = main(["generate", "x", "--model", str(tiny_model), "--max-new-tokens", "2", "--no-do-sample", *flags])
         captured = capsys.readouterr()
         assert code == 1 and captured.err.count("\n") == 1 and bound in captured.err and captured.out == "", captured
@@ -89,8 +124,13 @@ def test_output_that_cannot_be_written_is_one_line(tiny_model, tiny_checkpoint, 
     export = ["export", str(tiny_checkpoint), str(tmp_path / "model"), "--no-check"]
     for argv in (generate, [*generate, "--json"], export):
         with open("/dev/full", "w") as full:
-            proc = subprocess.run([sys.executable, "-m", "gpt2_onnx.apps.cli", *argv], stdout=full,
-                                  stderr=subprocess.PIPE, text=True, timeout=600)
+            proc = subprocess.run(
+                [sys.executable, "-m", "gpt2_onnx.apps.cli", *argv],
+                stdout=full,
+                stderr=subprocess.PIPE,
+                text=True,
+                timeout=600,
+            )
         last = proc.stderr.splitlines()[-1]  # export reports its progress on stderr first
         assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
         assert argv[0] == "export" or proc.stderr.count("\n") == 1, proc.stderr
@@ -115,8 +155,13 @@ def test_readme_makes_the_checkpoint_its_example_exports(tmp_path):
     readme = (Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8")
     build = re.search(r"^\$ (python -c .*default_checkpoint.*)$", readme, re.M).group(1)
     source = re.search(r"^\$ gpt2-onnx export ~/.cache/gpt2-onnx/(\S+) models/distil-random ", readme, re.M).group(1)
-    proc = subprocess.run([sys.executable, *shlex.split(build)[1:]], capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "GPT2_ONNX_CACHE": str(tmp_path)})
+    proc = subprocess.run(
+        [sys.executable, *shlex.split(build)[1:]],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "GPT2_ONNX_CACHE": str(tmp_path)},
+    )
     assert proc.returncode == 0, proc.stderr
     assert Path(proc.stdout.strip()) == tmp_path / source and (tmp_path / source / "config.json").is_file()
 
@@ -142,7 +187,9 @@ def fake_hub_cache(home, repo_id, checkpoint) -> None:
 def test_hub_id_is_exported_on_first_use_then_loaded_from_cache(tiny_checkpoint, tmp_path):
     fake_hub_cache(tmp_path / "hf", "someone/tiny-chinese-gpt2", tiny_checkpoint)
     env = {"HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1", "GPT2_ONNX_CACHE": str(tmp_path / "cache")}
-    first = cli("generate", "这是", "--model", "someone/tiny-chinese-gpt2", "--max-new-tokens", "6", "--no-do-sample", env=env)
+    first = cli(
+        "generate", "这是", "--model", "someone/tiny-chinese-gpt2", "--max-new-tokens", "6", "--no-do-sample", env=env
+    )
     assert first.returncode == 0, first.stderr
     assert "exporting someone/tiny-chinese-gpt2" in first.stderr
     cached = tmp_path / "cache" / "someone--tiny-chinese-gpt2"
@@ -150,16 +197,23 @@ def test_hub_id_is_exported_on_first_use_then_loaded_from_cache(tiny_checkpoint,
     assert set(manifest["variants"]) == {"fp32", "int8", "int4"}
     assert "writing model.int8.onnx" in first.stderr and "checking against transformers" in first.stderr
     assert manifest["source"]["revision"] == "0123456789abcdef0123456789abcdef01234567"
-    second = cli("generate", "这是", "--model", "someone/tiny-chinese-gpt2", "--max-new-tokens", "6", "--no-do-sample", env=env)
+    second = cli(
+        "generate", "这是", "--model", "someone/tiny-chinese-gpt2", "--max-new-tokens", "6", "--no-do-sample", env=env
+    )
     assert second.returncode == 0 and second.stdout == first.stdout and "exporting" not in second.stderr
-    code = "import sys; from gpt2_onnx import Generator; Generator.load('someone/tiny-chinese-gpt2'); print('torch' in sys.modules)"
+    code = (
+        "import sys; from gpt2_onnx import Generator; Generator.load('someone/tiny-chinese-gpt2'); "
+        "print('torch' in sys.modules)"
+    )
     probe = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ, **env})
     assert probe.stdout.strip() == "False", probe.stderr
 
 
 def raw_cli(*args, stdin: bytes | None = None) -> subprocess.CompletedProcess:
     """The CLI with bytes in and out, for input that is not valid UTF-8."""
-    return subprocess.run([sys.executable, "-m", "gpt2_onnx.apps.cli", *args], input=stdin, capture_output=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "gpt2_onnx.apps.cli", *args], input=stdin, capture_output=True, timeout=600
+    )
 
 
 def test_invalid_utf8_prompt_is_one_line(tiny_model):
@@ -174,7 +228,9 @@ def test_broken_pipe_exits_quietly(tiny_model):
     """`gpt2-onnx generate ... | head -1`: the reader leaves, the CLI ends without a traceback."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "gpt2_onnx.apps.cli", "generate", "--model", str(tiny_model), "--max-new-tokens", "4"],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
     )
     proc.stdin.write("这是\n".encode() * 3000)
     proc.stdin.close()
@@ -186,8 +242,10 @@ def test_broken_pipe_exits_quietly(tiny_model):
 
 def test_heavy_imports_happen_inside_main(tiny_model, monkeypatch, capsys):
     """Ctrl-C while numpy / onnxruntime load is handled by main: importing the CLI loads neither."""
-    code = ("import sys, gpt2_onnx.apps.cli as cli; cli.build_parser()  # every sub-command's flags, as --help\n"
-            "print(sorted({'numpy', 'onnxruntime', 'fastapi', 'uvicorn', 'ray'} & set(sys.modules)))")
+    code = (
+        "import sys, gpt2_onnx.apps.cli as cli; cli.build_parser()  # every sub-command's flags, as --help\n"
+        "print(sorted({'numpy', 'onnxruntime', 'fastapi', 'uvicorn', 'ray'} & set(sys.modules)))"
+    )
     probe = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert probe.stdout.strip() == "[]"
 
@@ -202,7 +260,10 @@ def test_heavy_imports_happen_inside_main(tiny_model, monkeypatch, capsys):
 
 
 def test_usage_errors_name_the_parser(capsys):
-    for argv, hint in ((["bogus"], "see `gpt2-onnx --help`"), (["generate", "--top-k", "x"], "see `gpt2-onnx generate --help`")):
+    for argv, hint in (
+        (["bogus"], "see `gpt2-onnx --help`"),
+        (["generate", "--top-k", "x"], "see `gpt2-onnx generate --help`"),
+    ):
         try:
             main(argv)
         except SystemExit as e:
@@ -251,8 +312,10 @@ def apps_imports(root: Path) -> dict[str, set[str]]:
     fails on `importlib.import_module` of one of our own modules."""
     import ast
 
-    modules = {".".join(p.relative_to(root).with_suffix("").parts).removesuffix("__init__").rstrip("."): p
-               for p in root.rglob("*.py")}
+    modules = {
+        ".".join(p.relative_to(root).with_suffix("").parts).removesuffix("__init__").rstrip("."): p
+        for p in root.rglob("*.py")
+    }
     graph = {}
     for name, path in modules.items():
         package = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
@@ -270,13 +333,17 @@ def apps_imports(root: Path) -> dict[str, set[str]]:
                     full = f"{prefix}.{alias.name}".lstrip(".")
                     targets.add(full if full in modules else prefix)
             elif isinstance(node, ast.Import):
-                targets |= {a.name.removeprefix("gpt2_onnx.apps.") for a in node.names
-                            if a.name.startswith("gpt2_onnx.apps.")}
-            elif isinstance(node, ast.Call) and "import_module" in (getattr(node.func, "attr", None),
-                                                                     getattr(node.func, "id", None)):
+                targets |= {
+                    a.name.removeprefix("gpt2_onnx.apps.") for a in node.names if a.name.startswith("gpt2_onnx.apps.")
+                }
+            elif isinstance(node, ast.Call) and "import_module" in (
+                getattr(node.func, "attr", None),
+                getattr(node.func, "id", None),
+            ):
                 argument = node.args[0] if node.args else None
-                assert not (isinstance(argument, ast.Constant) and "gpt2_onnx" in str(argument.value)), \
+                assert not (isinstance(argument, ast.Constant) and "gpt2_onnx" in str(argument.value)), (
                     f"{path}: importlib for our own module {argument.value}"
+                )
         graph[name] = {t for t in targets if t in modules and t != name}
     return graph
 

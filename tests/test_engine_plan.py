@@ -23,7 +23,7 @@ def _rows_hold_their_tokens(engine: Engine) -> None:
     row = 0
     for a in engine.decoding:
         assert (a.first, a.width) == (row, len(a.histories))
-        held = [int(n) for n in engine.cache.lengths[row:row + a.width]]
+        held = [int(n) for n in engine.cache.lengths[row : row + a.width]]
         assert held == [len(h) - 1 for h in a.histories] == [a.computed] * a.width
         row += a.width
     for a in engine.prefilling:
@@ -40,8 +40,14 @@ def test_every_row_holds_what_the_plan_ran(tiny_model, generators, monkeypatch):
     gen = generators(tiny_model, "int8")
     a = gen.manifest.architecture
     decoder = Decoder(gen.decoder.session, a, min_rows=2)
-    engine = Engine(decoder, gen.codec, max_rows=8, capacity=a.n_positions, prefill_chunk=5,
-                    prefix_cache=PrefixCache(16, 1 << 24, a.kv_bytes_per_token))
+    engine = Engine(
+        decoder,
+        gen.codec,
+        max_rows=8,
+        capacity=a.n_positions,
+        prefill_chunk=5,
+        prefix_cache=PrefixCache(16, 1 << 24, a.kv_bytes_per_token),
+    )
     steps: list[tuple[planning.Plan, list[int]]] = []
     real_plan = planning.plan
 
@@ -51,12 +57,21 @@ def test_every_row_holds_what_the_plan_ran(tiny_model, generators, monkeypatch):
         return step
 
     monkeypatch.setattr(planning, "plan", recording)
-    jobs = [(PROMPT, dict(do_sample=False)), (PROMPT[:20] + "明天", dict(do_sample=False, num_beams=2)),
-            ("今天", dict(do_sample=True, seed=3, num_return_sequences=2)), (PROMPT[:3], dict(do_sample=False))]
+    jobs = [
+        (PROMPT, dict(do_sample=False)),
+        (PROMPT[:20] + "明天", dict(do_sample=False, num_beams=2)),
+        ("今天", dict(do_sample=True, seed=3, num_return_sequences=2)),
+        (PROMPT[:3], dict(do_sample=False)),
+    ]
     tokens: dict[tuple[int, int], list[int]] = {}
-    requests = [gen.request(gen.encode(p), gen.config(max_new_tokens=8, stop_token_ids=[], **o),
-                            lambda e, i=i: tokens.setdefault((i, e.slot), []).extend(e.tokens))
-                for i, (p, o) in enumerate(jobs)]
+    requests = [
+        gen.request(
+            gen.encode(p),
+            gen.config(max_new_tokens=8, stop_token_ids=[], **o),
+            lambda e, i=i: tokens.setdefault((i, e.slot), []).extend(e.tokens),
+        )
+        for i, (p, o) in enumerate(jobs)
+    ]
     engine.submit(requests[0])
     for n, _ in enumerate(engine.steps()):
         if n == 8:  # the first prompt is cached by now: the second begins with its blocks
@@ -119,8 +134,14 @@ def test_steps_take_submissions_between_steps_and_run_until_done_counts_them(tin
     gen = generators(tiny_model, "int8")
     engine = Engine(gen.decoder, gen.codec, max_rows=4, capacity=64)
     ended: list[str] = []
-    request = lambda n: gen.request(gen.encode(PROMPT[:6]), gen.config(max_new_tokens=n, do_sample=False),
-                                    lambda e: e.finish_reason and ended.append(e.finish_reason))
+
+    def request(n):
+        return gen.request(
+            gen.encode(PROMPT[:6]),
+            gen.config(max_new_tokens=n, do_sample=False),
+            lambda e: e.finish_reason and ended.append(e.finish_reason),
+        )
+
     engine.submit(request(3))
     for n, _ in enumerate(engine.steps()):
         if n == 0:

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from gpt2_onnx.export import export_model
-from gpt2_onnx.export.parity import FP32_TOLERANCE, check_model
 from gpt2_onnx.benchmarks.synthetic import TINY, write_uer_checkpoint
 from gpt2_onnx.checksums import sha256_file
+from gpt2_onnx.export import export_model
+from gpt2_onnx.export.parity import FP32_TOLERANCE, check_model
 from gpt2_onnx.manifest import FORMAT_VERSION, read_manifest
 
 UER_FILES = {"config.json", "pytorch_model.bin", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json"}
@@ -21,7 +21,13 @@ UER_FILES = {"config.json", "pytorch_model.bin", "vocab.txt", "tokenizer_config.
 def test_fixture_has_the_exact_uer_layout(full_checkpoint):
     assert {p.name for p in full_checkpoint.iterdir()} == UER_FILES
     config = json.loads((full_checkpoint / "config.json").read_text())
-    assert (config["n_layer"], config["n_embd"], config["n_head"], config["vocab_size"], config["n_positions"]) == (6, 768, 12, 21128, 1024)
+    assert (config["n_layer"], config["n_embd"], config["n_head"], config["vocab_size"], config["n_positions"]) == (
+        6,
+        768,
+        12,
+        21128,
+        1024,
+    )
     assert config["eos_token_id"] == config["bos_token_id"] == 50256
     assert config["activation_function"] == "gelu_new"
     vocab = (full_checkpoint / "vocab.txt").read_text(encoding="utf-8").splitlines()
@@ -57,7 +63,14 @@ def test_model_directory_contract(full_model, full_checkpoint):
     assert m.variants["fp32"].quantization is None
     q = m.variants["int8"].quantization
     assert (q.scheme, q.bits, q.block_size, q.symmetric, q.zero_point, q.max_value, q.activations) == (
-        "per_channel", 8, None, True, 0, 63, "int8_per_token")
+        "per_channel",
+        8,
+        None,
+        True,
+        0,
+        63,
+        "int8_per_token",
+    )
     assert len(q.weights) == 6 * 4 + 1 and "wte.weight" in q.weights and "h.5.mlp.c_proj.weight" in q.weights
     q4 = m.variants["int4"].quantization
     assert q4.weights == q.weights and (q4.scheme, q4.bits, q4.block_size, q4.zero_point) == ("blockwise", 4, 32, 8)

@@ -107,8 +107,9 @@ def test_force_never_replaces_what_export_did_not_write(capsys, tmp_path, tiny_c
     assert snapshot(tmp_path) == before
 
 
-def test_an_empty_directory_is_used_and_an_earlier_export_alone_is_replaced_with_force(capsys, tmp_path,
-                                                                                        tiny_checkpoint):
+def test_an_empty_directory_is_used_and_an_earlier_export_alone_is_replaced_with_force(
+    capsys, tmp_path, tiny_checkpoint
+):
     out = tmp_path / "out"
     out.mkdir()
     code, _ = run_cli(capsys, "export", str(tiny_checkpoint), str(out), "--quantize", "int8", "--no-check")
@@ -141,8 +142,13 @@ def test_force_keeps_a_directory_whose_manifest_is_not_ours(capsys, tmp_path, ti
     (out / "tokenizer.json").write_text("{}")
     before = snapshot(tmp_path)
     code, err = run_cli(capsys, "export", str(tiny_checkpoint), str(out), "--force", "--no-check")
-    assert_one_line_error(code, err, f"{out / 'gpt2_onnx.json'} is not a manifest this gpt2-onnx can read",
-                          "gpt2_onnx.json, results.csv and tokenizer.json", "choose another OUT_DIR")
+    assert_one_line_error(
+        code,
+        err,
+        f"{out / 'gpt2_onnx.json'} is not a manifest this gpt2-onnx can read",
+        "gpt2_onnx.json, results.csv and tokenizer.json",
+        "choose another OUT_DIR",
+    )
     assert snapshot(tmp_path) == before
 
 
@@ -209,7 +215,9 @@ def tmpfs(tmp_path):
         target.mkdir()
         if os.geteuid() != 0 or not shutil.which("mount"):
             return None
-        if subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(target)], capture_output=True).returncode:
+        if subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(target)], capture_output=True
+        ).returncode:
             return None
         mounted.append(target)
         return target
@@ -304,8 +312,12 @@ sys.exit(main(sys.argv[1:]))
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
 def test_signal_during_export_removes_the_partial_directory(tmp_path, tiny_checkpoint, signum):
     out = tmp_path / "out"
-    proc = subprocess.Popen([sys.executable, "-c", SLOW_EXPORT, "export", str(tiny_checkpoint), str(out), "--no-check"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SLOW_EXPORT, "export", str(tiny_checkpoint), str(out), "--no-check"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.monotonic() + 120
     while not any((p / "model.onnx").exists() for p in tmp_path.glob(".out.partial-*")):
         assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
@@ -395,7 +407,11 @@ def run_export_subprocess(args: list[str], env_extra: dict[str, str], home: Path
     env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
     env.update(HF_HOME=str(home / "hf"), **env_extra)
     return subprocess.run(
-        [sys.executable, "-m", "gpt2_onnx.apps.cli", "export", *args], env=env, capture_output=True, text=True, timeout=300
+        [sys.executable, "-m", "gpt2_onnx.apps.cli", "export", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
 
 
@@ -404,7 +420,9 @@ def test_unknown_hub_id(tmp_path):
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         endpoint = f"http://127.0.0.1:{server.server_address[1]}"
-        proc = run_export_subprocess(["nobody/no-such-model", str(tmp_path / "out")], {"HF_ENDPOINT": endpoint}, tmp_path)
+        proc = run_export_subprocess(
+            ["nobody/no-such-model", str(tmp_path / "out")], {"HF_ENDPOINT": endpoint}, tmp_path
+        )
     finally:
         server.shutdown()
     assert_one_line_error(proc.returncode, proc.stderr, "nobody/no-such-model", "hub", "spelling")
@@ -416,6 +434,11 @@ def test_no_network(tmp_path, mode):
     env = {"HF_ENDPOINT": f"http://127.0.0.1:{free_port()}"} if mode == "unreachable" else {"HF_HUB_OFFLINE": "1"}
     proc = run_export_subprocess(["uer/gpt2-distil-chinese-cluecorpussmall", str(tmp_path / "out")], env, tmp_path)
     # huggingface_hub's own command line is `hf` (its `huggingface-cli` is deprecated, then gone)
-    assert_one_line_error(proc.returncode, proc.stderr, "cannot download", "no network",
-                          "`hf download uer/gpt2-distil-chinese-cluecorpussmall --local-dir DIR`")
+    assert_one_line_error(
+        proc.returncode,
+        proc.stderr,
+        "cannot download",
+        "no network",
+        "`hf download uer/gpt2-distil-chinese-cluecorpussmall --local-dir DIR`",
+    )
     assert not (tmp_path / "out").exists()

@@ -17,8 +17,6 @@ import time
 from collections import Counter
 from pathlib import Path
 
-import pytest
-
 from gpt2_onnx.apps.batch import run_local
 from gpt2_onnx.sequences import Active
 
@@ -46,7 +44,7 @@ def job_lines(rng: random.Random) -> tuple[list[str], dict[int, str]]:
         if line in kinds:
             lines.append(BAD_KINDS[kinds[line]][0] % line)
             continue
-        row = {"prompt": (WORDS * 2)[line % len(WORDS):][: 1 + line % 12], "seed": line}
+        row = {"prompt": (WORDS * 2)[line % len(WORDS) :][: 1 + line % 12], "seed": line}
         if line % 3:  # the others take the line number as their id
             row["id"] = f"row-{line}"
         if line % 4 == 0:
@@ -64,10 +62,27 @@ def by_line(path: Path) -> dict[int, dict]:
 
 
 def start_job(model: Path, source: Path, out: Path, resume: bool) -> subprocess.Popen:
-    args = ["batch", str(source), str(out), "--model", str(model), "--precision", "fp32", "--no-do-sample",
-            "--max-new-tokens", str(OPTIONS["max_new_tokens"]), "--max-running", "8", "--no-progress"]
-    return subprocess.Popen([sys.executable, "-m", "gpt2_onnx.apps.cli", *args, *(["--resume"] if resume else [])],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    args = [
+        "batch",
+        str(source),
+        str(out),
+        "--model",
+        str(model),
+        "--precision",
+        "fp32",
+        "--no-do-sample",
+        "--max-new-tokens",
+        str(OPTIONS["max_new_tokens"]),
+        "--max-running",
+        "8",
+        "--no-progress",
+    ]
+    return subprocess.Popen(
+        [sys.executable, "-m", "gpt2_onnx.apps.cli", *args, *(["--resume"] if resume else [])],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def written(out: Path) -> int:
@@ -108,8 +123,16 @@ def test_a_job_with_bad_rows_killed_three_times_answers_every_line_once(tiny_mod
 
 def test_a_row_that_raises_while_it_decodes_fails_alone(tiny_model, generators, tmp_path, monkeypatch):
     generator = generators(tiny_model, "fp32")
-    rows = [{"id": f"r{i}", "prompt": (WORDS * 2)[i:][: 1 + i % 9], "max_new_tokens": 4 + i % 5, "seed": i,
-             "do_sample": i % 2 == 0} for i in range(40)]
+    rows = [
+        {
+            "id": f"r{i}",
+            "prompt": (WORDS * 2)[i:][: 1 + i % 9],
+            "max_new_tokens": 4 + i % 5,
+            "seed": i,
+            "do_sample": i % 2 == 0,
+        }
+        for i in range(40)
+    ]
     source = tmp_path / "in.jsonl"
     source.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
     run_local(generator, source, tmp_path / "want.jsonl", {}, max_running=8, progress=False)
@@ -128,5 +151,6 @@ def test_a_row_that_raises_while_it_decodes_fails_alone(tiny_model, generators, 
     for seed in poison:
         assert got[seed + 1]["error"] == f"line {seed + 1}: decoding failed: RuntimeError: injected fault"
     # the rows beside them, started over, end as if nothing had happened
-    assert {line: row for line, row in got.items() if line - 1 not in poison} == \
-        {line: row for line, row in want.items() if line - 1 not in poison}
+    assert {line: row for line, row in got.items() if line - 1 not in poison} == {
+        line: row for line, row in want.items() if line - 1 not in poison
+    }

@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import pytest
+
 from gpt2_onnx.benchmarks.serve_bench import free_port
 
 httpx = pytest.importorskip("httpx")
@@ -36,6 +37,7 @@ TIMEOUT_S = 30  # a request takes milliseconds here: one with no answer by then 
 
 
 # --- what is sent ------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class Good:
@@ -74,8 +76,10 @@ def bad_requests() -> list[Bad]:
     """Every bad body issue 20 names, and the older kinds of bad input beside them."""
     base = {"model": MODEL, "prompt": "这是", "max_tokens": 2}
     chat = {"model": MODEL, "messages": [{"role": "user", "content": "这是"}], "max_tokens": 2}
-    unsupported = [Bad(field, "/v1/completions", _json({**base, field: value}), 400, field)
-                   for field, value in (("logit_bias", {"100": 5}), ("best_of", 2), ("suffix", "。"), ("temprature", 0))]
+    unsupported = [
+        Bad(field, "/v1/completions", _json({**base, field: value}), 400, field)
+        for field, value in (("logit_bias", {"100": 5}), ("best_of", 2), ("suffix", "。"), ("temprature", 0))
+    ]
     nested = b'{"model": "tiny", "prompt": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"  # 200 KB
     return [
         *unsupported,
@@ -103,16 +107,22 @@ def workload(count: int, rng: random.Random) -> list[Good | Leaver | Bad]:
         elif roll < 0.20:
             items.append(Leaver(rng.choice(PROMPTS)))
         else:
-            items.append(Good(rng.choice(PROMPTS), rng.choice(MAX_TOKENS), stream=rng.random() < 0.75,
-                              chat=rng.random() < 0.25))
+            items.append(
+                Good(rng.choice(PROMPTS), rng.choice(MAX_TOKENS), stream=rng.random() < 0.75, chat=rng.random() < 0.25)
+            )
     return items
 
 
 # --- what comes back ---------------------------------------------------------------------------
 
+
 def is_openai_error(body: object) -> bool:
-    return (isinstance(body, dict) and set(body) == {"error"}
-            and set(body["error"]) == {"message", "type", "param", "code"} and bool(body["error"]["message"]))
+    return (
+        isinstance(body, dict)
+        and set(body) == {"error"}
+        and set(body["error"]) == {"message", "type", "param", "code"}
+        and bool(body["error"]["message"])
+    )
 
 
 async def send(http: httpx.AsyncClient, url: str, item: Good | Leaver | Bad) -> tuple[str, object]:
@@ -166,16 +176,19 @@ async def run_all(url: str, items: list[Good | Leaver | Bad], on_progress=None) 
     queue = iter(range(len(items)))
     limits = httpx.Limits(max_connections=CLIENTS * 2, max_keepalive_connections=CLIENTS)
     async with httpx.AsyncClient(timeout=TIMEOUT_S, limits=limits) as http:
+
         async def client() -> None:
             for k in queue:
                 results[k] = await send(http, url, items[k])
                 if on_progress:
                     on_progress(k)
+
         await asyncio.gather(*(client() for _ in range(CLIENTS)))
     return results
 
 
 # --- the server --------------------------------------------------------------------------------
+
 
 class FailOnce:
     """Makes the engine raise once, when armed, inside `Engine.step` after its model calls ran (as its
@@ -236,6 +249,7 @@ def rss_bytes() -> int:
 
 # --- the test ----------------------------------------------------------------------------------
 
+
 def test_faults_under_load_lose_nothing_and_leak_nothing(tiny_model, generators, caplog, capfd, monkeypatch):
     from gpt2_onnx.apps import bridge
     from gpt2_onnx.engine import FINISH_ERROR
@@ -250,8 +264,12 @@ def test_faults_under_load_lose_nothing_and_leak_nothing(tiny_model, generators,
 
     monkeypatch.setattr(bridge.Call, "_on_event", noting_errors)
     reference = generators(tiny_model, "int8")
-    expected = {(p, m, chat): reference.generate(p, max_new_tokens=m, do_sample=False).text
-                for p in PROMPTS for m in MAX_TOKENS for chat in (False, True)}  # the default chat template: {content}
+    expected = {
+        (p, m, chat): reference.generate(p, max_new_tokens=m, do_sample=False).text
+        for p in PROMPTS
+        for m in MAX_TOKENS
+        for chat in (False, True)
+    }  # the default chat template: {content}
     rng = random.Random(20)
     warm_up, items = workload(WARM_UP, rng), workload(REQUESTS, rng)
     caplog.set_level(logging.WARNING)

@@ -72,7 +72,9 @@ def exit_code(pid: int) -> int:
 
 def test_ctrl_c_cancels_the_answer_and_returns_to_the_prompt(tiny_model):
     options = dict(max_new_tokens=60, min_new_tokens=60, do_sample=False)
-    pid, fd = spawn("--model", str(tiny_model), "--max-new-tokens", "60", "--min-new-tokens", "60", "--no-do-sample", slow=True)
+    pid, fd = spawn(
+        "--model", str(tiny_model), "--max-new-tokens", "60", "--min-new-tokens", "60", "--no-do-sample", slow=True
+    )
     shown = read_until(fd, b"> ")
     os.write(fd, "这是\r".encode())
     echoed = read_until(fd, "这是\r\n".encode())  # may hold the first streamed piece(s) already
@@ -111,7 +113,7 @@ def test_line_editing_history_and_ctrl_c_twice(tiny_model):
         out = read_until(fd, b'"prompt"', b"> ")
         shown += out
         line = next(line for line in out.decode().split("\r\n") if '"prompt"' in line)
-        return json.loads(line[line.index("{"):])["prompt"]
+        return json.loads(line[line.index("{") :])["prompt"]
 
     assert prompt_of_answer(b"ab\x1b[Dc\r") == "acb"  # left arrow moves the cursor, inserts no ^[[D
     assert prompt_of_answer(b"\x1b[A\r") == "acb"  # up arrow recalls the previous prompt

@@ -13,10 +13,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from test_cli import fake_hub_cache
 
 from gpt2_onnx import Generator
 from gpt2_onnx.export import export_model
-from test_cli import fake_hub_cache
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]  # the checkout under test
@@ -34,7 +34,8 @@ class Recorder:
 sys.meta_path.insert(0, Recorder())
 from gpt2_onnx.apps.cli import main
 code = main(sys.argv[1:])
-print(json.dumps({"attempts": attempts, "loaded": sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "transformers"))}), file=sys.stderr)
+loaded = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "transformers"))
+print(json.dumps({"attempts": attempts, "loaded": loaded}), file=sys.stderr)
 sys.exit(code)
 """
 
@@ -44,7 +45,9 @@ def light_python(tmp_path_factory) -> Path:
     venv = tmp_path_factory.mktemp("light") / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     python = venv / "bin" / "python"
-    pip = subprocess.run([str(python), "-m", "pip", "install", "-q", f"{ROOT}[hub]"], capture_output=True, text=True, timeout=1200)
+    pip = subprocess.run(
+        [str(python), "-m", "pip", "install", "-q", f"{ROOT}[hub]"], capture_output=True, text=True, timeout=1200
+    )
     assert pip.returncode == 0, pip.stderr[-2000:]
     return python
 
@@ -57,13 +60,18 @@ def first_use(light_python, tiny_checkpoint, tmp_path_factory):
     env = {**os.environ, "HF_HOME": str(home / "hf"), "HF_HUB_OFFLINE": "1", "GPT2_ONNX_CACHE": str(home / "cache")}
     env.pop("PYTHONPATH", None)
     args = ["generate", "这是", "--model", HUB_ID, "--max-new-tokens", "6", "--no-do-sample"]
-    proc = subprocess.run([str(light_python), "-c", PROBE, *args], capture_output=True, text=True, env=env, cwd=home, timeout=900)
+    proc = subprocess.run(
+        [str(light_python), "-c", PROBE, *args], capture_output=True, text=True, env=env, cwd=home, timeout=900
+    )
     return proc, home / "cache" / HUB_ID.replace("/", "--")
 
 
 def test_the_light_install_has_no_torch(light_python):
     code = "import importlib.util as u; print(u.find_spec('torch'), u.find_spec('transformers'))"
-    assert subprocess.run([str(light_python), "-c", code], capture_output=True, text=True).stdout.split() == ["None", "None"]
+    assert subprocess.run([str(light_python), "-c", code], capture_output=True, text=True).stdout.split() == [
+        "None",
+        "None",
+    ]
 
 
 def test_first_use_exports_and_generates_without_importing_torch(first_use, tiny_checkpoint, tmp_path):
@@ -74,7 +82,9 @@ def test_first_use_exports_and_generates_without_importing_torch(first_use, tiny
     assert f"exporting {HUB_ID}" in proc.stderr and "writing model.int4.onnx" in proc.stderr
     assert proc.stderr.count("parity check against transformers + torch skipped") == 1
     assert f"gpt2-onnx check {cached} --against {HUB_ID}" in proc.stderr and "gpt2-onnx[check]" in proc.stderr
-    reference = Generator.load(export_model(str(tiny_checkpoint), tmp_path / "ref", quantize=("int8", "int4"), check=False))
+    reference = Generator.load(
+        export_model(str(tiny_checkpoint), tmp_path / "ref", quantize=("int8", "int4"), check=False)
+    )
     assert proc.stdout == reference.generate("这是", max_new_tokens=6, do_sample=False).text + "\n"
 
 
@@ -82,6 +92,11 @@ def test_graphs_are_the_files_the_torch_environment_writes(first_use, tiny_check
     _, cached = first_use
     manifest = json.loads((cached / "gpt2_onnx.json").read_text())
     assert "torch" not in manifest["tools"] and "transformers" not in manifest["tools"]
-    ours = json.loads((export_model(str(tiny_checkpoint), tmp_path / "ref", quantize=("int8", "int4"), check=False) / "gpt2_onnx.json").read_text())
+    ours = json.loads(
+        (
+            export_model(str(tiny_checkpoint), tmp_path / "ref", quantize=("int8", "int4"), check=False)
+            / "gpt2_onnx.json"
+        ).read_text()
+    )
     assert manifest["variants"] == ours["variants"]  # every graph and weights file, by sha256
     assert manifest["tokenizer_sha256"] == ours["tokenizer_sha256"]

@@ -17,9 +17,15 @@ PROMPT = "这是很久之前的事情了"
 
 def torch_greedy(model, ids: list[int], new_tokens: int) -> list[int]:
     with torch.no_grad():
-        out = model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
-                             max_new_tokens=new_tokens, do_sample=False, pad_token_id=0, eos_token_id=None)
-    return out[0, len(ids):].tolist()
+        out = model.generate(
+            torch.tensor([ids]),
+            attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+            max_new_tokens=new_tokens,
+            do_sample=False,
+            pad_token_id=0,
+            eos_token_id=None,
+        )
+    return out[0, len(ids) :].tolist()
 
 
 def test_two_slides_continue_as_transformers_from_the_kept_window(full_model, full_checkpoint, torch_model, generators):
@@ -31,7 +37,9 @@ def test_two_slides_continue_as_transformers_from_the_kept_window(full_model, fu
     first = n - len(prompt) + 1  # generated tokens when the row is full: the last of them is still to be fed
     second = first + n - n // 2
     keep = 7
-    config = dict(max_new_tokens=second + check, do_sample=False, stop_token_ids=[], context_overflow="slide", context_keep=keep)
+    config = dict(
+        max_new_tokens=second + check, do_sample=False, stop_token_ids=[], context_overflow="slide", context_keep=keep
+    )
     ours = list(gen.generate_ids(prompt, **config).token_ids)
     assert len(ours) == second + check
     request = Request(prompt, gen.config(**config), None, None, None, prefix_len=1)
@@ -39,8 +47,8 @@ def test_two_slides_continue_as_transformers_from_the_kept_window(full_model, fu
     for done in (first, second):
         history = prompt + ours[:done]
         window = slide_window(history[:-1], request, n)  # what the row kept, the pending token fed after it
-        assert window[:1 + keep] == prompt[:1 + keep] and len(window) == n // 2
-        assert torch_greedy(reference, window + [history[-1]], check) == ours[done:done + check]
+        assert window[: 1 + keep] == prompt[: 1 + keep] and len(window) == n // 2
+        assert torch_greedy(reference, window + [history[-1]], check) == ours[done : done + check]
     assert len(set(ours[first:])) > 10  # a varied continuation, so agreement says something
 
 
@@ -71,7 +79,7 @@ def test_truncate_left_with_slide_cuts_only_to_what_starts(tiny_model, generator
     gen = generators(tiny_model, "int8")  # 128 positions
     n = gen.manifest.architecture.n_positions
     ids = gen.encode(PROMPT * 20)  # 201 tokens with [CLS]
-    kept = ids[:1] + ids[len(ids) - (n - 2):]  # [CLS] and the latest tokens: n - 1 in all
+    kept = ids[:1] + ids[len(ids) - (n - 2) :]  # [CLS] and the latest tokens: n - 1 in all
     for new_tokens in (20, n - 1, 300):
         options = dict(max_new_tokens=new_tokens, do_sample=False, stop_token_ids=[], context_overflow="slide")
         result = gen.generate_ids(ids, truncate="left", **options)
@@ -83,8 +91,11 @@ def test_truncate_left_with_slide_cuts_only_to_what_starts(tiny_model, generator
 
 def first_logprobs(gen: Generator, prompt: str) -> tuple[float, list]:
     result = []
-    request = gen.request(gen.codec.encode(prompt), gen.config(max_new_tokens=1, do_sample=False, logprobs=20),
-                          lambda event: result.append(event.logprobs[0]))
+    request = gen.request(
+        gen.codec.encode(prompt),
+        gen.config(max_new_tokens=1, do_sample=False, logprobs=20),
+        lambda event: result.append(event.logprobs[0]),
+    )
     gen.run([request])
     return result[0]
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
-import re
 import os
+import re
 import shutil
 
 import pytest
@@ -96,7 +96,9 @@ def test_missing_manifest(model_copy):
 
 
 def test_checkpoint_instead_of_model_directory(tiny_checkpoint):
-    with pytest.raises(ModelDirectoryError, match=r"is a checkpoint, not an exported model directory.*gpt2-onnx export"):
+    with pytest.raises(
+        ModelDirectoryError, match=r"is a checkpoint, not an exported model directory.*gpt2-onnx export"
+    ):
         Generator.load(tiny_checkpoint)
 
 
@@ -130,22 +132,27 @@ def test_bad_threads(tiny_model):
         Generator.load(tiny_model, threads=0)
 
 
-@pytest.mark.parametrize("section, key, value, field", [
-    ("architecture", "n_layer", "six", "architecture.n_layer"),
-    ("architecture", "n_head", 0, "architecture.n_head"),
-    ("conventions", "stop_token_ids", "102", "conventions.stop_token_ids"),
-    ("conventions", "special_token_ids", [0, 1.5], r"conventions.special_token_ids\[1\]"),
-    ("conventions", "decode", "spaces", "conventions.decode"),
-    ("variants", "int8", ["model.int8.onnx"], "variants.int8"),
-    (None, "tokenizer_sha256", 5, "tokenizer_sha256"),
-])
+@pytest.mark.parametrize(
+    "section, key, value, field",
+    [
+        ("architecture", "n_layer", "six", "architecture.n_layer"),
+        ("architecture", "n_head", 0, "architecture.n_head"),
+        ("conventions", "stop_token_ids", "102", "conventions.stop_token_ids"),
+        ("conventions", "special_token_ids", [0, 1.5], r"conventions.special_token_ids\[1\]"),
+        ("conventions", "decode", "spaces", "conventions.decode"),
+        ("variants", "int8", ["model.int8.onnx"], "variants.int8"),
+        (None, "tokenizer_sha256", 5, "tokenizer_sha256"),
+    ],
+)
 def test_manifest_field_of_the_wrong_type(model_copy, section, key, value, field):
     path = model_copy / "gpt2_onnx.json"
     manifest = json.loads(path.read_text())
     (manifest[section] if section else manifest)[key] = value
     path.write_text(json.dumps(manifest))
     got = value[-1] if isinstance(value, list) and field.endswith("]") else value
-    with pytest.raises(ModelDirectoryError, match=rf"malformed: the field {field} must be .*got {re.escape(repr(got))}"):
+    with pytest.raises(
+        ModelDirectoryError, match=rf"malformed: the field {field} must be .*got {re.escape(repr(got))}"
+    ):
         Generator.load(model_copy)
 
 
@@ -158,9 +165,15 @@ def test_missing_relative_path_is_not_a_hub_id(tmp_path, monkeypatch):
         Generator.load("models/distil")
 
 
-@pytest.mark.parametrize("field, value", [
-    ("n_layer", 7), ("vocab_size", 30000), ("n_embd", 1024), ("n_positions", 4096),
-])
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("n_layer", 7),
+        ("vocab_size", 30000),
+        ("n_embd", 1024),
+        ("n_positions", 4096),
+    ],
+)
 def test_manifest_architecture_that_is_not_its_graphs(model_copy, field, value):
     """Checked against the graph's own shapes at load: a wrong n_positions would otherwise only fail once a
     sequence outgrows the position table, the others deep in onnxruntime."""
@@ -171,8 +184,10 @@ def test_manifest_architecture_that_is_not_its_graphs(model_copy, field, value):
     manifest["architecture"][field] = value
     path.write_text(json.dumps(manifest))
     for precision in ("fp32", "int8"):
-        expected = (rf"gpt2_onnx\.json does not match its graph model\.{precision}\.onnx: "
-                    rf"architecture\.{field} is {value}, the graph has {getattr(TINY, field)}; re-export")
+        expected = (
+            rf"gpt2_onnx\.json does not match its graph model\.{precision}\.onnx: "
+            rf"architecture\.{field} is {value}, the graph has {getattr(TINY, field)}; re-export"
+        )
         with pytest.raises(ModelDirectoryError, match=expected):
             Generator.load(model_copy, precision=precision)
 
@@ -190,7 +205,8 @@ def test_manifest_architecture_that_is_not_its_graphs_is_one_line_on_the_command
     assert [line for line in err.splitlines() if line.strip()] == [
         f"gpt2-onnx: error: {path} does not match its graph model.int8.onnx: architecture.n_positions is "
         f"{manifest['architecture']['n_positions']}, the graph has {manifest['architecture']['n_positions'] // 32}; "
-        "re-export the model directory"]
+        "re-export the model directory"
+    ]
 
 
 def test_the_graph_architecture_is_read_from_the_graph_file(tiny_model):

@@ -28,16 +28,37 @@ def test_the_readme_holds_the_rendered_option_table():
     readme = (ROOT / "README.md").read_text()
     table = markdown_table()
     assert table in readme, "README.md's option table is stale: paste option_registry.markdown_table() into it"
-    python_use = readme[readme.index("### Python"):readme.index("### Command line")]
+    python_use = readme[readme.index("### Python") : readme.index("### Command line")]
     assert table in python_use and all(f"| `{o.name}` |" in table for o in OPTIONS)
 
 
 # one bad value per row: each error names the option it concerns, whatever its message says
-BAD = {"max_new_tokens": -1, "min_new_tokens": "2", "do_sample": 1.5, "temperature": -0.5, "top_k": 2.5, "top_p": 0,
-       "repetition_penalty": 0, "no_repeat_ngram_size": -2, "presence_penalty": 3, "frequency_penalty": -3,
-       "num_return_sequences": 0, "num_beams": 65, "length_penalty": "x", "early_stopping": "always",
-       "stop": [""], "stop_token_ids": [-1], "bad_words": [[]], "seed": -1, "logprobs": -1, "truncate": "right",
-       "context_overflow": "wrap", "context_keep": -1, "prompt_lookup_num_tokens": -1, "max_matching_ngram_size": 0}
+BAD = {
+    "max_new_tokens": -1,
+    "min_new_tokens": "2",
+    "do_sample": 1.5,
+    "temperature": -0.5,
+    "top_k": 2.5,
+    "top_p": 0,
+    "repetition_penalty": 0,
+    "no_repeat_ngram_size": -2,
+    "presence_penalty": 3,
+    "frequency_penalty": -3,
+    "num_return_sequences": 0,
+    "num_beams": 65,
+    "length_penalty": "x",
+    "early_stopping": "always",
+    "stop": [""],
+    "stop_token_ids": [-1],
+    "bad_words": [[]],
+    "seed": -1,
+    "logprobs": -1,
+    "truncate": "right",
+    "context_overflow": "wrap",
+    "context_keep": -1,
+    "prompt_lookup_num_tokens": -1,
+    "max_matching_ngram_size": 0,
+}
 
 
 @pytest.mark.parametrize("name", [o.name for o in OPTIONS])
@@ -54,30 +75,64 @@ def test_every_option_error_raised_in_the_runtime_passes_its_option():
     missing = []
     for path in sorted((ROOT / "runtime").glob("*.py")):
         for node in ast.walk(ast.parse(path.read_text())):
-            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
-                    and node.func.id in ("GenerationOptionError", "ContextLengthError")
-                    and "option" not in {k.arg for k in node.keywords}):
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Name)
+                and node.func.id in ("GenerationOptionError", "ContextLengthError")
+                and "option" not in {k.arg for k in node.keywords}
+            ):
                 missing.append(f"{path.name}:{node.lineno}")
     assert not missing, missing
     assert issubclass(ContextLengthError, GenerationOptionError)
 
 
 def test_front_doors_spell_options_by_the_table():
-    assert (body_field("max_new_tokens"), body_field("num_return_sequences"), body_field("top_k")) == \
-        ("max_tokens", "n", "top_k")
+    assert (body_field("max_new_tokens"), body_field("num_return_sequences"), body_field("top_k")) == (
+        "max_tokens",
+        "n",
+        "top_k",
+    )
     assert body_field("num_beams") is None and body_field("prompt") == "prompt" and body_field("threads") is None
     assert (flag_of("bad_words"), flag_of("truncate"), flag_of("threads")) == ("--bad-word", "--truncate", "--threads")
     assert BY_NAME["early_stopping"].flag is None and BY_NAME["stop_token_ids"].body is None
 
 
 def test_generate_and_batch_take_the_same_option_flags_with_the_same_help():
-    flags = ["--max-new-tokens", "7", "--no-do-sample", "--temperature", "0.5", "--top-p", "0.9", "--stop", "。",
-             "--stop", "！", "--bad-word", "坏", "--truncate", "left", "--context-overflow", "slide", "--seed", "3"]
+    flags = [
+        "--max-new-tokens",
+        "7",
+        "--no-do-sample",
+        "--temperature",
+        "0.5",
+        "--top-p",
+        "0.9",
+        "--stop",
+        "。",
+        "--stop",
+        "！",
+        "--bad-word",
+        "坏",
+        "--truncate",
+        "left",
+        "--context-overflow",
+        "slide",
+        "--seed",
+        "3",
+    ]
     parser = build_parser()
     generate = parser.parse_args(["generate", "x", *flags])
     batch = parser.parse_args(["batch", "in.jsonl", "out.jsonl", *flags])
-    expected = {"max_new_tokens": 7, "do_sample": False, "temperature": 0.5, "top_p": 0.9, "stop": ["。", "！"],
-                "bad_words": ["坏"], "truncate": "left", "context_overflow": "slide", "seed": 3}
+    expected = {
+        "max_new_tokens": 7,
+        "do_sample": False,
+        "temperature": 0.5,
+        "top_p": 0.9,
+        "stop": ["。", "！"],
+        "bad_words": ["坏"],
+        "truncate": "left",
+        "context_overflow": "slide",
+        "seed": 3,
+    }
     assert options_given(generate) == options_given(batch) == expected
     GenerationConfig.from_options({}, expected)  # what the flags give, the runtime takes
 

@@ -14,8 +14,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from batch_rows import BAD_ROWS, by_id, job_rows, read_jsonl, write_jsonl
+
 from gpt2_onnx.apps.batch import run_local
 
 pytestmark = pytest.mark.slow  # a Ray cluster: CI runs these, the fast tier does not
@@ -37,8 +37,14 @@ def namespace_refusal() -> str | None:
 def run_in_namespace(args: list[str], timeout: float) -> subprocess.CompletedProcess:
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_DISABLE_USAGE_STATS": "1"}
     command = "ip link set lo up && exec " + " ".join(map(_quote, args))
-    proc = subprocess.Popen(["unshare", "--net", "bash", "-c", command], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=env, start_new_session=True)
+    proc = subprocess.Popen(
+        ["unshare", "--net", "bash", "-c", command],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        start_new_session=True,
+    )
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:

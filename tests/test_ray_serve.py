@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from test_ray import namespace_refusal, run_in_namespace
 
 pytestmark = pytest.mark.slow  # a Ray cluster: CI runs these, the fast tier does not

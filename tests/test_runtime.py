@@ -26,7 +26,9 @@ g = Generator.load({str(tiny_model)!r}, precision="int8")
 g.generate("这是", max_new_tokens=5)
 g.generate(["这是", "今天天气"], max_new_tokens=5, num_beams=2, do_sample=False)
 "".join(g.stream("这是", max_new_tokens=5))
-heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "transformers", "optimum", "onnx") or m == "gpt2_onnx.export")
+heavy = sorted(
+    m for m in sys.modules if m.split(".")[0] in ("torch", "transformers", "optimum", "onnx") or m == "gpt2_onnx.export"
+)
 print(heavy)
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -58,7 +60,9 @@ def test_num_return_sequences_sampling(tiny_model, generators):
     assert [len(group) for group in batched] == [2, 2]
 
 
-@pytest.mark.parametrize("options", [dict(do_sample=False), dict(do_sample=True, seed=3, top_p=0.9), dict(do_sample=False, stop=["了"])])
+@pytest.mark.parametrize(
+    "options", [dict(do_sample=False), dict(do_sample=True, seed=3, top_p=0.9), dict(do_sample=False, stop=["了"])]
+)
 def test_stream_pieces_join_to_generate_text(tiny_model, generators, options):
     gen = generators(tiny_model)
     pieces = list(gen.stream(PROMPT, max_new_tokens=40, **options))
@@ -92,7 +96,7 @@ def test_bpe_stream_never_splits_a_character(bpe_model, generators):
     tokenizer's one-shot decoding (a split character would show up as U+FFFD)."""
     gen = generators(bpe_model)
     codec = gen.codec
-    e_acute, = codec.token_sequences("é")
+    (e_acute,) = codec.token_sequences("é")
     assert len(e_acute) == 2  # two byte tokens, so the held-back path is exercised
     pieces = [codec.assembler().push(i) for i in e_acute[:1]]
     assert pieces == [""]
@@ -101,7 +105,9 @@ def test_bpe_stream_never_splits_a_character(bpe_model, generators):
         options = dict(max_new_tokens=30, do_sample=True, top_k=0, seed=seed)
         pieces = list(gen.stream("The quick", **options))
         result = gen.generate("The quick", **options)
-        assert "".join(pieces) == result.text == codec.tokenizer.decode(list(result.token_ids), skip_special_tokens=True)
+        assert (
+            "".join(pieces) == result.text == codec.tokenizer.decode(list(result.token_ids), skip_special_tokens=True)
+        )
 
 
 def test_uer_text_rules(full_model, generators):
@@ -143,7 +149,9 @@ def test_beam_search_times_its_first_token_when_chosen(tiny_model, generators):
     """Beam search yields its results only at the end; the clock is marked at the first step."""
     gen = generators(tiny_model)
     events = []
-    request = gen.request(gen.codec.encode(PROMPT), gen.config(max_new_tokens=10, do_sample=False, num_beams=3), events.append)
+    request = gen.request(
+        gen.codec.encode(PROMPT), gen.config(max_new_tokens=10, do_sample=False, num_beams=3), events.append
+    )
     engine = gen.engine([request])
     engine.submit(request)
     engine.step()  # prefill and the first beam step
@@ -212,7 +220,10 @@ def test_rows_and_threads_are_bounded_and_the_error_names_the_bound(tiny_model, 
     assert gen.engine([gen.request(gen.encode(p), gen.config(**options), None) for p in prompts]).max_rows == MAX_ROWS
     together = gen.generate(prompts, **options)
     alone = [gen.generate(p, **options) for p in prompts[:2]]
-    ids = lambda results: [[r.token_ids for r in group] for group in results]
+
+    def ids(results):
+        return [[r.token_ids for r in group] for group in results]
+
     assert ids(together) == ids(alone) * 40
     with pytest.raises(GenerationOptionError, match=rf"threads must be an int in \[1, {os.cpu_count()}\]"):
         Generator.load(tiny_model, threads=os.cpu_count() + 1)
@@ -220,7 +231,9 @@ def test_rows_and_threads_are_bounded_and_the_error_names_the_bound(tiny_model, 
 
 def test_concurrent_calls_give_sequential_results(tiny_model, generators):
     gen = generators(tiny_model, "int8")
-    jobs = [dict(do_sample=True, seed=s, max_new_tokens=25) for s in range(8)] + [dict(do_sample=False, num_beams=3, max_new_tokens=10)]
+    jobs = [dict(do_sample=True, seed=s, max_new_tokens=25) for s in range(8)] + [
+        dict(do_sample=False, num_beams=3, max_new_tokens=10)
+    ]
     sequential = [gen.generate(PROMPT, **j) for j in jobs]
     with ThreadPoolExecutor(4) as pool:
         concurrent = list(pool.map(lambda j: gen.generate(PROMPT, **j), jobs))
@@ -243,8 +256,10 @@ def test_kv_buffer_is_written_in_place(tiny_model, generators):
 
 def test_generate_ids_uses_ids_as_given(tiny_model, generators):
     gen = generators(tiny_model)
-    assert gen.generate_ids(gen.codec.encode(PROMPT), max_new_tokens=8, do_sample=False).token_ids == \
-        gen.generate(PROMPT, max_new_tokens=8, do_sample=False).token_ids
+    assert (
+        gen.generate_ids(gen.codec.encode(PROMPT), max_new_tokens=8, do_sample=False).token_ids
+        == gen.generate(PROMPT, max_new_tokens=8, do_sample=False).token_ids
+    )
     with pytest.raises(GenerationOptionError, match="prompt_ids"):
         gen.generate_ids([10**7])
 
@@ -254,7 +269,9 @@ def test_generate_ids_uses_ids_as_given(tiny_model, generators):
 
 def test_processors_equal_transformers_processors():
     from transformers.generation.logits_process import (
-        MinNewTokensLengthLogitsProcessor, NoBadWordsLogitsProcessor, NoRepeatNGramLogitsProcessor,
+        MinNewTokensLengthLogitsProcessor,
+        NoBadWordsLogitsProcessor,
+        NoRepeatNGramLogitsProcessor,
         RepetitionPenaltyLogitsProcessor,
     )
 
@@ -269,7 +286,8 @@ def test_processors_equal_transformers_processors():
         ours = Processors(config, (3, 4), bad)(scores.copy(), histories, n_new=2)
         ids, s = torch.tensor(histories), torch.from_numpy(scores.copy())
         for p in (
-            RepetitionPenaltyLogitsProcessor(1.3), NoRepeatNGramLogitsProcessor(3),
+            RepetitionPenaltyLogitsProcessor(1.3),
+            NoRepeatNGramLogitsProcessor(3),
             NoBadWordsLogitsProcessor([list(b) for b in bad], eos_token_id=None),
             MinNewTokensLengthLogitsProcessor(width - 2, 5, [3, 4]),
         ):
@@ -307,13 +325,15 @@ def test_sampling_follows_the_distribution():
         config = GenerationConfig(do_sample=True, top_k=top_k, temperature=temperature)
         draws = np.array([sample(logits.copy(), config, rng)[0] for _ in range(20000)])
         expected = p ** (1 / temperature)
-        expected[top_k or 4:] = 0
+        expected[top_k or 4 :] = 0
         np.testing.assert_allclose(np.bincount(draws, minlength=4) / len(draws), expected / expected.sum(), atol=0.015)
 
 
 def test_none_means_the_default(tiny_model, generators):
     gen = generators(tiny_model)
-    nones = dict(stop=None, bad_words=None, top_k=None, temperature=None, num_beams=None, stop_token_ids=None, truncate=None)
+    nones = dict(
+        stop=None, bad_words=None, top_k=None, temperature=None, num_beams=None, stop_token_ids=None, truncate=None
+    )
     with_nones, plain = (gen.generate(PROMPT, max_new_tokens=8, seed=1, **o) for o in (nones, {}))
     assert with_nones.token_ids == plain.token_ids and with_nones.text == plain.text
     assert gen.config(max_new_tokens=None, do_sample=None) == gen.config()
@@ -355,7 +375,7 @@ def test_bad_word_text_is_banned_in_its_continuation_form(tiny_model, generators
     tokens = forced.generate(PROMPT, max_new_tokens=30, do_sample=False, bad_words=["ing"]).token_ids
     assert continuation not in tokens
     plain = gen.codec.encode("ing")[1:]  # [in, ##g], without [CLS]
-    assert not any(list(tokens[i:i + len(plain)]) == plain for i in range(len(tokens)))
+    assert not any(list(tokens[i : i + len(plain)]) == plain for i in range(len(tokens)))
 
 
 def test_a_failing_step_ends_its_requests_and_the_engine_goes_on(tiny_model, generators, monkeypatch):
@@ -398,6 +418,7 @@ def test_a_failing_step_ends_its_requests_and_the_engine_goes_on(tiny_model, gen
 
 
 # --- the prefix cache's one rule, and the engine a front door gets -------------------------------
+
 
 def test_the_default_prefix_cache_is_on_where_the_precision_allows_it(tiny_int4):
     from gpt2_onnx.generator import DEFAULT_PREFIX_CACHE_MB

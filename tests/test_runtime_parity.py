@@ -29,7 +29,9 @@ def test_greedy_64_tokens_batch_1_full_size(full_model, full_checkpoint, torch_m
     gen = generators(full_model)
     ours = gen.generate(PROMPTS[0], max_new_tokens=64, do_sample=False)
     prompt = gen.codec.encode(PROMPTS[0])
-    theirs = transformers_generate(torch_model(full_checkpoint), [prompt], 0, max_new_tokens=64, do_sample=False, eos_token_id=102)
+    theirs = transformers_generate(
+        torch_model(full_checkpoint), [prompt], 0, max_new_tokens=64, do_sample=False, eos_token_id=102
+    )
     assert list(ours.token_ids) == theirs[0]
     assert len(set(ours.token_ids)) > 5  # a varied path, not one repeated token
 
@@ -39,7 +41,9 @@ def test_greedy_64_tokens_batch_of_4_full_size(full_model, full_checkpoint, torc
     rows = [gen.codec.encode(p) for p in PROMPTS]
     assert len(set(map(len, rows))) == 4
     ours = gen.generate(PROMPTS, max_new_tokens=64, do_sample=False)
-    theirs = transformers_generate(torch_model(full_checkpoint), rows, 0, max_new_tokens=64, do_sample=False, eos_token_id=102)
+    theirs = transformers_generate(
+        torch_model(full_checkpoint), rows, 0, max_new_tokens=64, do_sample=False, eos_token_id=102
+    )
     assert [list(r.token_ids) for r in ours] == theirs
     alone = [gen.generate(p, max_new_tokens=64, do_sample=False).token_ids for p in PROMPTS]
     assert [r.token_ids for r in ours] == alone
@@ -88,7 +92,14 @@ def test_beam_search_batch_of_prompts(tiny_model, tiny_checkpoint, torch_model, 
     rows = [gen.codec.encode(p) for p in PROMPTS]
     ours = gen.generate(PROMPTS, max_new_tokens=16, do_sample=False, num_beams=4, num_return_sequences=2)
     theirs = transformers_generate(
-        torch_model(tiny_checkpoint), rows, 0, max_new_tokens=16, do_sample=False, num_beams=4, num_return_sequences=2, eos_token_id=102
+        torch_model(tiny_checkpoint),
+        rows,
+        0,
+        max_new_tokens=16,
+        do_sample=False,
+        num_beams=4,
+        num_return_sequences=2,
+        eos_token_id=102,
     )
     assert [list(r.token_ids) for group in ours for r in group] == theirs
 
@@ -102,13 +113,21 @@ def test_beam_search_batch_of_prompts(tiny_model, tiny_checkpoint, torch_model, 
         (dict(repetition_penalty=0.7), dict(repetition_penalty=0.7)),
     ],
 )
-def test_processors_match_transformers_generate(tiny_model, tiny_checkpoint, torch_model, generators, ours_options, theirs_options):
+def test_processors_match_transformers_generate(
+    tiny_model, tiny_checkpoint, torch_model, generators, ours_options, theirs_options
+):
     gen = generators(tiny_model)
     prompt = gen.codec.encode(PROMPTS[2])
     plain = gen.generate(PROMPTS[2], max_new_tokens=40, do_sample=False).token_ids
     ours = gen.generate(PROMPTS[2], max_new_tokens=40, do_sample=False, **ours_options).token_ids
     theirs = transformers_generate(
-        torch_model(tiny_checkpoint), [prompt], 0, max_new_tokens=40, do_sample=False, eos_token_id=102, **theirs_options
+        torch_model(tiny_checkpoint),
+        [prompt],
+        0,
+        max_new_tokens=40,
+        do_sample=False,
+        eos_token_id=102,
+        **theirs_options,
     )[0]
     assert list(ours) == theirs
     assert ours != plain  # the option changed the outcome, so the comparison says something
@@ -122,7 +141,13 @@ def test_min_new_tokens_matches_transformers(tiny_model, tiny_checkpoint, torch_
     assert early.token_ids == (first,) and early.finish_reason == "stop"
     ours = gen.generate(PROMPTS[0], max_new_tokens=30, do_sample=False, stop_token_ids=[first], min_new_tokens=6)
     theirs = transformers_generate(
-        torch_model(tiny_checkpoint), [prompt], 0, max_new_tokens=30, do_sample=False, eos_token_id=first, min_new_tokens=6
+        torch_model(tiny_checkpoint),
+        [prompt],
+        0,
+        max_new_tokens=30,
+        do_sample=False,
+        eos_token_id=first,
+        min_new_tokens=6,
     )[0]
     assert list(ours.token_ids) == theirs and len(theirs) >= 6
 
@@ -135,7 +160,12 @@ def test_bad_words_match_transformers(tiny_model, tiny_checkpoint, torch_model, 
     pair = [plain[4], plain[5]]  # a two-token sequence it produces later
     ours = gen.generate(PROMPTS[0], max_new_tokens=30, do_sample=False, bad_words=[single, pair]).token_ids
     theirs = transformers_generate(
-        torch_model(tiny_checkpoint), [prompt], 0, max_new_tokens=30, do_sample=False, eos_token_id=102,
+        torch_model(tiny_checkpoint),
+        [prompt],
+        0,
+        max_new_tokens=30,
+        do_sample=False,
+        eos_token_id=102,
         bad_words_ids=[[plain[0]], pair],
     )[0]
     assert list(ours) == theirs and ours[0] != plain[0]

@@ -16,9 +16,10 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
 import pytest
+from slow_cli import cli_code
+
 from gpt2_onnx import GenerationOptionError
 from gpt2_onnx.benchmarks.serve_bench import free_port
-from slow_cli import cli_code
 
 openai = pytest.importorskip("openai")
 httpx = pytest.importorskip("httpx")
@@ -34,8 +35,22 @@ def running_server(model, *args: str, slow: bool = False, key: tuple[str, ...] =
     and the process. `key`: how the API key is given; `env`: the child's environment variables."""
     port = free_port()
     code = cli_code(slow)
-    command = [sys.executable, "-c", code, "serve", "--model", str(model), "--model-name", MODEL, "--port", str(port),
-               *key, "--threads", "1", *args]
+    command = [
+        sys.executable,
+        "-c",
+        code,
+        "serve",
+        "--model",
+        str(model),
+        "--model-name",
+        MODEL,
+        "--port",
+        str(port),
+        *key,
+        "--threads",
+        "1",
+        *args,
+    ]
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -58,7 +73,10 @@ def running_server(model, *args: str, slow: bool = False, key: tuple[str, ...] =
 
 @pytest.fixture(scope="module")
 def server(tiny_model):
-    with running_server(tiny_model, "--max-running", "8", "--max-waiting", "64", "--max-body-bytes", "65536") as (url, _):
+    with running_server(tiny_model, "--max-running", "8", "--max-waiting", "64", "--max-body-bytes", "65536") as (
+        url,
+        _,
+    ):
         yield url
 
 
@@ -97,10 +115,13 @@ def idle(values: dict[str, float]) -> bool:
 
 # --- outputs -----------------------------------------------------------------------------------
 
+
 def test_runtime_imports_no_front_door(tiny_model):
-    code = ("import sys, gpt2_onnx; g = gpt2_onnx.Generator.load(sys.argv[1]); g.generate('这是', max_new_tokens=2); "
-            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('fastapi', 'uvicorn', 'starlette') "
-            "or m.startswith('gpt2_onnx.apps')))")
+    code = (
+        "import sys, gpt2_onnx; g = gpt2_onnx.Generator.load(sys.argv[1]); g.generate('这是', max_new_tokens=2); "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('fastapi', 'uvicorn', 'starlette') "
+        "or m.startswith('gpt2_onnx.apps')))"
+    )
     probe = subprocess.run([sys.executable, "-c", code, str(tiny_model)], capture_output=True, text=True, timeout=300)
     assert probe.returncode == 0, probe.stderr
     assert probe.stdout.strip() == "[]"
@@ -108,8 +129,10 @@ def test_runtime_imports_no_front_door(tiny_model):
 
 def test_the_front_doors_settings_import_nothing_heavy():
     """The command line reads its flags' defaults from apps/settings.py while building its parser."""
-    code = ("import sys, gpt2_onnx.apps.settings; print(sorted({m.split('.')[0] for m in sys.modules} & "
-            "{'numpy', 'onnxruntime', 'fastapi', 'uvicorn', 'prometheus_client', 'ray'}))")
+    code = (
+        "import sys, gpt2_onnx.apps.settings; print(sorted({m.split('.')[0] for m in sys.modules} & "
+        "{'numpy', 'onnxruntime', 'fastapi', 'uvicorn', 'prometheus_client', 'ray'}))"
+    )
     probe = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert probe.returncode == 0 and probe.stdout.strip() == "[]", probe.stderr
 
@@ -147,7 +170,11 @@ def test_health_and_models(server):
 def test_completion_equals_generator_greedy_and_seeded(client, reference):
     for prompt, options, api in [
         ("这是很久之前的事情了", dict(do_sample=False), dict(temperature=0)),
-        ("今天", dict(do_sample=True, temperature=0.9, top_k=0, top_p=0.95, seed=7), dict(temperature=0.9, top_p=0.95, seed=7)),
+        (
+            "今天",
+            dict(do_sample=True, temperature=0.9, top_k=0, top_p=0.95, seed=7),
+            dict(temperature=0.9, top_p=0.95, seed=7),
+        ),
     ]:
         expected = reference.generate(prompt, max_new_tokens=12, **options)
         out = client.completions.create(model=MODEL, prompt=prompt, max_tokens=12, **api)
@@ -182,17 +209,22 @@ def test_n_and_prompt_lists(client, reference):
     out = client.completions.create(model=MODEL, prompt=["这是", "今天"], n=2, max_tokens=6, temperature=1.0, seed=11)
     assert [c.index for c in out.choices] == [0, 1, 2, 3]
     for i, prompt in enumerate(["这是", "今天"]):
-        expected = reference.generate(prompt, max_new_tokens=6, do_sample=True, top_k=0, seed=11, num_return_sequences=2)
-        assert [c.text for c in out.choices[2 * i:2 * i + 2]] == [r.text for r in expected]
+        expected = reference.generate(
+            prompt, max_new_tokens=6, do_sample=True, top_k=0, seed=11, num_return_sequences=2
+        )
+        assert [c.text for c in out.choices[2 * i : 2 * i + 2]] == [r.text for r in expected]
 
 
 def test_greedy_n_returns_n_identical_choices(client, reference):
     expected = reference.generate("这是", max_new_tokens=8, do_sample=False).text
     out = client.completions.create(model=MODEL, prompt=["这是", "这是"], n=3, max_tokens=8, temperature=0)
     assert [c.index for c in out.choices] == list(range(6)) and [c.text for c in out.choices] == [expected] * 6
-    assert out.usage.completion_tokens == 6 * len(reference.generate("这是", max_new_tokens=8, do_sample=False).token_ids)
-    stream = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "这是"}], n=3,
-                                            max_tokens=8, temperature=0, stream=True)
+    assert out.usage.completion_tokens == 6 * len(
+        reference.generate("这是", max_new_tokens=8, do_sample=False).token_ids
+    )
+    stream = client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "这是"}], n=3, max_tokens=8, temperature=0, stream=True
+    )
     texts = ["", "", ""]
     for chunk in stream:
         texts[chunk.choices[0].index] += chunk.choices[0].delta.content or ""
@@ -201,11 +233,13 @@ def test_greedy_n_returns_n_identical_choices(client, reference):
 
 def test_stop_strings_never_leak(client):
     text = client.completions.create(model=MODEL, prompt="这是", max_tokens=30, temperature=0).choices[0].text
-    stop = next(text[i:i + 2] for i in range(3, len(text) - 1) if " " not in text[i:i + 2])
-    streamed = client.completions.create(model=MODEL, prompt="这是", max_tokens=30, temperature=0, stop=[stop], stream=True)
+    stop = next(text[i : i + 2] for i in range(3, len(text) - 1) if " " not in text[i : i + 2])
+    streamed = client.completions.create(
+        model=MODEL, prompt="这是", max_tokens=30, temperature=0, stop=[stop], stream=True
+    )
     pieces = [c.choices[0] for c in streamed]
     joined = "".join(p.text for p in pieces)
-    assert joined == text[:text.index(stop)]  # everything before the stop string's first appearance, nothing of it
+    assert joined == text[: text.index(stop)]  # everything before the stop string's first appearance, nothing of it
     assert stop not in joined and len(pieces) > 1
     assert pieces[-1].finish_reason == "stop"
     whole = client.completions.create(model=MODEL, prompt="这是", max_tokens=30, temperature=0, stop=stop)
@@ -218,8 +252,14 @@ def test_logprobs(client):
     assert len(lp.tokens) == len(lp.token_logprobs) == out.usage.completion_tokens == 5
     for chosen, top in zip(lp.token_logprobs, lp.top_logprobs):
         assert len(top) <= 3 and chosen <= 0 and chosen == pytest.approx(max(top.values()))  # greedy: the best
-    chat = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "这是"}], max_tokens=4,
-                                          temperature=0, logprobs=True, top_logprobs=2)
+    chat = client.chat.completions.create(
+        model=MODEL,
+        messages=[{"role": "user", "content": "这是"}],
+        max_tokens=4,
+        temperature=0,
+        logprobs=True,
+        top_logprobs=2,
+    )
     content = chat.choices[0].logprobs.content
     assert len(content) == 4 and all(len(c.top_logprobs) == 2 for c in content)
 
@@ -242,25 +282,29 @@ def test_staggered_requests_join_the_batch_and_return_what_they_return_alone(cli
 
 # --- errors ------------------------------------------------------------------------------------
 
+
 def error_of(call) -> tuple[int, dict]:
     with pytest.raises(openai.APIStatusError) as info:
         call()
     return info.value.status_code, info.value.body
 
 
-@pytest.mark.parametrize("body, param", [
-    (dict(max_tokens="many"), "max_tokens"),
-    (dict(temperature=-1), "temperature"),
-    (dict(top_p=2), "top_p"),
-    (dict(n=0), "n"),
-    (dict(n=-1, temperature=0), "n"),
-    (dict(n=9, temperature=0), "n"),  # greedy n takes one row, yet is held to --max-running as sampling is
-    (dict(presence_penalty=3), "presence_penalty"),
-    (dict(stop=[1, 2]), "stop"),
-    (dict(max_tokens=5000), "prompt"),
-    (dict(n=9), "n"),  # more rows than --max-running: the request's n, not its prompt
-    (dict(bad_words=[[10**6]]), "bad_words"),  # an id past the vocabulary: the field, not the prompt
-])
+@pytest.mark.parametrize(
+    "body, param",
+    [
+        (dict(max_tokens="many"), "max_tokens"),
+        (dict(temperature=-1), "temperature"),
+        (dict(top_p=2), "top_p"),
+        (dict(n=0), "n"),
+        (dict(n=-1, temperature=0), "n"),
+        (dict(n=9, temperature=0), "n"),  # greedy n takes one row, yet is held to --max-running as sampling is
+        (dict(presence_penalty=3), "presence_penalty"),
+        (dict(stop=[1, 2]), "stop"),
+        (dict(max_tokens=5000), "prompt"),
+        (dict(n=9), "n"),  # more rows than --max-running: the request's n, not its prompt
+        (dict(bad_words=[[10**6]]), "bad_words"),  # an id past the vocabulary: the field, not the prompt
+    ],
+)
 def test_bad_values_are_400_naming_the_field(client, body, param):
     extra = {k: v for k, v in body.items() if k not in ("max_tokens", "temperature", "n", "stop")}
     known = {k: v for k, v in body.items() if k in ("max_tokens", "temperature", "n", "stop")}
@@ -274,18 +318,23 @@ def test_bad_values_are_400_naming_the_field(client, body, param):
         assert "num_return_sequences" not in error["message"] and "--max-running" in error["message"]
 
 
-@pytest.mark.parametrize("endpoint, field, value", [
-    ("completions", "logit_bias", {"100": 5}),
-    ("completions", "best_of", 3),
-    ("completions", "suffix", "。"),
-    ("completions", "temprature", 0),  # a typo is no silent default
-    ("chat/completions", "tools", [{"type": "function", "function": {"name": "f"}}]),
-    ("chat/completions", "prompt", "x"),  # a completions field on chat
-    ("completions", "stream_options", {"include_usage": True, "continuous_usage_stats": True}),
-])
+@pytest.mark.parametrize(
+    "endpoint, field, value",
+    [
+        ("completions", "logit_bias", {"100": 5}),
+        ("completions", "best_of", 3),
+        ("completions", "suffix", "。"),
+        ("completions", "temprature", 0),  # a typo is no silent default
+        ("chat/completions", "tools", [{"type": "function", "function": {"name": "f"}}]),
+        ("chat/completions", "prompt", "x"),  # a completions field on chat
+        ("completions", "stream_options", {"include_usage": True, "continuous_usage_stats": True}),
+    ],
+)
 def test_unsupported_fields_are_400_naming_them(server, endpoint, field, value):
     body = {"model": MODEL, "max_tokens": 2, field: value}
-    body.update({"messages": [{"role": "user", "content": "这是"}]} if endpoint.startswith("chat") else {"prompt": "这是"})
+    body.update(
+        {"messages": [{"role": "user", "content": "这是"}]} if endpoint.startswith("chat") else {"prompt": "这是"}
+    )
     r = httpx.post(f"{server}/v1/{endpoint}", json=body, headers={"Authorization": f"Bearer {KEY}"}, timeout=10)
     error = r.json()["error"]
     name = "stream_options.continuous_usage_stats" if field == "stream_options" else field
@@ -298,14 +347,17 @@ def test_ignored_openai_fields_and_a_lower_case_bearer_are_accepted(server):
     for scheme in ("bearer", "BEARER", "Bearer"):
         r = httpx.post(server + "/v1/completions", json=body, headers={"Authorization": f"{scheme} {KEY}"}, timeout=10)
         assert r.status_code == 200, r.text
-    r = httpx.post(server + "/v1/completions", json={**body, "user": 5}, headers={"Authorization": f"bearer {KEY}"},
-                   timeout=10)
+    r = httpx.post(
+        server + "/v1/completions", json={**body, "user": 5}, headers={"Authorization": f"bearer {KEY}"}, timeout=10
+    )
     assert r.status_code == 400 and r.json()["error"]["param"] == "user"
 
 
 def test_a_context_keep_that_leaves_no_window_names_itself(client):
     extra = {"context_overflow": "slide", "context_keep": 70}  # the window is half of 128 positions
-    status, error = error_of(lambda: client.completions.create(model=MODEL, prompt="这是" * 40, max_tokens=16, extra_body=extra))
+    status, error = error_of(
+        lambda: client.completions.create(model=MODEL, prompt="这是" * 40, max_tokens=16, extra_body=extra)
+    )
     assert status == 400 and error["param"] == "context_keep" and error["code"] == "invalid_value"
 
 
@@ -335,8 +387,10 @@ def test_a_prompt_that_is_not_utf8_names_its_field(server):
     """A lone surrogate (valid JSON, not valid UTF-8) is a 400 on the field that holds it, not `param: null`."""
     headers = {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"}
     chat = {"model": MODEL, "messages": [{"role": "user", "content": "这是"}, {"role": "user", "content": "x\udcff"}]}
-    for endpoint, body, param in (("completions", {"model": MODEL, "prompt": "x\udcff"}, "prompt"),
-                                  ("chat/completions", chat, "messages[1].content")):
+    for endpoint, body, param in (
+        ("completions", {"model": MODEL, "prompt": "x\udcff"}, "prompt"),
+        ("chat/completions", chat, "messages[1].content"),
+    ):
         r = httpx.post(f"{server}/v1/{endpoint}", content=json.dumps(body).encode(), headers=headers, timeout=10)
         error = r.json()["error"]
         assert r.status_code == 400 and error["param"] == param and "not valid UTF-8" in error["message"], error
@@ -345,8 +399,8 @@ def test_a_prompt_that_is_not_utf8_names_its_field(server):
 def test_option_errors_are_answered_from_the_option_they_carry(tiny_model, generators):
     """The runtime's error carries its option and the engine limit it passed: the server names the body
     field, spells a remedy as one, and adds its own flag for the limit; the runtime names no server flag."""
-    from gpt2_onnx.engine import Engine
     from gpt2_onnx.apps.openai_api import request_error
+    from gpt2_onnx.engine import Engine
 
     gen = generators(tiny_model, "int8")
     request = gen.request(gen.encode("这是"), gen.config(num_return_sequences=4, do_sample=True), lambda event: None)
@@ -377,14 +431,18 @@ def test_malformed_json_and_too_large_bodies(server):
     headers = {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"}
     r = httpx.post(server + "/v1/completions", content=b'{"model": "tiny", "prompt": ', headers=headers, timeout=10)
     assert r.status_code == 400 and "not valid JSON" in r.json()["error"]["message"]
-    r = httpx.post(server + "/v1/chat/completions", json={"model": MODEL, "messages": "hi"}, headers=headers, timeout=10)
+    r = httpx.post(
+        server + "/v1/chat/completions", json={"model": MODEL, "messages": "hi"}, headers=headers, timeout=10
+    )
     assert r.status_code == 400 and r.json()["error"]["param"] == "messages"
     big = json.dumps({"model": MODEL, "prompt": "这" * 70000}).encode()
     r = httpx.post(server + "/v1/completions", content=big, headers=headers, timeout=10)
     assert r.status_code == 413 and set(r.json()["error"]) == {"message", "type", "param", "code"}
 
 
-@pytest.mark.parametrize("depth", [30000, 500])  # past the JSON reader's recursion limit; within it, in an error message
+@pytest.mark.parametrize(
+    "depth", [30000, 500]
+)  # past the JSON reader's recursion limit; within it, in an error message
 def test_deeply_nested_json_is_400(server, depth):
     headers = {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"}
     body = '{"model": "tiny", "prompt": ' + "[" * depth + "]" * depth + "}"
@@ -397,8 +455,12 @@ def test_a_port_out_of_range_or_in_use_is_one_line(tiny_model):
     import socket
 
     def serve_on(port: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-c", cli_code(False), "serve", "--model", str(tiny_model), "--port", port],
-                              capture_output=True, text=True, timeout=120)
+        return subprocess.run(
+            [sys.executable, "-c", cli_code(False), "serve", "--model", str(tiny_model), "--port", port],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
 
     for port in ("70000", "0", "-1"):
         run = serve_on(port)
@@ -421,7 +483,9 @@ def test_the_api_key_from_a_file_or_the_environment(tiny_model, tmp_path):
         with running_server(tiny_model, key=key, env={**os.environ, **env}) as (url, _):
             body = {"model": MODEL, "prompt": "这是", "max_tokens": 2}
             for given, status in ((secret, 200), (KEY, 401)):
-                r = httpx.post(url + "/v1/completions", json=body, headers={"Authorization": f"Bearer {given}"}, timeout=10)
+                r = httpx.post(
+                    url + "/v1/completions", json=body, headers={"Authorization": f"Bearer {given}"}, timeout=10
+                )
                 assert r.status_code == status
 
 
@@ -430,17 +494,25 @@ def test_a_key_that_cannot_be_used_is_one_line(tiny_model, tmp_path):
 
     empty = tmp_path / "empty"
     empty.write_text("\n")
-    cases = [(("--api-key", "a", "--api-key-file", str(empty)), {}, "both"),
-             (("--api-key-file", str(empty)), {}, "no usable API key"),
-             (("--api-key-file", str(tmp_path / "missing")), {}, "cannot read"),
-             ((), {"GPT2_ONNX_API_KEY": ""}, "GPT2_ONNX_API_KEY")]
+    cases = [
+        (("--api-key", "a", "--api-key-file", str(empty)), {}, "both"),
+        (("--api-key-file", str(empty)), {}, "no usable API key"),
+        (("--api-key-file", str(tmp_path / "missing")), {}, "cannot read"),
+        ((), {"GPT2_ONNX_API_KEY": ""}, "GPT2_ONNX_API_KEY"),
+    ]
     for key, env, said in cases:
-        run = subprocess.run([sys.executable, "-c", cli_code(False), "serve", "--model", str(tiny_model), *key],
-                             capture_output=True, text=True, timeout=120, env={**os.environ, **env})
+        run = subprocess.run(
+            [sys.executable, "-c", cli_code(False), "serve", "--model", str(tiny_model), *key],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={**os.environ, **env},
+        )
         assert run.returncode == 1 and run.stderr.count("\n") == 1 and said in run.stderr, run.stderr
 
 
 # --- the prefix cache ---------------------------------------------------------------------------
+
 
 def test_the_start_line_says_the_prefix_cache_is_on(tiny_model):
     from gpt2_onnx.generator import DEFAULT_PREFIX_CACHE_MB
@@ -460,8 +532,11 @@ def test_int4_serves_without_a_prefix_cache_unless_one_is_asked_for(tiny_int4):
     from gpt2_onnx.apps.settings import ModelSettings, Settings
 
     loaded = []
-    app = create_app(ModelSettings(str(tiny_int4), "int4", threads=1).load, Settings(MODEL),
-                     lambda service, error: loaded.append((service, error)))
+    app = create_app(
+        ModelSettings(str(tiny_int4), "int4", threads=1).load,
+        Settings(MODEL),
+        lambda service, error: loaded.append((service, error)),
+    )
     with TestClient(app) as http:
         deadline = time.monotonic() + 60
         while http.get("/health").status_code != 200:
@@ -473,8 +548,20 @@ def test_int4_serves_without_a_prefix_cache_unless_one_is_asked_for(tiny_int4):
         assert service.generator.prefix_cache is None
         args = Namespace(host="127.0.0.1", port=8000, max_running=8, max_waiting=64)
         assert start_line(service, MODEL, args).endswith("; prefix cache off")
-    asked = [sys.executable, "-c", cli_code(False), "serve", "--model", str(tiny_int4), "--precision", "int4",
-             "--prefix-cache-mb", "8", "--port", str(free_port())]
+    asked = [
+        sys.executable,
+        "-c",
+        cli_code(False),
+        "serve",
+        "--model",
+        str(tiny_int4),
+        "--precision",
+        "int4",
+        "--prefix-cache-mb",
+        "8",
+        "--port",
+        str(free_port()),
+    ]
     run = subprocess.run(asked, capture_output=True, text=True, timeout=120)
     assert run.returncode == 1 and run.stderr.count("\n") == 1, run.stderr
     assert "int4 is not" in run.stderr and "--prefix-cache-mb 0" in run.stderr, run.stderr
@@ -482,16 +569,24 @@ def test_int4_serves_without_a_prefix_cache_unless_one_is_asked_for(tiny_int4):
 
 # --- load --------------------------------------------------------------------------------------
 
+
 def test_64_concurrent_streams_complete_and_metrics_agree(server):
     before = metrics(server)
     rng = random.Random(0)
     sizes = [rng.randint(3, 30) for _ in range(64)]
 
     def stream(max_tokens: int) -> tuple[int, int, bool]:
-        body = {"model": MODEL, "prompt": "这是", "max_tokens": max_tokens, "stream": True,
-                "stream_options": {"include_usage": True}}
-        with httpx.Client(timeout=60) as http, http.stream("POST", server + "/v1/completions", json=body,
-                                                            headers={"Authorization": f"Bearer {KEY}"}) as r:
+        body = {
+            "model": MODEL,
+            "prompt": "这是",
+            "max_tokens": max_tokens,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
+        with (
+            httpx.Client(timeout=60) as http,
+            http.stream("POST", server + "/v1/completions", json=body, headers={"Authorization": f"Bearer {KEY}"}) as r,
+        ):
             lines = [line for line in r.iter_lines() if line.startswith("data: ")]
         usage = json.loads(lines[-2][6:])["usage"]
         return r.status_code, usage["completion_tokens"], lines[-1] == "data: [DONE]"
@@ -501,7 +596,9 @@ def test_64_concurrent_streams_complete_and_metrics_agree(server):
     assert all(status == 200 and done for status, _, done in results)
     assert all(0 < tokens <= size for (_, tokens, _), size in zip(results, sizes))  # a stop token may end one early
     after = wait_for(server, idle)
-    assert after["gpt2_onnx_generated_tokens_total"] - before["gpt2_onnx_generated_tokens_total"] == sum(t for _, t, _ in results)
+    assert after["gpt2_onnx_generated_tokens_total"] - before["gpt2_onnx_generated_tokens_total"] == sum(
+        t for _, t, _ in results
+    )
     assert after["gpt2_onnx_requests_total"] - before["gpt2_onnx_requests_total"] == 64
 
 
@@ -513,7 +610,9 @@ def test_past_the_limits_only_429_and_successes(slow_server):
     def ask(_) -> int:
         barrier.wait(timeout=30)
         body = {"model": MODEL, "prompt": "这是", "max_tokens": 30, "temperature": 0}
-        r = httpx.post(slow_server + "/v1/completions", json=body, headers={"Authorization": f"Bearer {KEY}"}, timeout=60)
+        r = httpx.post(
+            slow_server + "/v1/completions", json=body, headers={"Authorization": f"Bearer {KEY}"}, timeout=60
+        )
         if r.status_code == 429:
             assert r.json()["error"]["type"] == "rate_limit_error" and int(r.headers["Retry-After"]) >= 1
         return r.status_code
@@ -522,7 +621,9 @@ def test_past_the_limits_only_429_and_successes(slow_server):
         statuses = list(pool.map(ask, range(12)))
     assert set(statuses) <= {200, 429} and 1 <= statuses.count(200) and statuses.count(429) >= 12 - 3
     after = wait_for(slow_server, idle)
-    assert after["gpt2_onnx_requests_rejected_total"] - before["gpt2_onnx_requests_rejected_total"] == statuses.count(429)
+    assert after["gpt2_onnx_requests_rejected_total"] - before["gpt2_onnx_requests_rejected_total"] == statuses.count(
+        429
+    )
 
 
 def test_a_closed_stream_is_cancelled_and_frees_its_slot(slow_server):
@@ -533,7 +634,9 @@ def test_a_closed_stream_is_cancelled_and_frees_its_slot(slow_server):
         if k == 2:
             break
     stream.close()
-    after = wait_for(slow_server, lambda v: v["gpt2_onnx_requests_cancelled_total"] > before["gpt2_onnx_requests_cancelled_total"])
+    after = wait_for(
+        slow_server, lambda v: v["gpt2_onnx_requests_cancelled_total"] > before["gpt2_onnx_requests_cancelled_total"]
+    )
     generated = after["gpt2_onnx_generated_tokens_total"] - before["gpt2_onnx_generated_tokens_total"]
     assert generated < 100  # stopped, not decoded to the end
     # the only running row was the cancelled one: a following request is admitted and completes
@@ -547,15 +650,21 @@ def test_a_client_leaving_a_plain_request_cancels_it(slow_server):
     body = {"model": MODEL, "prompt": "这是", "max_tokens": 100, "temperature": 0}
     with pytest.raises(httpx.ReadTimeout):  # 100 steps take 2 s here: the client leaves after 0.3 s
         httpx.post(slow_server + "/v1/completions", json=body, headers={"Authorization": f"Bearer {KEY}"}, timeout=0.3)
-    after = wait_for(slow_server, lambda v: v["gpt2_onnx_requests_cancelled_total"] > before["gpt2_onnx_requests_cancelled_total"])
+    after = wait_for(
+        slow_server, lambda v: v["gpt2_onnx_requests_cancelled_total"] > before["gpt2_onnx_requests_cancelled_total"]
+    )
     assert after["gpt2_onnx_generated_tokens_total"] - before["gpt2_onnx_generated_tokens_total"] < 100
     assert idle(wait_for(slow_server, idle))
 
 
 def test_nothing_stays_occupied_after_bad_requests_and_cancellations(server):
     headers = {"Authorization": f"Bearer {KEY}"}
-    for body in ({"model": MODEL}, {"model": MODEL, "prompt": "x", "n": 30, "temperature": 0},
-                 {"model": MODEL, "prompt": "x", "max_tokens": 999}, {"model": MODEL, "prompt": "x", "logit_bias": {}}):
+    for body in (
+        {"model": MODEL},
+        {"model": MODEL, "prompt": "x", "n": 30, "temperature": 0},
+        {"model": MODEL, "prompt": "x", "max_tokens": 999},
+        {"model": MODEL, "prompt": "x", "logit_bias": {}},
+    ):
         assert httpx.post(server + "/v1/completions", json=body, headers=headers, timeout=10).status_code == 400
     values = wait_for(server, idle)
     assert values["gpt2_onnx_kv_reserved_positions"] == 0 and values["gpt2_onnx_batch_rows"] == 0
@@ -564,14 +673,19 @@ def test_nothing_stays_occupied_after_bad_requests_and_cancellations(server):
 def test_sigterm_lets_the_running_request_finish_and_exits_0(tiny_model):
     with running_server(tiny_model, slow=True) as (url, proc):
         body = {"model": MODEL, "prompt": "这是", "max_tokens": 40, "temperature": 0, "stream": True}
-        with httpx.Client(timeout=60) as http, http.stream("POST", url + "/v1/completions", json=body,
-                                                            headers={"Authorization": f"Bearer {KEY}"}) as r:
+        with (
+            httpx.Client(timeout=60) as http,
+            http.stream("POST", url + "/v1/completions", json=body, headers={"Authorization": f"Bearer {KEY}"}) as r,
+        ):
             lines = r.iter_lines()
             first = next(line for line in lines if line.startswith("data: "))
             proc.send_signal(signal.SIGTERM)
             rest = [line for line in lines if line.startswith("data: ")]
         assert json.loads(first[6:])["choices"][0]["finish_reason"] is None
-        assert rest[-1] == "data: [DONE]" and json.loads(rest[-2][6:])["choices"][0]["finish_reason"] in ("length", "stop")
+        assert rest[-1] == "data: [DONE]" and json.loads(rest[-2][6:])["choices"][0]["finish_reason"] in (
+            "length",
+            "stop",
+        )
         assert proc.wait(timeout=60) == 0
 
 
@@ -582,8 +696,10 @@ def test_a_grace_period_that_ends_closes_streams_with_an_error_event(tiny_model)
         body = {"model": MODEL, "prompt": "这是", "max_tokens": 120, "min_new_tokens": 120, "temperature": 0}
         headers = {"Authorization": f"Bearer {KEY}"}
         plain = pool.submit(httpx.post, url + "/v1/completions", json=body, headers=headers, timeout=60)
-        with httpx.Client(timeout=60) as http, http.stream("POST", url + "/v1/completions", json={**body, "stream": True},
-                                                            headers=headers) as r:
+        with (
+            httpx.Client(timeout=60) as http,
+            http.stream("POST", url + "/v1/completions", json={**body, "stream": True}, headers=headers) as r,
+        ):
             lines = r.iter_lines()
             next(line for line in lines if line.startswith("data: "))
             wait_for(url, lambda v: v["gpt2_onnx_requests_running"] + v["gpt2_onnx_requests_waiting"] == 2)

@@ -35,15 +35,18 @@ def accepted(monkeypatch):
     return totals
 
 
-@pytest.mark.parametrize("options", [
-    dict(),
-    dict(repetition_penalty=1.3),
-    dict(no_repeat_ngram_size=4),
-    dict(min_new_tokens=40, stop_token_ids=[102]),
-    dict(bad_words=["公园"]),
-    dict(stop=["春天"]),
-    dict(presence_penalty=0.5, frequency_penalty=0.3),
-])
+@pytest.mark.parametrize(
+    "options",
+    [
+        dict(),
+        dict(repetition_penalty=1.3),
+        dict(no_repeat_ngram_size=4),
+        dict(min_new_tokens=40, stop_token_ids=[102]),
+        dict(bad_words=["公园"]),
+        dict(stop=["春天"]),
+        dict(presence_penalty=0.5, frequency_penalty=0.3),
+    ],
+)
 def test_greedy_output_is_identical_full_size(full_model, generators, accepted, options):
     gen = generators(full_model, "int8")
     plain = gen.generate(PASSAGE, max_new_tokens=60, do_sample=False, **options)
@@ -63,14 +66,24 @@ def test_a_batch_and_long_form_with_speculation(tiny_model, generators, accepted
     jobs = [(PASSAGE[:40], 200), ("今天", 30), (PASSAGE[:25], 60)]
     tokens = {i: [] for i in range(len(jobs))}
     requests = [
-        gen.request(gen.codec.encode(prompt), gen.config(max_new_tokens=n, do_sample=False, stop_token_ids=[],
-                                                         context_overflow="slide", prompt_lookup_num_tokens=4),
-                    lambda event, i=i: tokens[i].extend(event.tokens))
+        gen.request(
+            gen.codec.encode(prompt),
+            gen.config(
+                max_new_tokens=n,
+                do_sample=False,
+                stop_token_ids=[],
+                context_overflow="slide",
+                prompt_lookup_num_tokens=4,
+            ),
+            lambda event, i=i: tokens[i].extend(event.tokens),
+        )
         for i, (prompt, n) in enumerate(jobs)
     ]
     gen.run(requests)
-    plain = [gen.generate(p, max_new_tokens=n, do_sample=False, stop_token_ids=[], context_overflow="slide").token_ids
-             for p, n in jobs]
+    plain = [
+        gen.generate(p, max_new_tokens=n, do_sample=False, stop_token_ids=[], context_overflow="slide").token_ids
+        for p, n in jobs
+    ]
     assert [tuple(tokens[i]) for i in range(len(jobs))] == plain
     assert accepted["proposed"] > 0  # the row left alone speculated
 
@@ -80,7 +93,12 @@ def test_long_proposals_fp32_full_size(full_model, generators, accepted):
     gen = generators(full_model, "fp32")
     ids = gen.codec.encode(PASSAGE)
     plain = gen.generate_ids(ids, max_new_tokens=40, do_sample=False, stop_token_ids=[]).token_ids
-    assert gen.generate_ids(ids, max_new_tokens=40, do_sample=False, stop_token_ids=[], prompt_lookup_num_tokens=8).token_ids == plain
+    assert (
+        gen.generate_ids(
+            ids, max_new_tokens=40, do_sample=False, stop_token_ids=[], prompt_lookup_num_tokens=8
+        ).token_ids
+        == plain
+    )
     assert accepted["proposed"] > 0  # proposals were verified, not skipped
 
 

@@ -45,7 +45,9 @@ def assert_identical(file: Path) -> dict[str, np.ndarray]:
 
 
 def test_fp32_checkpoint_of_the_uer_layout(tiny_checkpoint):
-    assert len(assert_identical(tiny_checkpoint / "pytorch_model.bin")) == len(torch_reference(tiny_checkpoint / "pytorch_model.bin"))
+    assert len(assert_identical(tiny_checkpoint / "pytorch_model.bin")) == len(
+        torch_reference(tiny_checkpoint / "pytorch_model.bin")
+    )
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
@@ -58,7 +60,9 @@ def test_half_precision_checkpoints_become_fp32(tmp_path, state, dtype):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_safetensors_checkpoints(tmp_path, state, dtype):
     # safetensors stores no shared tensors: the tied head is left out, as save_pretrained does
-    save_file({name: t.to(dtype) for name, t in state.items() if name != "lm_head.weight"}, tmp_path / "model.safetensors")
+    save_file(
+        {name: t.to(dtype) for name, t in state.items() if name != "lm_head.weight"}, tmp_path / "model.safetensors"
+    )
     assert_identical(tmp_path / "model.safetensors")
 
 
@@ -112,18 +116,23 @@ def rewrite_zip(source: Path, target: Path, change) -> None:
                 new.writestr(info, data)
 
 
-@pytest.mark.parametrize("damage, detail", [
-    ("truncated", "BadZipFile"),
-    ("missing record", "data/3 is missing"),
-    ("short record", "data/3 has"),
-])
+@pytest.mark.parametrize(
+    "damage, detail",
+    [
+        ("truncated", "BadZipFile"),
+        ("missing record", "data/3 is missing"),
+        ("short record", "data/3 has"),
+    ],
+)
 def test_damaged_zip_is_one_line_error(tmp_path, tiny_checkpoint, damage, detail):
     source, file = tiny_checkpoint / "pytorch_model.bin", tmp_path / "pytorch_model.bin"
     if damage == "truncated":
         file.write_bytes(source.read_bytes()[: source.stat().st_size // 2])
     else:
         drop = damage == "missing record"
-        rewrite_zip(source, file, lambda name, data: (None if drop else data[:-8]) if name.endswith("/data/3") else data)
+        rewrite_zip(
+            source, file, lambda name, data: (None if drop else data[:-8]) if name.endswith("/data/3") else data
+        )
     with pytest.raises(SourceError, match="truncated or corrupt") as e:
         read_tensors(file)
     message = str(e.value)
@@ -138,4 +147,7 @@ def test_graphs_are_identical_with_and_without_torch(tmp_path, tiny_checkpoint, 
     files = sorted(p.name for p in without.iterdir())
     assert files == sorted(p.name for p in with_torch.iterdir()) and "model.int4.onnx.data" in files
     for name in files:
-        assert hashlib.sha256((without / name).read_bytes()).digest() == hashlib.sha256((with_torch / name).read_bytes()).digest(), name
+        assert (
+            hashlib.sha256((without / name).read_bytes()).digest()
+            == hashlib.sha256((with_torch / name).read_bytes()).digest()
+        ), name

