@@ -11,8 +11,11 @@ import importlib
 import os
 import sys
 
+from gpt2_onnx import precisions
 from gpt2_onnx.errors import GenerationOptionError, Gpt2OnnxError
 from gpt2_onnx.option_registry import MAX_ROWS, flag_of
+
+from . import settings
 
 EXIT_ERROR, EXIT_USAGE, EXIT_BROKEN_PIPE = 1, 2, 141  # 141 = 128 + SIGPIPE
 
@@ -101,3 +104,30 @@ def check_max_running(value: int) -> None:
         raise Gpt2OnnxError(f"--max-running must be ≥ 1, got {value}")
     if value > MAX_ROWS:
         raise Gpt2OnnxError(f"--max-running must be ≤ {MAX_ROWS} (rows an engine decodes at once), got {value}")
+
+
+def add_model_arguments(parser: argparse.ArgumentParser, *, on_ray: bool, prefix_cache_mb: float | None) -> None:
+    """The flags that say what a command loads (`settings.ModelSettings`), alike in every command;
+    `prefix_cache_mb`: the command's default (None: the runtime's rule, on where the precision allows it)."""
+    parser.add_argument(
+        "--model", default=None, help="model directory or hub id (default: the registry's default model)"
+    )
+    parser.add_argument(
+        "--precision", default=precisions.DEFAULT_PRECISION, choices=precisions.NAMES, help="model variant"
+    )
+    per_replica = f", {settings.RAY_THREADS} per replica with --ray" if on_ray else ""
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help=f"intra-op threads, at most the machine's CPUs (default: available cores{per_replica})",
+    )
+    rule = f"; {settings.PREFIX_CACHE_RULE}" if prefix_cache_mb is None else ""
+    parser.add_argument(
+        "--prefix-cache-mb", type=float, default=prefix_cache_mb, help=f"{settings.PREFIX_CACHE_HELP}{rule})"
+    )
+
+
+def model_settings(args: argparse.Namespace) -> settings.ModelSettings:
+    """What the flags of `add_model_arguments` ask a command to load."""
+    return settings.ModelSettings(args.model, args.precision, args.threads, args.prefix_cache_mb)

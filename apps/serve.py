@@ -28,6 +28,7 @@ from gpt2_onnx.errors import Gpt2OnnxError
 from gpt2_onnx.generator import prefix_cache_size
 
 from .bridge import Service
+from .console import model_settings
 from .server import close_calls, create_app
 from .settings import API_KEY_ENV, Capacity, ModelSettings, Settings
 
@@ -146,7 +147,7 @@ def _model_settings(args) -> ModelSettings:
     if args.prefix_cache_mb is not None and args.prefix_cache_mb < 0:
         raise Gpt2OnnxError(f"--prefix-cache-mb must be ≥ 0, got {args.prefix_cache_mb}")
     prefix_cache_size(args.precision, args.prefix_cache_mb)
-    return ModelSettings(args.model, args.precision, args.threads, args.prefix_cache_mb)
+    return model_settings(args)
 
 
 def start_line(service: Service, model_name: str, args) -> str:

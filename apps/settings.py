@@ -35,10 +35,9 @@ DEFAULT_MAX_WAITING = 64  # requests queued beyond the running ones; more get 42
 DEFAULT_PREFILL_CHUNK = 256  # prompt tokens prefilled per step beside the decoding rows
 DEFAULT_MAX_BODY_BYTES = 2**20
 API_KEY_ENV = "GPT2_ONNX_API_KEY"  # the server's API key, kept out of the process list
-PREFIX_CACHE_HELP = (
-    "keys and values of recent prompts kept, in MB, for prompts that begin alike (default: "
-    "the runtime's, where the precision allows one, none for int4; 0: off)"
-)
+PREFIX_CACHE_HELP = "keys and values of recent prompts kept, in MB, for prompts that begin alike (0: off"
+# the runtime's default (`generator.prefix_cache_size`), as a front door's flag help says it
+PREFIX_CACHE_RULE = "default: the runtime's, where the precision allows one, none for int4"
 
 
 @dataclass(frozen=True)

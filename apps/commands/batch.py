@@ -11,12 +11,11 @@ import argparse
 import sys
 from pathlib import Path
 
-from gpt2_onnx import precisions
 from gpt2_onnx.errors import Gpt2OnnxError
 
 from .. import settings
 from ..batch_io import DEFAULT_MAX_RUNNING, DEFAULT_RAY_BATCH
-from ..console import check_max_running
+from ..console import add_model_arguments, check_max_running, model_settings
 from ..option_flags import add_option_flags, options_given
 
 HELP = "generate for every row of a JSONL or Parquet file (locally or on Ray)"
@@ -29,18 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "output", type=Path, help="the rows with text, token_ids, finish_reason, usage (or error); same format"
     )
-    parser.add_argument(
-        "--model", default=None, help="model directory or hub id (default: the registry's default model)"
-    )
-    parser.add_argument(
-        "--precision", default=precisions.DEFAULT_PRECISION, choices=precisions.NAMES, help="model variant"
-    )
-    parser.add_argument(
-        "--threads",
-        type=int,
-        default=None,
-        help=f"intra-op threads (per replica with --ray; default: available cores, {settings.RAY_THREADS} with --ray)",
-    )
+    add_model_arguments(parser, on_ray=True, prefix_cache_mb=None)
     parser.add_argument(
         "--max-running", type=int, default=DEFAULT_MAX_RUNNING, help="rows decoded together (per replica with --ray)"
     )
@@ -63,7 +51,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="with --ray: engines (actors), each with --threads cores",
     )
     parser.add_argument("--ray-batch", type=int, default=DEFAULT_RAY_BATCH, help="with --ray: rows per Ray Data batch")
-    parser.add_argument("--prefix-cache-mb", type=float, default=None, help=settings.PREFIX_CACHE_HELP)
     add_option_flags(parser, "the row's, else the model's")
 
 
@@ -96,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         from ..batch import run_local
 
-        generator = settings.ModelSettings(args.model, args.precision, args.threads, args.prefix_cache_mb).load()
+        generator = model_settings(args).load()
         summary = run_local(
             generator,
             args.input,

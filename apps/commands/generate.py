@@ -11,9 +11,7 @@ import sys
 from dataclasses import asdict
 from typing import Any
 
-from gpt2_onnx import precisions
-
-from ..console import write
+from ..console import add_model_arguments, model_settings, write
 from ..option_flags import add_option_flags, options_given
 
 HELP = "generate text (streams; without PROMPT, one prompt per input line)"
@@ -24,38 +22,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "prompt", nargs="?", help="the prompt; omit it to read one prompt per line (interactive on a terminal)"
     )
-    parser.add_argument(
-        "--model", default=None, help="model directory or hub id (default: the registry's default model)"
-    )
-    parser.add_argument(
-        "--precision", default=precisions.DEFAULT_PRECISION, choices=precisions.NAMES, help="model variant"
-    )
-    parser.add_argument(
-        "--threads",
-        type=int,
-        default=None,
-        help="intra-op threads, at most the machine's CPUs (default: available cores)",
-    )
+    add_model_arguments(parser, on_ray=False, prefix_cache_mb=0)  # as Generator.load: a call opts in
     parser.add_argument(
         "--json", action="store_true", help="print one JSON object per result instead of streaming text"
     )
     add_option_flags(parser, "the model's")
-    parser.add_argument(
-        "--prefix-cache-mb",
-        type=float,
-        default=0,
-        help="keep recent prompts' keys and values in this many MB, so prompts that begin alike compute only the rest",
-    )
 
 
 def run(args: argparse.Namespace) -> int:
-    from gpt2_onnx.generator import Generator
-
     from ..interactive import interactive_loop
 
-    generator = Generator.load(
-        args.model, precision=args.precision, threads=args.threads, prefix_cache_mb=args.prefix_cache_mb
-    )
+    generator = model_settings(args).load()
     options = options_given(args)
     config = generator.config(**options)  # rejects bad options before reading any input
     # one sequence streams; beams and several sequences print when complete (manifest defaults count)

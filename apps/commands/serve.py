@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import argparse
 
-from gpt2_onnx import precisions
-
 from .. import settings
-from ..console import check_max_running, require
+from ..console import add_model_arguments, check_max_running, require
 from ..openai_api import DEFAULT_CHAT_TEMPLATE
 from ..ray_serve import add_ray_arguments
 
@@ -19,14 +17,9 @@ HELP = "an OpenAI-compatible HTTP server (/v1/completions, /v1/chat/completions)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--model", default=None, help="model directory or hub id (default: the registry's default model)"
-    )
+    add_model_arguments(parser, on_ray=True, prefix_cache_mb=None)
     parser.add_argument(
         "--model-name", default=None, help="the model id clients pass and /v1/models lists (default: --model as given)"
-    )
-    parser.add_argument(
-        "--precision", default=precisions.DEFAULT_PRECISION, choices=precisions.NAMES, help="model variant"
     )
     parser.add_argument(
         "--host", default=settings.DEFAULT_HOST, help="address to bind (0.0.0.0 exposes the server to the network)"
@@ -54,12 +47,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--api-key-file", default=None, metavar="PATH", help="read the API key from this file's first line"
     )
     parser.add_argument(
-        "--threads",
-        type=int,
-        default=None,
-        help=f"intra-op threads (default: available cores, {settings.RAY_THREADS} per replica with --ray)",
-    )
-    parser.add_argument(
         "--kv-cache-mb",
         type=float,
         default=None,
@@ -71,7 +58,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=settings.DEFAULT_PREFILL_CHUNK,
         help="prompt tokens prefilled per step beside the decoding rows",
     )
-    parser.add_argument("--prefix-cache-mb", type=float, default=None, help=settings.PREFIX_CACHE_HELP)
     parser.add_argument(
         "--chat-template",
         default=DEFAULT_CHAT_TEMPLATE,
