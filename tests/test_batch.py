@@ -365,3 +365,17 @@ def test_cli_output_on_a_read_only_file_system_is_one_line(tiny_model, tmp_path,
         proc.stderr.startswith(f"gpt2-onnx: error: cannot write OUTPUT {frozen / output}")
         and "Read-only file system" in proc.stderr
     )
+
+
+def test_cli_prefix_cache_flag_reaches_the_model_load(tiny_int4, tmp_path):
+    """`batch --prefix-cache-mb` is the same flag as serve's: an explicit cache on int4 is refused in one
+    line naming the flag that turns it off (so the flag reaches the load), and without it int4 runs."""
+    source = write_jsonl(tmp_path / "in.jsonl", job_rows(2, sampled=False))
+    common = ("--model", str(tiny_int4), "--precision", "int4", "--no-progress", "--max-new-tokens", "2")
+    proc = cli("batch", str(source), str(tmp_path / "a.jsonl"), *common, "--prefix-cache-mb", "8")
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1 and err.count("\n") == 1 and "--prefix-cache-mb 0" in err, err
+    assert not (tmp_path / "a.jsonl").exists()
+    proc = cli("batch", str(source), str(tmp_path / "b.jsonl"), *common)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0 and len(read_jsonl(tmp_path / "b.jsonl")) == 2, err
