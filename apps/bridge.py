@@ -6,6 +6,7 @@
     handler leaves early (client gone, server closing, error) ─> Call.cancel ─> engine.cancel: rows leave next step
 
 An engine sequence fills `Job.copies` choices (n when greedy: one sequence for n identical ones).
+A prompt of token ids runs as given (checked against the vocabulary: 400 on `prompt`); its echo is its text.
 
 A request counts as in flight from submission until the engine's last event for it (a
 finish or a cancellation), so the limit never counts a freed row and never misses a held one.
@@ -44,6 +45,7 @@ class Call:
     loop: asyncio.AbstractEventLoop
     queue: asyncio.Queue = field(default_factory=asyncio.Queue)
     requests: list[Request] = field(default_factory=list)
+    prompt_texts: list[str] = field(default_factory=list)  # per prompt, as echo shows it
     choices: list[Choice] = field(default_factory=list)
     open_slots: list[int] = field(default_factory=list)  # per request: sequences not finished (engine thread)
     submitted: float = field(default_factory=time.perf_counter)
@@ -55,6 +57,11 @@ class Call:
     @property
     def prompt_tokens(self) -> int:
         return sum(len(r.prompt_ids) for r in self.requests)
+
+    @property
+    def cached_tokens(self) -> int:
+        """Prompt tokens the prefix cache supplied (the engine sets each request's before its first event)."""
+        return sum(r.cached_tokens for r in self.requests)
 
     async def next(self, ended: asyncio.Future) -> tuple[int, Event]:
         """The next (choice index, event). If `ended` completes first, the exception it returns is
@@ -164,9 +171,11 @@ class Service:
             )
         try:
             config = generator.config(**job.options)
+            prompts = [
+                generator.encode(p) if isinstance(p, str) else generator.check_ids(p, "prompt") for p in job.prompts
+            ]
             requests = [
-                generator.request(generator.encode(p), config, lambda e, i=i: call._on_event(i, e))
-                for i, p in enumerate(job.prompts)
+                generator.request(ids, config, lambda e, i=i: call._on_event(i, e)) for i, ids in enumerate(prompts)
             ]
             for request in requests:
                 self.engine.check(request)
@@ -186,6 +195,7 @@ class Service:
                 )
             self.in_flight += len(requests)
         call.requests, call.open_slots = requests, [config.num_return_sequences] * len(requests)
+        call.prompt_texts = [p if isinstance(p, str) else generator.decode(p) for p in job.prompts]
         call.choices, call.remaining = [Choice() for _ in range(len(requests) * job.n)], len(requests) * job.n
         for request in requests:
             self.engine.submit(request)  # checked above: it fits

@@ -7,7 +7,11 @@ field). Defaults follow OpenAI, not the model's manifest, for the fields OpenAI 
 `temperature > 0`), top_p 1.0, top_k 0 (off; OpenAI has none); the other option fields keep
 the runtime's names and, when absent, the manifest's defaults. An option error answers with
 the field of the option it names (`GenerationOptionError.option`), never by reading its message.
-Token counts include the family's prompt prefix ([CLS] for uer), as the runtime counts them.
+Token counts include the family's prompt prefix ([CLS] for uer), as the runtime counts them; a prompt given
+as token ids runs as given (no prefix added, as vLLM does), and `usage.prompt_tokens_details.cached_tokens`
+counts the prompt tokens the prefix cache supplied.
+
+/tokenize and /detokenize speak llama-server's and vLLM's shapes at once (`tokenize_job`, `detokenize_job`).
 
 A body field the parser never reads is refused (400 naming it), so a client asking for a feature this server
 lacks (`logit_bias`, `tools`, a typo) is told rather than ignored; IGNORED_FIELDS are the OpenAI fields that
@@ -77,11 +81,11 @@ class ApiError(Exception):
 
 @dataclass(frozen=True)
 class Job:
-    """One API call: its prompts (texts) and the runtime options every prompt runs with."""
+    """One API call: its prompts (texts, or token ids run as given) and the runtime options every prompt runs with."""
 
     chat: bool
     model: str
-    prompts: tuple[str, ...]
+    prompts: tuple[str | tuple[int, ...], ...]
     options: Mapping[str, Any]  # GenerationConfig fields
     n: int
     stream: bool
@@ -197,10 +201,14 @@ def _options(body: _Fields, n: int, logprobs: int | None) -> dict[str, Any]:
     }
 
 
-def _common(raw: Any) -> tuple[_Fields, str, int, bool, bool]:
+def _object(raw: Any) -> _Fields:
     if not isinstance(raw, dict):
         raise ApiError(400, f"the request body must be a JSON object, got {type(raw).__name__}", None, "invalid_type")
-    body = _Fields(raw)
+    return _Fields(raw)
+
+
+def _common(raw: Any) -> tuple[_Fields, str, int, bool, bool]:
+    body = _object(raw)
     model = _get(body, "model", _STR)
     if model is None:
         raise ApiError(400, "model is required: pass the id listed by GET /v1/models", "model", "missing_field")
@@ -216,18 +224,7 @@ def _common(raw: Any) -> tuple[_Fields, str, int, bool, bool]:
 def completion_job(raw: Any) -> Job:
     """A /v1/completions body → its Job (400 naming the field for a wrong type or an unsupported field)."""
     body, model, n, stream, usage = _common(raw)
-    prompt = body.get("prompt")
-    if isinstance(prompt, str):
-        prompts = (prompt,)
-    elif isinstance(prompt, list) and prompt and all(isinstance(p, str) for p in prompt):
-        prompts = tuple(prompt)
-    else:
-        raise ApiError(
-            400,
-            f"prompt must be a string or a non-empty list of strings, got {_SHOWN.repr(prompt)}",
-            "prompt",
-            "invalid_type",
-        )
+    prompts = _prompts(body.get("prompt"))
     logprobs = _get(body, body_field("logprobs"), _INT)
     echo = bool(_get(body, "echo", _BOOL, False))
     if echo and logprobs:
@@ -237,6 +234,27 @@ def completion_job(raw: Any) -> Job:
     options = _options(body, n, logprobs)
     body.refuse_unread()
     return Job(False, model, prompts, options, n, stream, usage, echo, logprobs)
+
+
+def _prompts(prompt: Any) -> tuple[str | tuple[int, ...], ...]:
+    """OpenAI's four prompt shapes: a string, a list of strings, a list of token ids (one prompt), a list
+    of such lists (the ids' range is the model's to check)."""
+    if isinstance(prompt, str):
+        return (prompt,)
+    if isinstance(prompt, list) and prompt:
+        if all(isinstance(p, str) for p in prompt):
+            return tuple(prompt)
+        if all(map(is_int, prompt)):
+            return (tuple(prompt),)
+        if all(isinstance(p, list) and p and all(map(is_int, p)) for p in prompt):
+            return tuple(map(tuple, prompt))
+    raise ApiError(
+        400,
+        "prompt must be a string, a non-empty list of strings, a non-empty list of token ids or a list of "
+        f"such lists, got {_SHOWN.repr(prompt)}",
+        "prompt",
+        "invalid_type",
+    )
 
 
 def chat_job(raw: Any, template: str) -> Job:
@@ -278,11 +296,74 @@ def _content(message: Any, i: int) -> str:
         raise ApiError(
             400, f"{param} must be a string or a list of text parts, got {_SHOWN.repr(content)}", param, "invalid_type"
         )
-    try:  # here, not when the joined prompt is encoded: the error names the message
-        require_utf8(content, param, param)
+    _utf8(content, param)
+    return content
+
+
+# /tokenize: the field holding the text → the field that adds the family's prefix ([CLS]) and its default, each
+# client's own (llama-server: `content`, `add_special` false; vLLM: `prompt`, `add_special_tokens` true)
+TOKENIZE_SHAPES = {"content": ("add_special", False), "prompt": ("add_special_tokens", True)}
+
+
+@dataclass(frozen=True)
+class TokenizeJob:
+    """A /tokenize body: the text, whether the prefix is added, and how the answer lists the tokens."""
+
+    model: str | None
+    text: str
+    add_special: bool
+    with_pieces: bool  # llama-server: each token as {"id", "piece"}
+    token_strs: bool  # vLLM's return_token_strs: the pieces beside the ids
+
+
+def tokenize_job(raw: Any) -> TokenizeJob:
+    """A /tokenize body → its job: the text in `content` or `prompt` (one of them), `add_special` or
+    `add_special_tokens` (either name; absent: the default of the client whose text field was used),
+    `with_pieces`, `return_token_strs`, `model` (optional, as in vLLM)."""
+    body = _object(raw)
+    model = _get(body, "model", _STR)
+    given = [name for name in TOKENIZE_SHAPES if body.get(name) is not None]
+    if len(given) != 1:
+        raise ApiError(
+            400,
+            "send the text as `content` (llama-server's name) or `prompt` (vLLM's), "
+            + ("not both" if given else "a string"),
+            given[-1] if given else "content",
+            "invalid_value" if given else "missing_field",
+        )
+    name = given[0]
+    text = _get(body, name, _STR)
+    _utf8(text, name)
+    flags = {field: _get(body, field, _BOOL) for field, _ in TOKENIZE_SHAPES.values()}
+    if None not in flags.values() and len(set(flags.values())) > 1:
+        raise ApiError(
+            400, "add_special and add_special_tokens disagree; send one", "add_special_tokens", "invalid_value"
+        )
+    add_special = next((v for v in flags.values() if v is not None), TOKENIZE_SHAPES[name][1])
+    with_pieces = bool(_get(body, "with_pieces", _BOOL, False))
+    token_strs = bool(_get(body, "return_token_strs", _BOOL, False))
+    body.refuse_unread()
+    return TokenizeJob(model, text, add_special, with_pieces, token_strs)
+
+
+def detokenize_job(raw: Any) -> tuple[str | None, list[int]]:
+    """A /detokenize body → (model or None, the token ids): `tokens`, `model` optional (their range is the
+    model's to check)."""
+    body = _object(raw)
+    model = _get(body, "model", _STR)
+    tokens = body.get("tokens")
+    if not isinstance(tokens, list) or not all(map(is_int, tokens)):
+        raise ApiError(400, f"tokens must be a list of token ids, got {_SHOWN.repr(tokens)}", "tokens", "invalid_type")
+    body.refuse_unread()
+    return model, tokens
+
+
+def _utf8(text: str, param: str) -> None:
+    """400 naming `param` for text that is not UTF-8 (here, not when it is encoded: the error names the field)."""
+    try:
+        require_utf8(text, param, param)
     except GenerationOptionError as e:
         raise ApiError(400, str(e), param, "invalid_value") from None
-    return content
 
 
 def request_error(error: GenerationOptionError) -> ApiError:
@@ -310,11 +391,13 @@ class Choice:
     logprobs: list[tuple[str, float, list[tuple[str, float]]]] = field(default_factory=list)  # (token, lp, top)
 
 
-def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+def usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int) -> dict[str, Any]:
+    """`cached_tokens`: prompt tokens the prefix cache supplied (whole blocks), counted in prompt_tokens too."""
     return {
         "prompt_tokens": prompt_tokens,
         "completion_tokens": completion_tokens,
         "total_tokens": prompt_tokens + completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": cached_tokens},
     }
 
 
@@ -355,18 +438,21 @@ def _choice_body(job: Job, index: int, text: str, reason: str | None, entries, o
     return {"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish}
 
 
-def response(job: Job, model: str, choices: Sequence[Choice], prompt_tokens: int) -> dict[str, Any]:
-    """The non-streamed response body; choice i*n + j is prompt i's sequence j."""
+def response(
+    job: Job, model: str, choices: Sequence[Choice], echoed: Sequence[str], prompt_tokens: int, cached_tokens: int
+) -> dict[str, Any]:
+    """The non-streamed response body; choice i*n + j is prompt i's sequence j (after `echoed[i]`, prompt i's
+    text, with echo)."""
     bodies = []
     for index, choice in enumerate(choices):
-        prefix = job.prompts[index // job.n] if job.echo else ""
+        prefix = echoed[index // job.n] if job.echo else ""
         bodies.append(
             _choice_body(job, index, prefix + choice.text, choice.finish_reason, choice.logprobs, len(prefix))
         )
     return {
         **_envelope(job, model, streamed=False),
         "choices": bodies,
-        "usage": usage(prompt_tokens, sum(c.tokens for c in choices)),
+        "usage": usage(prompt_tokens, sum(c.tokens for c in choices), cached_tokens),
     }
 
 
@@ -384,9 +470,10 @@ def chunk(
     return out
 
 
-def usage_chunk(job: Job, model: str, prompt_tokens: int, completion_tokens: int) -> dict[str, Any]:
+def usage_chunk(job: Job, model: str, prompt_tokens: int, completion_tokens: int, cached_tokens: int) -> dict[str, Any]:
     """The last chunk with stream_options.include_usage: no choices, the whole call's usage."""
-    return {**_envelope(job, model, streamed=True), "choices": [], "usage": usage(prompt_tokens, completion_tokens)}
+    body = usage(prompt_tokens, completion_tokens, cached_tokens)
+    return {**_envelope(job, model, streamed=True), "choices": [], "usage": body}
 
 
 def _envelope(job: Job, model: str, streamed: bool) -> dict[str, Any]:
@@ -398,3 +485,16 @@ def _envelope(job: Job, model: str, streamed: bool) -> dict[str, Any]:
         "created": job.created,
         "model": model,
     }
+
+
+def tokenize_response(job: TokenizeJob, ids: Sequence[int], pieces: Sequence[str], max_model_len: int) -> dict:
+    """Both clients' answer: `tokens` (ids; with `with_pieces`, llama-server's {"id", "piece"} objects), vLLM's
+    `count` and `max_model_len`, and its `token_strs` when asked. A piece is the token's text as logprobs show it."""
+    tokens = [{"id": t, "piece": p} for t, p in zip(ids, pieces)] if job.with_pieces else list(ids)
+    body = {"tokens": tokens, "count": len(ids), "max_model_len": max_model_len}
+    return {**body, "token_strs": list(pieces)} if job.token_strs else body
+
+
+def detokenize_response(text: str) -> dict[str, str]:
+    """The text under both clients' names: llama-server's `content`, vLLM's `prompt`."""
+    return {"content": text, "prompt": text}

@@ -3,6 +3,7 @@
     POST /v1/completions, /v1/chat/completions ─> key │ body size │ JSON │ Job │ model │ submit
          ─> wait for every choice (raced against the client's http.disconnect) ─> one body
          ─> or stream: SSE chunks as events arrive, `data: [DONE]` last
+    POST /tokenize, /detokenize (llama-server's and vLLM's shapes) ─> key │ body size │ JSON │ model │ the tokenizer
     GET /v1/models, /health (503 while the model loads; no key), /metrics (Prometheus; no key)
 
 Any way a handler ends early (client gone, error) cancels its engine requests: their rows
@@ -23,7 +24,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from gpt2_onnx.errors import Gpt2OnnxError
+from gpt2_onnx.errors import GenerationOptionError, Gpt2OnnxError
 from gpt2_onnx.generator import Generator
 
 from . import openai_api
@@ -113,11 +114,31 @@ def create_app(
     async def chat(request: Request) -> Response:
         return await _answer(request, openai_api.chat_job(await _body(request, settings), settings.chat_template))
 
-    async def _answer(request: Request, job: Job) -> Response:
-        if job.model != settings.model_name:
+    @app.post("/tokenize")
+    async def tokenize(request: Request) -> JSONResponse:
+        job = openai_api.tokenize_job(await _body(request, settings))
+        generator = _service(job.model).generator
+        ids = generator.encode(job.text, job.add_special)
+        pieces = [generator.token_text(t) for t in ids] if job.with_pieces or job.token_strs else []
+        limit = generator.manifest.architecture.n_positions
+        return JSONResponse(openai_api.tokenize_response(job, ids, pieces, limit))
+
+    @app.post("/detokenize")
+    async def detokenize(request: Request) -> JSONResponse:
+        model, tokens = openai_api.detokenize_job(await _body(request, settings))
+        generator = _service(model).generator
+        try:
+            ids = generator.check_ids(tokens, "tokens")
+        except GenerationOptionError as e:
+            raise ApiError(400, str(e), "tokens", "invalid_value") from None
+        return JSONResponse(openai_api.detokenize_response(generator.decode(ids)))
+
+    def _service(model: str | None) -> Service:
+        """The service, once `model` (None: not named) is this server's and loaded (404, 503 otherwise)."""
+        if model is not None and model != settings.model_name:
             raise ApiError(
                 404,
-                f"the model {job.model!r} does not exist; this server serves {settings.model_name!r}",
+                f"the model {model!r} does not exist; this server serves {settings.model_name!r}",
                 "model",
                 "model_not_found",
             )
@@ -125,7 +146,10 @@ def create_app(
             raise ApiError(
                 503, "the model is still loading; retry when GET /health says ok", None, None, "server_error"
             )
-        call = state.service.submit(job)
+        return state.service
+
+    async def _answer(request: Request, job: Job) -> Response:
+        call = _service(job.model).submit(job)
         ended = asyncio.ensure_future(_ended(request, state.closing))
         if job.stream:
             return StreamingResponse(_stream(call, ended, settings.model_name), media_type="text/event-stream")
@@ -137,7 +161,11 @@ def create_app(
         finally:
             ended.cancel()
             call.cancel()
-        return JSONResponse(openai_api.response(job, settings.model_name, call.choices, call.prompt_tokens))
+        return JSONResponse(
+            openai_api.response(
+                job, settings.model_name, call.choices, call.prompt_texts, call.prompt_tokens, call.cached_tokens
+            )
+        )
 
     return app
 
@@ -227,7 +255,7 @@ async def _stream(call: Call, ended: asyncio.Future, model: str) -> AsyncIterato
         if job.echo:
             for index in range(len(call.choices)):
                 sent.add(index)
-                yield _sse(openai_api.chunk(job, model, index, job.prompts[index // job.n], None, [], first=True))
+                yield _sse(openai_api.chunk(job, model, index, call.prompt_texts[index // job.n], None, [], first=True))
         while call.remaining:
             index, event = await call.next(ended)
             if not (event.text or event.finish_reason or event.logprobs):
@@ -242,7 +270,7 @@ async def _stream(call: Call, ended: asyncio.Future, model: str) -> AsyncIterato
             sent.add(index)
         if job.include_usage:
             completion = sum(c.tokens for c in call.choices)
-            yield _sse(openai_api.usage_chunk(job, model, call.prompt_tokens, completion))
+            yield _sse(openai_api.usage_chunk(job, model, call.prompt_tokens, completion, call.cached_tokens))
         yield "data: [DONE]\n\n"
     except ClientGone:
         return

@@ -305,11 +305,12 @@ class Engine:
     def _start_from_cache(self, active: Active, row: int) -> None:
         """Copy the cached blocks the prompt begins with into the row it is about to take (the
         last); prefill goes on after them. Nothing before it in the prefill queue has started,
-        so it keeps the queue's rule (only the first prompts are part-way)."""
+        so it keeps the queue's rule (only the first prompts are part-way). The request keeps the
+        count (`Request.cached_tokens`: a server's usage), set before any of its events."""
         blocks = self.prefix_cache.lookup(active.request.prompt_ids)
         for k, kv in enumerate(blocks):
             self.cache.write_positions(row, k * self.prefix_cache.block_size, kv)
-        active.computed = len(blocks) * self.prefix_cache.block_size
+        active.computed = active.request.cached_tokens = len(blocks) * self.prefix_cache.block_size
 
     def _prompt_done(self, active: Active, row: int) -> None:
         """A prompt's last chunk ran: its history starts, and the prefix cache keeps its blocks."""

@@ -66,8 +66,9 @@ class Generator:
     """Text generation with one variant of one exported model.
 
     Public: `load`; `generate`, `generate_ids` and `stream` (a call on an engine of its own); `config`,
-    `encode` and `request` (build an engine request), `run` and `engine` (drive requests on an engine sized
-    for them); `new_engine` (the engine a front door keeps: a server, a batch job) and `token_text`; the
+    `encode` and `request` (build an engine request; `check_ids` for ids a caller gives), `run` and `engine`
+    (drive requests on an engine sized for them); `new_engine` (the engine a front door keeps: a server, a
+    batch job); `token_text` and `decode` (ids as text); the
     attributes `model_dir`, `manifest`, `precision` and `prefix_cache` (None: off; its `stats()`). `decoder`
     and `codec` are the model and tokenizer underneath, for measuring the model itself (benchmarks): a front
     door gets its engine from `new_engine` and its requests from `request`, never from these parts.
@@ -156,12 +157,9 @@ class Generator:
         """As `generate`, from token ids used exactly as given (no prefix is added)."""
         single = bool(prompt_ids) and all(isinstance(t, (int, np.integer)) for t in prompt_ids)
         id_lists = [list(prompt_ids)] if single else [list(p) for p in prompt_ids]
-        vocab = self.manifest.architecture.vocab_size
-        if not id_lists or not all(p and all(0 <= int(t) < vocab for t in p) for p in id_lists):
-            raise GenerationOptionError(
-                f"prompt_ids must be a non-empty list (or list of lists) of ids in [0, {vocab})", option=PROMPT
-            )
-        return self._generate([[int(t) for t in p] for p in id_lists], single, self.config(**options))
+        if not id_lists or not all(id_lists):
+            raise GenerationOptionError("prompt_ids must be a non-empty list (or list of lists) of ids", option=PROMPT)
+        return self._generate([self.check_ids(p, "prompt_ids") for p in id_lists], single, self.config(**options))
 
     def _generate(self, id_lists: list[list[int]], single: bool, config: GenerationConfig):
         n = config.num_return_sequences
@@ -287,9 +285,28 @@ class Generator:
         the vocabulary spells it (`##` marks a word's continuation), any other its decoded text."""
         return self.codec.piece(token_id) if self.codec.wordpiece else self.codec.decode([token_id])
 
-    def encode(self, prompt: str) -> list[int]:
-        """Prompt ids as generate() runs them: the family's prefix ([CLS]) first."""
+    def check_ids(self, ids: Sequence[Any], what: str, option: str = PROMPT) -> list[int]:
+        """`ids` as ints if each is a token id of this model's vocabulary; else a GenerationOptionError
+        about `option` naming the first that is not (and the ids as `what`)."""
+        vocab = self.manifest.architecture.vocab_size
+        for t in ids:
+            if isinstance(t, bool) or not isinstance(t, (int, np.integer)) or not 0 <= t < vocab:
+                raise GenerationOptionError(
+                    f"{what} holds {t!r}, which is no token id of this model: ids are integers in [0, {vocab})",
+                    option=option,
+                )
+        return [int(t) for t in ids]
+
+    def decode(self, ids: Sequence[int]) -> str:
+        """The text of token ids as generated text reads (special tokens dropped, the family's spacing)."""
+        return self.codec.decode(ids)
+
+    def encode(self, prompt: str, add_special: bool = True) -> list[int]:
+        """Prompt ids as generate() runs them: the family's prefix ([CLS]) first; without
+        `add_special`, the text's own ids only (an empty text: none)."""
         require_utf8(prompt, "the prompt", PROMPT)
+        if not add_special:
+            return self.codec.encode(prompt)[len(self.manifest.conventions.prompt_prefix_ids) :]
         ids = self.codec.encode(prompt)
         # a family without a prompt prefix (English GPT-2) starts an empty prompt from its
         # end-of-text token, as transformers does with GPT-2's bos (= eos)

@@ -52,6 +52,7 @@ class Request:
     on_event: Callable[[Event], None]
     clock: Clock = field(default_factory=Clock)
     prefix_len: int = 0  # leading ids that are the family's prompt prefix ([CLS]): kept when a row slides
+    cached_tokens: int = 0  # prompt tokens the prefix cache supplied (set by the engine when it admits the request)
 
     @property
     def rows(self) -> int:
