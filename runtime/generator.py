@@ -322,7 +322,8 @@ class Generator:
         needed = 1 if sliding else config.max_new_tokens
         if len(ids) + needed <= limit:
             return ids
-        prefix = len(self.manifest.conventions.prompt_prefix_ids)
+        head = list(self.manifest.conventions.prompt_prefix_ids)
+        prefix = len(head) if ids[: len(head)] == head else 0  # ids given without the family's prefix keep none
         room = limit - needed - prefix
         if config.truncate != "left" or room < 1:
             if sliding:

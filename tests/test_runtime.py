@@ -201,6 +201,10 @@ def test_context_limit(tiny_model, generators):
     assert result.prompt_tokens == 108 and len(result.token_ids) == 20
     with pytest.raises(ContextLengthError):
         gen.generate("这", max_new_tokens=200, truncate="left")
+    # ids given without the family's prefix: truncation keeps the most recent ids, no first id as a prefix
+    ids = gen.encode(long_prompt)[1:]
+    cut = gen.generate_ids(ids, max_new_tokens=20, truncate="left", do_sample=False)
+    assert cut.token_ids == gen.generate_ids(ids[-108:], max_new_tokens=20, do_sample=False).token_ids
 
 
 def test_rows_and_threads_are_bounded_and_the_error_names_the_bound(tiny_model, generators):
