@@ -14,7 +14,7 @@ counts the prompt tokens the prefix cache supplied.
 /tokenize and /detokenize speak llama-server's and vLLM's shapes at once (`tokenize_job`, `detokenize_job`).
 
 A body field the parser never reads is refused (400 naming it), so a client asking for a feature this server
-lacks (`logit_bias`, `tools`, a typo) is told rather than ignored; IGNORED_FIELDS are the OpenAI fields that
+lacks (`tools`, `best_of`, a typo) is told rather than ignored; IGNORED_FIELDS are the OpenAI fields that
 change nothing generated and are accepted. `n` with temperature 0 decodes its prompt once: the n greedy
 sequences are identical, so one engine sequence fills n choices (`Job.copies`).
 """
@@ -34,6 +34,7 @@ from gpt2_onnx.option_registry import (
     BOOL,
     CHOICE,
     FLOAT,
+    ID_MAP,
     IDS,
     INT,
     OPTIONS,
@@ -162,7 +163,8 @@ _LISTS = {  # a list option's kind → (what each entry may be, the field's type
     IDS: (is_int, "a list of token ids"),
     WORDS: (lambda v: isinstance(v, (str, list)), "a list of strings or of token-id lists"),
 }
-_SCALARS = {INT: _INT, FLOAT: _NUMBER, BOOL: _BOOL, CHOICE: _STR}
+# the JSON type of every other kind's field (an id map: an object; the runtime reads its string keys)
+_SCALARS = {INT: _INT, FLOAT: _NUMBER, BOOL: _BOOL, CHOICE: _STR, ID_MAP: _OBJECT}
 # options whose fields have OpenAI's own meaning: read by `_options` itself, not as plain option fields
 _EXPLICIT = frozenset({"max_new_tokens", "do_sample", "temperature", "num_return_sequences", "logprobs"})
 _PLAIN = tuple(o for o in OPTIONS if o.body is not None and o.name not in _EXPLICIT)

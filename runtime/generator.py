@@ -257,8 +257,9 @@ class Generator:
         engine.run_until_done()
 
     def request(self, prompt_ids: list[int], config: GenerationConfig, on_event) -> Request:
-        """An engine request: the prompt fitted to the context, stop and bad-word ids resolved,
-        its own random generator (seeded: the same tokens in any batch)."""
+        """An engine request: the prompt fitted to the context, stop and bad-word ids resolved, every id an
+        option names (stop, bad words, logit bias) checked against the vocabulary, its own random
+        generator (seeded: the same tokens in any batch)."""
         conventions = self.manifest.conventions
         ids = self._fit_context(prompt_ids, config)
         stop_ids = conventions.stop_token_ids if config.stop_token_ids is None else config.stop_token_ids
@@ -266,7 +267,8 @@ class Generator:
         bad = tuple(
             seq for w in config.bad_words for seq in (self.codec.token_sequences(w) if isinstance(w, str) else [w])
         )
-        for name, seq in (("stop_token_ids", stop_ids), *(("bad_words", b) for b in bad)):
+        biased = tuple(token for token, _ in config.logit_bias)
+        for name, seq in (("stop_token_ids", stop_ids), ("logit_bias", biased), *(("bad_words", b) for b in bad)):
             if any(t >= vocab for t in seq):
                 raise GenerationOptionError(f"{name} holds an id ≥ the vocabulary size {vocab}: {seq}", option=name)
         processors = Processors(config, tuple(stop_ids), tuple(b for b in bad if b))

@@ -1,8 +1,9 @@
 """Logits processors and token selection: pure numpy, the semantics of transformers'.
 
-Order, as in transformers: repetition penalty, no-repeat n-grams, bad words, min new
+Order, as in transformers: logit bias (`Processors.bias`, OpenAI's logit_bias: first, as transformers'
+SequenceBiasLogitsProcessor), repetition penalty, no-repeat n-grams, bad words, min new
 tokens (OpenAI's presence and frequency penalties, over the generated tokens, come with
-the repetition penalty); then, when sampling, temperature, top-k, top-p. `scores` is `[rows, vocab]`
+the repetition penalty); then, when sampling, temperature, top-k, top-p, min-p. `scores` is `[rows, vocab]`
 (the last position's logits of each row) and is modified in place. Every function
 touches one row of the vocabulary at most once per step; the rest works on the few
 ids a row's history names.
@@ -28,6 +29,16 @@ class Processors:
     config: GenerationConfig
     stop_token_ids: tuple[int, ...]
     bad_words_ids: tuple[tuple[int, ...], ...]
+
+    def bias(self, logits: np.ndarray) -> np.ndarray:
+        """OpenAI's logit_bias: each bias added to its token's logit, in every row, in place. The caller
+        applies it to the model's logits before anything else, so it moves the token chosen by greedy
+        decoding, sampling and beams alike (beams score the log-softmax of the biased logits), and
+        logprobs are those of the biased distribution, as OpenAI's are."""
+        if self.config.logit_bias:
+            ids, biases = zip(*self.config.logit_bias)
+            logits[:, list(ids)] += np.asarray(biases, dtype=logits.dtype)
+        return logits
 
     def __call__(self, scores: np.ndarray, histories: Sequence[Sequence[int]], n_new: int) -> np.ndarray:
         """histories[r]: every id of row r so far (prefix, prompt, generated); n_new: generated so far."""
@@ -64,7 +75,7 @@ def presence_frequency_penalty(row: np.ndarray, generated: Sequence[int], presen
 
 def top_logprobs(logits: np.ndarray, tokens: np.ndarray, n: int) -> list[tuple[float, list[tuple[int, float]]]]:
     """Per row: (log-probability of the chosen token, the n most likely (id, log-probability),
-    best first), from the model's own distribution (logits before any processor)."""
+    best first), from the model's own distribution (logits before any processor but the logit bias)."""
     logp = log_softmax(logits.astype(np.float64))
     best = np.argsort(-logp, axis=-1, kind="stable")[:, :n]
     return [(float(lp[t]), [(int(i), float(lp[i])) for i in b]) for lp, t, b in zip(logp, tokens, best)]
@@ -94,12 +105,12 @@ def greedy(scores: np.ndarray) -> np.ndarray:
 
 
 def sample(scores: np.ndarray, config: GenerationConfig, rng: np.random.Generator) -> np.ndarray:
-    """Temperature, top-k, top-p, then a draw from the renormalised probabilities, per row."""
+    """Temperature, top-k, top-p, min-p, then a draw from the renormalised probabilities, per row."""
     return np.array([_sample_row(row, config, rng) for row in scores], dtype=np.int64)
 
 
 def sampling_candidates(
-    row: np.ndarray, top_k: int, top_p: float, temperature: float = 1.0
+    row: np.ndarray, top_k: int, top_p: float, temperature: float = 1.0, min_p: float = 0.0
 ) -> tuple[np.ndarray | None, np.ndarray]:
     """(ids left to sample from, unordered, or None for every id; their logits / temperature).
 
@@ -108,9 +119,15 @@ def sampling_candidates(
     ids = _top_k_ids(row, top_k)
     logits = (row if ids is None else row[ids]) / temperature
     if top_p < 1.0:
-        keep = _top_p_keep(logits, top_p)  # positions within `logits`
-        ids, logits = (keep if ids is None else ids[keep]), logits[keep]
+        ids, logits = _narrow(ids, logits, _top_p_keep(logits, top_p))
+    if min_p > 0.0:
+        ids, logits = _narrow(ids, logits, _min_p_keep(logits, min_p))
     return ids, logits
+
+
+def _narrow(ids: np.ndarray | None, logits: np.ndarray, keep: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The candidates at positions `keep` of `logits` (ids: None for the whole vocabulary)."""
+    return (keep if ids is None else ids[keep]), logits[keep]
 
 
 def _sample_row(row: np.ndarray, config: GenerationConfig, rng: np.random.Generator) -> int:
@@ -119,8 +136,8 @@ def _sample_row(row: np.ndarray, config: GenerationConfig, rng: np.random.Genera
 
 def candidate_probs(row: np.ndarray, config: GenerationConfig, dtype=None) -> tuple[np.ndarray | None, np.ndarray]:
     """(candidate ids, or None for the whole vocabulary; their unnormalised probabilities) of
-    processed logits [vocab] after temperature, top-k and top-p."""
-    ids, logits = sampling_candidates(row, config.top_k, config.top_p, config.temperature)
+    processed logits [vocab] after temperature, top-k, top-p and min-p."""
+    ids, logits = sampling_candidates(row, config.top_k, config.top_p, config.temperature, config.min_p)
     finite = np.isfinite(logits)
     return ids, np.exp(logits - logits[finite].max(), where=finite, out=np.zeros_like(logits, dtype=dtype))
 
@@ -154,6 +171,12 @@ def _top_p_keep(logits: np.ndarray, top_p: float) -> np.ndarray:
     keep = np.cumsum(probs) - probs < top_p
     keep[0] = True
     return order[keep]
+
+
+def _min_p_keep(logits: np.ndarray, min_p: float) -> np.ndarray:
+    """transformers' rule: keep the entries whose probability is at least min_p × the best one's, i.e.
+    whose logit is at least the best logit + log(min_p) (the normalisation cancels; the best is kept)."""
+    return np.flatnonzero(logits >= logits.max() + np.log(min_p))
 
 
 def _log_sum_exp(x: np.ndarray) -> float:

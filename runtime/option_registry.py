@@ -1,6 +1,6 @@
 """The generation options: one row per `GenerationConfig` field, read by every front door.
 
-    OPTIONS ─> GenerationConfig.validate (each value's type and range)
+    OPTIONS ─> GenerationConfig.from_options and validate (each value's form: `coerce`; type and range: `check`)
             ─> the `generate` and `batch` flags (apps/option_flags.py)
             ─> the HTTP body parser (apps/openai_api.py) and its errors' `param`
             ─> the README's option table (`markdown_table`)
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import Any
 
 from .errors import GenerationOptionError
@@ -36,6 +37,11 @@ TEXTS = "texts"  # a list of non-empty strings (a single string is a list of one
 IDS = "ids"  # a list of token ids
 WORDS = "words"  # a list whose entries are non-empty strings or lists of token ids
 LISTS = (TEXTS, IDS, WORDS)
+# a map token id → number in [low, high] (JSON: an object, its keys the ids' decimal strings), held as
+# (id, number) pairs in id order
+ID_MAP = "id map"
+ID_MAP_ENTRY = "ID=VALUE"  # one entry of an id map on the command line
+REPEATED = (*LISTS, ID_MAP)  # kinds whose command-line flag is repeated, one entry each
 _KIND_NAMES = {
     INT: "int",
     FLOAT: "float",
@@ -82,6 +88,13 @@ class Option:
             return "True or False"
         if self.kind in LISTS:
             return "a " + _KIND_NAMES[self.kind]
+        if self.kind == ID_MAP:
+            return f"a map token id → number {self._span()}"
+        text = f"an int {self._span()}".rstrip() if self.kind == INT else self._span()
+        return f"{text} or None" if self.nullable else text
+
+    def _span(self) -> str:
+        """Its bounds in words: "in (0, 1]", "≥ 0", "a number" (a float without bounds), "" (an int without)."""
         if self.low is not None and self.high is not None:
             bounds = f"{'(' if self.open_low else '['}{self.low:g}, {self.high:g}]"
             span = f"in {bounds}"
@@ -89,8 +102,29 @@ class Option:
             span = f"{'>' if self.open_low else '≥'} {self.low:g}"
         else:
             span = "a number" if self.kind == FLOAT else ""
-        text = f"an int {span}".rstrip() if self.kind == INT else span
-        return f"{text} or None" if self.nullable else text
+        return span
+
+    def coerce(self, value: Any) -> Any:
+        """The value as GenerationConfig holds it (its type is checked later, by `check`): a list option's
+        lists as tuples, a single string as a list of one; an id map's entries as (id, number) pairs in id
+        order, its keys ints or, as JSON spells them, their decimal strings (another key is refused)."""
+        if self.kind in LISTS and isinstance(value, (list, tuple)):
+            return tuple(tuple(v) if isinstance(v, list) else v for v in value)
+        if self.kind in LISTS and isinstance(value, str):
+            return (value,)
+        if self.kind == ID_MAP and isinstance(value, Mapping):
+            return tuple(sorted(((self._map_key(k), v) for k, v in value.items()), key=itemgetter(0)))
+        return value
+
+    def _map_key(self, key: Any) -> int:
+        if is_int(key) and key >= 0:
+            return key
+        if isinstance(key, str) and key.isascii() and key.isdigit():
+            return int(key)
+        raise GenerationOptionError(
+            f"{self.name} keys must be token ids (ints ≥ 0; in JSON their decimal strings, such as '100'), got {key!r}",
+            option=self.name,
+        )
 
     def check(self, value: Any) -> None:
         """Refuse a value of the wrong type or out of range (GenerationOptionError naming this option)."""
@@ -98,6 +132,8 @@ class Option:
             return
         if self.kind in LISTS:
             self._check_entries(value)
+        elif self.kind == ID_MAP:
+            self._check_map(value)
         elif not self._fits(value):
             raise GenerationOptionError(
                 f"{self.name} must be {self.allowed}, got {value!r}{self.why}", option=self.name
@@ -108,11 +144,28 @@ class Option:
             return v in self.choices
         if self.kind == BOOL:
             return isinstance(v, bool)
-        if self.kind == INT and not is_int(v) or not isinstance(v, (int, float)) or isinstance(v, bool) or v != v:
+        return (is_int(v) or self.kind != INT) and self._in_range(v)
+
+    def _in_range(self, v: Any) -> bool:
+        """A number (not a bool, not NaN) within the bounds."""
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or v != v:
             return False
         if self.low is not None and (v <= self.low if self.open_low else v < self.low):
             return False
         return self.high is None or v <= self.high
+
+    def _check_map(self, value: Any) -> None:
+        """(id, number) pairs in id order (as `coerce` makes them), each number within the bounds."""
+        pairs = isinstance(value, tuple) and all(isinstance(p, tuple) and len(p) == 2 for p in value)
+        ids = [i for i, _ in value] if pairs else []
+        if not pairs or not all(is_int(i) and i >= 0 for i in ids) or ids != sorted(set(ids)):
+            raise GenerationOptionError(f"{self.name} must be {self.allowed}, got {value!r}", option=self.name)
+        for token, number in value:
+            if not self._in_range(number):
+                raise GenerationOptionError(
+                    f"{self.name} values must be numbers {self._span()}, got {number!r} for token id {token}",
+                    option=self.name,
+                )
 
     def _check_entries(self, value: Any) -> None:
         if self.kind == TEXTS and not all(isinstance(s, str) and s for s in value):
@@ -144,6 +197,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("temperature", FLOAT, "sampling temperature (0: greedy)", low=0),
     Option("top_k", INT, "sample among the k best tokens (0: all)", low=0),
     Option("top_p", FLOAT, "sample among the best tokens holding this probability", low=0, high=1, open_low=True),
+    Option(
+        "min_p", FLOAT, "sample among the tokens at least this fraction as likely as the best (0: off)", low=0, high=1
+    ),
     Option("repetition_penalty", FLOAT, ">1 discourages repeating tokens (1: off)", low=0, open_low=True),
     Option("no_repeat_ngram_size", INT, "never repeat an n-gram of this size (0: off)", low=0),
     Option("presence_penalty", FLOAT, "OpenAI's: subtract once from tokens already generated", low=-2, high=2),
@@ -164,6 +220,13 @@ OPTIONS: tuple[Option, ...] = (
         "stop_token_ids", IDS, "token ids that end a sequence (None: the model's)", nullable=True, body=None, flag=None
     ),
     Option("bad_words", WORDS, "never generate this text, however it is tokenized", flag="--bad-word"),
+    Option(
+        "logit_bias",
+        ID_MAP,
+        "OpenAI's: add this to the token's logit (greedy, sampling and beams; logprobs include it)",
+        low=-100,
+        high=100,
+    ),
     Option("seed", INT, "random seed for sampling", low=0, nullable=True),
     Option("logprobs", INT, "also return each chosen token's log-probability and the N most likely", low=0, flag=None),
     Option(
@@ -230,7 +293,8 @@ def markdown_table() -> str:
     lines = ["| option | values | OpenAI body | command line | what |", "| --- | --- | --- | --- | --- |"]
     for o in OPTIONS:
         values = o.allowed if o.kind != INT or o.low is not None else "an int"
-        flag = "—" if o.flag is None else f"`{o.flag}`" + (" (repeatable)" if o.kind in LISTS else "")
+        shown = f"{o.flag} {ID_MAP_ENTRY}" if o.kind == ID_MAP else o.flag
+        flag = "—" if o.flag is None else f"`{shown}`" + (" (repeatable)" if o.kind in REPEATED else "")
         if o.kind == BOOL and o.flag:
             flag = f"`{o.flag}` / `--no-{o.flag[2:]}`"
         body = "—" if o.body is None else f"`{o.body}`"

@@ -14,7 +14,7 @@ from dataclasses import dataclass, fields, replace
 from typing import Any
 
 from .errors import GenerationOptionError
-from .option_registry import LISTS, MAX_ROWS, OPTIONS, PROMPT, require_utf8
+from .option_registry import BY_NAME, MAX_ROWS, OPTIONS, PROMPT, require_utf8
 
 __all__ = ["GenerationConfig", "MAX_ROWS", "as_sequence", "require_utf8"]
 
@@ -29,6 +29,9 @@ class GenerationConfig:
     temperature: float = 1.0  # 0 with do_sample: greedy
     top_k: int = 50  # 0 disables; applies only when sampling, as in transformers
     top_p: float = 1.0
+    # sample only among tokens at least min_p × the best token's probability (0 disables); when sampling,
+    # after temperature, top-k and top-p, as transformers' MinPLogitsWarper
+    min_p: float = 0.0
     repetition_penalty: float = 1.0  # 1.0 disables; >1 discourages tokens already in the sequence
     no_repeat_ngram_size: int = 0  # 0 disables
     presence_penalty: float = 0.0  # OpenAI's: subtracted once from every token already generated
@@ -40,6 +43,9 @@ class GenerationConfig:
     stop: tuple[str, ...] = ()  # strings that end a sequence; not included in the text
     stop_token_ids: tuple[int, ...] | None = None
     bad_words: tuple[str | tuple[int, ...], ...] = ()  # texts or id sequences never to generate
+    # OpenAI's logit_bias, as (token id, bias) pairs in id order (from a dict {id: bias}; JSON's string keys
+    # taken): each bias is added to its token's logit before any processor, in every decoding mode
+    logit_bias: tuple[tuple[int, float], ...] = ()
     seed: int | None = None
     logprobs: int = 0  # also return the log-probabilities of each chosen token and of the N most likely
     truncate: str | None = None  # "left": drop the prompt's oldest tokens to fit the context
@@ -65,12 +71,7 @@ class GenerationConfig:
                     option=unknown[0],
                 )
         merged = {**defaults, **{k: v for k, v in options.items() if v is not None}}
-        for key in (o.name for o in OPTIONS if o.kind in LISTS):
-            if isinstance(merged.get(key), (list, tuple)):
-                merged[key] = tuple(tuple(v) if isinstance(v, list) else v for v in merged[key])
-            elif isinstance(merged.get(key), str):
-                merged[key] = (merged[key],)
-        config = replace(cls(), **merged)
+        config = replace(cls(), **{k: BY_NAME[k].coerce(v) for k, v in merged.items()})
         config.validate()
         return config
 

@@ -66,6 +66,7 @@ class Active:
         """(tokens [rows], their logprobs or Nones) for logits [rows, vocab], as a plain step
         chooses them; with a proposal (one row, sampling), by the speculative sampling rule."""
         request, c = self.request, self.request.config
+        request.processors.bias(logits)  # the model's logits as the caller biased them: logprobs are of those
         raw = logits.copy() if c.logprobs else None  # processors change `logits` in place
         scores = request.processors(logits, histories, step)
         if proposal is not None and c.sampling:
@@ -128,6 +129,7 @@ class Active:
 
     def _advance_beams(self, logits: np.ndarray, rows: list[int], step: int, codec: TextCodec) -> list[int]:
         request, c = self.request, self.request.config
+        logits = request.processors.bias(logits)  # beams score the log-softmax of the biased logits
         scores = request.processors(log_softmax(logits), self.histories, step)  # [beams, vocab]
         stop_ids = np.array(request.processors.stop_token_ids, np.int64)
         parents, tokens = self.beams.step(scores, self.histories, stop_ids, step + 1 == c.max_new_tokens)

@@ -78,7 +78,7 @@ def bad_requests() -> list[Bad]:
     chat = {"model": MODEL, "messages": [{"role": "user", "content": "这是"}], "max_tokens": 2}
     unsupported = [
         Bad(field, "/v1/completions", _json({**base, field: value}), 400, field)
-        for field, value in (("logit_bias", {"100": 5}), ("best_of", 2), ("suffix", "。"), ("temprature", 0))
+        for field, value in (("tool_choice", "auto"), ("best_of", 2), ("suffix", "。"), ("temprature", 0))
     ]
     nested = b'{"model": "tiny", "prompt": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"  # 200 KB
     return [

@@ -318,10 +318,68 @@ def test_bad_values_are_400_naming_the_field(client, body, param):
         assert "num_return_sequences" not in error["message"] and "--max-running" in error["message"]
 
 
+def test_logit_bias_and_min_p_change_the_output_as_in_the_api(client, reference):
+    plain = reference.generate("这是", max_new_tokens=5, do_sample=False)
+    stops = set(reference.manifest.conventions.stop_token_ids)
+    token = next(t for t in range(200, 1024) if t not in plain.token_ids and t not in stops)
+    forced = reference.generate("这是", max_new_tokens=5, do_sample=False, logit_bias={token: 100})
+    assert forced.token_ids == (token,) * 5
+    out = client.completions.create(
+        model=MODEL, prompt="这是", max_tokens=5, temperature=0, logit_bias={str(token): 100}, logprobs=1
+    )
+    assert out.choices[0].text == forced.text and out.usage.completion_tokens == 5
+    assert all(lp == pytest.approx(0.0, abs=1e-6) for lp in out.choices[0].logprobs.token_logprobs)  # biased: certain
+    chat = client.chat.completions.create(
+        model=MODEL,
+        messages=[{"role": "user", "content": "这是"}],
+        max_tokens=5,
+        temperature=0,
+        logit_bias={token: 100},
+    )
+    assert chat.choices[0].message.content == forced.text  # the client sends the int key as JSON's string
+    banned = dict.fromkeys(plain.token_ids, -100)
+    expected = reference.generate("这是", max_new_tokens=5, do_sample=False, logit_bias=banned)
+    out = client.completions.create(
+        model=MODEL, prompt="这是", max_tokens=5, temperature=0, logit_bias={str(t): b for t, b in banned.items()}
+    )
+    assert out.choices[0].text == expected.text and not set(expected.token_ids) & set(plain.token_ids)
+    # min_p 1 keeps only the most likely token: sampling gives the greedy text
+    for seed in (1, 2):
+        out = client.completions.create(
+            model=MODEL, prompt="这是", max_tokens=5, temperature=1.0, seed=seed, extra_body={"min_p": 1.0}
+        )
+        assert out.choices[0].text == plain.text
+
+
+@pytest.mark.parametrize(
+    "field, value, said",
+    [
+        ("logit_bias", {"1024": 1}, "logit_bias holds an id ≥ the vocabulary size 1024"),
+        ("logit_bias", {"5": 101}, "logit_bias values must be numbers in [-100, 100], got 101 for token id 5"),
+        ("logit_bias", {"abc": 1}, "logit_bias keys must be token ids"),
+        ("logit_bias", {"5": "1"}, "logit_bias values must be numbers"),
+        ("logit_bias", [5, 1], "logit_bias must be an object"),
+        ("min_p", 1.5, "min_p must be in [0, 1], got 1.5"),
+        ("min_p", -0.1, "min_p must be in [0, 1], got -0.1"),
+        ("min_p", "high", "min_p must be a number"),
+    ],
+)
+def test_bad_logit_bias_and_min_p_are_one_line_400s_naming_them(client, field, value, said):
+    for call in (
+        lambda: client.completions.create(model=MODEL, prompt="这是", max_tokens=2, extra_body={field: value}),
+        lambda: client.chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": "这是"}], max_tokens=2, extra_body={field: value}
+        ),
+    ):
+        status, error = error_of(call)
+        assert status == 400 and error["param"] == field and error["code"] in ("invalid_value", "invalid_type")
+        assert error["message"].startswith(said) and "\n" not in error["message"], error
+
+
 @pytest.mark.parametrize(
     "endpoint, field, value",
     [
-        ("completions", "logit_bias", {"100": 5}),
+        ("chat/completions", "tool_choice", "auto"),
         ("completions", "best_of", 3),
         ("completions", "suffix", "。"),
         ("completions", "temprature", 0),  # a typo is no silent default
@@ -663,7 +721,7 @@ def test_nothing_stays_occupied_after_bad_requests_and_cancellations(server):
         {"model": MODEL},
         {"model": MODEL, "prompt": "x", "n": 30, "temperature": 0},
         {"model": MODEL, "prompt": "x", "max_tokens": 999},
-        {"model": MODEL, "prompt": "x", "logit_bias": {}},
+        {"model": MODEL, "prompt": "x", "logit_bias": {"100": 101}},
     ):
         assert httpx.post(server + "/v1/completions", json=body, headers=headers, timeout=10).status_code == 400
     values = wait_for(server, idle)
