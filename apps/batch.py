@@ -12,6 +12,10 @@ is an error row and the job goes on; only the job's own files and options end it
 it its batches (apps/ray_data.py), so both modes produce the same rows. The engine is
 row-exact and each request has its own random generator, so a row's output does not
 depend on which rows ran beside it.
+
+A file holds one kind of line (`RowKind`), chosen by its first line (batch_io.input_kind):
+our prompt rows (PROMPT_ROWS, below) or OpenAI's batch requests (OPENAI_LINES, apps/batch_openai.py).
+The loop is the same for both; a kind says how a line becomes engine requests and an output row.
 """
 
 from __future__ import annotations
@@ -21,15 +25,50 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from gpt2_onnx.engine import Event, Request
 from gpt2_onnx.errors import Gpt2OnnxError
 from gpt2_onnx.generator import Generator
+from gpt2_onnx.option_registry import flag_of
 
-from .batch_io import DEFAULT_MAX_RUNNING, LINE, InputRow, OutputWriter, count_rows, one_line, read_rows, written_lines
+from . import batch_openai
+from .batch_io import (
+    DEFAULT_MAX_RUNNING,
+    LINE,
+    OPENAI,
+    InputRow,
+    OutputWriter,
+    count_rows,
+    error_message,
+    file_format,
+    input_kind,
+    read_rows,
+    written_lines,
+)
 
 ROW_FIELDS = ("id", "prompt")  # every other field of a row is a generation option
+
+
+class Pending(Protocol):
+    """A row in the engine: its requests, whether all have finished, and then its output row."""
+
+    requests: list[Request]
+
+    @property
+    def done(self) -> bool: ...
+
+    def output(self) -> dict[str, Any]: ...
+
+
+@dataclass(frozen=True)
+class RowKind:
+    """How one kind of input line runs and is answered."""
+
+    # the row's pending requests, not yet submitted; raises naming what is wrong with the row
+    start: Callable[[Generator, InputRow, Mapping[str, Any], int], Pending]
+    error: Callable[[InputRow, Exception, bool], dict[str, Any]]  # the output row of a row that failed
+    outcome: Callable[[Mapping[str, Any]], tuple[bool, int]]  # an output row's (failed, new tokens)
 
 
 @dataclass(frozen=True)
@@ -52,17 +91,17 @@ class Tally:
     """A job's counts as its rows are written (local and Ray jobs alike)."""
 
     skipped: int
+    outcome: Callable[[Mapping[str, Any]], tuple[bool, int]]  # the rows' kind's
     written: int = 0
     errors: int = 0
     new_tokens: int = 0
     start: float = field(default_factory=time.perf_counter)
 
     def add(self, out: Mapping[str, Any]) -> None:
+        failed, new_tokens = self.outcome(out)
         self.written += 1
-        if "error" in out:  # an error row may carry any input field, even one named usage
-            self.errors += 1
-        else:
-            self.new_tokens += out["usage"]["completion_tokens"]
+        self.errors += failed
+        self.new_tokens += new_tokens
 
     def summary(self) -> Summary:
         return Summary(self.written, self.errors, self.skipped, self.new_tokens, time.perf_counter() - self.start)
@@ -108,24 +147,16 @@ def result_row(
 
 
 def error_row(row: InputRow, error: Exception, while_decoding: bool = False) -> dict[str, Any]:
-    """The output row of a row that failed: its fields, line and id, and the error on one line.
-    Our errors (and the option checks' ValueError, TypeError) name the problem and the fix;
-    anything else is named by its type."""
-    if while_decoding:
-        message = f"decoding failed: {type(error).__name__}: {error}"
-    elif isinstance(error, (Gpt2OnnxError, ValueError, TypeError)):
-        message = str(error)
-    else:
-        message = f"{type(error).__name__}: {error}"
-    return {**(row.record or {}), LINE: row.line, "id": row.id, "error": one_line(f"line {row.line}: {message}")}
+    """The output row of a row that failed: its fields, line and id, and the error on one line."""
+    return {**(row.record or {}), LINE: row.line, "id": row.id, "error": error_message(row, error, while_decoding)}
 
 
 @dataclass
-class _Running:
-    """A row in the engine, and what it has produced so far."""
+class _PromptRow:
+    """A prompt row in the engine, and what it has produced so far."""
 
     row: InputRow
-    request: Request | None = None
+    requests: list[Request] = field(default_factory=list)
     text: str = ""
     tokens: list[int] = field(default_factory=list)
     finish_reason: str | None = None
@@ -135,35 +166,66 @@ class _Running:
         self.tokens.extend(event.tokens)
         self.finish_reason = event.finish_reason or self.finish_reason
 
+    @property
+    def done(self) -> bool:
+        return self.finish_reason is not None
+
+    def output(self) -> dict[str, Any]:
+        return result_row(self.row, self.text, self.tokens, self.finish_reason, len(self.requests[0].prompt_ids))
+
+
+def _start_prompt_row(generator: Generator, row: InputRow, job_options: Mapping[str, Any], _: int) -> _PromptRow:
+    entry = _PromptRow(row)
+    entry.requests = [prepare(generator, row, job_options, entry.on_event)]
+    return entry
+
+
+def _prompt_row_outcome(out: Mapping[str, Any]) -> tuple[bool, int]:
+    if "error" in out:  # an error row may carry any input field, even one named usage
+        return True, 0
+    return False, out["usage"]["completion_tokens"]
+
+
+PROMPT_ROWS = RowKind(_start_prompt_row, error_row, _prompt_row_outcome)
+OPENAI_LINES = RowKind(batch_openai.start, batch_openai.error_line, batch_openai.outcome)
+
+
+def row_kind(input_path: Path) -> RowKind:
+    """The kind of the lines of INPUT (its first line decides)."""
+    return OPENAI_LINES if input_kind(input_path) == OPENAI else PROMPT_ROWS
+
 
 def run_rows(
     generator: Generator,
     rows: Iterable[InputRow],
     job_options: Mapping[str, Any],
     max_running: int = DEFAULT_MAX_RUNNING,
+    kind: RowKind = PROMPT_ROWS,
 ) -> Iterator[dict[str, Any]]:
-    """Output rows (in the order they finish) of these input rows, run through one engine
-    with at most `max_running` rows in it; a row that fails yields an error row."""
+    """Output rows (in the order they finish) of these input rows of one kind, run through one
+    engine with at most `max_running` rows in it; a row that fails yields an error row."""
     if isinstance(max_running, bool) or not isinstance(max_running, int) or max_running < 1:
         raise Gpt2OnnxError(f"max_running must be an integer ≥ 1, got {max_running!r}")
     engine = generator.new_engine(max_running)  # rows of the model's whole context: a row of any length joins
     pending = iter(rows)
     retry: deque[InputRow] = deque()  # the rows of a step that raised, to run again one at a time
-    running: list[_Running] = []
+    running: list[Pending] = []
 
     def fill() -> Iterator[dict[str, Any]]:
         """Submit rows while there is room (a row to retry runs alone: the step that raises with it
         alone is its own failure); an error row for each that cannot run."""
-        while sum(r.request.rows for r in running) < max_running and not (retry and running):
+        while sum(q.rows for r in running for q in r.requests) < max_running and not (retry and running):
             row = retry.popleft() if retry else next(pending, None)
             if row is None:
                 return
-            entry = _Running(row)
             try:
-                entry.request = prepare(generator, row, job_options, entry.on_event)
-                engine.submit(entry.request)
+                entry = kind.start(generator, row, job_options, max_running)
+                for request in entry.requests:  # all checked before any is submitted: a row runs whole or not
+                    engine.check(request)
+                for request in entry.requests:
+                    engine.submit(request)
             except Exception as e:  # whatever a row holds fails that row, not the job
-                yield error_row(row, e)
+                yield kind.error(row, e, False)
                 continue
             running.append(entry)
 
@@ -173,18 +235,16 @@ def run_rows(
             return
         try:
             for _ in engine.steps():  # rows submitted between steps join the next one
-                for entry in [r for r in running if r.finish_reason is not None]:
+                for entry in [r for r in running if r.done]:
                     running.remove(entry)
-                    yield result_row(
-                        entry.row, entry.text, entry.tokens, entry.finish_reason, len(entry.request.prompt_ids)
-                    )
+                    yield entry.output()
                 yield from fill()
         except Exception as e:
             # which row raised is unknown, and the engine's state with it: a new engine, and the
             # rows start over (the engine is row-exact: a row's result does not depend on its neighbours)
             engine = generator.new_engine(max_running)
             if len(running) == 1:
-                yield error_row(running[0].row, e, while_decoding=True)
+                yield kind.error(running[0].row, e, True)
             else:
                 retry.extendleft(reversed([r.row for r in running]))
             running = []
@@ -206,11 +266,15 @@ def run_local(
     generator.config(**job_options)
     input_path, output_path = Path(input_path), Path(output_path)
     rows = read_rows(input_path)
+    kind = row_kind(input_path)
+    if kind is OPENAI_LINES:
+        check_openai_job(output_path, job_options)
     done = written_lines(output_path) if resume else set()
-    tally = Tally(skipped=len(done))
+    tally = Tally(len(done), kind.outcome)
     with OutputWriter(output_path, resume) as writer:
         bar = progress_bar(count_rows(input_path), len(done), progress)
-        for out in run_rows(generator, (r for r in rows if r.line not in done), job_options, max_running):
+        pending = (r for r in rows if r.line not in done)
+        for out in run_rows(generator, pending, job_options, max_running, kind):
             writer.write(out)
             tally.add(out)
             bar.update(1)
@@ -218,6 +282,20 @@ def run_local(
                 on_row(out)
     bar.close()
     return tally.summary()
+
+
+def check_openai_job(output_path: Path, job_options: Mapping[str, Any]) -> None:
+    """An OpenAI batch job writes OpenAI's output lines (JSONL) and reads each line's options from its body alone."""
+    if file_format(output_path) != "jsonl":
+        raise Gpt2OnnxError(
+            f"{output_path}: an OpenAI batch file (its first line has custom_id and body) is answered in OpenAI's "
+            "JSONL output format; name OUTPUT *.jsonl"
+        )
+    if job_options:
+        raise Gpt2OnnxError(
+            f"option flags ({', '.join(sorted(map(flag_of, job_options)))}) do not apply to an OpenAI batch file: "
+            "each line's body sets its options, with the server's defaults; drop the flags"
+        )
 
 
 def progress_bar(total: int, done: int, enabled: bool):

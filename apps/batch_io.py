@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,6 +60,29 @@ def file_format(path: Path) -> str:
     raise Gpt2OnnxError(f"{path}: unknown file type {suffix or '(none)'!r}; name it *.jsonl or *.parquet")
 
 
+# the two kinds of batch file: ours (a prompt and options per line) and OpenAI's batch format (a request per line)
+ROWS, OPENAI = "rows", "openai"
+OPENAI_KEYS = ("custom_id", "body")  # a line with both is an OpenAI batch line
+
+
+def is_openai_line(record: Any) -> bool:
+    """Whether a parsed line is in OpenAI's batch format (it has a custom_id and a body)."""
+    return isinstance(record, dict) and all(key in record for key in OPENAI_KEYS)
+
+
+def input_kind(path: Path) -> str:
+    """OPENAI for a JSONL INPUT whose first non-blank line is an OpenAI batch line, ROWS otherwise
+    (a Parquet INPUT is always ROWS). Every line must then match its file's kind."""
+    if file_format(path) == "parquet" or not path.is_file():
+        return ROWS  # a missing INPUT is read_rows' to name
+    with reading_input(path), open(path, encoding="utf-8", errors="surrogateescape") as f:
+        first = next((text for text in f if text.strip()), "")
+    try:
+        return OPENAI if is_openai_line(json.loads(first)) else ROWS
+    except json.JSONDecodeError:
+        return ROWS
+
+
 def id_key(row_id: Any) -> str:
     """The id as compared for duplicates (1 and "1" are different ids)."""
     return json.dumps(row_id, ensure_ascii=False, sort_keys=True)
@@ -80,6 +103,18 @@ def json_line(value: Any) -> str:
 def one_line(message: str) -> str:
     """An error message as one line of valid UTF-8 (a message may quote a row's text)."""
     return _utf8(" ".join(message.split()))
+
+
+def error_message(row: InputRow, error: Exception, while_decoding: bool = False) -> str:
+    """A failed row's error on one line, led by its line. Our errors (and the option checks'
+    ValueError, TypeError) name the problem and the fix; anything else is named by its type."""
+    if while_decoding:
+        message = f"decoding failed: {type(error).__name__}: {error}"
+    elif isinstance(error, (Gpt2OnnxError, ValueError, TypeError)):
+        message = str(error)
+    else:
+        message = f"{type(error).__name__}: {error}"
+    return one_line(f"line {row.line}: {message}")
 
 
 def _utf8(text: str) -> str:
@@ -130,20 +165,24 @@ def read_rows(path: Path) -> Iterator[InputRow]:
         open(path, "rb").close()
         if kind == "parquet":
             _parquet(path)
-    return _unique_ids(_jsonl_rows(path) if kind == "jsonl" else _parquet_rows(path))
+    if kind == "parquet":
+        return _unique_ids(_parquet_rows(path), "id")
+    if input_kind(path) == OPENAI:  # OpenAI requires unique custom_ids
+        return _unique_ids(_jsonl_rows(path, _checked_openai), "custom_id")
+    return _unique_ids(_jsonl_rows(path, _checked), "id")
 
 
-def _unique_ids(raw: Iterator[InputRow]) -> Iterator[InputRow]:
+def _unique_ids(raw: Iterator[InputRow], name: str) -> Iterator[InputRow]:
     seen: set[str] = set()
     for row in raw:
         key = id_key(row.id)
         if key in seen and row.error is None:
-            row = InputRow(row.line, row.id, row.record, f"duplicate id {row.id!r}; give every row its own id")
+            row = InputRow(row.line, row.id, row.record, f"duplicate {name} {row.id!r}; give every row its own {name}")
         seen.add(key)
         yield row
 
 
-def _jsonl_rows(path: Path) -> Iterator[InputRow]:
+def _jsonl_rows(path: Path, checked: Callable[[int, Any], InputRow]) -> Iterator[InputRow]:
     # a byte that is not UTF-8 becomes a lone surrogate: its row fails, not the file
     with reading_input(path), open(path, encoding="utf-8", errors="surrogateescape") as f:
         for line, text in enumerate(f, start=1):
@@ -156,7 +195,7 @@ def _jsonl_rows(path: Path) -> Iterator[InputRow]:
                     line, line, error=f"not valid JSON ({e.msg} at column {e.colno}); write one object per line"
                 )
                 continue
-            yield _checked(line, record)
+            yield checked(line, record)
 
 
 def _parquet_rows(path: Path) -> Iterator[InputRow]:
@@ -172,12 +211,40 @@ def _parquet_rows(path: Path) -> Iterator[InputRow]:
 def _checked(line: int, record: Any) -> InputRow:
     if not isinstance(record, dict):
         return InputRow(line, line, error=f'a JSON {type(record).__name__}, not an object; write {{"prompt": ...}}')
+    if is_openai_line(record):
+        return InputRow(
+            line,
+            line,
+            record,
+            "an OpenAI batch line (custom_id, body) in a file whose first line is a prompt row; "
+            "write the whole file in one format",
+        )
     row_id = record.get("id", line)
     if row_id is None:
         row_id = line
     if isinstance(row_id, bool) or not isinstance(row_id, (str, int)):
         return InputRow(line, line, record, f"id must be a string or an integer, got {type(row_id).__name__}")
     return InputRow(line, row_id, record)
+
+
+def _checked_openai(line: int, record: Any) -> InputRow:
+    """A line of an OpenAI batch file: its id is its custom_id (a string, as OpenAI requires)."""
+    if not is_openai_line(record):
+        if isinstance(record, dict):
+            found = "a line with no " + " and no ".join(key for key in OPENAI_KEYS if key not in record)
+        else:
+            found = f"a JSON {type(record).__name__}"
+        return InputRow(
+            line,
+            line,
+            record if isinstance(record, dict) else None,
+            f"{found} in an OpenAI batch file (its first line has custom_id and body); "
+            'write every line as {"custom_id", "method", "url", "body"}',
+        )
+    custom_id = record["custom_id"]
+    if not isinstance(custom_id, str) or not custom_id:
+        return InputRow(line, line, record, f"custom_id must be a non-empty string, got {json_line(custom_id)}")
+    return InputRow(line, custom_id, record)
 
 
 def _parquet(path: Path):

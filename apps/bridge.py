@@ -24,7 +24,7 @@ from gpt2_onnx.errors import GenerationOptionError
 from gpt2_onnx.generator import Generator
 
 from .metrics import Metrics
-from .openai_api import ApiError, Choice, Job, engine_failed, request_error
+from .openai_api import ApiError, Choice, Job, check_n, engine_failed, request_error
 from .settings import Capacity
 
 RETRY_AFTER_S = 1  # a 429's Retry-After: rows free up within a few steps
@@ -76,14 +76,7 @@ class Call:
         index, event = item
         if event.finish_reason == FINISH_ERROR:
             raise engine_failed()
-        choice = self.choices[index]
-        choice.text += event.text
-        choice.tokens += len(event.tokens)
-        piece = self.service.piece
-        for token, (logprob, top) in zip(event.tokens, event.logprobs or ()):
-            choice.logprobs.append((piece(token), logprob, [(piece(t), lp) for t, lp in top]))
-        if event.finish_reason:
-            choice.finish_reason = event.finish_reason
+        if self.choices[index].add(event, self.service.piece):
             self.remaining -= 1
         return index, event
 
@@ -115,12 +108,12 @@ class Call:
                     metrics.cancelled.inc()
                 self.service.release(1)
         try:
-            self.loop.call_soon_threadsafe(self._put, i * self.job.n + event.slot * self.job.copies, event)
+            self.loop.call_soon_threadsafe(self._put, self.job.choice_indices(i, event.slot), event)
         except RuntimeError:  # the event loop has closed (shutdown): nobody waits, and the engine must go on
             pass
 
-    def _put(self, first: int, event: Event) -> None:
-        for index in range(first, first + self.job.copies):
+    def _put(self, indices: range, event: Event) -> None:
+        for index in indices:
             self.queue.put_nowait((index, event))
 
 
@@ -161,14 +154,7 @@ class Service:
         """Build, check and submit the job's requests: 400 for bad options, an n past --max-running or a
         prompt that cannot fit (before any is submitted), 429 when the running and waiting limits are full."""
         generator, call = self.generator, Call(job, self, asyncio.get_running_loop())
-        if not 1 <= job.n <= self.capacity.max_running:  # greedy n takes one row, but is held to what sampling takes
-            raise ApiError(
-                400,
-                f"n must be from 1 to {self.capacity.max_running} (the sequences this server decodes "
-                f"at once, its --max-running), got {job.n}",
-                "n",
-                "invalid_value",
-            )
+        check_n(job, self.capacity.max_running)
         try:
             config = generator.config(**job.options)
             prompts = [

@@ -25,9 +25,9 @@ import json
 import reprlib
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gpt2_onnx.errors import ContextLengthError, GenerationOptionError
 from gpt2_onnx.option_registry import (
@@ -45,6 +45,9 @@ from gpt2_onnx.option_registry import (
     is_int,
     require_utf8,
 )
+
+if TYPE_CHECKING:  # only for annotations: the API's shapes need no engine
+    from gpt2_onnx.engine import Event
 
 DEFAULT_MAX_TOKENS = 16  # OpenAI's default for /v1/completions
 # option → OpenAI's default for the field that sets it (absent, other option fields take the manifest's defaults)
@@ -100,6 +103,23 @@ class Job:
     def copies(self) -> int:
         """Choices one engine sequence fills: n when greedy (n identical sequences, decoded once), else 1."""
         return self.n // self.options["num_return_sequences"]
+
+    def choice_indices(self, prompt: int, slot: int) -> range:
+        """The choices sequence `slot` of prompt `prompt`'s request fills (choice i*n + j is prompt i's sequence j)."""
+        first = prompt * self.n + slot * self.copies
+        return range(first, first + self.copies)
+
+
+def check_n(job: Job, max_running: int) -> None:
+    """400 for an n outside 1..max_running (greedy n takes one row, but is held to what sampling takes)."""
+    if not 1 <= job.n <= max_running:
+        raise ApiError(
+            400,
+            f"n must be from 1 to {max_running} (the sequences this server decodes at once, its --max-running), "
+            f"got {job.n}",
+            "n",
+            "invalid_value",
+        )
 
 
 def engine_failed() -> ApiError:
@@ -391,6 +411,17 @@ class Choice:
     tokens: int = 0
     finish_reason: str | None = None
     logprobs: list[tuple[str, float, list[tuple[str, float]]]] = field(default_factory=list)  # (token, lp, top)
+
+    def add(self, event: Event, piece: Callable[[int], str]) -> bool:
+        """The event's text, tokens and log-probabilities (tokens spelled by `piece`) appended;
+        whether it finished this choice."""
+        self.text += event.text
+        self.tokens += len(event.tokens)
+        for token, (logprob, top) in zip(event.tokens, event.logprobs or ()):
+            self.logprobs.append((piece(token), logprob, [(piece(t), lp) for t, lp in top]))
+        if event.finish_reason:
+            self.finish_reason = event.finish_reason
+        return bool(event.finish_reason)
 
 
 def usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int) -> dict[str, Any]:

@@ -29,7 +29,7 @@ from typing import Any
 
 from gpt2_onnx.errors import Gpt2OnnxError
 
-from .batch import Summary, Tally, progress_bar, run_rows
+from .batch import PROMPT_ROWS, Summary, Tally, progress_bar, row_kind, run_rows
 from .batch_io import (
     DEFAULT_MAX_RUNNING,
     DEFAULT_RAY_BATCH,
@@ -116,10 +116,15 @@ def run_ray(
     input_path, output_path = Path(input_path), Path(output_path)
     _check_options(loaded, job_options)
     rows = read_rows(input_path)  # a missing INPUT, or an unwritable OUTPUT, fails before a cluster starts
+    if row_kind(input_path) is not PROMPT_ROWS:
+        raise Gpt2OnnxError(
+            f"{input_path} is an OpenAI batch file (its first line has custom_id and body): --ray runs prompt rows "
+            "only; run it without --ray"
+        )
     done = written_lines(output_path) if resume else set()
     staging = output_path.with_name(output_path.name + STAGING_SUFFIX)
     shutil.rmtree(staging, ignore_errors=True)  # a staging directory of an interrupted run
-    tally = Tally(skipped=len(done))
+    tally = Tally(len(done), PROMPT_ROWS.outcome)
     with OutputWriter(output_path, resume) as writer:
         if not ray.is_initialized():
             # a new local cluster runs no dashboard (nothing listens beyond what the job needs)

@@ -2,7 +2,8 @@
 (`apps/batch.py`) or on Ray Data (`--ray`, `apps/ray_data.py`), then a one-line summary on stderr.
 
 A row's options are option names (unknown ones fail that row); the command line's option flags
-(`apps/option_flags.py`) apply to every row that does not set its own.
+(`apps/option_flags.py`) apply to every row that does not set its own. A JSONL file in OpenAI's batch
+format (`apps/batch_openai.py`) is answered in it, each line's body read as the server reads it.
 """
 
 from __future__ import annotations
@@ -18,15 +19,21 @@ from ..batch_io import DEFAULT_MAX_RUNNING, DEFAULT_RAY_BATCH
 from ..console import add_model_arguments, check_max_running, model_settings
 from ..option_flags import add_option_flags, options_given
 
-HELP = "generate for every row of a JSONL or Parquet file (locally or on Ray)"
+HELP = "generate for every row of a JSONL or Parquet file, or every request of an OpenAI batch file"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "input", type=Path, help="JSONL (one object per line: prompt, optional id and options) or Parquet"
+        "input",
+        type=Path,
+        help="JSONL (one object per line: prompt, optional id and options; or OpenAI's batch lines: custom_id, "
+        "method, url, body) or Parquet",
     )
     parser.add_argument(
-        "output", type=Path, help="the rows with text, token_ids, finish_reason, usage (or error); same format"
+        "output",
+        type=Path,
+        help="the rows with text, token_ids, finish_reason, usage (or error); same format (OpenAI's output lines "
+        "for an OpenAI batch file)",
     )
     add_model_arguments(parser, on_ray=True, prefix_cache_mb=None)
     parser.add_argument(
