@@ -236,8 +236,9 @@ def run_rows(
         try:
             for _ in engine.steps():  # rows submitted between steps join the next one
                 for entry in [r for r in running if r.done]:
+                    out = entry.output()  # before it leaves `running`: if this raises, the row is retried too
                     running.remove(entry)
-                    yield entry.output()
+                    yield out
                 yield from fill()
         except Exception as e:
             # which row raised is unknown, and the engine's state with it: a new engine, and the

@@ -20,7 +20,6 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from functools import partial
 from typing import Any
 
 from gpt2_onnx.engine import Event, Request
@@ -36,6 +35,8 @@ from .openai_api import (
     chat_job,
     check_n,
     completion_job,
+    job_requests,
+    prompt_texts,
     request_error,
     response,
 )
@@ -56,6 +57,7 @@ class _Call:
     job: Job
     piece: Callable[[int], str]  # a token's text, for log-probabilities
     requests: list[Request] = field(default_factory=list)
+    texts: list[str] = field(default_factory=list)  # per prompt, as echo shows it
     choices: list[Choice] = field(default_factory=list)
     remaining: int = 0  # choices not finished
 
@@ -70,7 +72,8 @@ class _Call:
 
     def output(self) -> dict[str, Any]:
         prompt_tokens = sum(len(r.prompt_ids) for r in self.requests)
-        body = response(self.job, self.job.model, self.choices, prompt_tokens)
+        cached = sum(r.cached_tokens for r in self.requests)
+        body = response(self.job, self.job.model, self.choices, self.texts, prompt_tokens, cached)
         return _answer(self.row, {"status_code": 200, "request_id": self.job.id, "body": body}, None)
 
 
@@ -91,10 +94,7 @@ def start(generator: Generator, row: InputRow, job_options: Mapping[str, Any], m
     check_n(job, max_running)
     call = _Call(row, job, generator.token_text)
     try:
-        config = generator.config(**job.options)
-        call.requests = [
-            generator.request(generator.encode(p), config, partial(call.on_event, i)) for i, p in enumerate(job.prompts)
-        ]
+        call.requests, call.texts = job_requests(generator, job, call.on_event), prompt_texts(generator, job)
     except GenerationOptionError as e:
         raise request_error(e) from None
     call.choices = [Choice() for _ in range(len(call.requests) * job.n)]

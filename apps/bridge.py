@@ -24,7 +24,7 @@ from gpt2_onnx.errors import GenerationOptionError
 from gpt2_onnx.generator import Generator
 
 from .metrics import Metrics
-from .openai_api import ApiError, Choice, Job, check_n, engine_failed, request_error
+from .openai_api import ApiError, Choice, Job, check_n, engine_failed, job_requests, prompt_texts, request_error
 from .settings import Capacity
 
 RETRY_AFTER_S = 1  # a 429's Retry-After: rows free up within a few steps
@@ -156,13 +156,7 @@ class Service:
         generator, call = self.generator, Call(job, self, asyncio.get_running_loop())
         check_n(job, self.capacity.max_running)
         try:
-            config = generator.config(**job.options)
-            prompts = [
-                generator.encode(p) if isinstance(p, str) else generator.check_ids(p, "prompt") for p in job.prompts
-            ]
-            requests = [
-                generator.request(ids, config, lambda e, i=i: call._on_event(i, e)) for i, ids in enumerate(prompts)
-            ]
+            requests = job_requests(generator, job, call._on_event)
             for request in requests:
                 self.engine.check(request)
         except GenerationOptionError as e:
@@ -180,8 +174,8 @@ class Service:
                     {"Retry-After": str(RETRY_AFTER_S)},
                 )
             self.in_flight += len(requests)
-        call.requests, call.open_slots = requests, [config.num_return_sequences] * len(requests)
-        call.prompt_texts = [p if isinstance(p, str) else generator.decode(p) for p in job.prompts]
+        call.requests, call.open_slots = requests, [r.config.num_return_sequences for r in requests]
+        call.prompt_texts = prompt_texts(generator, job)
         call.choices, call.remaining = [Choice() for _ in range(len(requests) * job.n)], len(requests) * job.n
         for request in requests:
             self.engine.submit(request)  # checked above: it fits

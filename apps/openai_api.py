@@ -27,6 +27,7 @@ import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from gpt2_onnx.errors import ContextLengthError, GenerationOptionError
@@ -422,6 +423,20 @@ class Choice:
         if event.finish_reason:
             self.finish_reason = event.finish_reason
         return bool(event.finish_reason)
+
+
+def job_requests(generator, job: Job, on_event: Callable[[int, Event], None]) -> list:
+    """The engine requests of a job's prompts, as the server and a batch line build them: text encoded as
+    generate() encodes it, token ids run as given (checked against the vocabulary); `on_event(prompt, event)`.
+    Raises GenerationOptionError for bad options or ids. (`generator`: a gpt2_onnx Generator.)"""
+    config = generator.config(**job.options)
+    ids = [generator.encode(p) if isinstance(p, str) else generator.check_ids(p, "prompt") for p in job.prompts]
+    return [generator.request(p, config, partial(on_event, i)) for i, p in enumerate(ids)]
+
+
+def prompt_texts(generator, job: Job) -> list[str]:
+    """Each prompt's text as echo shows it (token ids decoded)."""
+    return [p if isinstance(p, str) else generator.decode(p) for p in job.prompts]
 
 
 def usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int) -> dict[str, Any]:

@@ -154,3 +154,26 @@ def test_a_row_that_raises_while_it_decodes_fails_alone(tiny_model, generators, 
     assert {line: row for line, row in got.items() if line - 1 not in poison} == {
         line: row for line, row in want.items() if line - 1 not in poison
     }
+
+
+def test_a_row_whose_answer_cannot_be_written_fails_alone(tiny_model, generators, tmp_path, monkeypatch):
+    """A failure while a finished row's output is built (not in the engine) is that row's error row too:
+    no row is lost."""
+    from gpt2_onnx.apps import batch
+
+    generator = generators(tiny_model, "fp32")
+    rows = [{"id": f"r{i}", "prompt": WORDS[: 1 + i % 5], "max_new_tokens": 3, "seed": i} for i in range(12)]
+    source = tmp_path / "in.jsonl"
+    source.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    result_row = batch.result_row
+
+    def fails_for_r5(row, *args):
+        if row.id == "r5":
+            raise RuntimeError("injected output fault")
+        return result_row(row, *args)
+
+    monkeypatch.setattr(batch, "result_row", fails_for_r5)
+    summary = run_local(generator, source, tmp_path / "out.jsonl", {}, max_running=4, progress=False)
+    got = by_line(tmp_path / "out.jsonl")
+    assert (summary.written, summary.errors) == (12, 1) and sorted(got) == list(range(1, 13))
+    assert got[6]["error"] == "line 6: decoding failed: RuntimeError: injected output fault"
