@@ -204,9 +204,8 @@ def run_rows(
 ) -> Iterator[dict[str, Any]]:
     """Output rows (in the order they finish) of these input rows of one kind, run through one
     engine with at most `max_running` rows in it; a row that fails yields an error row."""
-    if isinstance(max_running, bool) or not isinstance(max_running, int) or max_running < 1:
-        raise Gpt2OnnxError(f"max_running must be an integer ≥ 1, got {max_running!r}")
-    engine = generator.new_engine(max_running)  # rows of the model's whole context: a row of any length joins
+    # rows of the model's whole context (a row of any length joins); a max_running outside [1, MAX_ROWS] is refused
+    engine = generator.new_engine(max_running)
     pending = iter(rows)
     retry: deque[InputRow] = deque()  # the rows of a step that raised, to run again one at a time
     running: list[Pending] = []

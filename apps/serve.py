@@ -143,9 +143,8 @@ def serve(args) -> int:
 
 def _model_settings(args) -> ModelSettings:
     """What the server (each replica on Ray) loads; a prefix cache its precision cannot have is refused
-    here, before the port is taken (`prefix_cache_size`: None, the default, leaves it off there)."""
-    if args.prefix_cache_mb is not None and args.prefix_cache_mb < 0:
-        raise Gpt2OnnxError(f"--prefix-cache-mb must be ≥ 0, got {args.prefix_cache_mb}")
+    here, before the port is taken, as is a negative size (`prefix_cache_size`: None, the default, leaves it off
+    there)."""
     prefix_cache_size(args.precision, args.prefix_cache_mb)
     return model_settings(args)
 

@@ -227,8 +227,11 @@ class Generator:
         of any length may join); `kv_cache_mb` bounds the keys and values reserved at once (None: every
         row may hold `capacity` positions); `prefill_chunk`: prompt tokens run per step (None: a whole
         prompt in one step). It shares this Generator's prefix cache."""
-        if isinstance(max_rows, bool) or not isinstance(max_rows, int) or max_rows < 1:
-            raise GenerationOptionError(f"max_rows must be an integer ≥ 1, got {max_rows!r}", option="max_rows")
+        if isinstance(max_rows, bool) or not isinstance(max_rows, int) or not 1 <= max_rows <= MAX_ROWS:
+            raise GenerationOptionError(
+                f"max_rows must be an integer in [1, {MAX_ROWS}] (rows an engine decodes at once), got {max_rows!r}",
+                option="max_rows",
+            )
         architecture = self.manifest.architecture
         capacity = architecture.n_positions if capacity is None else capacity
         budget = None if kv_cache_mb is None else int(kv_cache_mb * 2**20 // architecture.kv_bytes_per_token)
@@ -278,9 +281,13 @@ class Generator:
                 "prompt_lookup_num_tokens",
                 "prompt_lookup_num_tokens needs a precision whose logits for one token and for several agree",
             )
-        prefix = list(conventions.prompt_prefix_ids)
-        prefix_len = len(prefix) if ids[: len(prefix)] == prefix else 0
-        return Request(ids, config, processors, np.random.default_rng(config.seed), on_event, prefix_len=prefix_len)
+        rng = np.random.default_rng(config.seed)
+        return Request(ids, config, processors, rng, on_event, prefix_len=self._prefix_len(ids))
+
+    def _prefix_len(self, ids: Sequence[int]) -> int:
+        """How many of `ids` are the family's prompt prefix ([CLS]): none for ids given without it."""
+        prefix = list(self.manifest.conventions.prompt_prefix_ids)
+        return len(prefix) if list(ids[: len(prefix)]) == prefix else 0
 
     def token_text(self, token_id: int) -> str:
         """One token's text as an API shows it beside its log-probability: a WordPiece token as
@@ -324,8 +331,7 @@ class Generator:
         needed = 1 if sliding else config.max_new_tokens
         if len(ids) + needed <= limit:
             return ids
-        head = list(self.manifest.conventions.prompt_prefix_ids)
-        prefix = len(head) if ids[: len(head)] == head else 0  # ids given without the family's prefix keep none
+        prefix = self._prefix_len(ids)
         room = limit - needed - prefix
         if config.truncate != "left" or room < 1:
             if sliding:
