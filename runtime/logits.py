@@ -1,7 +1,8 @@
 """Logits processors and token selection: pure numpy, the semantics of transformers'.
 
 Order, as in transformers: logit bias (`Processors.bias`, OpenAI's logit_bias: first, as transformers'
-SequenceBiasLogitsProcessor), repetition penalty, no-repeat n-grams, bad words, min new
+SequenceBiasLogitsProcessor), a constraint's mask (`constrain`, as vLLM's guided decoding: before the
+penalties and sampling, so temperature, top-k, top-p and min-p choose among allowed tokens), repetition penalty, no-repeat n-grams, bad words, min new
 tokens (OpenAI's presence and frequency penalties, over the generated tokens, come with
 the repetition penalty); then, when sampling, temperature, top-k, top-p, min-p. `scores` is `[rows, vocab]`
 (the last position's logits of each row) and is modified in place. Every function
@@ -59,6 +60,20 @@ class Processors:
         if n_new < c.min_new_tokens and self.stop_token_ids:
             scores[:, list(self.stop_token_ids)] = NEG_INF
         return scores
+
+
+def constrain(scores: np.ndarray, allowed: np.ndarray) -> np.ndarray:
+    """A constraint's mask: scores [rows, vocab] of tokens not `allowed` (bool [rows, vocab]) set to -inf, in place."""
+    scores[~allowed] = NEG_INF
+    return scores
+
+
+def keep_allowed(scores: np.ndarray, constrained: np.ndarray) -> np.ndarray:
+    """Rows the processors left without a finite score (every allowed token banned: min_new_tokens with only a
+    stop token allowed, say) take back their `constrained` scores: the constraint wins, never an empty choice."""
+    dead = ~np.isfinite(scores).any(axis=-1)
+    scores[dead] = constrained[dead]
+    return scores
 
 
 def repetition_penalty(row: np.ndarray, history: Sequence[int], penalty: float) -> None:

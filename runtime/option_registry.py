@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from operator import itemgetter
 from typing import Any
 
+from .constraints import FORM_BY_NAME, FORMS, OPTION, Constraint
 from .errors import GenerationOptionError
 
 # Rows (beams or returned sequences) one call decodes at once: each holds a KV cache row of up to
@@ -41,6 +42,9 @@ LISTS = (TEXTS, IDS, WORDS)
 # (id, number) pairs in id order
 ID_MAP = "id map"
 ID_MAP_ENTRY = "ID=VALUE"  # one entry of an id map on the command line
+# a constraint on the text (constraints.Constraint; given as a map of one form to its value): each form has a
+# flag and a body field of its own (constraints.FORMS)
+CONSTRAINT = "constraint"
 REPEATED = (*LISTS, ID_MAP)  # kinds whose command-line flag is repeated, one entry each
 _KIND_NAMES = {
     INT: "int",
@@ -90,6 +94,8 @@ class Option:
             return "a " + _KIND_NAMES[self.kind]
         if self.kind == ID_MAP:
             return f"a map token id → number {self._span()}"
+        if self.kind == CONSTRAINT:
+            return "None or a map of one form to its value: " + ", ".join(f"`{f.name}`" for f in FORMS)
         text = f"an int {self._span()}".rstrip() if self.kind == INT else self._span()
         return f"{text} or None" if self.nullable else text
 
@@ -114,6 +120,8 @@ class Option:
             return (value,)
         if self.kind == ID_MAP and isinstance(value, Mapping):
             return tuple(sorted(((self._map_key(k), v) for k, v in value.items()), key=itemgetter(0)))
+        if self.kind == CONSTRAINT and value is not None:
+            return Constraint.of(value)
         return value
 
     def _map_key(self, key: Any) -> int:
@@ -134,6 +142,9 @@ class Option:
             self._check_entries(value)
         elif self.kind == ID_MAP:
             self._check_map(value)
+        elif self.kind == CONSTRAINT:
+            if not isinstance(value, Constraint):
+                raise GenerationOptionError(f"{self.name} must be {self.allowed}, got {value!r}", option=self.name)
         elif not self._fits(value):
             raise GenerationOptionError(
                 f"{self.name} must be {self.allowed}, got {value!r}{self.why}", option=self.name
@@ -227,6 +238,14 @@ OPTIONS: tuple[Option, ...] = (
         low=-100,
         high=100,
     ),
+    Option(
+        OPTION,
+        CONSTRAINT,
+        "structured output: the text is " + "; or ".join(f"{f.help} (`{f.name}`)" for f in FORMS),
+        nullable=True,
+        body=None,  # a field per form (constraints.FORMS)
+        flag=None,
+    ),
     Option("seed", INT, "random seed for sampling", low=0, nullable=True),
     Option("logprobs", INT, "also return each chosen token's log-probability and the N most likely", low=0, flag=None),
     Option(
@@ -255,15 +274,27 @@ BY_NAME: Mapping[str, Option] = {o.name: o for o in OPTIONS}
 PROMPT = "prompt"  # the `option` of an error about the prompt itself (too long, not UTF-8)
 
 
+def _form(option: str | None):
+    """The constraint form an error's option names (`constraint.regex`), or None."""
+    prefix, _, name = (option or "").partition(".")
+    return FORM_BY_NAME.get(name) if prefix == OPTION else None
+
+
 def body_field(option: str | None) -> str | None:
-    """The OpenAI body field that sets `option` (the prompt: "prompt"); None when no field does."""
+    """The OpenAI body field that sets `option` (the prompt: "prompt"; a constraint's form: its field);
+    None when no field does."""
     if option == PROMPT:
         return PROMPT
+    if _form(option) is not None:
+        return _form(option).body
     return BY_NAME[option].body if option in BY_NAME else None
 
 
 def flag_of(option: str) -> str:
-    """The command-line flag that sets `option` (a setting outside the table: its name with dashes)."""
+    """The command-line flag that sets `option` (a constraint's form: its flag; a setting outside the
+    table: its name with dashes)."""
+    if _form(option) is not None:
+        return _form(option).flag
     row = BY_NAME.get(option)
     return row.flag if row is not None and row.flag else "--" + option.replace("_", "-")
 
@@ -298,5 +329,8 @@ def markdown_table() -> str:
         if o.kind == BOOL and o.flag:
             flag = f"`{o.flag}` / `--no-{o.flag[2:]}`"
         body = "—" if o.body is None else f"`{o.body}`"
+        if o.kind == CONSTRAINT:
+            body = ", ".join(dict.fromkeys(f"`{f.body}`" for f in FORMS))
+            flag = ", ".join(f"`{f.flag}{' ' + f.metavar if f.metavar else ''}`" for f in FORMS)
         lines.append(f"| `{o.name}` | {values} | {body} | {flag} | {o.help} |")
     return "\n".join(lines) + "\n"

@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
+from .constraints import Constraint
 from .errors import GenerationOptionError
 from .option_registry import BY_NAME, MAX_ROWS, OPTIONS, PROMPT, require_utf8
 
@@ -46,6 +47,9 @@ class GenerationConfig:
     # OpenAI's logit_bias, as (token id, bias) pairs in id order (from a dict {id: bias}; JSON's string keys
     # taken): each bias is added to its token's logit before any processor, in every decoding mode
     logit_bias: tuple[tuple[int, float], ...] = ()
+    # structured output: the text a sequence must be (a JSON schema, JSON, a regex, a choice, a Lark grammar;
+    # given as a map of one form to its value), enforced by masking the logits (grammar.py)
+    constraint: Constraint | None = None
     seed: int | None = None
     logprobs: int = 0  # also return the log-probabilities of each chosen token and of the N most likely
     truncate: str | None = None  # "left": drop the prompt's oldest tokens to fit the context
@@ -87,6 +91,11 @@ class GenerationConfig:
                 "prompt_lookup_num_tokens works with one sequence per prompt: use num_beams=1 and "
                 "num_return_sequences=1",
                 option="prompt_lookup_num_tokens",
+            )
+        if self.constraint is not None and self.num_beams > 1:
+            raise GenerationOptionError(
+                "a constraint is not supported with beam search; use num_beams=1 (sampling or greedy)",
+                option=self.constraint.option,
             )
         if self.context_overflow == "slide" and self.num_beams > 1:
             raise GenerationOptionError(

@@ -8,12 +8,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .grammar import Grammar
 from .logits import Processors
 from .options import GenerationConfig
 
-FINISH_STOP = "stop"  # a stop token was generated (it is the last token id)
+FINISH_STOP = "stop"  # a stop token was generated (it is the last token id), or a constraint's text is complete
 FINISH_STOP_STRING = "stop_string"  # a stop string appeared (the text ends before it)
-FINISH_LENGTH = "length"  # max_new_tokens reached
+FINISH_LENGTH = "length"  # max_new_tokens reached (a constraint's text: a valid prefix, however it was cut)
 FINISH_CANCELLED = "cancelled"  # the caller cancelled the request
 FINISH_ERROR = "error"  # the engine failed (a server's engine thread reports it and goes on)
 
@@ -53,6 +54,7 @@ class Request:
     clock: Clock = field(default_factory=Clock)
     prefix_len: int = 0  # leading ids that are the family's prompt prefix ([CLS]): kept when a row slides
     cached_tokens: int = 0  # prompt tokens the prefix cache supplied (set by the engine when it admits the request)
+    grammar: Grammar | None = None  # config.constraint compiled for the model: each sequence gets a matcher of it
 
     @property
     def rows(self) -> int:

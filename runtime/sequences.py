@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .beams import BeamGroup
-from .logits import greedy, log_softmax, sample, top_logprobs
+from .grammar import RowMatcher
+from .logits import constrain, greedy, keep_allowed, log_softmax, sample, top_logprobs
 from .requests import FINISH_LENGTH, FINISH_STOP, FINISH_STOP_STRING, Event, Request
 from .speculative import Speculation, verify_sample
 from .text import TextCodec, TextStream
@@ -35,6 +36,7 @@ class Active:
     new_tokens: int = 0
     next_tokens: list[int] = field(default_factory=list)  # what each row feeds at the next decode call
     speculation: Speculation | None = None  # prompt lookup (one-row requests)
+    matchers: list[RowMatcher] = field(default_factory=list)  # per slot, with a constraint
 
     @property
     def span(self) -> range:
@@ -53,6 +55,8 @@ class Active:
             else:
                 self.slots = list(range(self.request.rows))
                 self.streams = [TextStream(codec, self.request.config.stop) for _ in self.slots]
+                if self.request.grammar is not None:
+                    self.matchers = [self.request.grammar.matcher() for _ in self.slots]
                 c = self.request.config
                 if c.prompt_lookup_num_tokens:
                     self.speculation = Speculation(c.prompt_lookup_num_tokens, c.max_matching_ngram_size)
@@ -62,13 +66,21 @@ class Active:
             return self._advance_beams(logits, rows, step, codec)
         return self._advance_sequences(logits, rows, step)
 
-    def _choose(self, logits: np.ndarray, histories: list[list[int]], step: int, proposal: int | None = None):
-        """(tokens [rows], their logprobs or Nones) for logits [rows, vocab], as a plain step
-        chooses them; with a proposal (one row, sampling), by the speculative sampling rule."""
+    def _choose(
+        self, logits: np.ndarray, histories: list[list[int]], slots: list[int], step: int, proposal: int | None = None
+    ):
+        """(tokens [rows], their logprobs or Nones) for logits [rows, vocab] of sequences `slots`, as a plain
+        step chooses them; with a proposal (one row, sampling), by the speculative sampling rule. A constraint
+        masks the biased logits; logprobs are of the distribution before the mask (the model's, as vLLM's)."""
         request, c = self.request, self.request.config
         request.processors.bias(logits)  # the model's logits as the caller biased them: logprobs are of those
         raw = logits.copy() if c.logprobs else None  # processors change `logits` in place
+        if self.matchers:
+            stop_ids = np.array(request.processors.stop_token_ids, np.int64)
+            constrained = constrain(logits, np.stack([self.matchers[s].allowed(stop_ids) for s in slots])).copy()
         scores = request.processors(logits, histories, step)
+        if self.matchers:
+            keep_allowed(scores, constrained)
         if proposal is not None and c.sampling:
             tokens = np.array([verify_sample(scores[0], c, request.rng, proposal)])
         else:
@@ -77,7 +89,7 @@ class Active:
         return tokens, top_logprobs(raw, tokens, c.logprobs) if c.logprobs else [None] * len(tokens)
 
     def _advance_sequences(self, logits: np.ndarray, rows: list[int], step: int) -> list[int]:
-        tokens, logprobs = self._choose(logits, self.histories, step)
+        tokens, logprobs = self._choose(logits, self.histories, self.slots, step)
         kept, histories, slots, next_tokens = [], [], [], []
         for r, (slot, token) in enumerate(zip(self.slots, tokens.tolist())):
             if self._emit(slot, token, step, logprobs[r]) is None:
@@ -97,7 +109,9 @@ class Active:
         for j, position in enumerate(logits):
             step = self.new_tokens
             self.new_tokens += 1
-            tokens, logprobs = self._choose(position[None], [history], step, proposal[j] if j < len(proposal) else None)
+            tokens, logprobs = self._choose(
+                position[None], [history], self.slots[:1], step, proposal[j] if j < len(proposal) else None
+            )
             token = int(tokens[0])
             history = history + [token]
             if self._emit(self.slots[0], token, step, logprobs[0]) is not None:
@@ -120,11 +134,24 @@ class Active:
             if hit_stop_string
             else None
         )
+        if self.matchers:
+            reason = self._constrained_reason(self.matchers[slot], token, reason)
         if reason is None and step + 1 == request.config.max_new_tokens:
             reason = FINISH_LENGTH
         if reason in (FINISH_STOP, FINISH_LENGTH):
             text += self.streams[slot].finish()
         request.on_event(Event(slot, (token,), text, reason, None if logprob is None else (logprob,)))
+        return reason
+
+    @staticmethod
+    def _constrained_reason(matcher: RowMatcher, token: int, reason: str | None) -> str | None:
+        """The finish reason with a constraint: a stop token ends a complete text ("stop") or a dead end (a
+        valid prefix: "length"); a token after which nothing may follow ends the text at once."""
+        if reason == FINISH_STOP:
+            return FINISH_LENGTH if matcher.dead else FINISH_STOP
+        matcher.consume(token)
+        if reason is None and matcher.done:
+            return FINISH_STOP if matcher.complete else FINISH_LENGTH
         return reason
 
     def _advance_beams(self, logits: np.ndarray, rows: list[int], step: int, codec: TextCodec) -> list[int]:
