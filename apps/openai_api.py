@@ -22,7 +22,6 @@ sequences are identical, so one engine sequence fills n choices (`Job.copies`).
 from __future__ import annotations
 
 import json
-import reprlib
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -47,6 +46,17 @@ from gpt2_onnx.option_registry import (
     require_utf8,
 )
 
+from .api_fields import BOOL as _BOOL
+from .api_fields import INT as _INT
+from .api_fields import NUMBER as _NUMBER
+from .api_fields import OBJECT as _OBJECT
+from .api_fields import SHOWN as _SHOWN
+from .api_fields import STR as _STR
+from .api_fields import ApiError
+from .api_fields import Fields as _Fields
+from .api_fields import get as _get
+from .guided import constraint_option
+
 if TYPE_CHECKING:  # only for annotations: the API's shapes need no engine
     from gpt2_onnx.engine import Event
 
@@ -62,26 +72,6 @@ FINISH_REASONS = {"stop": "stop", "stop_string": "stop", "length": "length", "ca
 SET_BY = {"do_sample": "temperature"}
 # engine settings a request may exceed → the server flag that sets them (the engine's max_rows is --max-running)
 SERVER_FLAGS = {"max_rows": "--max-running"}
-
-
-class ApiError(Exception):
-    """An error answered with OpenAI's body: {"error": {"message", "type", "param", "code"}} (and `headers`)."""
-
-    def __init__(
-        self,
-        status: int,
-        message: str,
-        param: str | None = None,
-        code: str | None = None,
-        kind: str = "invalid_request_error",
-        headers: Mapping[str, str] | None = None,
-    ):
-        super().__init__(message)
-        self.status, self.message, self.param, self.code, self.kind = status, message, param, code, kind
-        self.headers = headers
-
-    def body(self) -> dict[str, Any]:
-        return {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}}
 
 
 @dataclass(frozen=True)
@@ -136,47 +126,8 @@ def engine_failed() -> ApiError:
 
 # --- reading bodies ---------------------------------------------------------------------------
 
-_NUMBER, _INT, _BOOL, _STR, _OBJECT = (int, float), (int,), (bool,), (str,), (dict,)
-_TYPE_NAMES = {_NUMBER: "a number", _INT: "an integer", _BOOL: "true or false", _STR: "a string", _OBJECT: "an object"}
 # OpenAI fields accepted and ignored: they label a request and change nothing generated
 IGNORED_FIELDS = {"user": _STR, "metadata": _OBJECT}
-
-_SHOWN = reprlib.Repr()  # values in messages: short, and safe on deeply nested JSON
-_SHOWN.maxstring, _SHOWN.maxother, _SHOWN.maxlist, _SHOWN.maxdict, _SHOWN.maxlevel = 80, 80, 8, 8, 3
-
-
-class _Fields:
-    """A JSON object whose reads are recorded: a field the parser never read is one this server does not support."""
-
-    def __init__(self, values: dict[str, Any], prefix: str = ""):
-        self.values, self.prefix, self.read = values, prefix, set()
-
-    def get(self, name: str) -> Any:
-        self.read.add(name)
-        return self.values.get(name)
-
-    def refuse_unread(self) -> None:
-        """400 naming the first field nobody read."""
-        unread = next((name for name in self.values if name not in self.read), None)
-        if unread is not None:
-            name, known = self.prefix + unread, ", ".join(sorted(self.prefix + r for r in self.read))
-            raise ApiError(
-                400,
-                f"unsupported field {_SHOWN.repr(name)}: this server does not implement it; remove it "
-                f"(supported fields: {known})",
-                name,
-                "unsupported_parameter",
-            )
-
-
-def _get(body: _Fields, name: str, kinds: tuple[type, ...], default: Any = None) -> Any:
-    """body[name] if of one of `kinds` (null → default); a 400 naming the field otherwise."""
-    value = body.get(name)
-    if value is None:
-        return default
-    if isinstance(value, bool) and bool not in kinds or not isinstance(value, kinds):
-        raise ApiError(400, f"{name} must be {_TYPE_NAMES[kinds]}, got {_SHOWN.repr(value)}", name, "invalid_type")
-    return value
 
 
 _LISTS = {  # a list option's kind → (what each entry may be, the field's type in words)
@@ -221,6 +172,7 @@ def _options(body: _Fields, n: int, logprobs: int | None) -> dict[str, Any]:
         "temperature": temperature,
         "num_return_sequences": n if sampling else 1,
         "logprobs": logprobs,
+        "constraint": constraint_option(body),
     }
 
 

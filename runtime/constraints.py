@@ -116,7 +116,9 @@ def _value(kind: str, given: Any) -> str | tuple[str, ...]:
     if kind == "choice":
         choices = (given,) if isinstance(given, str) else given
         if not isinstance(choices, (list, tuple)) or not choices or not all(isinstance(c, str) and c for c in choices):
-            raise GenerationOptionError(f"choice takes a non-empty list of non-empty texts, got {given!r}", option=option)
+            raise GenerationOptionError(
+                f"choice takes a non-empty list of non-empty texts, got {given!r}", option=option
+            )
         return tuple(choices)
     if not isinstance(given, str) or not given:
         raise GenerationOptionError(f"{kind} takes a non-empty text, got {given!r}", option=option)

@@ -95,8 +95,7 @@ def _free_spellings(codec: TextCodec, texts: list[str], twins: list[int]) -> dic
 class _Wordpieces:
     """What llguidance's TokenizerWrapper reads: each id's bytes, the special ids, and a tokenizer that
     never depends on a left neighbour: greedy longest match over `spellings`, up to the first character
-    none spells (a capital letter, which this vocabulary lacks). llguidance allows only this
-    tokenization of text the grammar forces, so it must be right wherever that text can be."""
+    none spells. (llguidance reads it for text a grammar forces; our grammars turn forcing off.)"""
 
     def __init__(self, words: list[bytes], specials: list[int], eos: int, spellings: dict[str, int]):
         self.tokens, self.special_token_ids = words, specials
@@ -151,7 +150,8 @@ def compile_constraint(constraint: Constraint, vocab: GrammarVocab) -> Grammar:
     if first.dead:
         raise GenerationOptionError(
             f"the {constraint.kind} constraint allows no text this model's vocabulary can write (no token of "
-            f"its {vocab.size} can begin it; this vocabulary has no capital letters, for one)",
+            f"its {vocab.size} can begin it: it starts with a character none writes, such as a capital letter "
+            "in uer's vocabulary)",
             option=constraint.option,
         )
     return Grammar(constraint, vocab, start)

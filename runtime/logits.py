@@ -2,10 +2,10 @@
 
 Order, as in transformers: logit bias (`Processors.bias`, OpenAI's logit_bias: first, as transformers'
 SequenceBiasLogitsProcessor), a constraint's mask (`constrain`, as vLLM's guided decoding: before the
-penalties and sampling, so temperature, top-k, top-p and min-p choose among allowed tokens), repetition penalty, no-repeat n-grams, bad words, min new
-tokens (OpenAI's presence and frequency penalties, over the generated tokens, come with
-the repetition penalty); then, when sampling, temperature, top-k, top-p, min-p. `scores` is `[rows, vocab]`
-(the last position's logits of each row) and is modified in place. Every function
+penalties and sampling, so temperature, top-k, top-p and min-p choose among allowed tokens), repetition
+penalty, no-repeat n-grams, bad words, min new tokens (OpenAI's presence and frequency penalties, over the
+generated tokens, come with the repetition penalty); then, when sampling, temperature, top-k, top-p, min-p.
+`scores` is `[rows, vocab]` (the last position's logits of each row) and is modified in place. Every function
 touches one row of the vocabulary at most once per step; the rest works on the few
 ids a row's history names.
 """
