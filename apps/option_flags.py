@@ -45,9 +45,14 @@ _TYPES = {INT: int, FLOAT: float, CHOICE: str, ID_MAP: _id_map_entry}
 
 def _file_or_text(text: str) -> str:
     """A flag's text, or the content of the file it names (`--grammar FILE|LARK`)."""
-    path = Path(text)
     try:
-        return path.read_text(encoding="utf-8") if "\n" not in text and path.is_file() else text
+        is_file = "\n" not in text and Path(text).is_file()
+    except OSError:  # no path this system can have (too long): the text itself
+        is_file = False
+    if not is_file:
+        return text
+    try:
+        return Path(text).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
         raise argparse.ArgumentTypeError(f"cannot read {text}: {e}") from None
 
