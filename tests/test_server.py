@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -374,6 +375,90 @@ def test_bad_logit_bias_and_min_p_are_one_line_400s_naming_them(client, field, v
         status, error = error_of(call)
         assert status == 400 and error["param"] == field and error["code"] in ("invalid_value", "invalid_type")
         assert error["message"].startswith(said) and "\n" not in error["message"], error
+
+
+STRUCTURED_SCHEMA = {
+    "type": "object",
+    "properties": {"n": {"type": "integer"}, "w": {"enum": ["yes", "no"]}},
+    "required": ["n", "w"],
+    "additionalProperties": False,
+}
+
+
+@pytest.mark.parametrize(
+    "fields, valid",
+    [
+        ({"response_format": {"type": "json_object"}}, lambda t: isinstance(json.loads(t), dict)),
+        (
+            {"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": STRUCTURED_SCHEMA}}},
+            lambda t: set(json.loads(t)) == {"n", "w"} and json.loads(t)["w"] in ("yes", "no"),
+        ),
+        ({"guided_regex": "[0-9]{2}-[a-z]{3}"}, lambda t: re.fullmatch("[0-9]{2}-[a-z]{3}", t)),
+        ({"guided_choice": ["yes", "no", "也许"]}, lambda t: t in ("yes", "no", "也许")),
+        ({"guided_grammar": 'start: "a" NUM\nNUM: /[0-9]+/'}, lambda t: re.fullmatch("a[0-9]+", t)),
+        ({"response_format": {"type": "text"}}, lambda t: True),
+    ],
+)
+def test_structured_output_fields_constrain_completions_chat_and_streams(client, reference, fields, valid):
+    """Each field, greedy and sampled (n=3), completions and chat, streamed or not: every finished choice is valid,
+    and the text equals the Python API's with the same constraint."""
+    chat = [{"role": "user", "content": "这是"}]
+    out = client.completions.create(model=MODEL, prompt="这是", max_tokens=40, temperature=0, extra_body=fields)
+    choice = out.choices[0]
+    text_only = fields == {"response_format": {"type": "text"}}  # no constraint: the plain output
+    assert text_only or choice.finish_reason == "stop" and valid(choice.text), choice
+    if text_only:
+        assert choice.text == reference.generate("这是", do_sample=False, max_new_tokens=40).text
+    else:
+        form = next(iter(fields))
+        constraint = {
+            "guided_regex": lambda v: {"regex": v},
+            "guided_choice": lambda v: {"choice": v},
+            "guided_grammar": lambda v: {"grammar": v},
+            "response_format": lambda v: (
+                {"json_object": True} if v["type"] == "json_object" else {"json_schema": v["json_schema"]["schema"]}
+            ),
+        }[form](fields[form])
+        assert choice.text == reference.generate("这是", constraint=constraint, do_sample=False, max_new_tokens=40).text
+    sampled = client.chat.completions.create(model=MODEL, messages=chat, max_tokens=40, n=3, seed=5, extra_body=fields)
+    for c in sampled.choices:
+        assert c.finish_reason == "length" or valid(c.message.content), c
+    pieces = client.completions.create(
+        model=MODEL, prompt="这是", max_tokens=40, temperature=0, stream=True, extra_body=fields
+    )
+    assert "".join(p.choices[0].text for p in pieces) == choice.text
+
+
+@pytest.mark.parametrize(
+    "fields, param, said",
+    [
+        ({"guided_regex": "("}, "guided_regex", "unclosed group"),
+        ({"guided_regex": "Ω+"}, "guided_regex", "no text this model's vocabulary can write"),
+        ({"guided_regex": 5}, "guided_regex", "guided_regex must be a non-empty string"),
+        ({"guided_choice": []}, "guided_choice", "guided_choice must be a non-empty list"),
+        ({"guided_grammar": "start: foo"}, "guided_grammar", "unknown name"),
+        (
+            {"response_format": {"type": "json_schema", "json_schema": {"schema": {"type": "objekt"}}}},
+            "response_format",
+            "objekt",
+        ),
+        (
+            {"response_format": {"type": "json_schema", "json_schema": {"name": "x"}}},
+            "response_format",
+            "schema is required",
+        ),
+        ({"response_format": {"type": "xml"}}, "response_format", "response_format.type must be"),
+        ({"response_format": {"type": "json_object", "strict": True}}, "response_format.strict", "unsupported field"),
+        ({"response_format": "json"}, "response_format", "response_format must be an object"),
+        ({"guided_regex": "a", "guided_choice": ["b"]}, "guided_choice", "both constrain the text"),
+    ],
+)
+def test_bad_structured_output_fields_are_one_line_400s_naming_them(client, fields, param, said):
+    status, error = error_of(
+        lambda: client.completions.create(model=MODEL, prompt="这是", max_tokens=2, extra_body=fields)
+    )
+    assert status == 400 and error["param"] == param and said in error["message"], error
+    assert "\n" not in error["message"]
 
 
 @pytest.mark.parametrize(
