@@ -302,7 +302,7 @@ class Generator:
     @cached_property
     def grammar_vocab(self) -> GrammarVocab:
         """The vocabulary as the constraint library sees it: built on the first constrained call (about
-        0.1 s for uer's 21,128 tokens), then shared by every call and thread."""
+        0.2 s for uer's 21,128 tokens), then shared by every call and thread."""
         conventions = self.manifest.conventions
         return GrammarVocab.build(self.codec, self.manifest.architecture.vocab_size, conventions.stop_token_ids)
 

@@ -331,6 +331,6 @@ def markdown_table() -> str:
         body = "—" if o.body is None else f"`{o.body}`"
         if o.kind == CONSTRAINT:
             body = ", ".join(dict.fromkeys(f"`{f.body}`" for f in FORMS))
-            flag = ", ".join(f"`{f.flag}{' ' + f.metavar if f.metavar else ''}`" for f in FORMS)
+            flag = ", ".join(f"`{f.flag}{' ' + f.metavar if f.metavar else ''}`" for f in FORMS).replace("|", "\\|")
         lines.append(f"| `{o.name}` | {values} | {body} | {flag} | {o.help} |")
     return "\n".join(lines) + "\n"
