@@ -26,7 +26,7 @@ import numpy as np
 
 from .constraints import Constraint, llguidance
 from .errors import GenerationOptionError
-from .text import TextCodec, _is_word_char
+from .text import TextCodec, is_word_char
 
 KEEPS = -1  # ends_word of a token with no text: the row's W stays as it was
 
@@ -48,18 +48,18 @@ class GrammarVocab:
         if not codec.wordpiece:  # byte-level: each token appends its own bytes
             tokenizer = llg.LLTokenizer(codec.tokenizer.to_str(), n_vocab=size, eos_token=list(eos))
             empty = np.zeros(0, np.int64)
-            return cls(tokenizer, size, empty, np.full(size, -1, np.int64), np.full(size, KEEPS, np.int8), eos_ids(eos))
+            return cls(tokenizer, size, empty, np.full(size, -1, np.int64), np.full(size, KEEPS, np.int8), _ids(eos))
         texts = [_appended(codec, i) for i in range(size)]
-        twins = [i for i, t in enumerate(texts) if t and _is_word_char(t[0]) and not codec.piece(i).startswith("##")]
+        twins = [i for i, t in enumerate(texts) if t and is_word_char(t[0]) and not codec.piece(i).startswith("##")]
         twin_of = np.full(size, -1, np.int64)
         twin_of[twins] = np.arange(size, size + len(twins))
-        ends_word = np.array([KEEPS if not t else int(_is_word_char(t[-1])) for t in texts], np.int8)
+        ends_word = np.array([KEEPS if not t else int(is_word_char(t[-1])) for t in texts], np.int8)
         specials = [i for i, t in enumerate(texts) if not t]
         words = [t.encode() if t else codec.piece(i).encode() or b"<%d>" % i for i, t in enumerate(texts)]
         words += [b" " + texts[i].encode() for i in twins]
         wrapper = _Wordpieces(words, specials, int(eos[0]), _free_spellings(codec, texts, twins))
         tokenizer = llg.LLTokenizer(llg.TokenizerWrapper(wrapper), n_vocab=len(words), eos_token=list(eos))
-        return cls(tokenizer, size, np.array(twins, np.int64), twin_of, ends_word, eos_ids(eos))
+        return cls(tokenizer, size, np.array(twins, np.int64), twin_of, ends_word, _ids(eos))
 
     @property
     def n_ids(self) -> int:
@@ -67,8 +67,8 @@ class GrammarVocab:
         return self.size + len(self.twins)
 
 
-def eos_ids(eos: Sequence[int]) -> np.ndarray:
-    return np.array(list(eos), np.int64)
+def _ids(ids: Sequence[int]) -> np.ndarray:
+    return np.array(list(ids), np.int64)
 
 
 def _appended(codec: TextCodec, token: int) -> str:

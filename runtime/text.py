@@ -38,7 +38,8 @@ def is_cjk(ch: str) -> bool:
     )
 
 
-def _is_word_char(ch: str) -> bool:
+def is_word_char(ch: str) -> bool:
+    """A character after which a word-starting piece gets a space (alphanumeric, not CJK)."""
     return ch.isalnum() and not is_cjk(ch)
 
 
@@ -141,7 +142,7 @@ class TextAssembler:
     def _wordpiece_piece(self, piece: str) -> str:
         if piece.startswith("##"):
             piece = piece[2:]
-        elif self._previous_piece and _is_word_char(self._previous_piece[-1]) and _is_word_char(piece[:1] or " "):
+        elif self._previous_piece and is_word_char(self._previous_piece[-1]) and is_word_char(piece[:1] or " "):
             piece = " " + piece
         if piece:
             self._previous_piece = piece

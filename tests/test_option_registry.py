@@ -53,6 +53,7 @@ BAD = {
     "stop_token_ids": [-1],
     "bad_words": [[]],
     "logit_bias": {"5": 101},
+    "constraint": "[0-9]+",  # a map of one form to its value, not a bare regex
     "seed": -1,
     "logprobs": -1,
     "truncate": "right",
@@ -120,6 +121,8 @@ def test_generate_and_batch_take_the_same_option_flags_with_the_same_help():
         "slide",
         "--seed",
         "3",
+        "--regex",
+        "[0-9]+",
     ]
     parser = build_parser()
     generate = parser.parse_args(["generate", "x", *flags])
@@ -134,6 +137,7 @@ def test_generate_and_batch_take_the_same_option_flags_with_the_same_help():
         "truncate": "left",
         "context_overflow": "slide",
         "seed": 3,
+        "constraint": {"regex": "[0-9]+"},
     }
     assert options_given(generate) == options_given(batch) == expected
     GenerationConfig.from_options({}, expected)  # what the flags give, the runtime takes

@@ -131,6 +131,13 @@ def test_full_size_random_weights_fifty_seeds(full_model, generators, kind):
     assert "stop" in {r for _, r, _ in results}
 
 
+@pytest.mark.parametrize("kind", ["json_schema", "regex"])
+def test_a_byte_level_vocabulary_is_read_from_its_tokenizer(bpe_model, generators, kind):
+    """English GPT-2: each token appends its own bytes, so llguidance reads the tokenizer itself."""
+    for text, reason, _ in run_seeds(generators(bpe_model, "fp32"), kind, range(20), lambda s: 1 + 3 * (s % 10)):
+        check(kind, text, reason)
+
+
 def test_a_latin_word_after_a_word_gets_its_space_and_the_constraint_sees_it(gen):
     """The twins: after "hello" the grammar needs " " + a word, which only a word-starting token can write
     (TextAssembler puts the space); greedy and sampled outputs alike read "hello <word>"."""
