@@ -295,6 +295,8 @@ def flag_of(option: str) -> str:
     table: its name with dashes)."""
     if _form(option) is not None:
         return _form(option).flag
+    if option == OPTION:  # the constraint as a whole: any of its forms' flags
+        return " / ".join(f.flag for f in FORMS)
     row = BY_NAME.get(option)
     return row.flag if row is not None and row.flag else "--" + option.replace("_", "-")
 

@@ -306,3 +306,30 @@ def test_the_grammar_vocabulary_of_the_real_layout(full_model, generators):
         t for t in expected if not codec.piece(t)[0] >= "\u3400"
     ]
     assert np.all(vocab.ends_word[list(gen.manifest.conventions.special_token_ids)] == -1)
+
+
+def test_openai_batch_lines_take_the_servers_structured_output_fields(gen, tmp_path):
+    from gpt2_onnx.apps.batch import run_local
+
+    bodies = [
+        {"response_format": {"type": "json_schema", "json_schema": {"name": "s", "schema": SCHEMA}}},
+        {"guided_choice": CHOICES},
+        {"guided_regex": "("},
+    ]
+    lines = [
+        {
+            "custom_id": f"r{i}",
+            "method": "POST",
+            "url": "/v1/completions",
+            "body": {"model": "tiny", "prompt": PROMPT, "max_tokens": 40, "temperature": 0, **body},
+        }
+        for i, body in enumerate(bodies)
+    ]
+    source, target = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    source.write_text("".join(json.dumps(line, ensure_ascii=False) + "\n" for line in lines))
+    run_local(gen, source, target, {}, max_running=4, progress=False)
+    out = {row["custom_id"]: row["response"] for row in map(json.loads, target.read_text().splitlines())}
+    for custom_id, kind in (("r0", "json_schema"), ("r1", "choice")):
+        choice = out[custom_id]["body"]["choices"][0]
+        check(kind, choice["text"], choice["finish_reason"])
+    assert out["r2"]["status_code"] == 400 and out["r2"]["body"]["error"]["param"] == "guided_regex"
