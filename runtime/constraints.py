@@ -43,7 +43,7 @@ FORM_BY_NAME: Mapping[str, Form] = {f.name: f for f in FORMS}
 OPTION = "constraint"
 # JSON as our vocabulary can write it: no optional whitespace (a space token exists only between two words)
 JSON_DEFAULTS = {"whitespace_flexible": False}
-NO_FORCING = '%llguidance {"no_forcing": true}\n'  # see Constraint.grammar
+NO_FORCING = '%llguidance {"no_forcing": true}'  # see Constraint.grammar
 
 
 def option_of(form: str) -> str:
@@ -93,7 +93,7 @@ class Constraint:
             schema = json.loads(self.value) if self.kind == "json_schema" else {"type": "object"}
             schema["x-guidance"] = {**JSON_DEFAULTS, **schema.get("x-guidance", {})}
             lark = "start: %json " + json.dumps(schema)
-        return matcher.grammar_from_lark(NO_FORCING + lark)
+        return matcher.grammar_from_lark(lark + "\n" + NO_FORCING)  # last: a grammar's own directive cannot undo it
 
 
 def _value(kind: str, given: Any) -> str | tuple[str, ...]:

@@ -148,6 +148,15 @@ def test_a_latin_word_after_a_word_gets_its_space_and_the_constraint_sees_it(gen
         assert verdict(grammar, r.text) != "invalid"
 
 
+def test_a_grammar_cannot_turn_forcing_back_on(gen):
+    """llguidance's forced-text shortcut would allow only its own tokenization, wrong for WordPiece: a grammar's
+    own `%llguidance` directive does not bring it back."""
+    grammar = {"grammar": 'start: "hello world" | "hello there"\n%llguidance {"no_forcing": false}'}
+    for seed in range(20):
+        r = gen.generate(PROMPT, constraint=grammar, do_sample=True, top_k=0, seed=seed)
+        assert r.text in ("hello world", "hello there") and r.finish_reason == "stop", r.text
+
+
 def test_a_batch_of_different_constraints_equals_each_row_alone(gen):
     kinds = list(CONSTRAINTS)
     configs = [gen.config(constraint=CONSTRAINTS[k][0], do_sample=False, max_new_tokens=12) for k in kinds]
