@@ -301,20 +301,26 @@ def test_the_runtime_imports_without_llguidance_and_says_how_to_install_it():
     assert out.strip() == "constraints (structured output) need llguidance: pip install 'gpt2-onnx[structured]'"
 
 
-def test_the_grammar_vocabulary_of_the_real_layout(full_model, generators):
-    """uer's layout: each word-starting token has one twin; [CLS], [SEP], [PAD], [MASK] and [UNK] write nothing."""
-    gen = generators(full_model, "int8")
-    vocab = gen.grammar_vocab
-    codec = gen.codec
-    expected = [
-        i
-        for i in range(vocab.size)
-        if not codec.is_special(i) and codec.piece(i)[:1].isalnum() and not codec.piece(i).startswith("##")
-    ]
-    assert [int(t) for t in vocab.twins if not codec.piece(int(t))[0] >= "\u3400"] == [
-        t for t in expected if not codec.piece(t)[0] >= "\u3400"
-    ]
-    assert np.all(vocab.ends_word[list(gen.manifest.conventions.special_token_ids)] == -1)
+@pytest.mark.parametrize("model", ["tiny_model", pytest.param("full_model", marks=pytest.mark.slow)])
+def test_llguidance_sees_what_the_text_assembler_appends(request, generators, model):
+    """Every token of the vocabulary (uer's layout at full size), after a word character and after punctuation:
+    the bytes llguidance holds for it (or for its twin) are the text TextAssembler shows, specials write nothing,
+    and the row's W after it is whether the next word-starting piece gets a space."""
+    gen = generators(request.getfixturevalue(model), "fp32" if model == "tiny_model" else "int8")
+    vocab, codec = gen.grammar_vocab, gen.codec
+    word, mark = gen.encode("a", add_special=False)[0], gen.encode("，", add_special=False)[0]
+    for token in range(vocab.size):
+        if codec.is_special(token):
+            assert vocab.tokenizer.is_special_token(token) and vocab.ends_word[token] == -1
+            continue
+        for before, after_word in ((word, True), (mark, False)):
+            assembler = codec.assembler()
+            assembler.push(before)
+            shown = assembler.push(token)
+            twin = int(vocab.twin_of[token])
+            assert vocab.tokenizer.decode_str([twin if after_word and twin >= 0 else token]) == shown, token
+            assert assembler.push(word).startswith(" ") == bool(vocab.ends_word[token]), token
+    assert len(vocab.twins) > 0 and vocab.n_ids == vocab.size + len(vocab.twins)
 
 
 def test_openai_batch_lines_take_the_servers_structured_output_fields(gen, tmp_path):
