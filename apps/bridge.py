@@ -2,7 +2,7 @@
 
     handler ─Service.submit(job)─> every prompt's request built and checked (400) ─> admission
             (in-flight limit, 429) ─> engine.submit per prompt
-    engine thread: on_event ─loop.call_soon_threadsafe─> the call's asyncio.Queue ─> handler
+    engine thread: on_event ─Mailbox (one loop wake-up for a step's events)─> the call's asyncio.Queue ─> handler
     handler leaves early (client gone, server closing, error) ─> Call.cancel ─> engine.cancel: rows leave next step
 
 An engine sequence fills `Job.copies` choices (n when greedy: one sequence for n identical ones).
@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from gpt2_onnx.engine import FINISH_CANCELLED, FINISH_ERROR, Event, Request, Stats
@@ -32,6 +33,35 @@ RETRY_AFTER_S = 1  # a 429's Retry-After: rows free up within a few steps
 _ENDED = object()  # queued when the handler's `ended` future completes
 
 
+class Mailbox:
+    """Engine thread → event loop: what is posted while the loop has not yet run the last
+    delivery joins it, so a step's events for every stream cost the loop one wake-up (and the
+    engine one write to the loop's self-pipe), not one per token."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self.loop = loop
+        self._items: list[tuple[Callable, tuple]] = []
+        self._lock = threading.Lock()
+
+    def post(self, function: Callable, *args) -> None:
+        """Run `function(*args)` in the loop soon (any thread; dropped once the loop has closed)."""
+        with self._lock:
+            self._items.append((function, args))
+            if len(self._items) > 1:
+                return  # a delivery is scheduled and has not run: it takes this too
+        try:
+            self.loop.call_soon_threadsafe(self._deliver)
+        except RuntimeError:  # the event loop has closed (shutdown): nobody waits, and the engine must go on
+            with self._lock:
+                self._items.clear()
+
+    def _deliver(self) -> None:
+        with self._lock:
+            items, self._items = self._items, []
+        for function, args in items:
+            function(*args)
+
+
 class ClientGone(Exception):
     """The client disconnected before its answer was complete."""
 
@@ -42,7 +72,7 @@ class Call:
 
     job: Job
     service: Service
-    loop: asyncio.AbstractEventLoop
+    mailbox: Mailbox
     queue: asyncio.Queue = field(default_factory=asyncio.Queue)
     requests: list[Request] = field(default_factory=list)
     prompt_texts: list[str] = field(default_factory=list)  # per prompt, as echo shows it
@@ -107,10 +137,7 @@ class Call:
                 if event.finish_reason == FINISH_CANCELLED:  # it ends every open sequence: counted once, at the last
                     metrics.cancelled.inc()
                 self.service.release(1)
-        try:
-            self.loop.call_soon_threadsafe(self._put, self.job.choice_indices(i, event.slot), event)
-        except RuntimeError:  # the event loop has closed (shutdown): nobody waits, and the engine must go on
-            pass
+        self.mailbox.post(self._put, self.job.choice_indices(i, event.slot), event)
 
     def _put(self, indices: range, event: Event) -> None:
         for index in indices:
@@ -134,6 +161,12 @@ class Service:
             target=self.engine.serve_forever, args=(self._stop,), name="gpt2-onnx-engine", daemon=True
         )
         self.piece = generator.token_text
+        self._mailboxes: dict[asyncio.AbstractEventLoop, Mailbox] = {}
+
+    def mailbox(self, loop: asyncio.AbstractEventLoop) -> Mailbox:
+        """The loop's one mailbox (its calls' events share its wake-ups)."""
+        with self._lock:
+            return self._mailboxes.setdefault(loop, Mailbox(loop))
 
     def start(self, metrics: Metrics) -> None:
         self.metrics = metrics
@@ -153,7 +186,7 @@ class Service:
     def submit(self, job: Job) -> Call:
         """Build, check and submit the job's requests: 400 for bad options, an n past --max-running or a
         prompt that cannot fit (before any is submitted), 429 when the running and waiting limits are full."""
-        generator, call = self.generator, Call(job, self, asyncio.get_running_loop())
+        generator, call = self.generator, Call(job, self, self.mailbox(asyncio.get_running_loop()))
         check_n(job, self.capacity.max_running)
         try:
             requests = job_requests(generator, job, call._on_event)

@@ -254,6 +254,8 @@ def chat_job(raw: Any, template: str) -> Job:
 
 
 def _content(message: Any, i: int) -> str:
+    """A message's text; its `name` (OpenAI's participant name) is read and changes nothing, any other
+    field (`tool_calls`, a typo) is a 400 naming it, as in the body."""
     param = f"messages[{i}].content"
     if not isinstance(message, dict) or not isinstance(message.get("role"), str):
         raise ApiError(
@@ -262,7 +264,12 @@ def _content(message: Any, i: int) -> str:
             f"messages[{i}]",
             "invalid_type",
         )
-    content = message.get("content")
+    fields = _Fields(message, f"messages[{i}].")
+    fields.get("role")
+    if not isinstance(fields.get("name"), str | None):
+        raise ApiError(400, f"messages[{i}].name must be a string", f"messages[{i}].name", "invalid_type")
+    content = fields.get("content")
+    fields.refuse_unread()
     if isinstance(content, list) and all(
         isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str) for p in content
     ):

@@ -107,7 +107,7 @@ class Generator:
         MB, so a prompt that begins like an earlier one computes only the rest; 0: no prefix
         cache; None: DEFAULT_PREFIX_CACHE_MB where the precision allows one, else none
         (`prefix_cache_size`)."""
-        _check_threads(threads)
+        check_threads(threads)
         cache_mb = prefix_cache_size(precision, prefix_cache_mb)
         model_dir = resolve_model_dir(model)
         manifest = read_manifest(model_dir)
@@ -371,7 +371,7 @@ class Generator:
         return ids[:prefix] + ids[len(ids) - room :]
 
 
-def _check_threads(threads: int | None) -> None:
+def check_threads(threads: int | None) -> None:
     """Refuse a thread count outside [1, the machine's CPUs]: onnxruntime starts every thread of
     its pool at load (100,000 of them take minutes), and threads beyond the CPUs only contend.
     All the machine's CPUs, not the affinity the default takes: a container or `taskset` may

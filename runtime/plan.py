@@ -162,3 +162,34 @@ def _proposals(decoding: Sequence[Active], rows: int, bound: np.ndarray, capacit
         else []
         for a in decoding
     ]
+
+
+def settle(sources: Sequence[Sequence[int]]) -> list[int]:
+    """The row order of requests that go on (`sources`: the rows each continues from, as they
+    lie now), as indices into `sources`, so that they take rows [0, total) contiguously while
+    as few rows as possible move: a request already in one piece within [0, total) keeps its
+    rows, the others fill the gaps left by requests that left (first fit). When the gaps do not
+    fit them (requests of several rows), every request keeps its order and the rows shift down.
+
+    Rows that move are copied (`KVBuffer.select`: every position they hold), so a request that
+    leaves costs one row's copy, not a copy of every row after it."""
+    total = sum(map(len, sources))
+    first: dict[int, int] = {}  # index → its first row from now on
+    movers = []
+    for i, rows in enumerate(sources):
+        start = rows[0]
+        if list(rows) == list(range(start, start + len(rows))) and start + len(rows) <= total:
+            first[i] = start
+        else:
+            movers.append(i)
+    taken = np.zeros(total, bool)
+    for i, start in first.items():
+        taken[start : start + len(sources[i])] = True
+    free = np.flatnonzero(~taken)
+    gaps = [[int(g[0]), len(g)] for g in np.split(free, np.flatnonzero(np.diff(free) != 1) + 1) if len(g)]
+    for i in movers:
+        gap = next((g for g in gaps if g[1] >= len(sources[i])), None)
+        if gap is None:
+            return list(range(len(sources)))
+        first[i], gap[0], gap[1] = gap[0], gap[0] + len(sources[i]), gap[1] - len(sources[i])
+    return sorted(first, key=first.__getitem__)

@@ -110,11 +110,14 @@ class KVBuffer:
             return  # every row stays where it is: the common step
         if len(rows) > self.max_rows:
             raise ValueError(f"{len(rows)} rows do not fit a cache made for {self.max_rows}")
-        moves = [(dst, int(src)) for dst, src in enumerate(rows) if dst != src]
+        moves = [(dst, int(src)) for dst, src in enumerate(rows) if dst != src]  # run in this order
         overwritten = {dst for dst, _ in moves}
-        # a source that is itself overwritten before it is read is staged first
+        # a source overwritten before it is read (its own move comes first: src < dst) is staged
+        # first; rows shifting down (src > dst, rows leaving) are read before they are written
         staged = {
-            src: [b[src, :, : self.lengths[src]].copy() for b in self.full] for _, src in moves if src in overwritten
+            src: [b[src, :, : self.lengths[src]].copy() for b in self.full]
+            for dst, src in moves
+            if src in overwritten and src < dst
         }
         old_lengths = np.zeros(len(self.full[0]), np.int64)
         old_lengths[: len(self.lengths)] = self.lengths

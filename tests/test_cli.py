@@ -107,6 +107,14 @@ def test_rows_and_threads_are_bounded_in_one_line(tiny_model, capsys):
         assert code == 1 and captured.err.count("\n") == 1 and bound in captured.err and captured.out == "", captured
 
 
+def test_bench_threads_are_bounded_in_one_line_before_anything_runs(tmp_path, capsys):
+    """`bench --threads 100000` started every engine's pool of 100,000 threads: refused at once."""
+    code = main(["bench", "--smoke", "--only", "kernels", "--out", str(tmp_path), "--threads", str(os.cpu_count() + 1)])
+    err = capsys.readouterr().err
+    assert code == 1 and err.count("\n") == 1 and f"threads must be an int in [1, {os.cpu_count()}]" in err, err
+    assert not any(tmp_path.iterdir())
+
+
 def test_batch_engine_rows_are_bounded_by_the_runtime(tiny_model, tmp_path, capsys):
     """`batch --max-running 100000` failed allocating its engine (a traceback): the runtime's bound, in one line."""
     source = tmp_path / "in.jsonl"

@@ -485,6 +485,19 @@ def test_unsupported_fields_are_400_naming_them(server, endpoint, field, value):
     assert error["param"] == name and name in error["message"] and error["type"] == "invalid_request_error"
 
 
+def test_a_message_field_this_server_lacks_is_400_naming_it_and_name_is_accepted(server):
+    def post(message: dict) -> httpx.Response:
+        body = {"model": MODEL, "max_tokens": 2, "messages": [{"role": "system", "content": "你好"}, message]}
+        return httpx.post(
+            f"{server}/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {KEY}"}, timeout=10
+        )
+
+    r = post({"role": "assistant", "content": "这是", "tool_calls": [{"id": "c", "type": "function"}]})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "messages[1].tool_calls", r.text
+    assert post({"role": "user", "content": "这是", "name": "li"}).status_code == 200
+    assert post({"role": "user", "content": "这是", "name": 5}).json()["error"]["param"] == "messages[1].name"
+
+
 def test_ignored_openai_fields_and_a_lower_case_bearer_are_accepted(server):
     body = {"model": MODEL, "prompt": "这是", "max_tokens": 2, "user": "u-1", "metadata": {"team": "a"}}
     for scheme in ("bearer", "BEARER", "Bearer"):

@@ -9,6 +9,7 @@ import argparse
 from pathlib import Path
 
 from gpt2_onnx.errors import Gpt2OnnxError
+from gpt2_onnx.generator import check_threads
 
 from ..console import require
 
@@ -23,7 +24,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="checkpoint directory (default: full-size distil architecture, random weights)",
     )
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"), help="results directory")
-    parser.add_argument("--threads", type=int, default=None, help="threads for every engine (default: available cores)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="threads for every engine, at most the machine's CPUs (default: available cores)",
+    )
     parser.add_argument("--engine", dest="engines", action="append", default=None, help="only this engine (repeatable)")
     parser.add_argument(
         "--smoke", action="store_true", help="tiny model, one repetition: a short check of every engine, about a minute"
@@ -51,6 +57,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     require("check")
+    check_threads(args.threads)  # every engine of the run gets them, the peers too
     try:
         import matplotlib  # noqa: F401  (the plots are written after every measurement)
     except ImportError:
