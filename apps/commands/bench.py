@@ -9,7 +9,6 @@ import argparse
 from pathlib import Path
 
 from gpt2_onnx.errors import Gpt2OnnxError
-from gpt2_onnx.generator import check_threads
 
 from ..console import require
 
@@ -57,6 +56,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     require("check")
+    from gpt2_onnx.generator import check_threads
+
     check_threads(args.threads)  # every engine of the run gets them, the peers too
     try:
         import matplotlib  # noqa: F401  (the plots are written after every measurement)
