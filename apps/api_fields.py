@@ -64,5 +64,6 @@ def get(body: Fields, name: str, kinds: tuple[type, ...], default: Any = None) -
     if value is None:
         return default
     if isinstance(value, bool) and bool not in kinds or not isinstance(value, kinds):
-        raise ApiError(400, f"{name} must be {TYPE_NAMES[kinds]}, got {SHOWN.repr(value)}", name, "invalid_type")
+        field = body.prefix + name  # a nested field by its path: stream_options.include_usage
+        raise ApiError(400, f"{field} must be {TYPE_NAMES[kinds]}, got {SHOWN.repr(value)}", field, "invalid_type")
     return value

@@ -448,12 +448,14 @@ def test_structured_output_fields_constrain_completions_chat_and_streams(client,
             "schema is required",
         ),
         ({"response_format": {"type": "xml"}}, "response_format", "response_format.type must be"),
+        ({"response_format": {"type": 5}}, "response_format.type", "response_format.type must be a string"),
+        ({"stream_options": {"include_usage": "yes"}}, "stream_options.include_usage", "must be true or false"),
         ({"response_format": {"type": "json_object", "strict": True}}, "response_format.strict", "unsupported field"),
         ({"response_format": "json"}, "response_format", "response_format must be an object"),
         ({"guided_regex": "a", "guided_choice": ["b"]}, "guided_choice", "both constrain the text"),
     ],
 )
-def test_bad_structured_output_fields_are_one_line_400s_naming_them(client, fields, param, said):
+def test_bad_structured_output_and_nested_fields_are_one_line_400s_naming_them(client, fields, param, said):
     status, error = error_of(
         lambda: client.completions.create(model=MODEL, prompt="这是", max_tokens=2, extra_body=fields)
     )
