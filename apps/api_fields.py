@@ -7,6 +7,9 @@ import reprlib
 from collections.abc import Mapping
 from typing import Any
 
+from gpt2_onnx.errors import GenerationOptionError
+from gpt2_onnx.option_registry import require_utf8
+
 
 class ApiError(Exception):
     """An error answered with OpenAI's body: {"error": {"message", "type", "param", "code"}} (and `headers`)."""
@@ -67,3 +70,18 @@ def get(body: Fields, name: str, kinds: tuple[type, ...], default: Any = None) -
         field = body.prefix + name  # a nested field by its path: stream_options.include_usage
         raise ApiError(400, f"{field} must be {TYPE_NAMES[kinds]}, got {SHOWN.repr(value)}", field, "invalid_type")
     return value
+
+
+def object_body(raw: Any) -> Fields:
+    """A request body that must be a JSON object, its reads recorded."""
+    if not isinstance(raw, dict):
+        raise ApiError(400, f"the request body must be a JSON object, got {type(raw).__name__}", None, "invalid_type")
+    return Fields(raw)
+
+
+def utf8(text: str, param: str) -> None:
+    """400 naming `param` for text that is not UTF-8 (here, not when it is encoded: the error names the field)."""
+    try:
+        require_utf8(text, param, param)
+    except GenerationOptionError as e:
+        raise ApiError(400, str(e), param, "invalid_value") from None

@@ -11,8 +11,6 @@ Token counts include the family's prompt prefix ([CLS] for uer), as the runtime 
 as token ids runs as given (no prefix added, as vLLM does), and `usage.prompt_tokens_details.cached_tokens`
 counts the prompt tokens the prefix cache supplied.
 
-/tokenize and /detokenize speak llama-server's and vLLM's shapes at once (`tokenize_job`, `detokenize_job`).
-
 A body field the parser never reads is refused (400 naming it), so a client asking for a feature this server
 lacks (`tools`, `best_of`, a typo) is told rather than ignored; IGNORED_FIELDS are the OpenAI fields that
 change nothing generated and are accepted. `n` with temperature 0 decodes its prompt once: the n greedy
@@ -43,7 +41,6 @@ from gpt2_onnx.option_registry import (
     Option,
     body_field,
     is_int,
-    require_utf8,
 )
 
 from .api_fields import BOOL as _BOOL
@@ -52,7 +49,7 @@ from .api_fields import NUMBER as _NUMBER
 from .api_fields import OBJECT as _OBJECT
 from .api_fields import SHOWN as _SHOWN
 from .api_fields import STR as _STR
-from .api_fields import ApiError
+from .api_fields import ApiError, object_body, utf8
 from .api_fields import Fields as _Fields
 from .api_fields import get as _get
 from .guided import constraint_option
@@ -176,14 +173,8 @@ def _options(body: _Fields, n: int, logprobs: int | None) -> dict[str, Any]:
     }
 
 
-def _object(raw: Any) -> _Fields:
-    if not isinstance(raw, dict):
-        raise ApiError(400, f"the request body must be a JSON object, got {type(raw).__name__}", None, "invalid_type")
-    return _Fields(raw)
-
-
 def _common(raw: Any) -> tuple[_Fields, str, int, bool, bool]:
-    body = _object(raw)
+    body = object_body(raw)
     model = _get(body, "model", _STR)
     if model is None:
         raise ApiError(400, "model is required: pass the id listed by GET /v1/models", "model", "missing_field")
@@ -278,74 +269,8 @@ def _content(message: Any, i: int) -> str:
         raise ApiError(
             400, f"{param} must be a string or a list of text parts, got {_SHOWN.repr(content)}", param, "invalid_type"
         )
-    _utf8(content, param)
+    utf8(content, param)
     return content
-
-
-# /tokenize: the field holding the text → the field that adds the family's prefix ([CLS]) and its default, each
-# client's own (llama-server: `content`, `add_special` false; vLLM: `prompt`, `add_special_tokens` true)
-TOKENIZE_SHAPES = {"content": ("add_special", False), "prompt": ("add_special_tokens", True)}
-
-
-@dataclass(frozen=True)
-class TokenizeJob:
-    """A /tokenize body: the text, whether the prefix is added, and how the answer lists the tokens."""
-
-    model: str | None
-    text: str
-    add_special: bool
-    with_pieces: bool  # llama-server: each token as {"id", "piece"}
-    token_strs: bool  # vLLM's return_token_strs: the pieces beside the ids
-
-
-def tokenize_job(raw: Any) -> TokenizeJob:
-    """A /tokenize body → its job: the text in `content` or `prompt` (one of them), `add_special` or
-    `add_special_tokens` (either name; absent: the default of the client whose text field was used),
-    `with_pieces`, `return_token_strs`, `model` (optional, as in vLLM)."""
-    body = _object(raw)
-    model = _get(body, "model", _STR)
-    given = [name for name in TOKENIZE_SHAPES if body.get(name) is not None]
-    if len(given) != 1:
-        raise ApiError(
-            400,
-            "send the text as `content` (llama-server's name) or `prompt` (vLLM's), "
-            + ("not both" if given else "a string"),
-            given[-1] if given else "content",
-            "invalid_value" if given else "missing_field",
-        )
-    name = given[0]
-    text = _get(body, name, _STR)
-    _utf8(text, name)
-    flags = {field: _get(body, field, _BOOL) for field, _ in TOKENIZE_SHAPES.values()}
-    if None not in flags.values() and len(set(flags.values())) > 1:
-        raise ApiError(
-            400, "add_special and add_special_tokens disagree; send one", "add_special_tokens", "invalid_value"
-        )
-    add_special = next((v for v in flags.values() if v is not None), TOKENIZE_SHAPES[name][1])
-    with_pieces = bool(_get(body, "with_pieces", _BOOL, False))
-    token_strs = bool(_get(body, "return_token_strs", _BOOL, False))
-    body.refuse_unread()
-    return TokenizeJob(model, text, add_special, with_pieces, token_strs)
-
-
-def detokenize_job(raw: Any) -> tuple[str | None, list[int]]:
-    """A /detokenize body → (model or None, the token ids): `tokens`, `model` optional (their range is the
-    model's to check)."""
-    body = _object(raw)
-    model = _get(body, "model", _STR)
-    tokens = body.get("tokens")
-    if not isinstance(tokens, list) or not all(map(is_int, tokens)):
-        raise ApiError(400, f"tokens must be a list of token ids, got {_SHOWN.repr(tokens)}", "tokens", "invalid_type")
-    body.refuse_unread()
-    return model, tokens
-
-
-def _utf8(text: str, param: str) -> None:
-    """400 naming `param` for text that is not UTF-8 (here, not when it is encoded: the error names the field)."""
-    try:
-        require_utf8(text, param, param)
-    except GenerationOptionError as e:
-        raise ApiError(400, str(e), param, "invalid_value") from None
 
 
 def request_error(error: GenerationOptionError) -> ApiError:
@@ -492,16 +417,3 @@ def _envelope(job: Job, model: str, streamed: bool) -> dict[str, Any]:
         "created": job.created,
         "model": model,
     }
-
-
-def tokenize_response(job: TokenizeJob, ids: Sequence[int], pieces: Sequence[str], max_model_len: int) -> dict:
-    """Both clients' answer: `tokens` (ids; with `with_pieces`, llama-server's {"id", "piece"} objects), vLLM's
-    `count` and `max_model_len`, and its `token_strs` when asked. A piece is the token's text as logprobs show it."""
-    tokens = [{"id": t, "piece": p} for t, p in zip(ids, pieces)] if job.with_pieces else list(ids)
-    body = {"tokens": tokens, "count": len(ids), "max_model_len": max_model_len}
-    return {**body, "token_strs": list(pieces)} if job.token_strs else body
-
-
-def detokenize_response(text: str) -> dict[str, str]:
-    """The text under both clients' names: llama-server's `content`, vLLM's `prompt`."""
-    return {"content": text, "prompt": text}

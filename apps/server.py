@@ -27,7 +27,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from gpt2_onnx.errors import GenerationOptionError, Gpt2OnnxError
 from gpt2_onnx.generator import Generator
 
-from . import openai_api
+from . import openai_api, tokenize_api
 from .bridge import Call, ClientGone, Service
 from .metrics import Metrics
 from .openai_api import ApiError, Job
@@ -116,22 +116,22 @@ def create_app(
 
     @app.post("/tokenize")
     async def tokenize(request: Request) -> JSONResponse:
-        job = openai_api.tokenize_job(await _body(request, settings))
+        job = tokenize_api.tokenize_job(await _body(request, settings))
         generator = _service(job.model).generator
         ids = generator.encode(job.text, job.add_special)
         pieces = [generator.token_text(t) for t in ids] if job.with_pieces or job.token_strs else []
         limit = generator.manifest.architecture.n_positions
-        return JSONResponse(openai_api.tokenize_response(job, ids, pieces, limit))
+        return JSONResponse(tokenize_api.tokenize_response(job, ids, pieces, limit))
 
     @app.post("/detokenize")
     async def detokenize(request: Request) -> JSONResponse:
-        model, tokens = openai_api.detokenize_job(await _body(request, settings))
+        model, tokens = tokenize_api.detokenize_job(await _body(request, settings))
         generator = _service(model).generator
         try:
             ids = generator.check_ids(tokens, "tokens")
         except GenerationOptionError as e:
             raise ApiError(400, str(e), "tokens", "invalid_value") from None
-        return JSONResponse(openai_api.detokenize_response(generator.decode(ids)))
+        return JSONResponse(tokenize_api.detokenize_response(generator.decode(ids)))
 
     def _service(model: str | None) -> Service:
         """The service, once `model` (None: not named) is this server's and loaded (404, 503 otherwise)."""
