@@ -81,7 +81,8 @@ def contract_module() -> str:
     """`web/src/contract.js`: the contract as an ES module (Node.js 20 and browsers import it without
     JSON-module support)."""
     body = json.dumps(contract(), indent=2, ensure_ascii=False)
-    return f"// Written by `python -m gpt2_onnx.apps.web_contract`: do not edit (tests/test_web.py checks it).\nexport const CONTRACT = {body};\n"
+    header = "// Written by `python -m gpt2_onnx.apps.web_contract`: do not edit (tests/test_web.py checks it)."
+    return f"{header}\nexport const CONTRACT = {body};\n"
 
 
 if __name__ == "__main__":

@@ -151,7 +151,9 @@ def page_run(url: str, prompt: str, screenshot: Path, chromium: str) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def check_page(model_dir: Path, generators, chromium: str, tmp_path: Path, exact: tuple[str, ...], near: tuple[str, ...]):
+def check_page(
+    model_dir: Path, generators, chromium: str, tmp_path: Path, exact: tuple[str, ...], near: tuple[str, ...]
+):
     """The page generates Python's greedy ids: equal for the `exact` precisions; for the `near` ones equal up to
     where Python's own two best tokens are within NEAR_TIE, and the page's token is then that runner-up."""
     server = PageServer(model_dir)
@@ -170,7 +172,9 @@ def check_page(model_dir: Path, generators, chromium: str, tmp_path: Path, exact
                 j = next(i for i, (a, b) in enumerate(zip(got["ids"], expected)) if a != b)
                 logits = gen.decoder.score(np.array([gen.encode(prompt) + expected[:j]]))[0, -1]
                 gap = logits[expected[j]] - logits[got["ids"][j]]
-                assert abs(gap) <= NEAR_TIE, f"{precision} {prompt!r}: token {j} differs by {gap:.3f} in Python's logits"
+                assert abs(gap) <= NEAR_TIE, (
+                    f"{precision} {prompt!r}: token {j} differs by {gap:.3f} in Python's logits"
+                )
     finally:
         server.close()
 
