@@ -10,6 +10,7 @@ runtime on the same machine and transformers.js in the same browser on the expor
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import subprocess
 import threading
@@ -53,6 +54,7 @@ def run_web(model_dir: Path, spec: WebSpec, log: Callable[[str], None]) -> dict:
     from gpt2_onnx import Generator
 
     web_app.check_web_dir()
+    load_before = os.getloadavg()[0]  # other work on the machine skews the rows, two-thread ones first
     prompt_ids = Generator.load(model_dir, precision="fp32").encode(COMMON_HANZI[: spec.prompt_tokens - 1])
     rows, python_ids = [], {}
     for precision in NAMES:
@@ -94,7 +96,12 @@ def run_web(model_dir: Path, spec: WebSpec, log: Callable[[str], None]) -> dict:
     finally:
         server.shutdown()
         server.server_close()
-    return {"spec": asdict(spec), "rows": [asdict(r) for r in rows], "transformers_js_error": tjs_error}
+    return {
+        "spec": asdict(spec),
+        "rows": [asdict(r) for r in rows],
+        "transformers_js_error": tjs_error,
+        "load_average": {"before": load_before, "after": os.getloadavg()[0]},
+    }
 
 
 def _python(model_dir: Path, precision: str, threads: int, prompt_ids: list[int], spec: WebSpec):
@@ -195,7 +202,9 @@ def web_markdown(doc: dict) -> str:
         "",
         f"`{doc['command']}` on {doc['machine']['cpu']} ({doc['machine']['isa']}); "
         f"prompt {doc['spec']['prompt_tokens']} tokens, {doc['spec']['new_tokens']} new tokens, median of "
-        f"{doc['spec']['reps']} runs after a warm-up; full-size random-weights model.",
+        f"{doc['spec']['reps']} runs after a warm-up; full-size random-weights model; the machine's 1-minute load "
+        f"average {doc['load_average']['before']:.1f} before the run, {doc['load_average']['after']:.1f} after "
+        f"(on {doc['machine']['cores']} cores: above 0 means other work shared them).",
         "",
         "| engine | where | runtime | precision | threads | decode tok/s | × transformers.js | TTFT ms | "
         "greedy ids = Python's |",

@@ -15,7 +15,7 @@ function status(state, text) {
   $("stats").textContent = text;
 }
 
-async function open(precision) {
+async function loadVariant(precision) {
   status("loading", `loading ${precision} from ${modelUrl}…`);
   $("generate").disabled = true;
   const start = performance.now();
@@ -71,6 +71,6 @@ function fail(error) {
 }
 
 $("form").addEventListener("submit", (event) => generate(event).catch(fail));
-$("precision").addEventListener("change", () => open($("precision").value).catch(fail));
+$("precision").addEventListener("change", () => loadVariant($("precision").value).catch(fail));
 $("precision").value = params.get("precision") ?? "int8";
-open($("precision").value).catch(fail);
+loadVariant($("precision").value).catch(fail);

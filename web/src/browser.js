@@ -9,6 +9,7 @@
 import * as ort from "onnxruntime-web";
 import { Generator } from "./generator.js";
 import { ModelDirectoryError } from "./manifest.js";
+import { checkThreads } from "./options.js";
 
 export { Generator } from "./generator.js";
 export { ModelDirectoryError } from "./manifest.js";
@@ -20,6 +21,7 @@ export { GenerationOptionError } from "./options.js";
  * cross-origin isolated, else 1); `verify`: check the files' sha256 (default true).
  */
 export async function load(url, { precision, threads, verify } = {}) {
+  checkThreads(threads, navigator.hardwareConcurrency || 1);
   if (threads !== undefined) ort.env.wasm.numThreads = threads;
   const base = new URL(url, location.href);
   const where = base.href.replace(/\/$/, "");

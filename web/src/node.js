@@ -12,6 +12,7 @@ import path from "node:path";
 import * as ort from "onnxruntime-node";
 import { Generator } from "./generator.js";
 import { ModelDirectoryError } from "./manifest.js";
+import { checkThreads } from "./options.js";
 
 export { Generator } from "./generator.js";
 export { ModelDirectoryError } from "./manifest.js";
@@ -22,6 +23,7 @@ export { GenerationOptionError } from "./options.js";
  * intra-op threads (default: the CPUs Node.js may use); `verify`: check the files' sha256 (default true).
  */
 export async function load(dir, { precision, threads, verify } = {}) {
+  checkThreads(threads, availableParallelism());
   const where = path.resolve(dir);
   const file = (name) => path.join(where, name);
   const platform = {

@@ -128,3 +128,13 @@ function inRange(o, v) {
 }
 
 const show = (v) => (typeof v === "string" ? `'${v}'` : JSON.stringify(v));
+
+/** Refuse a thread count outside [1, the machine's CPUs] (runtime/generator.py `_check_threads`); undefined: default. */
+export function checkThreads(threads, most) {
+  if (threads !== undefined && !(Number.isInteger(threads) && threads >= 1 && threads <= most)) {
+    throw new GenerationOptionError(
+      `threads must be an int in [1, ${most}] (this machine's CPUs; more threads only contend for them), got ${show(threads)}`,
+      "threads",
+    );
+  }
+}

@@ -4,7 +4,7 @@ import assert from "node:assert/strict";
 import { test } from "node:test";
 import { CONTRACT } from "../src/contract.js";
 import { Rng, bannedNgramTokens, greedy, processScores, sample } from "../src/logits.js";
-import { GenerationOptionError, resolveConfig } from "../src/options.js";
+import { GenerationOptionError, checkThreads, resolveConfig } from "../src/options.js";
 import { TextCodec, TextStream } from "../src/text.js";
 
 const VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "hello", "world", "##s", "这", "是", "。", "😀", "a"];
@@ -78,4 +78,10 @@ test("sampling: top-k keeps ties, top-p keeps the smallest best set, one seed on
   assert.deepEqual(sequence(3), sequence(3));
   assert.notDeepEqual(sequence(3), sequence(4));
   assert.ok(sequence(5).every((x) => x >= 0 && x < 1));
+});
+
+test("threads: an int from 1 to the machine's CPUs", () => {
+  checkThreads(undefined, 2);
+  checkThreads(2, 2);
+  for (const bad of [0, 3, 1.5, "2"]) assert.throws(() => checkThreads(bad, 2), /threads must be an int in \[1, 2\]/);
 });
