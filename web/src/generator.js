@@ -54,6 +54,9 @@ export class Generator {
   /** Prompt ids as generate() runs them: the family's prefix ([CLS]) first. */
   encode(prompt) {
     if (typeof prompt !== "string") throw new GenerationOptionError(`prompt must be a string, got ${typeof prompt}`, "prompt");
+    if (!prompt.isWellFormed()) {
+      throw new GenerationOptionError("the prompt is not valid UTF-8: it holds a lone surrogate; pass well-formed text", "prompt");
+    }
     const ids = this.codec.encode(prompt);
     // a family without a prompt prefix (English GPT-2) starts an empty prompt from its end-of-text token
     return ids.length ? ids : this.manifest.conventions.stop_token_ids.slice(0, 1);

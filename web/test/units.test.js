@@ -3,6 +3,7 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 import { CONTRACT } from "../src/contract.js";
+import { Generator } from "../src/generator.js";
 import { Rng, bannedNgramTokens, greedy, processScores, sample } from "../src/logits.js";
 import { GenerationOptionError, checkThreads, resolveConfig } from "../src/options.js";
 import { TextCodec, TextStream } from "../src/text.js";
@@ -84,4 +85,10 @@ test("threads: an int from 1 to the machine's CPUs", () => {
   checkThreads(undefined, 2);
   checkThreads(2, 2);
   for (const bad of [0, 3, 1.5, "2"]) assert.throws(() => checkThreads(bad, 2), /threads must be an int in \[1, 2\]/);
+});
+
+test("a prompt that is not well-formed text is refused, naming the prompt", () => {
+  const gen = new Generator({ conventions: { stop_token_ids: [3] } }, codec, null, "fp32");
+  assert.deepEqual(gen.encode("这是"), [2, 7, 8]);
+  assert.throws(() => gen.encode("a\ud800"), (e) => e.option === "prompt" && /not valid UTF-8/.test(e.message));
 });
