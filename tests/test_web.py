@@ -57,10 +57,9 @@ def node_modules() -> Path:
 
 @pytest.fixture(scope="session")
 def chromium(node_modules) -> str:
-    found = os.environ.get("CHROMIUM") or next(
-        (p for p in ("/usr/bin/chromium", "/usr/bin/chromium-browser", "/usr/bin/google-chrome") if Path(p).exists()),
-        None,
-    )
+    given = os.environ.get("CHROMIUM")
+    candidates = [given] if given else ["/usr/bin/chromium", "/usr/bin/chromium-browser", "/usr/bin/google-chrome"]
+    found = next((p for p in candidates if Path(p).exists()), None)
     if found is None:
         unavailable("Chromium is not installed: apt-get install -y chromium")
     return found
