@@ -24,6 +24,7 @@ import pytest
 from gpt2_onnx.apps import cli
 from gpt2_onnx.apps import web as web_app
 from gpt2_onnx.apps.web_contract import CONTRACT_PATH, contract_module
+from gpt2_onnx.precisions import NAMES
 
 REPO = Path(__file__).resolve().parent.parent
 WEB = REPO / "web"
@@ -211,3 +212,22 @@ def test_web_without_its_javascript_dependencies_says_how_to_get_them(tiny_model
     assert cli.main(["web", str(tiny_model), "--port", "8001"]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.strip().endswith("cd web && npm ci") and "node_modules" in err
+
+
+@pytest.mark.slow  # every runtime, two browsers per precision
+def test_bench_web_smoke(tiny_checkpoint, chromium, tmp_path, monkeypatch):
+    """`bench --only web --smoke`: a row per runtime, precision and thread count, transformers.js included."""
+    from gpt2_onnx.benchmarks.run import run_web_report
+    from gpt2_onnx.benchmarks.web import THREADS
+
+    monkeypatch.setenv("CHROMIUM", chromium)
+    doc = run_web_report(tiny_checkpoint, tmp_path, smoke=True)
+    assert doc["transformers_js_error"] is None
+    rows = {(r["engine"], r["where"], r["precision"], r["threads"]): r for r in doc["rows"]}
+    expected = {("gpt2-onnx", w, p, t) for w in ("Python", "Node.js", "Chromium") for p in NAMES for t in THREADS}
+    assert set(rows) == expected | {("transformers.js", "Chromium", "fp32", t) for t in THREADS}
+    assert all(r["decode_tokens_per_s"] > 0 and r["time_to_first_token_ms"] > 0 for r in rows.values())
+    assert all(r["same_ids_as_python"] for k, r in rows.items() if k[1] == "Node.js" or k[2] == "fp32")
+    table = (tmp_path / "web.md").read_text()
+    assert table.count("| gpt2-onnx | Chromium |") == len(NAMES) * len(THREADS) and "| transformers.js |" in table
+    assert (tmp_path / "web.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
