@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import threading
 import urllib.error
@@ -231,3 +232,13 @@ def test_bench_web_smoke(tiny_checkpoint, chromium, tmp_path, monkeypatch):
     table = (tmp_path / "web.md").read_text()
     assert table.count("| gpt2-onnx | Chromium |") == len(NAMES) * len(THREADS) and "| transformers.js |" in table
     assert (tmp_path / "web.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_web_on_a_port_in_use_is_one_line(tiny_model, node_modules, capsys):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert cli.main(["web", str(tiny_model), "--port", str(port)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"cannot serve on 127.0.0.1:{port}" in err and "another --port" in err

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 
 from gpt2_onnx import precisions
+from gpt2_onnx.errors import Gpt2OnnxError
 
 from .. import settings
 from ..console import port_number, write
@@ -33,7 +34,10 @@ def run(args: argparse.Namespace) -> int:
 
     check_web_dir()
     model_dir = resolve_model_dir(args.model)
-    server = make_server(mounts(model_dir), args.port)
+    try:
+        server = make_server(mounts(model_dir), args.port)
+    except OSError as e:  # the port is taken, or not ours to bind
+        raise Gpt2OnnxError(f"cannot serve on 127.0.0.1:{args.port} ({e.strerror or e}); pick another --port") from None
     query = f"model={MODEL_PREFIX}&precision={args.precision}" + (f"&threads={args.threads}" if args.threads else "")
     write(f"serving {model_dir} on http://127.0.0.1:{server.server_address[1]}{PAGE}?{query} (Ctrl-C stops)\n")
     try:
