@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from gpt2_onnx import __version__
 from gpt2_onnx.errors import Gpt2OnnxError
 
-from .commands import batch, bench, check, export, generate, serve
+from .commands import batch, bench, check, export, generate, serve, web
 from .console import EXIT_BROKEN_PIPE, EXIT_ERROR, OutputError, Parser, discard_stdout, error_line
 
 COMMANDS = {  # name → its module, in the order `gpt2-onnx --help` lists them
@@ -30,6 +30,7 @@ COMMANDS = {  # name → its module, in the order `gpt2-onnx --help` lists them
     "batch": batch,
     "bench": bench,
     "serve": serve,
+    "web": web,
 }
 
 

@@ -98,6 +98,13 @@ def require(extra: str) -> None:
             raise Gpt2OnnxError(f"this command needs the {extra} extra ({module} is missing): {install}") from None
 
 
+def port_number(text: str) -> int:
+    """A TCP port to bind (`serve`, `web`): 1-65535."""
+    if not (text.isdigit() and 1 <= int(text) <= 65535):
+        raise argparse.ArgumentTypeError(f"a port is a number from 1 to 65535, got {text!r}")
+    return int(text)
+
+
 def check_max_running(value: int) -> None:
     """--max-running (`serve`, `batch`): the rows an engine decodes at once, from 1 to the runtime's MAX_ROWS."""
     if value < 1:

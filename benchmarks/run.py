@@ -183,6 +183,23 @@ def run_speculative_report(
     return doc
 
 
+def run_web_report(checkpoint: Path | None, out: Path, smoke: bool = False) -> dict:
+    """The JavaScript package in Node.js and Chromium beside the Python runtime and transformers.js (`web`);
+    writes web.json, web.md and web.png."""
+    from .engines import _ours_prepare
+    from .speed import machine
+    from .web import SMOKE_WEB, WebSpec, run_web, web_markdown, web_plot
+
+    checkpoint = (checkpoint or default_checkpoint(smoke)).resolve()
+    model_dir = _ours_prepare(checkpoint, _work_dir(checkpoint))
+    doc = run_web(model_dir, SMOKE_WEB if smoke else WebSpec(), log=_log)
+    doc["machine"], doc["command"] = machine(max(r["threads"] for r in doc["rows"])), _command()
+    _write(out, "web", doc, web_markdown(doc))
+    web_plot(doc, out / "web.png")
+    _log(f"wrote {out / 'web.png'}")
+    return doc
+
+
 def _write(out: Path, name: str, doc: dict, markdown: str) -> None:
     """`name`.json and `name`.md in the results directory."""
     out.mkdir(parents=True, exist_ok=True)

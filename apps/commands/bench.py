@@ -35,10 +35,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--only",
-        choices=["speed", "quality", "kernels", "long", "speculative", "serve"],
+        choices=["speed", "quality", "kernels", "long", "speculative", "serve", "web"],
         default=None,
         help="run one part: speed, quality, the INT8 kernel comparison, long-form + prefix cache, "
-        "speculative decoding, or the server under load (default: speed and quality)",
+        "speculative decoding, the server under load, or the browser and Node.js editions (web/; needs "
+        "`cd web && npm ci` and Chromium) (default: speed and quality)",
     )
     parser.add_argument(
         "--quality-source",
@@ -72,6 +73,7 @@ def run(args: argparse.Namespace) -> int:
         run_quality,
         run_serve_report,
         run_speculative_report,
+        run_web_report,
     )
 
     if args.only in (None, "speed"):
@@ -93,4 +95,6 @@ def run(args: argparse.Namespace) -> int:
         )
     if args.only == "serve":
         run_serve_report(args.checkpoint, args.out, smoke=args.smoke, threads=args.threads)
+    if args.only == "web":
+        run_web_report(args.checkpoint, args.out, smoke=args.smoke)
     return 0

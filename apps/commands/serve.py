@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 
 from .. import settings
-from ..console import add_model_arguments, check_max_running, require
+from ..console import add_model_arguments, check_max_running, port_number, require
 from ..openai_api import DEFAULT_CHAT_TEMPLATE
 from ..ray_serve import add_ray_arguments
 
@@ -24,7 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--host", default=settings.DEFAULT_HOST, help="address to bind (0.0.0.0 exposes the server to the network)"
     )
-    parser.add_argument("--port", type=_port, default=settings.DEFAULT_PORT, help="port to bind (1-65535)")
+    parser.add_argument("--port", type=port_number, default=settings.DEFAULT_PORT, help="port to bind (1-65535)")
     parser.add_argument(
         "--max-running",
         type=int,
@@ -73,13 +73,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="seconds running requests may take to finish on SIGTERM",
     )
     add_ray_arguments(parser)
-
-
-def _port(text: str) -> int:
-    """A TCP port to bind: 1-65535."""
-    if not (text.isdigit() and 1 <= int(text) <= 65535):
-        raise argparse.ArgumentTypeError(f"a port is a number from 1 to 65535, got {text!r}")
-    return int(text)
 
 
 def run(args: argparse.Namespace) -> int:
