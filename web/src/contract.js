@@ -261,6 +261,17 @@ export const CONTRACT = {
       "default": []
     },
     {
+      "name": "constraint",
+      "kind": "constraint",
+      "low": null,
+      "high": null,
+      "open_low": false,
+      "choices": [],
+      "nullable": true,
+      "allowed": "None or a map of one form to its value: `json_schema`, `json_object`, `regex`, `choice`, `grammar`",
+      "default": null
+    },
+    {
       "name": "seed",
       "kind": "int",
       "low": 0,
