@@ -58,17 +58,17 @@ export function resolveConfig(defaults, options = {}) {
   const config = {};
   for (const o of CONTRACT.options) {
     const given = options[o.name] ?? defaults[o.name];
-    config[o.name] = given === undefined ? o.default : coerce(o, given);
-    check(o, config[o.name]);
-  }
-  for (const name of BY_NAME.keys()) {
-    if (!SUPPORTED.has(name) && JSON.stringify(config[name]) !== JSON.stringify(BY_NAME.get(name).default)) {
+    const value = given === undefined ? o.default : coerce(o, given);
+    // an option this package lacks is refused as such, before its value is judged by rules it does not apply
+    if (!SUPPORTED.has(o.name) && JSON.stringify(value) !== JSON.stringify(o.default)) {
       throw new GenerationOptionError(
-        `${name} is not supported by the JavaScript package, which decodes one sequence per prompt; ` +
+        `${o.name} is not supported by the JavaScript package, which decodes one sequence per prompt; ` +
           `leave it out, or use the Python runtime (gpt2_onnx.Generator)`,
-        name,
+        o.name,
       );
     }
+    check(o, value);
+    config[o.name] = value;
   }
   return Object.freeze(config);
 }
@@ -129,7 +129,7 @@ function inRange(o, v) {
 
 const show = (v) => (typeof v === "string" ? `'${v}'` : JSON.stringify(v));
 
-/** Refuse a thread count outside [1, the machine's CPUs] (runtime/generator.py `_check_threads`); undefined: default. */
+/** Refuse a thread count outside [1, the machine's CPUs] (runtime/generator.py `check_threads`); undefined: default. */
 export function checkThreads(threads, most) {
   if (threads !== undefined && !(Number.isInteger(threads) && threads >= 1 && threads <= most)) {
     throw new GenerationOptionError(

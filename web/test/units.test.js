@@ -36,6 +36,7 @@ test("options: a bad, unknown or unsupported option is an error naming it", () =
   fails({ max_new_tokens: 2.5 }, "max_new_tokens", /an int ≥ 0/);
   fails({ do_sampel: true }, "do_sampel", /unknown option 'do_sampel'.*known options: /);
   fails({ num_beams: 4 }, "num_beams", /not supported by the JavaScript package/);
+  fails({ constraint: { regex: "[0-9]+" } }, "constraint", /not supported by the JavaScript package/);
   fails({ logit_bias: { 5: 101 } }, "logit_bias", /in \[-100, 100\], got 101 for token id 5/);
   assert.deepEqual(resolveConfig({}, { logit_bias: { 9: 1, 3: -2 }, stop: "。" }).logit_bias, [[3, -2], [9, 1]]);
 });
