@@ -142,13 +142,14 @@ def test_cli_resume_after_sigterm(tiny_model, generator, tmp_path):
     proc = cli("batch", str(source), str(out), *options, "--max-running", "4")
     deadline = time.monotonic() + 300
     while (
-        (not out.exists() or out.read_text().count("\n") < 30) and time.monotonic() < deadline and proc.poll() is None
+        # bytes: the job may be half-way through a character's bytes when the file is read
+        (not out.exists() or out.read_bytes().count(b"\n") < 30) and time.monotonic() < deadline and proc.poll() is None
     ):
         time.sleep(0.02)
     proc.send_signal(signal.SIGTERM)
     proc.communicate(timeout=60)
     assert proc.returncode == -signal.SIGTERM, "the job ended before it could be interrupted"
-    partial = out.read_text(encoding="utf-8").count("\n")
+    partial = out.read_bytes().count(b"\n")
     assert 30 <= partial < 500
     done = cli("batch", str(source), str(out), *options, "--resume")
     _, err = done.communicate(timeout=600)
