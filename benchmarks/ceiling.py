@@ -1,8 +1,9 @@
 """The weights-only ceiling: one decode step's weight matmuls alone, in onnxruntime.
 
 A graph of just the 4 matmuls of every block plus the LM head (each precision's own LM
-head: INT4 keeps it at 8 bits), at batch 1, with the same kernels our graphs use (`Fp32Linear`, `Int8Linear`, `Int4Linear`). No engine can decode faster
-than this on the machine, so ceiling time / an engine's per-token time is its efficiency.
+head: INT4 keeps it at 8 bits), at batch 1, with the same kernels our graphs use
+(`Fp32Linear`, `Int8Linear`, `Int4Linear`). No engine can decode faster than this on the
+machine, so ceiling time / an engine's per-token time is its efficiency.
 """
 
 from __future__ import annotations

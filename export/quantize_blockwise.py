@@ -83,9 +83,10 @@ def quantize_blocks(w_t: np.ndarray, block_size: int) -> tuple[np.ndarray, np.nd
 class Int4Linear:
     """Emits MatMulNBits on block-quantized 4-bit weights (the head at `head_bits`)."""
 
-    def __init__(self, settings: Blockwise, head: Int8Settings = Int8Settings()):
+    def __init__(self, settings: Blockwise, head: Int8Settings | None = None):
+        """`head`: the 8-bit head's settings (default: the int8 precision's)."""
         self.settings = settings
-        self.head = Int8Linear(head) if settings.head_bits == 8 else None
+        self.head = Int8Linear(head or Int8Settings()) if settings.head_bits == 8 else None
 
     def _packed(self, g: GraphWriter, weight: str, rows: bool = False) -> tuple[str, str, str, int, int]:
         """Blocks along the input dimension: a Conv1D weight `[in, out]` is transposed first,

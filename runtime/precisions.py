@@ -35,9 +35,10 @@ class Precision:
     size_factor: float  # bytes on disk per byte of FP32 weights (for the exporter's free-space check)
     ecosystem_graph: bool = False  # also write model.onnx: the same weights in the ecosystem's I/O convention
     # onnxruntime's MatMulNBits takes another kernel for a one-row input, whose activation
-    # quantization gives other logits on some CPUs (AVX-512 VNNI: by up to 0.17 at full size):
-    # there INT4 calls run ≥ 2 rows, a scratch row beside a lone one, so a row's result never
-    # depends on its batch; where a probe at load finds the lone row exact (AVX2), 1
+    # quantization gives other logits on some CPUs (an Intel Xeon with AMX: by up to 0.17 at
+    # full size): there INT4 calls run ≥ 2 rows, a scratch row beside a lone one, so a row's
+    # result never depends on its batch; where a probe at load finds the lone row exact (an AMD
+    # EPYC with AVX-512 VNNI), 1
     # (`gpt2_onnx.session.lone_row_is_exact`)
     min_call_rows: int = 1
     # a row's logits are the same whatever shape of call computes them (one token or several,

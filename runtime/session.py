@@ -320,9 +320,10 @@ def load_decoder(graph_file: Path, architecture: Architecture, threads: int | No
 
 def lone_row_is_exact(decoder: Decoder) -> bool:
     """Whether a one-row call gives a row bit for bit what it gets as the first of two, on this
-    CPU. onnxruntime picks MatMulNBits' kernels by CPU: on AVX2 the one-row kernel quantizes
-    activations as the several-row one does, on AVX-512 VNNI it does not (logits differ by up
-    to 0.17 at full size). Two one-token calls at load time tell which holds here."""
+    CPU. onnxruntime picks MatMulNBits' kernels by CPU: on an AMD EPYC (AVX-512 VNNI) the one-row
+    kernel quantizes activations as the several-row one does, on an Intel Xeon (AVX-512 VNNI,
+    AMX) it did not (logits differed by up to 0.17 at full size). Two one-token calls at load
+    time tell which holds here."""
     probe = Decoder(decoder.session, decoder.architecture, 1)
     a = decoder.architecture
     _, alone = probe.prefill([[a.vocab_size // 2]], 1)  # [1, vocab]

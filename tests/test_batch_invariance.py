@@ -62,7 +62,7 @@ def test_int4_rows_agree_with_alone(full_model, generators):
     """On some CPUs MatMulNBits multiplies one row with another kernel than several, which
     quantizes the activations otherwise: there INT4 calls run at least two rows, so a row alone
     gets what it gets in a batch, up to float rounding. Where the probe at load finds the lone
-    row exact (AVX2), a lone row runs alone, and its logits are the batch's bit for bit."""
+    row exact (an AMD EPYC), a lone row runs alone, and its logits are the batch's bit for bit."""
     decoder = generators(full_model, "int4").decoder
     exact = lone_row_is_exact(decoder)
     assert decoder.min_rows == (1 if exact else 2)
