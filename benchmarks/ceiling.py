@@ -1,8 +1,9 @@
 """The weights-only ceiling: one decode step's weight matmuls alone, in onnxruntime.
 
-A graph of just the 4 matmuls of every block plus the LM head, at batch 1, with the
-same kernels our graphs use (`Fp32Linear`, `Int8Linear`, `Int4Linear`). No engine can decode faster
-than this on the machine, so ceiling time / an engine's per-token time is its efficiency.
+A graph of just the 4 matmuls of every block plus the LM head (each precision's own LM
+head: INT4 keeps it at 8 bits), at batch 1, with the same kernels our graphs use
+(`Fp32Linear`, `Int8Linear`, `Int4Linear`). No engine can decode faster than this on the
+machine, so ceiling time / an engine's per-token time is its efficiency.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from gpt2_onnx.session import create_session
 
 def weights_only_model(a: Architecture, linear: Linear, n_inner: int, seed: int = 0):
     rng = np.random.default_rng(seed)
-    shapes = {"lm_head": (a.n_embd, a.vocab_size)}
+    shapes = {"lm_head": (a.vocab_size, a.n_embd)}  # [vocab, n_embd], as the tied embedding / LM head is stored
     for i in range(a.n_layer):
         shapes.update(
             {
@@ -36,7 +37,8 @@ def weights_only_model(a: Architecture, linear: Linear, n_inner: int, seed: int 
     outputs = []
     for name, (rows, _) in shapes.items():
         x = "x" if rows == a.n_embd else "x_inner"  # [1, n_embd] or [1, n_inner]
-        outputs.append(g.op("Identity", [linear.matmul(g, x, name, None)], outputs=[name + ".out"]))
+        y = linear.lm_head(g, "x", name) if name == "lm_head" else linear.matmul(g, x, name, None)
+        outputs.append(g.op("Identity", [y], outputs=[name + ".out"]))
     inputs = [
         helper.make_tensor_value_info("x", TensorProto.FLOAT, ["rows", a.n_embd]),
         helper.make_tensor_value_info("x_inner", TensorProto.FLOAT, ["rows", n_inner]),

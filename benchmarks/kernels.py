@@ -1,4 +1,4 @@
-"""INT8 matmul kernels side by side: what batch-invariant activations cost.
+"""INT8 and INT4 matmul kernels side by side: what batch-invariant activations cost.
 
 onnxruntime's `DynamicQuantizeMatMul` quantizes a whole input with one scale, so a row's
 result depends on the other rows (the INT8 graphs used it until per-token quantization).
@@ -8,11 +8,14 @@ Every candidate here is measured on the same weights, in one process, twice over
 - whole graph: the model's INT8 `kv_buffer` graph, decode ms per step at batch 1 and 8,
   and whether a row's logits are bit-identical alone and in a batch.
 
-The exporter keeps the fastest batch-invariant strategy (`Int8Linear`).
+The exporter keeps the fastest batch-invariant strategy (`Int8Linear`). The INT4 rows
+(`MatMulNBits`, blocks of 32 as exported and of 128) run a lone row with the one-row kernel,
+as the runtime does where its load-time probe finds that exact (`session.lone_row_is_exact`).
 """
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +23,9 @@ import numpy as np
 from gpt2_onnx.export.checkpoint import load_checkpoint
 from gpt2_onnx.export.graph import MS_DOMAIN, GraphWriter, build_model
 from gpt2_onnx.export.quantize import Int8Linear, quantize_tokens
+from gpt2_onnx.export.quantize_blockwise import Int4Linear
 from gpt2_onnx.graph_io import IO_KV_BUFFER
+from gpt2_onnx.precisions import Blockwise
 from gpt2_onnx.session import Decoder, create_session
 
 from .ceiling import weights_only_model
@@ -81,6 +86,8 @@ STRATEGIES = {
     "per-token MatMulIntegerToFloat (exported)": Int8Linear,
     "per-token MatMulInteger + Cast + Mul": PerTokenMatMulInteger,
     "MatMulNBits 8-bit, accuracy 4": NBits8,
+    "INT4: MatMulNBits 4-bit blocks of 32, 8-bit head (exported)": partial(Int4Linear, Blockwise(32)),
+    "INT4: MatMulNBits 4-bit blocks of 128, 8-bit head": partial(Int4Linear, Blockwise(128)),
 }
 
 
@@ -151,7 +158,7 @@ def run_kernels(checkpoint: Path, threads: int, reps: int = 50, log=print) -> di
 
 def kernels_markdown(doc: dict, command: str, machine: dict) -> str:
     lines = [
-        "# INT8 kernels: the cost of batch-invariant activations",
+        "# INT8 and INT4 kernels: the cost of batch-invariant activations",
         "",
         f"Command: `{command}`  ",
         f"Machine: {machine['cpu']} ({machine.get('isa', '?')}), {doc['threads']} threads  ",

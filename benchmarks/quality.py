@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from gpt2_onnx.benchmarks.error_share import int4_error_shares
 from gpt2_onnx.generator import Generator
 from gpt2_onnx.logits import log_softmax
 
@@ -217,6 +218,8 @@ def evaluate(
         report["int8_gate_passed"] = report["variants"]["int8"]["perplexity_vs_fp32"] <= INT8_PERPLEXITY_GATE
     if checkpoint is not None:
         report["torch_fp32_perplexity"] = _torch_perplexity(checkpoint, blocks)
+        if "int4" in report["variants"]:
+            report["int4_error_shares"] = int4_error_shares(checkpoint, blocks, reference_logits)
     return report
 
 
@@ -273,7 +276,31 @@ def quality_markdown(report: dict, command: str, source: str) -> str:
             "",
             f"transformers + torch FP32 perplexity on the same windows: {report['torch_fp32_perplexity']:.3f}.",
         ]
+    if "int4_error_shares" in report:
+        lines += ["", *_error_share_lines(report["int4_error_shares"])]
     if "int8_gate_passed" in report:
         verdict = "passes" if report["int8_gate_passed"] else "FAILS"
         lines += ["", f"Gate: INT8 perplexity within +{INT8_PERPLEXITY_GATE:.0%} of FP32 — {verdict}."]
     return "\n".join(lines) + "\n"
+
+
+def _error_share_lines(shares: dict) -> list[str]:
+    """The int4 error-share table, largest share first."""
+    s, matrices = shares["settings"], shares["matrices"]
+    head = next(reversed(matrices))
+    lines = [
+        f"INT4 error by matrix (blocks of {s['block_size']}, accuracy level {s['accuracy_level']}, embedding / LM head "
+        f"at {s['head_bits']} bits): each matrix quantized alone, the rest FP32, mean KL(FP32 ‖ variant) per "
+        "position on the same windows, and its share of the sum.",
+        "",
+        "| matrix | KL | share |",
+        "|---|---|---|",
+    ]
+    for name, r in sorted(matrices.items(), key=lambda item: -item[1]["kl"]):
+        lines.append(f"| {name} | {r['kl']:.2e} | {r['share']:.1%} |")
+    lines += [
+        "",
+        f"{head} at 4 bits instead: KL {shares['head_at_4_bits_kl']:.2e} "
+        f"({shares['head_at_4_bits_kl'] / max(matrices[head]['kl'], 1e-30):.0f}× its {s['head_bits']}-bit KL).",
+    ]
+    return lines

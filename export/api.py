@@ -174,7 +174,10 @@ def _write_variant(
 
 def linear_for(precision: str, int8: Int8Settings = DEFAULT_INT8) -> Linear:
     """The matmul strategy that writes a precision's graph."""
-    strategy = STRATEGIES[precisions.BY_NAME[precision].strategy]
+    row = precisions.BY_NAME[precision]
+    strategy = STRATEGIES[row.strategy]
+    if strategy is Int4Linear:
+        return Int4Linear(row.blocks, int8)
     return strategy(int8) if strategy is Int8Linear else strategy()
 
 

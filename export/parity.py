@@ -47,11 +47,12 @@ class Gate:
 
 
 # Measured on the random-weight checkpoints of the tests (relative error, top-1): INT8 tiny
-# 0.05, 94 %; full-size 0.14, 88 %; INT8 with every weight scale doubled 1.4, 19 %. INT4 tiny
-# 0.36, 47 %; full-size 0.53, 22 %. Random weights amplify quantization error far beyond a
-# trained model's (see the bench quality report), so these gates catch a broken quantizer,
-# not a small loss of quality; INT4's top-1 on random weights is too low to gate on.
-GATES = {"int8": Gate(max_relative_error=0.25, min_top1=0.75), "int4": Gate(max_relative_error=0.75, min_top1=0.0)}
+# 0.05, 94 %; full-size 0.14, 88 %; INT8 with every weight scale doubled 1.4, 19 %. INT4
+# (asymmetric searched blocks, 8-bit embedding / LM head) tiny 0.24, 69 %; full-size 0.42, 34 %
+# (symmetric absmax blocks before: 0.36, 47 %; 0.53, 22 %). Random weights amplify quantization
+# error far beyond a trained model's (see the bench quality report), so these gates catch a
+# broken quantizer, not a small loss of quality.
+GATES = {"int8": Gate(max_relative_error=0.25, min_top1=0.75), "int4": Gate(max_relative_error=0.5, min_top1=0.25)}
 
 
 @dataclass(frozen=True)

@@ -94,10 +94,11 @@ class Quantization:
     bits: int
     block_size: int | None  # blockwise: inputs sharing a scale
     symmetric: bool
-    zero_point: int  # the stored value that means 0
-    max_value: int  # largest stored magnitude around the zero point (63 for 7-bit INT8)
-    activations: str  # "int8_per_token" or "int8_per_block": each token's row on its own grid
-    weights: tuple[str, ...]  # the checkpoint names of the quantized tensors
+    zero_point: int | None  # the stored value that means 0; None: one per block, stored beside its scale
+    max_value: int  # largest stored value (symmetric: magnitude around the zero point, 63 for 7-bit INT8)
+    activations: str  # "int8_per_token", "int8_per_block" (each token's row on its own grid) or "float"
+    weights: tuple[str, ...]  # the checkpoint names of the tensors stored in `bits`
+    per_channel_8bit: tuple[str, ...] = ()  # blockwise: tensors kept at 8 bits per output unit (int8's scheme)
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,23 @@ from dataclasses import dataclass
 
 
 @dataclass(frozen=True)
+class Blockwise:
+    """Weights in blocks along the input dimension, each block with its own scale and zero
+    point (onnxruntime's MatMulNBits). `head_bits` 8 keeps the tied embedding / LM head at 8
+    bits per row (the int8 precision's kernel), 4 blocks it like the rest."""
+
+    block_size: int = 32  # inputs sharing a scale and zero point (MatMulNBits' block_size)
+    accuracy_level: int = 4  # 4: activations int8 per block, integer kernels; 0: FP32 activations
+    head_bits: int = 8
+
+    def __post_init__(self):
+        if self.block_size < 16 or self.block_size & (self.block_size - 1) or self.head_bits not in (4, 8):
+            raise ValueError(f"Blockwise: a power-of-two block size ≥ 16 and head_bits 4 or 8, got {self}")
+        if self.accuracy_level not in (0, 4):
+            raise ValueError(f"Blockwise: accuracy_level 0 (FP32) or 4 (int8 activations), got {self.accuracy_level}")
+
+
+@dataclass(frozen=True)
 class Precision:
     name: str
     strategy: str  # the exporter's matmul strategy that writes it
@@ -18,13 +35,17 @@ class Precision:
     size_factor: float  # bytes on disk per byte of FP32 weights (for the exporter's free-space check)
     ecosystem_graph: bool = False  # also write model.onnx: the same weights in the ecosystem's I/O convention
     # onnxruntime's MatMulNBits takes another kernel for a one-row input, whose activation
-    # quantization gives other logits (by up to 0.17 at full size): INT4 calls run ≥ 2 rows,
-    # a scratch row beside a lone one, so a row's result never depends on its batch
+    # quantization gives other logits on some CPUs (an Intel Xeon with AMX: by up to 0.17 at
+    # full size): there INT4 calls run ≥ 2 rows, a scratch row beside a lone one, so a row's
+    # result never depends on its batch; where a probe at load finds the lone row exact (an AMD
+    # EPYC with AVX-512 VNNI), 1
+    # (`gpt2_onnx.session.lone_row_is_exact`)
     min_call_rows: int = 1
     # a row's logits are the same whatever shape of call computes them (one token or several,
     # one row or many): what speculative decoding and the prefix cache need to be exact.
     # MatMulNBits' int8 activation blocks differ between its kernels (by up to 0.15 at full size)
     shape_exact: bool = True
+    blocks: Blockwise | None = None  # how a blockwise strategy stores the weights
 
     @property
     def graph_file(self) -> str:
@@ -39,16 +60,22 @@ class Precision:
 
 ECOSYSTEM_GRAPH = "model.onnx"  # where optimum, onnxruntime-genai and transformers.js look
 
+INT4_BLOCKS = (
+    Blockwise()
+)  # chosen on the quality model: blocks of 32 carry 0.6× the error of 128 (top-1 98.0 vs 97.4 %)
+
 PRECISIONS = (
     Precision("fp32", "fp32", "the checkpoint's FP32 weights", 1.0, ecosystem_graph=True),
     Precision("int8", "int8_per_token", "8-bit weights per output column, activations quantized per token", 0.27),
     Precision(
         "int4",
         "int4_blockwise",
-        "4-bit weights in blocks of 32, activations int8 per block",
-        0.18,
+        f"4-bit weights in blocks of {INT4_BLOCKS.block_size} with zero points, embedding / LM head "
+        f"{INT4_BLOCKS.head_bits}-bit, activations int8 per block",
+        0.21,
         min_call_rows=2,
         shape_exact=False,
+        blocks=INT4_BLOCKS,
     ),
 )
 BY_NAME = {p.name: p for p in PRECISIONS}

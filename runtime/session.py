@@ -311,7 +311,24 @@ class Decoder:
 
 def load_decoder(graph_file: Path, architecture: Architecture, threads: int | None, min_rows: int = 1) -> Decoder:
     """A Decoder over a variant's (verified) `kv_buffer` graph file, once the architecture its manifest
-    claims is found to be the graph's own (`gpt2_onnx.graph_shapes`)."""
+    claims is found to be the graph's own (`gpt2_onnx.graph_shapes`). `min_rows` > 1 (a precision whose
+    one-row kernel may differ) holds only where this CPU's lone row is not exact (`lone_row_is_exact`)."""
     session = create_session(graph_file, threads)
     check_graph_architecture(session, graph_file, architecture)
-    return Decoder(session, architecture, min_rows)
+    decoder = Decoder(session, architecture, min_rows)
+    if min_rows > 1 and lone_row_is_exact(decoder):
+        decoder.min_rows = 1
+    return decoder
+
+
+def lone_row_is_exact(decoder: Decoder) -> bool:
+    """Whether a one-row call gives a row bit for bit what it gets as the first of two, on this
+    CPU. onnxruntime picks MatMulNBits' kernels by CPU: on an AMD EPYC (AVX-512 VNNI) the one-row
+    kernel quantizes activations as the several-row one does, on an Intel Xeon (AVX-512 VNNI,
+    AMX) it did not (logits differed by up to 0.17 at full size). Two one-token calls at load
+    time tell which holds here."""
+    probe = Decoder(decoder.session, decoder.architecture, 1)
+    a = decoder.architecture
+    _, alone = probe.prefill([[a.vocab_size // 2]], 1)  # [1, vocab]
+    _, pair = probe.prefill([[a.vocab_size // 2], [a.vocab_size // 3]], 1)  # [2, vocab]
+    return bool(np.array_equal(alone[0], pair[0]))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 
+import numpy as np
 import pytest
 
 from gpt2_onnx.benchmarks.engines import ENGINES
@@ -80,6 +81,34 @@ def test_quality_smoke(tmp_path):
     # INT8 stays close to FP32 (smoke model: 99 % top-1, +0.006 % perplexity); a broken quantizer does not
     assert int8["top1_agreement"] >= 0.95 and abs(int8["perplexity_vs_fp32"]) < 0.01 and int8["max_abs_dlogit"] < 0.1
     assert "| int8 |" in (tmp_path / "results" / "quality.md").read_text()
+    # INT4: every quantized matrix's share of the error, the 8-bit head against the same head at 4 bits
+    shares = report["int4_error_shares"]
+    assert set(shares["matrices"]) == {
+        f"h.0.{m}.weight" for m in ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")
+    } | {"wte.weight"}
+    assert abs(sum(r["share"] for r in shares["matrices"].values()) - 1) < 1e-9
+    assert shares["head_at_4_bits_kl"] > 3 * shares["matrices"]["wte.weight"]["kl"] > 0
+    assert "INT4 error by matrix" in (tmp_path / "results" / "quality.md").read_text()
+
+
+def test_error_shares_quantize_one_matrix_at_a_time(tiny_checkpoint):
+    """The graph of one matrix's share differs from FP32 by that matrix alone: naming no weight of
+    the model gives FP32's logits exactly, each real one other logits."""
+    from gpt2_onnx.benchmarks.error_share import OnlyOne, error_shares, graph_logits
+    from gpt2_onnx.export.api import linear_for
+    from gpt2_onnx.export.checkpoint import load_checkpoint
+    from gpt2_onnx.export.graph import Fp32Linear
+
+    checkpoint = load_checkpoint(str(tiny_checkpoint))
+    blocks = np.random.default_rng(0).integers(200, 400, (2, 16))
+    reference = graph_logits(checkpoint, Fp32Linear(), blocks)
+    np.testing.assert_array_equal(graph_logits(checkpoint, OnlyOne(linear_for("int4"), "none"), blocks), reference)
+    names = ("h.0.mlp.c_fc.weight", "wte.weight")
+    shares = error_shares(checkpoint, linear_for("int4"), names, blocks, reference)
+    assert (
+        all(shares[n]["kl"] > 0 for n in names)
+        and abs(shares[names[0]]["share"] + shares[names[1]]["share"] - 1) < 1e-9
+    )
 
 
 def test_train_minutes_sets_the_training_time(tmp_path, monkeypatch):
