@@ -171,6 +171,7 @@ class RowMatcher:
     def __init__(self, vocab: GrammarVocab, matcher):
         self.vocab, self._matcher = vocab, matcher
         self._word = False
+        self._stuck = False  # the last mask allowed no token: see `dead`
         self._bits = llguidance().numpy.allocate_token_bitmask(1, vocab.n_ids)  # [1, ceil(n_ids / 32)] int32
 
     def allowed(self, stop_ids: np.ndarray) -> np.ndarray:
@@ -184,9 +185,12 @@ class RowMatcher:
             allowed[v.twins] = bits[v.size :]
         may_end = bool(allowed[v.eos].any())
         allowed[v.eos] = False
-        if self.dead:
+        # llguidance may allow only spellings the row's W rules out (after a word character, a word-starting
+        # token's text without its space): then no token continues the text, though llguidance is not stopped
+        self._stuck = self._matcher.is_stopped() or not (may_end or allowed.any())
+        if self._stuck:
             allowed[:] = False
-        allowed[stop_ids] = may_end or self.dead
+        allowed[stop_ids] = may_end or self._stuck
         return allowed
 
     def consume(self, token: int) -> None:
@@ -210,5 +214,5 @@ class RowMatcher:
     @property
     def dead(self) -> bool:
         """No token of the vocabulary continues the text, which does not satisfy the constraint yet (its
-        next character is one no token writes): the text is a valid prefix, and ends there."""
-        return self._matcher.is_stopped() and not self._matcher.is_accepting()
+        next character is one no token writes here): the text is a valid prefix, and ends there."""
+        return (self._stuck or self._matcher.is_stopped()) and not self._matcher.is_accepting()

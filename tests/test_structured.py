@@ -147,6 +147,18 @@ def test_a_latin_word_after_a_word_gets_its_space_and_the_constraint_sees_it(gen
         assert verdict(grammar, r.text) != "invalid"
 
 
+def test_a_text_only_a_spaceless_word_would_continue_ends_as_a_valid_prefix(gen):
+    """After "a" (a word character) llguidance allows "A" as its own token, but that token appends " A" there and
+    the tiny vocabulary has no "##A": no token continues the text, so it ends as a valid prefix (it used to leave
+    every score at -inf: sampling raised, greedy wrote [PAD])."""
+    constraint = {"regex": "a[A-Z]"}
+    for options in (dict(do_sample=False), dict(do_sample=True, top_k=0, seed=1)):
+        r = gen.generate(PROMPT, constraint=constraint, max_new_tokens=5, **options)
+        assert (r.text, r.finish_reason) == ("a", "length") and verdict(constraint, r.text) == "prefix"
+    with pytest.raises(GenerationOptionError, match="no text this model's vocabulary can write"):
+        gen.generate(PROMPT, constraint={"regex": " a"}, max_new_tokens=2)  # only a space-led twin begins it
+
+
 def test_a_grammar_cannot_turn_forcing_back_on(gen):
     """llguidance's forced-text shortcut would allow only its own tokenization, wrong for WordPiece: a grammar's
     own `%llguidance` directive does not bring it back."""
