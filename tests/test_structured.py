@@ -159,6 +159,29 @@ def test_a_text_only_a_spaceless_word_would_continue_ends_as_a_valid_prefix(gen)
         gen.generate(PROMPT, constraint={"regex": " a"}, max_new_tokens=2)  # only a space-led twin begins it
 
 
+def test_the_text_starts_empty_whatever_the_prompt_ends_with(gen):
+    """The text returned is the generated text alone (echo only prepends the prompt's), and it starts without a
+    word before it: after a prompt ending in a Latin word the first word-starting token writes no space, and the
+    constraint sees no space either (a regex with no leading space is met, one needing it is refused)."""
+    constraint = {"regex": "[a-z]+( [a-z]+)*"}
+    for seed in range(5):
+        r = gen.generate("abc def", constraint=constraint, do_sample=True, top_k=0, seed=seed, max_new_tokens=12)
+        assert r.text == gen.decode(r.token_ids) and verdict(constraint, r.text) != "invalid", r.text
+        assert r.text[:1].isalpha() or r.text == "", r.text
+    with pytest.raises(GenerationOptionError, match="no text"):
+        gen.generate("abc def", constraint={"regex": " [a-z]+"}, max_new_tokens=2)
+
+
+def test_a_sliding_context_keeps_the_constraint(gen):
+    """Past the tiny model's 128 positions (the window is re-encoded; the matcher follows the text, not the cache)."""
+    constraint = {"regex": "[0-9]+( [0-9]+)*"}
+    r = gen.generate(
+        PROMPT, constraint=constraint, context_overflow="slide", min_new_tokens=200, max_new_tokens=200, seed=0
+    )
+    assert len(r.token_ids) == 200 and r.finish_reason == "length"
+    assert verdict(constraint, r.text) != "invalid" and re.fullmatch("[0-9]+( [0-9]+)*", r.text), r.text
+
+
 def test_a_grammar_cannot_turn_forcing_back_on(gen):
     """llguidance's forced-text shortcut would allow only its own tokenization, wrong for WordPiece: a grammar's
     own `%llguidance` directive does not bring it back."""
