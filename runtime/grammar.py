@@ -26,7 +26,7 @@ import numpy as np
 
 from .constraints import Constraint, llguidance
 from .errors import GenerationOptionError
-from .text import TextCodec, is_word_char
+from .text import TextCodec, is_word_char, wordpiece_text
 
 KEEPS = -1  # ends_word of a token with no text: the row's W stays as it was
 
@@ -49,8 +49,11 @@ class GrammarVocab:
             tokenizer = llg.LLTokenizer(codec.tokenizer.to_str(), n_vocab=size, eos_token=list(eos))
             empty = np.zeros(0, np.int64)
             return cls(tokenizer, size, empty, np.full(size, -1, np.int64), np.full(size, KEEPS, np.int8), _ids(eos))
-        texts = [_appended(codec, i) for i in range(size)]
-        twins = [i for i, t in enumerate(texts) if t and is_word_char(t[0]) and not codec.piece(i).startswith("##")]
+        # what each token appends when the text does not end with a word character, and whether it is
+        # word-starting (TextAssembler's rule); specials append nothing
+        parts = [("", False) if codec.is_special(i) else wordpiece_text(codec.piece(i)) for i in range(size)]
+        texts = [text for text, _ in parts]
+        twins = [i for i, (_, word_starting) in enumerate(parts) if word_starting]
         twin_of = np.full(size, -1, np.int64)
         twin_of[twins] = np.arange(size, size + len(twins))
         ends_word = np.array([KEEPS if not t else int(is_word_char(t[-1])) for t in texts], np.int8)
@@ -69,14 +72,6 @@ class GrammarVocab:
 
 def _ids(ids: Sequence[int]) -> np.ndarray:
     return np.array(list(ids), np.int64)
-
-
-def _appended(codec: TextCodec, token: int) -> str:
-    """What a token appends when the text so far does not end with a word character ("" for specials)."""
-    if codec.is_special(token):
-        return ""
-    piece = codec.piece(token)
-    return piece[2:] if piece.startswith("##") else piece
 
 
 def _free_spellings(codec: TextCodec, texts: list[str], twins: list[int]) -> dict[str, int]:
