@@ -144,9 +144,10 @@ def compile_constraint(constraint: Constraint, vocab: GrammarVocab) -> Grammar:
     first.allowed(vocab.eos)
     if first.dead:
         raise GenerationOptionError(
-            f"the {constraint.kind} constraint allows no text this model's vocabulary can write (no token of "
-            f"its {vocab.size} can begin it: it starts with a character none writes, such as a capital letter "
-            "in uer's vocabulary)",
+            f"the {constraint.kind} constraint allows no text this model's vocabulary can write: no token of "
+            f"its {vocab.size} can begin it (its text starts with a character none writes there, such as a "
+            f"capital letter in uer's vocabulary, or a space); make the {constraint.kind} begin with text the "
+            "vocabulary has",
             option=constraint.option,
         )
     return Grammar(constraint, vocab, start)

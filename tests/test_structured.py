@@ -259,6 +259,7 @@ def test_a_complete_text_stops_at_once_and_logprobs_are_the_models(gen):
         ({"json_schema": "{not json"}, "constraint.json_schema", "not JSON"),
         ({"grammar": "start: foo"}, "constraint.grammar", "foo"),
         ({"regex": "Ω+"}, "constraint.regex", "no text this model's vocabulary can write"),
+        ({"regex": " [a-z]+"}, "constraint.regex", "make the regex begin with text the vocabulary has"),
         ({"choice": []}, "constraint.choice", "non-empty list"),
         ({"json_object": False}, "constraint.json_object", "True"),
         ({"regex": "a", "choice": ["b"]}, "constraint", "one form"),
