@@ -271,6 +271,19 @@ def test_bad_constraints_are_one_line_errors_naming_their_form(gen, constraint, 
     assert info.value.option == option and said in str(info.value) and "\n" not in str(info.value)
 
 
+def test_stop_tokens_that_write_text_are_refused_with_a_constraint(gen):
+    """A stop token's text ends the text ("12，" for [0-9]+ with "，" a stop token): outside the constraint."""
+    comma = gen.encode("，", add_special=False)[0]
+    sep = gen.manifest.conventions.stop_token_ids[0]
+    for stop_ids, said in (([comma, sep], "must write no text"), ([], "needs a stop token")):
+        with pytest.raises(GenerationOptionError, match=said) as info:
+            gen.generate(PROMPT, constraint={"regex": "[0-9]+"}, stop_token_ids=stop_ids, max_new_tokens=4)
+        assert info.value.option == "stop_token_ids" and "\n" not in str(info.value)
+    r = gen.generate(PROMPT, constraint={"regex": "[0-9]+"}, stop_token_ids=[sep], seed=1, max_new_tokens=10)
+    check_text = verdict({"regex": "[0-9]+"}, r.text)
+    assert check_text == "complete" if r.finish_reason == "stop" else check_text in ("complete", "prefix")
+
+
 def test_beams_are_refused_with_a_constraint(gen):
     with pytest.raises(GenerationOptionError, match="beam search") as info:
         gen.generate(PROMPT, constraint={"regex": "a"}, num_beams=2, do_sample=False)
