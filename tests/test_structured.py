@@ -257,6 +257,7 @@ def test_a_complete_text_stops_at_once_and_logprobs_are_the_models(gen):
         ({"regex": "("}, "constraint.regex", "unclosed group"),
         ({"json_schema": {"type": "objekt"}}, "constraint.json_schema", "objekt"),
         ({"json_schema": "{not json"}, "constraint.json_schema", "not JSON"),
+        ({"json_schema": {"type": "object", "x-guidance": 5}}, "constraint.json_schema", "must be an object"),
         ({"grammar": "start: foo"}, "constraint.grammar", "foo"),
         ({"regex": "Ω+"}, "constraint.regex", "no text this model's vocabulary can write"),
         ({"regex": " [a-z]+"}, "constraint.regex", "make the regex begin with text the vocabulary has"),
