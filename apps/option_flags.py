@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from gpt2_onnx.constraints import FORMS, Form
+from gpt2_onnx.constraints import FORMS, OPTION, Form
 from gpt2_onnx.option_registry import (
     BOOL,
     CHOICE,
@@ -130,5 +130,5 @@ def options_given(args: argparse.Namespace) -> dict[str, Any]:
     options = {o.name: dict(value) if o.kind == ID_MAP else value for o, value in given.items()}
     forms = {f.name: getattr(args, _form_dest(f)) for f in FORMS if getattr(args, _form_dest(f), None) is not None}
     if forms:
-        options[CONSTRAINT] = forms
+        options[OPTION] = forms  # the option's name (CONSTRAINT is its kind)
     return options

@@ -42,6 +42,7 @@ FORMS: tuple[Form, ...] = (
 FORM_BY_NAME: Mapping[str, Form] = {f.name: f for f in FORMS}
 OPTION = "constraint"
 # JSON as our vocabulary can write it: no optional whitespace (a space token exists only between two words)
+GUIDANCE_KEY = "x-guidance"  # a JSON schema's options for llguidance
 JSON_DEFAULTS = {"whitespace_flexible": False}
 NO_FORCING = '%llguidance {"no_forcing": true}'  # see Constraint.grammar
 
@@ -91,7 +92,7 @@ class Constraint:
             lark = "start: " + " | ".join(json.dumps(c) for c in self.value)
         else:
             schema = json.loads(self.value) if self.kind == "json_schema" else {"type": "object"}
-            schema["x-guidance"] = {**JSON_DEFAULTS, **schema.get("x-guidance", {})}
+            schema[GUIDANCE_KEY] = {**JSON_DEFAULTS, **schema.get(GUIDANCE_KEY, {})}
             lark = "start: %json " + json.dumps(schema)
         return matcher.grammar_from_lark(lark + "\n" + NO_FORCING)  # last: a grammar's own directive cannot undo it
 
@@ -112,6 +113,12 @@ def _value(kind: str, given: Any) -> str | tuple[str, ...]:
                 raise GenerationOptionError(f"the JSON schema is not JSON: {e}", option=option) from None
         if not isinstance(schema, Mapping):
             raise GenerationOptionError(f"a JSON schema is a JSON object, got {given!r}", option=option)
+        if not isinstance(schema.get(GUIDANCE_KEY, {}), Mapping):  # grammar() merges JSON_DEFAULTS into it
+            raise GenerationOptionError(
+                f"the JSON schema's {GUIDANCE_KEY!r} (llguidance's JSON options) must be an object, such as "
+                f"{JSON_DEFAULTS}, got {schema[GUIDANCE_KEY]!r}",
+                option=option,
+            )
         return json.dumps(schema, sort_keys=True, ensure_ascii=False)
     if kind == "choice":
         choices = (given,) if isinstance(given, str) else given

@@ -289,12 +289,21 @@ class Generator:
 
     def _grammar(self, config: GenerationConfig, processors: Processors) -> Grammar | None:
         """The call's constraint compiled for this model (None: no constraint). A constraint needs a stop
-        token: a text that may end, or that no token can continue, ends with one."""
+        token: a text that may end, or that no token can continue, ends with one; and one that writes no
+        text (a stop token's text is the text's last, after the constraint's)."""
         if config.constraint is None:
             return None
         if not processors.stop_token_ids:
             raise GenerationOptionError(
                 "a constraint needs a stop token to end its text; leave stop_token_ids as the model's",
+                option="stop_token_ids",
+            )
+        writing = [t for t in processors.stop_token_ids if not self.codec.is_special(t)]
+        if writing:
+            raise GenerationOptionError(
+                f"with a constraint, stop tokens must write no text (the text would end with theirs, outside the "
+                f"constraint): {writing} write {self.codec.decode(writing)!r}; leave stop_token_ids as the model's "
+                "or give special tokens only",
                 option="stop_token_ids",
             )
         return compile_constraint(config.constraint, self.grammar_vocab)

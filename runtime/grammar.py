@@ -26,7 +26,7 @@ import numpy as np
 
 from .constraints import Constraint, llguidance
 from .errors import GenerationOptionError
-from .text import TextCodec, is_word_char
+from .text import TextCodec, is_word_char, wordpiece_text
 
 KEEPS = -1  # ends_word of a token with no text: the row's W stays as it was
 
@@ -49,8 +49,11 @@ class GrammarVocab:
             tokenizer = llg.LLTokenizer(codec.tokenizer.to_str(), n_vocab=size, eos_token=list(eos))
             empty = np.zeros(0, np.int64)
             return cls(tokenizer, size, empty, np.full(size, -1, np.int64), np.full(size, KEEPS, np.int8), _ids(eos))
-        texts = [_appended(codec, i) for i in range(size)]
-        twins = [i for i, t in enumerate(texts) if t and is_word_char(t[0]) and not codec.piece(i).startswith("##")]
+        # what each token appends when the text does not end with a word character, and whether it is
+        # word-starting (TextAssembler's rule); specials append nothing
+        parts = [("", False) if codec.is_special(i) else wordpiece_text(codec.piece(i)) for i in range(size)]
+        texts = [text for text, _ in parts]
+        twins = [i for i, (_, word_starting) in enumerate(parts) if word_starting]
         twin_of = np.full(size, -1, np.int64)
         twin_of[twins] = np.arange(size, size + len(twins))
         ends_word = np.array([KEEPS if not t else int(is_word_char(t[-1])) for t in texts], np.int8)
@@ -69,14 +72,6 @@ class GrammarVocab:
 
 def _ids(ids: Sequence[int]) -> np.ndarray:
     return np.array(list(ids), np.int64)
-
-
-def _appended(codec: TextCodec, token: int) -> str:
-    """What a token appends when the text so far does not end with a word character ("" for specials)."""
-    if codec.is_special(token):
-        return ""
-    piece = codec.piece(token)
-    return piece[2:] if piece.startswith("##") else piece
 
 
 def _free_spellings(codec: TextCodec, texts: list[str], twins: list[int]) -> dict[str, int]:
@@ -149,9 +144,10 @@ def compile_constraint(constraint: Constraint, vocab: GrammarVocab) -> Grammar:
     first.allowed(vocab.eos)
     if first.dead:
         raise GenerationOptionError(
-            f"the {constraint.kind} constraint allows no text this model's vocabulary can write (no token of "
-            f"its {vocab.size} can begin it: it starts with a character none writes, such as a capital letter "
-            "in uer's vocabulary)",
+            f"the {constraint.kind} constraint allows no text this model's vocabulary can write: no token of "
+            f"its {vocab.size} can begin it (its text starts with a character none writes there, such as a "
+            f"capital letter in uer's vocabulary, or a space); make the {constraint.kind} begin with text the "
+            "vocabulary has",
             option=constraint.option,
         )
     return Grammar(constraint, vocab, start)
@@ -171,6 +167,7 @@ class RowMatcher:
     def __init__(self, vocab: GrammarVocab, matcher):
         self.vocab, self._matcher = vocab, matcher
         self._word = False
+        self._stuck = False  # the last mask allowed no token: see `dead`
         self._bits = llguidance().numpy.allocate_token_bitmask(1, vocab.n_ids)  # [1, ceil(n_ids / 32)] int32
 
     def allowed(self, stop_ids: np.ndarray) -> np.ndarray:
@@ -184,9 +181,12 @@ class RowMatcher:
             allowed[v.twins] = bits[v.size :]
         may_end = bool(allowed[v.eos].any())
         allowed[v.eos] = False
-        if self.dead:
+        # llguidance may allow only spellings the row's W rules out (after a word character, a word-starting
+        # token's text without its space): then no token continues the text, though llguidance is not stopped
+        self._stuck = self._matcher.is_stopped() or not (may_end or allowed.any())
+        if self._stuck:
             allowed[:] = False
-        allowed[stop_ids] = may_end or self.dead
+        allowed[stop_ids] = may_end or self._stuck
         return allowed
 
     def consume(self, token: int) -> None:
@@ -210,5 +210,5 @@ class RowMatcher:
     @property
     def dead(self) -> bool:
         """No token of the vocabulary continues the text, which does not satisfy the constraint yet (its
-        next character is one no token writes): the text is a valid prefix, and ends there."""
-        return self._matcher.is_stopped() and not self._matcher.is_accepting()
+        next character is one no token writes here): the text is a valid prefix, and ends there."""
+        return (self._stuck or self._matcher.is_stopped()) and not self._matcher.is_accepting()

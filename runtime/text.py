@@ -43,6 +43,15 @@ def is_word_char(ch: str) -> bool:
     return ch.isalnum() and not is_cjk(ch)
 
 
+def wordpiece_text(piece: str) -> tuple[str, bool]:
+    """(the text a WordPiece piece appends after text that does not end with a word character, whether it
+    is word-starting: after a word character it appends " " + that text). `##` continuations glue
+    (`##ing` → ("ing", False)); a piece beginning with a word character starts a word (`ing` → ("ing", True))."""
+    if piece.startswith("##"):
+        return piece[2:], False
+    return piece, is_word_char(piece[:1] or " ")
+
+
 class TextCodec:
     """Encodes prompts and decodes ids for one model directory."""
 
@@ -140,13 +149,12 @@ class TextAssembler:
         return text
 
     def _wordpiece_piece(self, piece: str) -> str:
-        if piece.startswith("##"):
-            piece = piece[2:]
-        elif self._previous_piece and is_word_char(self._previous_piece[-1]) and is_word_char(piece[:1] or " "):
-            piece = " " + piece
-        if piece:
-            self._previous_piece = piece
-        return piece
+        text, word_starting = wordpiece_text(piece)
+        if word_starting and self._previous_piece and is_word_char(self._previous_piece[-1]):
+            text = " " + text
+        if text:
+            self._previous_piece = text
+        return text
 
     def flush(self) -> str:
         """Whatever is still held back at the end of generation."""

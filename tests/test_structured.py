@@ -123,11 +123,13 @@ def test_fifty_seeds_satisfy_their_constraint_or_are_cut_as_valid_prefixes(gen, 
 
 @pytest.mark.parametrize("kind", list(CONSTRAINTS))
 def test_full_size_random_weights_fifty_seeds(full_model, generators, kind):
-    """The issue's guarantee, at full size (every token plausible) on the real layout's 21,128-token vocabulary."""
-    results = run_seeds(generators(full_model, "int8"), kind, range(50), lambda s: 6 + 4 * (s % 10))
+    """The issue's guarantee, at full size (every token plausible) on the real layout's 21,128-token vocabulary:
+    finished texts satisfy it, and texts max_new_tokens cuts (1..37 tokens: both happen for every form) are
+    valid prefixes with finish_reason length."""
+    results = run_seeds(generators(full_model, "int8"), kind, range(50), lambda s: 1 + 4 * (s % 10))
     for text, reason, _ in results:
         check(kind, text, reason)
-    assert "stop" in {r for _, r, _ in results}
+    assert {r for _, r, _ in results} == {"stop", "length"}
 
 
 @pytest.mark.parametrize("kind", ["json_schema", "regex"])
@@ -145,6 +147,41 @@ def test_a_latin_word_after_a_word_gets_its_space_and_the_constraint_sees_it(gen
         r = gen.generate(PROMPT, constraint=grammar, do_sample=True, top_k=0, seed=seed, max_new_tokens=40)
         assert r.finish_reason == "length" or re.fullmatch("hello [a-z]+ [a-z]+", r.text), r.text
         assert verdict(grammar, r.text) != "invalid"
+
+
+def test_a_text_only_a_spaceless_word_would_continue_ends_as_a_valid_prefix(gen):
+    """After "a" (a word character) llguidance allows "A" as its own token, but that token appends " A" there and
+    the tiny vocabulary has no "##A": no token continues the text, so it ends as a valid prefix (it used to leave
+    every score at -inf: sampling raised, greedy wrote [PAD])."""
+    constraint = {"regex": "a[A-Z]"}
+    for options in (dict(do_sample=False), dict(do_sample=True, top_k=0, seed=1)):
+        r = gen.generate(PROMPT, constraint=constraint, max_new_tokens=5, **options)
+        assert (r.text, r.finish_reason) == ("a", "length") and verdict(constraint, r.text) == "prefix"
+    with pytest.raises(GenerationOptionError, match="no text this model's vocabulary can write"):
+        gen.generate(PROMPT, constraint={"regex": " a"}, max_new_tokens=2)  # only a space-led twin begins it
+
+
+def test_the_text_starts_empty_whatever_the_prompt_ends_with(gen):
+    """The text returned is the generated text alone (echo only prepends the prompt's), and it starts without a
+    word before it: after a prompt ending in a Latin word the first word-starting token writes no space, and the
+    constraint sees no space either (a regex with no leading space is met, one needing it is refused)."""
+    constraint = {"regex": "[a-z]+( [a-z]+)*"}
+    for seed in range(5):
+        r = gen.generate("abc def", constraint=constraint, do_sample=True, top_k=0, seed=seed, max_new_tokens=12)
+        assert r.text == gen.decode(r.token_ids) and verdict(constraint, r.text) != "invalid", r.text
+        assert r.text[:1].isalpha() or r.text == "", r.text
+    with pytest.raises(GenerationOptionError, match="no text"):
+        gen.generate("abc def", constraint={"regex": " [a-z]+"}, max_new_tokens=2)
+
+
+def test_a_sliding_context_keeps_the_constraint(gen):
+    """Past the tiny model's 128 positions (the window is re-encoded; the matcher follows the text, not the cache)."""
+    constraint = {"regex": "[0-9]+( [0-9]+)*"}
+    r = gen.generate(
+        PROMPT, constraint=constraint, context_overflow="slide", min_new_tokens=200, max_new_tokens=200, seed=0
+    )
+    assert len(r.token_ids) == 200 and r.finish_reason == "length"
+    assert verdict(constraint, r.text) != "invalid" and re.fullmatch("[0-9]+( [0-9]+)*", r.text), r.text
 
 
 def test_a_grammar_cannot_turn_forcing_back_on(gen):
@@ -193,8 +230,8 @@ def test_speculation_with_a_constraint_gives_the_plain_output(gen):
     plain = gen.generate(PROMPT, **options)
     assert gen.generate(PROMPT, prompt_lookup_num_tokens=3, **options).token_ids == plain.token_ids
     sampled = gen.generate(PROMPT, prompt_lookup_num_tokens=3, **{**options, "do_sample": True, "seed": 2})
-    check_text = verdict(options["constraint"], sampled.text)
-    assert check_text in ("complete", "prefix")
+    found = verdict(options["constraint"], sampled.text)
+    assert found == "complete" if sampled.finish_reason == "stop" else found in ("complete", "prefix"), sampled.text
 
 
 def test_the_constraint_wins_over_a_ban_that_leaves_nothing(gen):
@@ -220,8 +257,10 @@ def test_a_complete_text_stops_at_once_and_logprobs_are_the_models(gen):
         ({"regex": "("}, "constraint.regex", "unclosed group"),
         ({"json_schema": {"type": "objekt"}}, "constraint.json_schema", "objekt"),
         ({"json_schema": "{not json"}, "constraint.json_schema", "not JSON"),
+        ({"json_schema": {"type": "object", "x-guidance": 5}}, "constraint.json_schema", "must be an object"),
         ({"grammar": "start: foo"}, "constraint.grammar", "foo"),
         ({"regex": "Ω+"}, "constraint.regex", "no text this model's vocabulary can write"),
+        ({"regex": " [a-z]+"}, "constraint.regex", "make the regex begin with text the vocabulary has"),
         ({"choice": []}, "constraint.choice", "non-empty list"),
         ({"json_object": False}, "constraint.json_object", "True"),
         ({"regex": "a", "choice": ["b"]}, "constraint", "one form"),
@@ -231,6 +270,19 @@ def test_bad_constraints_are_one_line_errors_naming_their_form(gen, constraint, 
     with pytest.raises(GenerationOptionError) as info:
         gen.generate(PROMPT, constraint=constraint, max_new_tokens=2)
     assert info.value.option == option and said in str(info.value) and "\n" not in str(info.value)
+
+
+def test_stop_tokens_that_write_text_are_refused_with_a_constraint(gen):
+    """A stop token's text ends the text ("12，" for [0-9]+ with "，" a stop token): outside the constraint."""
+    comma = gen.encode("，", add_special=False)[0]
+    sep = gen.manifest.conventions.stop_token_ids[0]
+    for stop_ids, said in (([comma, sep], "must write no text"), ([], "needs a stop token")):
+        with pytest.raises(GenerationOptionError, match=said) as info:
+            gen.generate(PROMPT, constraint={"regex": "[0-9]+"}, stop_token_ids=stop_ids, max_new_tokens=4)
+        assert info.value.option == "stop_token_ids" and "\n" not in str(info.value)
+    r = gen.generate(PROMPT, constraint={"regex": "[0-9]+"}, stop_token_ids=[sep], seed=1, max_new_tokens=10)
+    check_text = verdict({"regex": "[0-9]+"}, r.text)
+    assert check_text == "complete" if r.finish_reason == "stop" else check_text in ("complete", "prefix")
 
 
 def test_beams_are_refused_with_a_constraint(gen):
