@@ -7,6 +7,7 @@ threads at once, so one Generator serves concurrent calls from many threads.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import time
 from collections.abc import Iterator, Sequence
@@ -314,6 +315,12 @@ class Generator:
         0.2 s for uer's 21,128 tokens), then shared by every call and thread."""
         conventions = self.manifest.conventions
         return GrammarVocab.build(self.codec, self.manifest.architecture.vocab_size, conventions.stop_token_ids)
+
+    def prepare_constraints(self) -> None:
+        """Build `grammar_vocab` now where the constraint library is installed (a server, at load: its first
+        constrained request would build it in the event loop); without the library, nothing."""
+        if importlib.util.find_spec("llguidance") is not None:
+            _ = self.grammar_vocab
 
     def _prefix_len(self, ids: Sequence[int]) -> int:
         """How many of `ids` are the family's prompt prefix ([CLS]): none for ids given without it."""

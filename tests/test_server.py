@@ -704,6 +704,8 @@ def test_int4_serves_without_a_prefix_cache_unless_one_is_asked_for(tiny_int4):
         assert r.status_code == 200
         service = loaded[0][0]
         assert service.generator.prefix_cache is None
+        # built at load, not by the first constrained request in the event loop
+        assert "grammar_vocab" in vars(service.generator)
         args = Namespace(host="127.0.0.1", port=8000, max_running=8, max_waiting=64)
         assert start_line(service, MODEL, args).endswith("; prefix cache off")
     asked = [
