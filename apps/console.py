@@ -120,7 +120,12 @@ def add_model_arguments(parser: argparse.ArgumentParser, *, on_ray: bool, prefix
         "--model", default=None, help="model directory or hub id (default: the registry's default model)"
     )
     parser.add_argument(
-        "--precision", default=precisions.DEFAULT_PRECISION, choices=precisions.NAMES, help="model variant"
+        "--precision",
+        default=precisions.DEFAULT_PRECISION,
+        choices=precisions.NAMES,
+        help=(
+            "model variant: " + "; ".join(line[2:].replace("`", "") for line in precisions.guide().splitlines())
+        ).replace("%", "%%"),  # argparse formats help with %
     )
     per_replica = f", {settings.RAY_THREADS} per replica with --ray" if on_ray else ""
     parser.add_argument(

@@ -148,3 +148,15 @@ def test_generate_and_batch_take_the_same_option_flags_with_the_same_help():
 
     on_command_line = {o.name for o in OPTIONS if o.flag is not None}
     assert option_help("generate") == option_help("batch") and set(option_help("generate")) == on_command_line
+
+
+def test_the_readme_quickstart_and_the_precision_flag_say_which_variant_to_pick(capsys):
+    from gpt2_onnx.precisions import PRECISIONS, guide
+
+    readme = (ROOT / "README.md").read_text()
+    quickstart = readme[readme.index("## Quickstart") : readme.index("## Use")]
+    assert guide() in quickstart, "README.md's quickstart lacks precisions.guide(): paste it in"
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["generate", "--help"])
+    shown = " ".join(capsys.readouterr().out.split())
+    assert all(p.pick_for and " ".join(p.pick_for.split()) in shown for p in PRECISIONS)
