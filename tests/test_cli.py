@@ -300,7 +300,8 @@ def test_help_shows_defaults(capsys):
 
     text = help_text("generate")
     assert "--top-k TOP_K sample among the k best tokens (0: all) (default: the model's)" in text
-    assert "model variant (default: int8)" in text
+    assert "--precision {fp32,int8,int4} model variant: fp32: fidelity" in text
+    assert "int8 (default): latency and throughput" in text
     assert "results directory (default: benchmarks/results)" in help_text("bench")
 
 
