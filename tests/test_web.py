@@ -206,6 +206,28 @@ def test_the_server_gives_the_page_isolation_and_only_the_model_files(tiny_model
         server.close()
 
 
+def test_a_mount_serves_no_symlink_out_of_its_root_nor_encoded_dot_segments(tiny_model, tmp_path):
+    """A link under an open mount that leads out of its root is not served (the files under the root only);
+    dot segments and slashes written as %2e / %2f are decoded before the path is judged."""
+    root, outside = tmp_path / "src", tmp_path / "outside.txt"
+    root.mkdir()
+    outside.write_text("no")
+    (root / "page.js").write_text("ok")
+    (root / "link.js").symlink_to(outside)
+    (root / "inner.js").symlink_to(root / "page.js")
+    mount = web_app.Mount("/web/src/", root)
+    assert mount.path("/web/src/page.js") == root / "page.js"
+    assert mount.path("/web/src/inner.js") is not None  # a link that stays inside is the file it names
+    assert mount.path("/web/src/link.js") is None
+    server = PageServer(tiny_model)
+    try:
+        for path in ("/model/%2e%2e/secret.txt", "/web/src%2f..%2f..%2fpyproject.toml", "/web/src/%2e%2e/%2e%2e/setup.py"):
+            with pytest.raises(urllib.error.HTTPError) as e:
+                urllib.request.urlopen(f"{server.url}{path}")
+            assert e.value.code == 404, path
+    finally:
+        server.close()
+
 def test_web_without_its_javascript_dependencies_says_how_to_get_them(tiny_model, tmp_path, monkeypatch, capsys):
     (tmp_path / "src").mkdir()
     (tmp_path / "src" / "browser.js").write_text("")
