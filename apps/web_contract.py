@@ -3,9 +3,10 @@
 The browser and Node.js editions decode like the runtime only if they read the same facts:
 the model directory's format version, file names and architecture fields, the graphs' I/O names,
 the code points WordPiece decoding treats as CJK, each precision's files and kernel quirks
-(`min_call_rows`), and every generation option's kind, bounds and default. They are defined once, in the runtime; this module writes them to
-`web/src/contract.js`, an ES module (`python -m gpt2_onnx.apps.web_contract > web/src/contract.js`),
-and a test checks that the committed file is what the runtime says.
+(`min_call_rows`), and every generation option's kind, bounds and default. They are defined once,
+in the runtime; this module writes them to `web/src/contract.js`, an ES module
+(`python -m gpt2_onnx.apps.web_contract > web/src/contract.js`), and a test checks that the
+committed file is what the runtime says.
 """
 
 from __future__ import annotations
@@ -18,9 +19,9 @@ from typing import Any
 
 from gpt2_onnx import graph_io, manifest, precisions, requests
 from gpt2_onnx.logits import TOP_P_CANDIDATES
-from gpt2_onnx.text import CJK_RANGES
 from gpt2_onnx.option_registry import OPTIONS
 from gpt2_onnx.options import GenerationConfig
+from gpt2_onnx.text import CJK_RANGES
 
 CONTRACT_PATH = Path("web") / "src" / "contract.js"  # relative to the repository
 
