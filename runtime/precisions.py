@@ -60,9 +60,8 @@ class Precision:
 
 ECOSYSTEM_GRAPH = "model.onnx"  # where optimum, onnxruntime-genai and transformers.js look
 
-INT4_BLOCKS = (
-    Blockwise()
-)  # chosen on the quality model: blocks of 32 carry 0.6× the error of 128 (top-1 98.0 vs 97.4 %)
+# chosen on the quality model: blocks of 32 carry 0.6× the error of 128 (top-1 98.0 vs 97.4 %)
+INT4_BLOCKS = Blockwise()
 
 PRECISIONS = (
     Precision("fp32", "fp32", "the checkpoint's FP32 weights", 1.0, ecosystem_graph=True),
