@@ -40,6 +40,8 @@ test("options: a bad, unknown or unsupported option is an error naming it", () =
   fails({ constraint: { regex: "[0-9]+" } }, "constraint", /not supported by the JavaScript package/);
   fails({ logit_bias: { 5: 101 } }, "logit_bias", /in \[-100, 100\], got 101 for token id 5/);
   assert.deepEqual(resolveConfig({}, { logit_bias: { 9: 1, 3: -2 }, stop: "。" }).logit_bias, [[3, -2], [9, 1]]);
+  // half of 😀 as a stop string would cut the text inside the character: refused as Python refuses it
+  fails({ stop: ["ok", "a\ude00"] }, "stop", /the stop entry 'a\ude00' is not valid UTF-8: it holds a lone surrogate U\+DE00 at character 1/);
 });
 
 test("text: [CLS] first, no spaces around CJK, spaces between Latin words, ## joined, specials dropped", () => {
