@@ -26,6 +26,7 @@ import uvicorn
 
 from gpt2_onnx.errors import Gpt2OnnxError
 from gpt2_onnx.generator import prefix_cache_size
+from gpt2_onnx.precisions import BY_NAME
 
 from .bridge import Service
 from .console import model_settings
@@ -150,16 +151,23 @@ def _model_settings(args) -> ModelSettings:
 
 
 def start_line(service: Service, model_name: str, args) -> str:
-    """The line the server prints once its model is loaded: where it listens, its KV budget, its limits and
-    its prefix cache (on with its budget, or off)."""
+    """The line the server prints once its model is loaded: its precision (with what the load-time probe
+    decided where the precision's one-row calls may differ: `session.lone_row_is_exact`), where it listens,
+    its KV budget, its limits and its prefix cache (on with its budget, or off)."""
     generator = service.generator
+    precision = generator.precision
+    if precision in BY_NAME and BY_NAME[precision].min_call_rows > 1:
+        scratch = generator.decoder.min_rows - 1
+        precision += "; a lone row runs " + (
+            "alone (exact on this CPU)" if not scratch else f"beside {scratch} scratch row(s) (not exact alone here)"
+        )
     architecture = generator.manifest.architecture
     budget = service.engine.budget
     rows = budget // architecture.n_positions
     cache = generator.prefix_cache
     prefix = f"prefix cache {cache.budget_bytes / MB:g} MB" if cache else "prefix cache off"
     return (
-        f"gpt2-onnx serve: {model_name} ({generator.precision}) on http://{args.host}:{args.port}; "
+        f"gpt2-onnx serve: {model_name} ({precision}) on http://{args.host}:{args.port}; "
         f"KV budget {budget * architecture.kv_bytes_per_token / MB:.1f} MB = {rows} full-context row(s) "
         f"of {architecture.n_positions} positions; {args.max_running} running, {args.max_waiting} waiting at most; "
         f"{prefix}"

@@ -38,7 +38,8 @@ ISOLATION_HEADERS = {
 
 @dataclass(frozen=True)
 class Mount:
-    """URL paths under `prefix` are files under `root`; `files`: only these names (None: any file under it)."""
+    """URL paths under `prefix` are files under `root`; `files`: only these names (None: any file under it,
+    a link only where it leads to one)."""
 
     prefix: str
     root: Path
@@ -54,7 +55,13 @@ class Mount:
         if self.files is not None and rest not in self.files:
             return None
         path = self.root / rest
-        return path if path.is_file() else None
+        if not path.is_file():
+            return None
+        # an open mount serves the files under its root only: not one a link there leads out to (a model
+        # directory's files are named by its manifest, and may be links into a download cache)
+        if self.files is None and not path.resolve().is_relative_to(self.root.resolve()):
+            return None
+        return path
 
 
 def check_web_dir(web_dir: Path | None = None) -> None:

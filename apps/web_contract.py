@@ -1,11 +1,12 @@
 """What the JavaScript package (`web/`) takes from the Python runtime, as data.
 
 The browser and Node.js editions decode like the runtime only if they read the same facts:
-the model directory's format version and file names, the graphs' I/O names, each
-precision's files and kernel quirks (`min_call_rows`), and every generation option's kind,
-bounds and default. They are defined once, in the runtime; this module writes them to
-`web/src/contract.js`, an ES module (`python -m gpt2_onnx.apps.web_contract > web/src/contract.js`),
-and a test checks that the committed file is what the runtime says.
+the model directory's format version, file names and architecture fields, the graphs' I/O names,
+the code points WordPiece decoding treats as CJK, each precision's files and kernel quirks
+(`min_call_rows`), and every generation option's kind, bounds and default. They are defined once,
+in the runtime; this module writes them to `web/src/contract.js`, an ES module
+(`python -m gpt2_onnx.apps.web_contract > web/src/contract.js`), and a test checks that the
+committed file is what the runtime says.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from gpt2_onnx import graph_io, manifest, precisions, requests
 from gpt2_onnx.logits import TOP_P_CANDIDATES
 from gpt2_onnx.option_registry import OPTIONS
 from gpt2_onnx.options import GenerationConfig
+from gpt2_onnx.text import CJK_RANGES
 
 CONTRACT_PATH = Path("web") / "src" / "contract.js"  # relative to the repository
 
@@ -30,7 +32,9 @@ def contract() -> dict[str, Any]:
     return {
         "format_version": manifest.FORMAT_VERSION,
         "files": {"manifest": manifest.MANIFEST_NAME, "tokenizer": manifest.TOKENIZER_NAME},
+        "architecture": [f.name for f in fields(manifest.Architecture)],
         "decode": {"wordpiece_cjk": manifest.DECODE_WORDPIECE_CJK, "tokenizer": manifest.DECODE_TOKENIZER},
+        "cjk_ranges": [list(r) for r in CJK_RANGES],
         "io": {
             "convention": graph_io.IO_KV_BUFFER,
             "input_ids": graph_io.INPUT_IDS,

@@ -34,12 +34,12 @@ class Precision:
     description: str
     size_factor: float  # bytes on disk per byte of FP32 weights (for the exporter's free-space check)
     ecosystem_graph: bool = False  # also write model.onnx: the same weights in the ecosystem's I/O convention
-    # onnxruntime's MatMulNBits takes another kernel for a one-row input, whose activation
-    # quantization gives other logits on some CPUs (an Intel Xeon with AMX: by up to 0.17 at
-    # full size): there INT4 calls run ≥ 2 rows, a scratch row beside a lone one, so a row's
-    # result never depends on its batch; where a probe at load finds the lone row exact (an AMD
-    # EPYC with AVX-512 VNNI), 1
-    # (`gpt2_onnx.session.lone_row_is_exact`)
+    # rows a one-token call binds at least, unless the probe at load finds a lone row exact on
+    # this CPU (`gpt2_onnx.session.lone_row_is_exact`; the decision is `Decoder.min_rows`, shown
+    # in `serve`'s start line). onnxruntime's MatMulNBits takes another kernel for a one-row
+    # input, whose activation quantization gives other logits on some CPUs (an Intel Xeon with
+    # AMX: by up to 0.17 at full size): there a scratch row runs beside a lone one, so a row's
+    # result never depends on its batch; on an AMD EPYC (AVX-512 VNNI) a lone row runs alone
     min_call_rows: int = 1
     # a row's logits are the same whatever shape of call computes them (one token or several,
     # one row or many): what speculative decoding and the prefix cache need to be exact.
@@ -63,9 +63,8 @@ class Precision:
 
 ECOSYSTEM_GRAPH = "model.onnx"  # where optimum, onnxruntime-genai and transformers.js look
 
-INT4_BLOCKS = (
-    Blockwise()
-)  # chosen on the quality model: blocks of 32 carry 0.6× the error of 128 (top-1 98.0 vs 97.4 %)
+# chosen on the quality model: blocks of 32 carry 0.6× the error of 128 (top-1 98.0 vs 97.4 %)
+INT4_BLOCKS = Blockwise()
 
 PRECISIONS = (
     Precision(

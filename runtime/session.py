@@ -322,13 +322,20 @@ def load_decoder(graph_file: Path, architecture: Architecture, threads: int | No
 
 
 def lone_row_is_exact(decoder: Decoder) -> bool:
-    """Whether a one-row call gives a row bit for bit what it gets as the first of two, on this
-    CPU. onnxruntime picks MatMulNBits' kernels by CPU: on an AMD EPYC (AVX-512 VNNI) the one-row
+    """Whether a one-row call gives a row bit for bit what it gets in a call of two, on this CPU.
+    onnxruntime picks MatMulNBits' kernels by CPU: on an AMD EPYC (AVX-512 VNNI) the one-row
     kernel quantizes activations as the several-row one does, on an Intel Xeon (AVX-512 VNNI,
-    AMX) it did not (logits differed by up to 0.17 at full size). Two one-token calls at load
-    time tell which holds here."""
+    AMX) it did not (logits differed by up to 0.17 at full size). Both rows of a two-row step
+    after a prompt are compared with each row stepped alone, so neither one input that happens
+    to agree nor a row's place in the call decides it; any difference keeps scratch rows."""
     probe = Decoder(decoder.session, decoder.architecture, 1)
-    a = decoder.architecture
-    _, alone = probe.prefill([[a.vocab_size // 2]], 1)  # [1, vocab]
-    _, pair = probe.prefill([[a.vocab_size // 2], [a.vocab_size // 3]], 1)  # [2, vocab]
-    return bool(np.array_equal(alone[0], pair[0]))
+    v = decoder.architecture.vocab_size
+    prompts = [[v // 2, v // 5, v // 7], [v // 3, v // 11, v // 13]]  # equal lengths: one prefill call
+    steps = np.array([v // 17, v // 19])
+    cache, _ = probe.prefill(prompts, len(prompts[0]) + 1)
+    pair = probe.step(cache, steps)  # [2, vocab]: one token per row after a past
+    for r, prompt in enumerate(prompts):
+        cache, _ = probe.prefill([prompt], len(prompt) + 1)
+        if not np.array_equal(probe.step(cache, steps[r : r + 1])[0], pair[r]):
+            return False
+    return True

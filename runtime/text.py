@@ -23,19 +23,23 @@ from .manifest import DECODE_WORDPIECE_CJK, Conventions
 REPLACEMENT_CHAR = "\ufffd"  # what an incomplete UTF-8 byte sequence decodes to
 
 
+# the code point ranges BERT's basic tokenizer splits one character per token (inclusive)
+CJK_RANGES = (
+    (0x4E00, 0x9FFF),
+    (0x3400, 0x4DBF),
+    (0x20000, 0x2A6DF),
+    (0x2A700, 0x2B73F),
+    (0x2B740, 0x2B81F),
+    (0x2B820, 0x2CEAF),
+    (0xF900, 0xFAFF),
+    (0x2F800, 0x2FA1F),
+)
+
+
 def is_cjk(ch: str) -> bool:
-    """The code point ranges BERT's basic tokenizer splits one character per token."""
+    """Whether a character is in `CJK_RANGES`."""
     cp = ord(ch)
-    return (
-        0x4E00 <= cp <= 0x9FFF
-        or 0x3400 <= cp <= 0x4DBF
-        or 0x20000 <= cp <= 0x2A6DF
-        or 0x2A700 <= cp <= 0x2B73F
-        or 0x2B740 <= cp <= 0x2B81F
-        or 0x2B820 <= cp <= 0x2CEAF
-        or 0xF900 <= cp <= 0xFAFF
-        or 0x2F800 <= cp <= 0x2FA1F
-    )
+    return any(low <= cp <= high for low, high in CJK_RANGES)
 
 
 def is_word_char(ch: str) -> bool:

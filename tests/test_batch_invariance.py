@@ -115,3 +115,21 @@ def test_mixed_length_beams_hold_only_what_their_rows_need(full_model, generator
     padded = 32 * (881 + 20) * a.kv_bytes_per_token  # every row as long as the longest: what batching cost before
     assert resident <= needed * 1.02 + (1 << 20), (resident, needed)
     assert resident < padded / 5, (resident, padded)
+
+
+def test_the_lone_row_probe_compares_every_row_of_a_pair(tiny_int4, generators, monkeypatch):
+    """A pair whose second row differs from that row alone is not exact, though its first row agrees (the probe
+    looked at the first only): a one-row call's logits must be what the row gets in any place of a batch."""
+    decoder = generators(tiny_int4, "int4").decoder
+    original = Decoder.run
+
+    def second_row_off(self, cache, first, ids, every_position=False):
+        logits = original(self, cache, first, ids, every_position)
+        if ids.shape == (2, 1):  # a one-token call of two rows: its second row a kernel's rounding away
+            logits[1] += 1e-3
+        return logits
+
+    if not lone_row_is_exact(decoder):
+        pytest.skip("a lone row differs on this CPU anyway: the second row decides nothing here")
+    monkeypatch.setattr(Decoder, "run", second_row_off)
+    assert not lone_row_is_exact(decoder)

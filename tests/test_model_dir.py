@@ -217,3 +217,20 @@ def test_the_graph_architecture_is_read_from_the_graph_file(tiny_model):
     for graph in ("model.fp32.onnx", "model.int8.onnx", "model.onnx"):
         assert initializer_dims(tiny_model / graph, "wpe.weight") == (TINY.n_positions, TINY.n_embd)
         assert initializer_dims(tiny_model / graph, "no.such.weight") is None
+
+
+def test_a_manifest_written_before_int4_zero_points_still_loads(tiny_int4, tmp_path):
+    """Directories exported before INT4 had zero points: a symmetric record (`zero_point` 8, no
+    `per_channel_8bit`) reads as it was written."""
+    from gpt2_onnx.manifest import MANIFEST_NAME, read_manifest
+
+    model = tmp_path / "old"
+    shutil.copytree(tiny_int4, model)
+    raw = json.loads((model / MANIFEST_NAME).read_text())
+    q = raw["variants"]["int4"]["quantization"]
+    q.pop("per_channel_8bit")
+    q.update(symmetric=True, zero_point=8, max_value=7, weights=q["weights"] + ["wte.weight"])
+    (model / MANIFEST_NAME).write_text(json.dumps(raw))
+    old = read_manifest(model).variants["int4"].quantization
+    assert (old.symmetric, old.zero_point, old.per_channel_8bit) == (True, 8, ())
+    assert "wte.weight" in old.weights

@@ -72,3 +72,35 @@ def test_matmul_nbits_multiplies_by_the_stored_blocks():
     x = np.random.default_rng(2).normal(size=(3, k)).astype(np.float32)
     (y,) = ort.InferenceSession(model.SerializeToString()).run(None, {"x": x})
     np.testing.assert_allclose(y, x @ dequantize(packed, scale, zero).T, rtol=0, atol=1e-5)
+
+
+def test_a_4_bit_head_looks_up_and_multiplies_by_the_stored_blocks():
+    """`head_bits` 4: the embedding lookup (GatherBlockQuantized over the same packed rows) and the LM head
+    (MatMulNBits) both read the blocks `quantize_blocks` stored, three blocks a row (zero points padded)."""
+    from gpt2_onnx.export.graph import GraphWriter
+    from gpt2_onnx.export.quantize_blockwise import Int4Linear
+    from gpt2_onnx.precisions import Blockwise
+
+    vocab, n_embd = 50, 96
+    w = heavy_tailed((vocab, n_embd), seed=3)  # [vocab, n_embd]: a tied embedding / LM head
+    g = GraphWriter({"wte": w})
+    linear = Int4Linear(Blockwise(head_bits=4, accuracy_level=0))
+    embedded = linear.embed(g, "wte", "ids")
+    logits = linear.lm_head(g, "x", "wte")
+    inputs = [
+        helper.make_tensor_value_info("ids", TensorProto.INT64, [1, 3]),
+        helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, n_embd]),
+    ]
+    outputs = [helper.make_tensor_value_info(name, TensorProto.FLOAT, None) for name in (embedded, logits)]
+    model = helper.make_model(
+        helper.make_graph(g.nodes, "head", inputs, outputs, g.initializers),
+        opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid(MS_DOMAIN, 1)],
+        ir_version=10,
+    )
+    ids = np.array([[0, 7, vocab - 1]])
+    x = np.random.default_rng(4).normal(size=(2, n_embd)).astype(np.float32)
+    rows, y = ort.InferenceSession(model.SerializeToString()).run(None, {"ids": ids, "x": x})
+    stored = dequantize(*quantize_blocks(w, 32))  # [vocab, n_embd]
+    assert np.abs(stored - w).max() > 0  # quantized: the comparison below tells the stored blocks from w
+    np.testing.assert_array_equal(rows[0], stored[ids[0]])
+    np.testing.assert_allclose(y, x @ stored.T, rtol=0, atol=1e-5)

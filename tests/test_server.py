@@ -707,7 +707,11 @@ def test_int4_serves_without_a_prefix_cache_unless_one_is_asked_for(tiny_int4):
         # built at load, not by the first constrained request in the event loop
         assert "grammar_vocab" in vars(service.generator)
         args = Namespace(host="127.0.0.1", port=8000, max_running=8, max_waiting=64)
-        assert start_line(service, MODEL, args).endswith("; prefix cache off")
+        line = start_line(service, MODEL, args)
+        assert line.endswith("; prefix cache off")
+        # what the load-time probe decided for lone INT4 rows, as the decoder holds it
+        alone = "alone (exact on this CPU)" if service.generator.decoder.min_rows == 1 else "beside 1 scratch row(s)"
+        assert f"(int4; a lone row runs {alone}" in line, line
     asked = [
         sys.executable,
         "-c",

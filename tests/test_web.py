@@ -206,6 +206,33 @@ def test_the_server_gives_the_page_isolation_and_only_the_model_files(tiny_model
         server.close()
 
 
+def test_a_mount_serves_no_symlink_out_of_its_root_nor_encoded_dot_segments(tiny_model, tmp_path):
+    """A link under an open mount that leads out of its root is not served (the files under the root only);
+    dot segments and slashes written as %2e / %2f are decoded before the path is judged."""
+    root, outside = tmp_path / "src", tmp_path / "outside.txt"
+    root.mkdir()
+    outside.write_text("no")
+    (root / "page.js").write_text("ok")
+    (root / "link.js").symlink_to(outside)
+    (root / "inner.js").symlink_to(root / "page.js")
+    mount = web_app.Mount("/web/src/", root)
+    assert mount.path("/web/src/page.js") == root / "page.js"
+    assert mount.path("/web/src/inner.js") is not None  # a link that stays inside is the file it names
+    assert mount.path("/web/src/link.js") is None
+    server = PageServer(tiny_model)
+    try:
+        for path in (
+            "/model/%2e%2e/secret.txt",
+            "/web/src%2f..%2f..%2fpyproject.toml",
+            "/web/src/%2e%2e/%2e%2e/setup.py",
+        ):
+            with pytest.raises(urllib.error.HTTPError) as e:
+                urllib.request.urlopen(f"{server.url}{path}")
+            assert e.value.code == 404, path
+    finally:
+        server.close()
+
+
 def test_web_without_its_javascript_dependencies_says_how_to_get_them(tiny_model, tmp_path, monkeypatch, capsys):
     (tmp_path / "src").mkdir()
     (tmp_path / "src" / "browser.js").write_text("")
@@ -232,6 +259,19 @@ def test_bench_web_smoke(tiny_checkpoint, chromium, tmp_path, monkeypatch):
     table = (tmp_path / "web.md").read_text()
     assert table.count("| gpt2-onnx | Chromium |") == len(NAMES) * len(THREADS) and "| transformers.js |" in table
     assert (tmp_path / "web.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("threads", ["0", "-2", str(os.cpu_count() + 1)])
+def test_web_threads_out_of_bounds_are_one_line(tiny_model, threads, capsys):
+    """`--threads 0` was dropped without a word and a negative count reached the page: refused at once (before
+    the port is taken: a taken one here, so that nothing serves if the count is let through)."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        assert cli.main(["web", str(tiny_model), "--threads", threads, "--port", port]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"threads must be an int in [1, {os.cpu_count()}]" in err, err
 
 
 def test_web_on_a_port_in_use_is_one_line(tiny_model, node_modules, capsys):

@@ -22,16 +22,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--precision", default=precisions.DEFAULT_PRECISION, choices=precisions.NAMES, help="the page's first variant"
     )
     parser.add_argument(
-        "--threads", type=int, default=None, help="WebAssembly threads in the page (default: the browser's choice)"
+        "--threads",
+        type=int,
+        default=None,
+        help="WebAssembly threads in the page, at most the machine's CPUs (default: the browser's choice)",
     )
     parser.add_argument("--port", type=port_number, default=settings.DEFAULT_PORT, help="port to bind (1-65535)")
 
 
 def run(args: argparse.Namespace) -> int:
+    from gpt2_onnx.generator import check_threads
     from gpt2_onnx.hub import resolve_model_dir
 
     from ..web import MODEL_PREFIX, PAGE, check_web_dir, make_server, mounts
 
+    check_threads(args.threads)  # the page runs on this machine (127.0.0.1): its CPUs bound the page's threads
     check_web_dir()
     model_dir = resolve_model_dir(args.model)
     try:

@@ -5,10 +5,51 @@ export const CONTRACT = {
     "manifest": "gpt2_onnx.json",
     "tokenizer": "tokenizer.json"
   },
+  "architecture": [
+    "n_layer",
+    "n_head",
+    "n_embd",
+    "vocab_size",
+    "n_positions"
+  ],
   "decode": {
     "wordpiece_cjk": "wordpiece_cjk",
     "tokenizer": "tokenizer"
   },
+  "cjk_ranges": [
+    [
+      19968,
+      40959
+    ],
+    [
+      13312,
+      19903
+    ],
+    [
+      131072,
+      173791
+    ],
+    [
+      173824,
+      177983
+    ],
+    [
+      177984,
+      178207
+    ],
+    [
+      178208,
+      183983
+    ],
+    [
+      63744,
+      64255
+    ],
+    [
+      194560,
+      195103
+    ]
+  ],
   "io": {
     "convention": "kv_buffer",
     "input_ids": "input_ids",

@@ -11,7 +11,9 @@
 // the next call's past, exactly as long as the row's tokens. The attention over a row's positions is the same.
 //
 // INT4 (`min_call_rows` 2): MatMulNBits takes another kernel for one row, so a call of one token per row runs at
-// least two rows, a scratch row (token 0 at position 0, every call) beside the real one, as the Python runtime's.
+// least two rows, a scratch row (token 0 at position 0, every call) beside the real one, always: the Python
+// runtime's probe at load (`session.lone_row_is_exact`) that lets a lone row run alone where the CPU's kernels
+// agree is not run here, where the kernels are WebAssembly's (two rows are what a batch gives either way).
 
 import { CONTRACT } from "./contract.js";
 

@@ -10,7 +10,7 @@
 import { CONTRACT } from "./contract.js";
 import { Decoder } from "./decoder.js";
 import { Rng, applyBias, greedy, processScores, sample } from "./logits.js";
-import { checkManifest, checkSha256 } from "./manifest.js";
+import { ModelDirectoryError, checkManifest, checkSha256 } from "./manifest.js";
 import { GenerationOptionError, isSampling, resolveConfig } from "./options.js";
 import { TextCodec, TextStream } from "./text.js";
 
@@ -30,7 +30,7 @@ export class Generator {
    */
   static async open(platform, { precision = CONTRACT.default_precision, verify = true } = {}) {
     const { where } = platform;
-    const manifest = checkManifest(await platform.readJson(CONTRACT.files.manifest), where, precision);
+    const manifest = checkManifest(await readJson(platform, CONTRACT.files.manifest), where, precision);
     const { variant } = manifest;
     if (verify) {
       const files = [
@@ -40,7 +40,7 @@ export class Generator {
       ];
       for (const [name, expected] of files) checkSha256(where, name, await platform.sha256(name), expected);
     }
-    const codec = new TextCodec(await platform.readJson(CONTRACT.files.tokenizer), manifest.conventions);
+    const codec = new TextCodec(await readJson(platform, CONTRACT.files.tokenizer), manifest.conventions);
     const session = await platform.createSession(variant.graph, variant.data);
     const decoder = new Decoder(platform.ort, session, manifest.architecture, manifest.minRows);
     return new Generator(manifest, codec, decoder, precision);
@@ -157,5 +157,15 @@ export class Generator {
       );
     }
     return [...ids.slice(0, prefix), ...ids.slice(ids.length - room)];
+  }
+}
+
+/** A model directory's JSON file through `platform`; one that does not parse is the directory's error. */
+async function readJson(platform, name) {
+  try {
+    return await platform.readJson(name);
+  } catch (e) {
+    if (!(e instanceof SyntaxError)) throw e;
+    throw new ModelDirectoryError(`${platform.where}/${name} is not valid JSON (${e.message}); re-export the model directory`);
   }
 }

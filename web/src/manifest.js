@@ -10,8 +10,6 @@ export class ModelDirectoryError extends Error {
   }
 }
 
-const ARCHITECTURE = ["n_layer", "n_head", "n_embd", "vocab_size", "n_positions"];
-
 /** The parsed manifest `raw` of the directory `where`, checked; the variant of `precision` picked. */
 export function checkManifest(raw, where, precision) {
   const path = `${where}/${CONTRACT.files.manifest}`;
@@ -22,7 +20,7 @@ export function checkManifest(raw, where, precision) {
         `${CONTRACT.format_version}; re-export it with \`gpt2-onnx export SOURCE NEW_DIR\``,
     );
   }
-  for (const name of ARCHITECTURE) {
+  for (const name of CONTRACT.architecture) {
     const v = raw.architecture?.[name];
     if (!Number.isInteger(v) || v < 1) throw malformed(`architecture.${name} must be an int ≥ 1, got ${JSON.stringify(v)}`);
   }

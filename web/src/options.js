@@ -99,6 +99,16 @@ function check(o, value) {
   if (o.kind === "texts") {
     if (!Array.isArray(value) || !value.every((s) => typeof s === "string" && s))
       throw new GenerationOptionError(`${o.name} must be a list of non-empty strings, got ${show(value)}`, o.name);
+    // a lone surrogate would match half of a character and cut the text inside it (option_registry.require_utf8)
+    const lone = value.find((s) => !s.isWellFormed());
+    if (lone !== undefined) {
+      const at = [...lone].findIndex((ch) => ch.length === 1 && ch.charCodeAt(0) >= 0xd800 && ch.charCodeAt(0) <= 0xdfff);
+      const code = [...lone][at].charCodeAt(0).toString(16).toUpperCase();
+      throw new GenerationOptionError(
+        `the ${o.name} entry ${show(lone)} is not valid UTF-8: it holds a lone surrogate U+${code} at character ${at}; pass UTF-8 text`,
+        o.name,
+      );
+    }
   } else if (o.kind === "ids" || o.kind === "words") {
     if (!Array.isArray(value)) throw wrong();
     if (o.kind === "ids" && !value.every((t) => Number.isInteger(t) && t >= 0))

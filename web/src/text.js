@@ -10,19 +10,10 @@ import { CONTRACT } from "./contract.js";
 
 const REPLACEMENT_CHAR = "\ufffd"; // what an incomplete UTF-8 byte sequence decodes to
 
-/** The code point ranges BERT's basic tokenizer splits one character per token. */
+/** The code point ranges BERT's basic tokenizer splits one character per token (the contract's, runtime/text.py). */
 export function isCjk(ch) {
   const cp = ch.codePointAt(0);
-  return (
-    (cp >= 0x4e00 && cp <= 0x9fff) ||
-    (cp >= 0x3400 && cp <= 0x4dbf) ||
-    (cp >= 0x20000 && cp <= 0x2a6df) ||
-    (cp >= 0x2a700 && cp <= 0x2b73f) ||
-    (cp >= 0x2b740 && cp <= 0x2b81f) ||
-    (cp >= 0x2b820 && cp <= 0x2ceaf) ||
-    (cp >= 0xf900 && cp <= 0xfaff) ||
-    (cp >= 0x2f800 && cp <= 0x2fa1f)
-  );
+  return CONTRACT.cjk_ranges.some(([low, high]) => cp >= low && cp <= high);
 }
 
 // Python's str.isalnum: letters and numbers of any script

@@ -4,6 +4,7 @@ import assert from "node:assert/strict";
 import { test } from "node:test";
 import { CONTRACT } from "../src/contract.js";
 import { Generator } from "../src/generator.js";
+import { ModelDirectoryError } from "../src/manifest.js";
 import { Rng, bannedNgramTokens, greedy, processScores, sample } from "../src/logits.js";
 import { GenerationOptionError, checkThreads, resolveConfig } from "../src/options.js";
 import { TextCodec, TextStream } from "../src/text.js";
@@ -39,6 +40,8 @@ test("options: a bad, unknown or unsupported option is an error naming it", () =
   fails({ constraint: { regex: "[0-9]+" } }, "constraint", /not supported by the JavaScript package/);
   fails({ logit_bias: { 5: 101 } }, "logit_bias", /in \[-100, 100\], got 101 for token id 5/);
   assert.deepEqual(resolveConfig({}, { logit_bias: { 9: 1, 3: -2 }, stop: "。" }).logit_bias, [[3, -2], [9, 1]]);
+  // half of 😀 as a stop string would cut the text inside the character: refused as Python refuses it
+  fails({ stop: ["ok", "a\ude00"] }, "stop", /the stop entry 'a\ude00' is not valid UTF-8: it holds a lone surrogate U\+DE00 at character 1/);
 });
 
 test("text: [CLS] first, no spaces around CJK, spaces between Latin words, ## joined, specials dropped", () => {
@@ -92,4 +95,12 @@ test("a prompt that is not well-formed text is refused, naming the prompt", () =
   const gen = new Generator({ conventions: { stop_token_ids: [3] } }, codec, null, "fp32");
   assert.deepEqual(gen.encode("这是"), [2, 7, 8]);
   assert.throws(() => gen.encode("a\ud800"), (e) => e.option === "prompt" && /not valid UTF-8/.test(e.message));
+});
+
+test("a model directory's file that is not JSON is the directory's error, naming the file and the fix", async () => {
+  const platform = { where: "/models/m", readJson: async () => JSON.parse("{ not json") };
+  await assert.rejects(
+    Generator.open(platform),
+    (e) => e instanceof ModelDirectoryError && /\/models\/m\/gpt2_onnx\.json is not valid JSON .*re-export/.test(e.message),
+  );
 });
