@@ -166,6 +166,8 @@ class Service:
     def mailbox(self, loop: asyncio.AbstractEventLoop) -> Mailbox:
         """The loop's one mailbox (its calls' events share its wake-ups)."""
         with self._lock:
+            for closed in [old for old in self._mailboxes if old.is_closed()]:  # a test's, or a restarted app's
+                del self._mailboxes[closed]
             return self._mailboxes.setdefault(loop, Mailbox(loop))
 
     def start(self, metrics: Metrics) -> None:

@@ -77,7 +77,7 @@ def contract() -> dict[str, Any]:
 
 
 def _json_default(value: Any) -> Any:
-    """A default as JSON holds it: tuples as lists (an id map's () as {})."""
+    """A default as JSON holds it: tuples as lists (an id map's () as [], the [[id, bias], ...] pairs it holds)."""
     return list(value) if isinstance(value, tuple) else value
 
 

@@ -41,8 +41,8 @@ FORMS: tuple[Form, ...] = (
 )
 FORM_BY_NAME: Mapping[str, Form] = {f.name: f for f in FORMS}
 OPTION = "constraint"
-# JSON as our vocabulary can write it: no optional whitespace (a space token exists only between two words)
 GUIDANCE_KEY = "x-guidance"  # a JSON schema's options for llguidance
+# JSON as our vocabulary can write it: no optional whitespace (a space token exists only between two words)
 JSON_DEFAULTS = {"whitespace_flexible": False}
 NO_FORCING = '%llguidance {"no_forcing": true}'  # see Constraint.grammar
 

@@ -217,17 +217,17 @@ class Engine:
             if kept:
                 slide_if_full(self.decoder, self.cache, a, kept, self.capacity)
                 going_on.append((a, kept))
-        self._lay_out(going_on, [(a, [a.first]) for a in self.prefilling if a.new_tokens == 0])
+        self._lay_out(going_on, [a for a in self.prefilling if a.new_tokens == 0])
 
     def _lay_out(
         self,
         decoding: list[tuple[Active, list[int]]],
-        prefilling: list[tuple[Active, list[int]]],
+        prefilling: list[Active],
         joining: Sequence[Active] = (),
     ) -> None:
         """The one place rows move, the cache's lengths are written and the engine's row order is
         set. `decoding`: the requests that decode from now on, each with the rows of now its rows
-        continue (a row repeated: beams), laid out first in the order that moves fewest rows
+        continue (a row repeated: beams), laid out first in an order that moves few rows
         (`plan.settle`); `prefilling`: prompts part-way, one row each, in arrival order after
         them; `joining`: requests taking one new row each after those, their cached blocks
         written there already. Every row holds its request's `computed` positions."""
@@ -235,7 +235,7 @@ class Engine:
         for a in self.decoding + self.prefilling:  # what the rows of now hold: copies and freed pages follow it
             cache.lengths[a.first : a.first + a.width] = a.computed
         decoding = [decoding[i] for i in planning.settle([sources for _, sources in decoding])]
-        rows = decoding + prefilling
+        rows = decoding + [(a, [a.first]) for a in prefilling]
         cache.select(np.array([r for _, sources in rows for r in sources], np.int64))
         if joining:
             cache.append(len(joining))
@@ -245,7 +245,7 @@ class Engine:
             cache.lengths[first : first + width] = a.computed
             first += width
         self.decoding = [a for a, _ in decoding]
-        self.prefilling = [a for a, _ in prefilling] + list(joining)
+        self.prefilling = [*prefilling, *joining]
 
     def _publish(self) -> None:
         """Replace the stats snapshot (the engine's thread only: readers never see a step half-done)."""
@@ -283,7 +283,7 @@ class Engine:
             for slot in active.slots if decoding else range(request.config.num_return_sequences):
                 request.on_event(Event(slot, (), "", FINISH_CANCELLED))
         self._lay_out(
-            *([(a, list(a.span)) for a in group if a not in gone] for group in (self.decoding, self.prefilling))
+            [(a, list(a.span)) for a in self.decoding if a not in gone], [a for a in self.prefilling if a not in gone]
         )
 
     def _admit(self) -> None:
@@ -308,9 +308,7 @@ class Engine:
                 self._start_from_cache(joining[-1], len(self.cache.lengths) + len(joining) - 1)
             reserved, rows = reserved + need, rows + request.rows
         if joining:
-            self._lay_out(
-                [(a, list(a.span)) for a in self.decoding], [(a, [a.first]) for a in self.prefilling], joining
-            )
+            self._lay_out([(a, list(a.span)) for a in self.decoding], self.prefilling, joining)
 
     def _start_from_cache(self, active: Active, row: int) -> None:
         """Copy the cached blocks the prompt begins with into the row it is about to take (the

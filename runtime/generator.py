@@ -10,15 +10,16 @@ from __future__ import annotations
 import importlib.util
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cached_property, lru_cache, partial
 from pathlib import Path
 from typing import Any, overload
 
 import numpy as np
 
 from .checksums import verified_paths
+from .constraints import Constraint
 from .engine import Engine, Event, Request
 from .errors import ContextLengthError, GenerationOptionError, ModelDirectoryError
 from .grammar import Grammar, GrammarVocab, compile_constraint
@@ -36,6 +37,7 @@ PREFIX_BLOCK_TOKENS = 16  # the prefix cache's block: vLLM's default size
 # the prefix cache's size where it is on by default (prefix_cache_mb=None: a server's and a batch job's default):
 # about 1,800 positions of the distil model (36 KB each), a few long shared prefixes or many short ones
 DEFAULT_PREFIX_CACHE_MB = 64
+COMPILED_GRAMMARS = 64  # structured-output constraints kept compiled (each a few ms to compile, small to hold)
 
 
 @dataclass(frozen=True)
@@ -307,7 +309,13 @@ class Generator:
                 "or give special tokens only",
                 option="stop_token_ids",
             )
-        return compile_constraint(config.constraint, self.grammar_vocab)
+        return self._compiled(config.constraint)
+
+    @cached_property
+    def _compiled(self) -> Callable[[Constraint], Grammar]:
+        """`compile_constraint` for this model, the last COMPILED_GRAMMARS kept: a server is sent the same schema
+        request after request, and a compiled grammar is only ever copied (`Grammar.matcher`)."""
+        return lru_cache(maxsize=COMPILED_GRAMMARS)(partial(compile_constraint, vocab=self.grammar_vocab))
 
     @cached_property
     def grammar_vocab(self) -> GrammarVocab:

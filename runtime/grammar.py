@@ -168,13 +168,15 @@ class RowMatcher:
         self.vocab, self._matcher = vocab, matcher
         self._word = False
         self._stuck = False  # the last mask allowed no token: see `dead`
-        self._bits = llguidance().numpy.allocate_token_bitmask(1, vocab.n_ids)  # [1, ceil(n_ids / 32)] int32
+        masks = llguidance().numpy
+        self._bits = masks.allocate_token_bitmask(1, vocab.n_ids)  # [1, ceil(n_ids / 32)] int32
+        self._fill = masks.fill_next_token_bitmask
 
     def allowed(self, stop_ids: np.ndarray) -> np.ndarray:
         """bool [vocab]: the tokens the text may go on with, and the stop tokens (in place of llguidance's
         EOS) once it may end, or when it is `dead` (then they alone)."""
         v = self.vocab
-        llguidance().numpy.fill_next_token_bitmask(self._matcher, self._bits)
+        self._fill(self._matcher, self._bits)
         bits = np.unpackbits(self._bits.view(np.uint8), bitorder="little")[: v.n_ids].view(np.bool_)  # [n_ids]
         allowed = bits[: v.size]
         if self._word and len(v.twins):  # word-starting tokens append their twins' text
@@ -199,7 +201,7 @@ class RowMatcher:
 
     @property
     def done(self) -> bool:
-        """Nothing may follow the text: it is `complete`, or `dead`."""
+        """llguidance has stopped: nothing may follow the text (`complete` tells whether it is whole)."""
         return self._matcher.is_stopped()
 
     @property

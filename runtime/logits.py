@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -30,6 +31,11 @@ class Processors:
     config: GenerationConfig
     stop_token_ids: tuple[int, ...]
     bad_words_ids: tuple[tuple[int, ...], ...]
+
+    @cached_property
+    def stop_ids(self) -> np.ndarray:
+        """`stop_token_ids` as an index array [n], made once (constraints and beams read it every step)."""
+        return np.array(self.stop_token_ids, np.int64)
 
     def bias(self, logits: np.ndarray) -> np.ndarray:
         """OpenAI's logit_bias: each bias added to its token's logit, in every row, in place. The caller

@@ -182,6 +182,8 @@ def settle(sources: Sequence[Sequence[int]]) -> list[int]:
             first[i] = start
         else:
             movers.append(i)
+    if not movers:  # the common step: every request keeps its rows
+        return sorted(first, key=first.__getitem__)
     taken = np.zeros(total, bool)
     for i, start in first.items():
         taken[start : start + len(sources[i])] = True

@@ -76,7 +76,7 @@ class Active:
         request.processors.bias(logits)  # the model's logits as the caller biased them: logprobs are of those
         raw = logits.copy() if c.logprobs else None  # processors change `logits` in place
         if self.matchers:
-            stop_ids = np.array(request.processors.stop_token_ids, np.int64)
+            stop_ids = request.processors.stop_ids
             constrained = constrain(logits, np.stack([self.matchers[s].allowed(stop_ids) for s in slots])).copy()
         scores = request.processors(logits, histories, step)
         if self.matchers:
@@ -158,7 +158,7 @@ class Active:
         request, c = self.request, self.request.config
         logits = request.processors.bias(logits)  # beams score the log-softmax of the biased logits
         scores = request.processors(log_softmax(logits), self.histories, step)  # [beams, vocab]
-        stop_ids = np.array(request.processors.stop_token_ids, np.int64)
+        stop_ids = request.processors.stop_ids
         parents, tokens = self.beams.step(scores, self.histories, stop_ids, step + 1 == c.max_new_tokens)
         request.clock.mark()
         if self.beams.done:

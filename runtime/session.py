@@ -315,10 +315,8 @@ def load_decoder(graph_file: Path, architecture: Architecture, threads: int | No
     one-row kernel may differ) holds only where this CPU's lone row is not exact (`lone_row_is_exact`)."""
     session = create_session(graph_file, threads)
     check_graph_architecture(session, graph_file, architecture)
-    decoder = Decoder(session, architecture, min_rows)
-    if min_rows > 1 and lone_row_is_exact(decoder):
-        decoder.min_rows = 1
-    return decoder
+    lone = Decoder(session, architecture, 1)
+    return lone if min_rows == 1 or lone_row_is_exact(lone) else Decoder(session, architecture, min_rows)
 
 
 def lone_row_is_exact(decoder: Decoder) -> bool:

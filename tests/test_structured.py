@@ -193,6 +193,14 @@ def test_a_grammar_cannot_turn_forcing_back_on(gen):
         assert r.text in ("hello world", "hello there") and r.finish_reason == "stop", r.text
 
 
+def test_a_constraint_is_compiled_once_for_the_requests_that_repeat_it(gen):
+    """A server is sent the same schema request after request: the second compiles nothing."""
+    constraint = {"regex": "[0-9]{2,5}"}
+    compiled = gen._compiled.cache_info().hits
+    texts = [gen.generate("这是", max_new_tokens=6, do_sample=False, constraint=constraint).text for _ in range(2)]
+    assert texts[0] == texts[1] and gen._compiled.cache_info().hits == compiled + 1
+
+
 def test_a_batch_of_different_constraints_equals_each_row_alone(gen):
     kinds = list(CONSTRAINTS)
     configs = [gen.config(constraint=CONSTRAINTS[k][0], do_sample=False, max_new_tokens=12) for k in kinds]
