@@ -137,7 +137,7 @@ def _node(args: list[str]) -> dict:
 
 def _mounts(model_dir: Path) -> list[web_app.Mount]:
     """The page's mounts, the timing pages, transformers.js with its own onnxruntime-web, and its view of the
-    export (`tjs/model/`: config.json and onnx/model.onnx beside its weights, links to the export's files)."""
+    export (`tjs/model/`: config.json and onnx/model.onnx beside its weights, hard links to the export's files)."""
     modules = web_app.WEB_DIR / "node_modules"
     tjs = modules / TJS
     view = model_dir.parent / "transformers.js-view" / "model"
@@ -149,7 +149,7 @@ def _mounts(model_dir: Path) -> list[web_app.Mount]:
         (view / "onnx" / data_file, model_dir / data_file),
     ):
         link.unlink(missing_ok=True)
-        link.symlink_to(target)
+        link.hardlink_to(target)  # not a symlink: a mount serves no path whose real place is outside it
     return [
         *web_app.mounts(model_dir),
         web_app.Mount("/web/tools/", web_app.WEB_DIR / "tools"),
