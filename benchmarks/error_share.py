@@ -51,14 +51,23 @@ class OnlyOne:
         return None
 
 
-def graph_logits(checkpoint: Checkpoint, linear: Linear, blocks: np.ndarray, min_rows: int = 1) -> np.ndarray:
-    """Logits of every position [windows, seq, vocab] of the graph `linear` writes."""
+def in_memory_decoder(checkpoint: Checkpoint, linear: Linear, threads: int | None = None) -> Decoder:
+    """The checkpoint's kv_buffer graph as `linear` writes it, run from memory (nothing exported to disk)."""
     weights = dict(checkpoint.weights)
     if checkpoint.spec.tied_lm_head:
         weights.pop("lm_head.weight", None)
     model = build_model(weights, checkpoint.spec, linear, IO_KV_BUFFER)
-    decoder = Decoder(create_session(model.SerializeToString(), None), checkpoint.spec.architecture, min_rows)
-    return np.concatenate([decoder.score(blocks[i : i + 8]) for i in range(0, len(blocks), 8)])
+    return Decoder(create_session(model.SerializeToString(), threads), checkpoint.spec.architecture)
+
+
+def score_windows(decoder: Decoder, blocks: np.ndarray, batch: int = 8) -> np.ndarray:
+    """Logits of every position [windows, seq, vocab] of token windows [windows, seq], `batch` at a time."""
+    return np.concatenate([decoder.score(blocks[i : i + batch]) for i in range(0, len(blocks), batch)])
+
+
+def graph_logits(checkpoint: Checkpoint, linear: Linear, blocks: np.ndarray) -> np.ndarray:
+    """Logits of every position [windows, seq, vocab] of the graph `linear` writes."""
+    return score_windows(in_memory_decoder(checkpoint, linear), blocks)
 
 
 def mean_kl(reference: np.ndarray, logits: np.ndarray) -> float:

@@ -21,14 +21,14 @@ from pathlib import Path
 import numpy as np
 
 from gpt2_onnx.export.checkpoint import load_checkpoint
-from gpt2_onnx.export.graph import MS_DOMAIN, GraphWriter, build_model
+from gpt2_onnx.export.graph import MS_DOMAIN, GraphWriter
 from gpt2_onnx.export.quantize import Int8Linear, quantize_tokens
 from gpt2_onnx.export.quantize_blockwise import Int4Linear
-from gpt2_onnx.graph_io import IO_KV_BUFFER
 from gpt2_onnx.precisions import Blockwise
-from gpt2_onnx.session import Decoder, create_session
+from gpt2_onnx.session import create_session
 
 from .ceiling import weights_only_model
+from .error_share import in_memory_decoder
 from .speed import best_of
 from .worker import median_time
 
@@ -113,11 +113,7 @@ def weights_only_ms(arch, linear, threads: int, reps: int) -> dict[str, float]:
 
 def whole_graph(checkpoint, linear, threads: int, reps: int) -> dict:
     """Decode ms per step at batch 1 and 8 after a 32-token prompt, and row invariance."""
-    weights = dict(checkpoint.weights)
-    if checkpoint.spec.tied_lm_head:
-        weights.pop("lm_head.weight", None)
-    model = build_model(weights, checkpoint.spec, linear, IO_KV_BUFFER)
-    decoder = Decoder(create_session(model.SerializeToString(), threads), checkpoint.spec.architecture)
+    decoder = in_memory_decoder(checkpoint, linear, threads)
     rng = np.random.default_rng(0)
     vocab = checkpoint.spec.architecture.vocab_size
     result = {}

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from gpt2_onnx.benchmarks.error_share import int4_error_shares
+from gpt2_onnx.benchmarks.error_share import int4_error_shares, score_windows
 from gpt2_onnx.generator import Generator
 from gpt2_onnx.logits import log_softmax
 
@@ -185,7 +185,7 @@ def evaluate(
         length,
     )
     blocks = blocks[np.linspace(0, len(blocks) - 1, windows).astype(int)]
-    reference_logits = _logits(fp32, blocks)
+    reference_logits = score_windows(fp32.decoder, blocks)
     reference_greedy = _greedy(fp32, blocks, prompts, new_tokens)
     report = {
         "windows": windows,
@@ -196,7 +196,7 @@ def evaluate(
     }
     for precision in fp32.manifest.variants:
         gen = fp32 if precision == "fp32" else Generator.load(model_dir, precision=precision)
-        logits = reference_logits if precision == "fp32" else _logits(gen, blocks)
+        logits = reference_logits if precision == "fp32" else score_windows(gen.decoder, blocks)
         greedy = reference_greedy if precision == "fp32" else _greedy(gen, blocks, prompts, new_tokens)
         delta = np.abs(logits - reference_logits)
         same_prefix = [
@@ -221,12 +221,6 @@ def evaluate(
         if "int4" in report["variants"]:
             report["int4_error_shares"] = int4_error_shares(checkpoint, blocks, reference_logits)
     return report
-
-
-def _logits(gen: Generator, blocks: np.ndarray, batch: int = 8) -> np.ndarray:
-    return np.concatenate(
-        [gen.decoder.score(blocks[i : i + batch]) for i in range(0, len(blocks), batch)]
-    )  # [windows, length, vocab]
 
 
 def _perplexity(logits: np.ndarray, blocks: np.ndarray) -> float:

@@ -31,7 +31,13 @@ from .quantize_blockwise import Int4Linear
 from .tokenizer import TokenizerExport, export_tokenizer
 
 # the matmul strategy named by each row of the precision table (`gpt2_onnx.precisions`)
-STRATEGIES = {"fp32": Fp32Linear, "int8_per_token": Int8Linear, "int4_blockwise": Int4Linear}
+# each precision's matmul strategy (`Precision.strategy`): (its precision row, the INT8 settings) → the Linear
+# that writes its graph
+STRATEGIES: Mapping[str, Callable[[precisions.Precision, Int8Settings], Linear]] = {
+    "fp32": lambda row, int8: Fp32Linear(),
+    "int8_per_token": lambda row, int8: Int8Linear(int8),
+    "int4_blockwise": lambda row, int8: Int4Linear(row.blocks, int8),
+}
 # external data layout: onnxruntime maps a tensor from the file when its offset is a
 # multiple of the allocation granularity (4 KiB on Linux, 64 KiB on Windows)
 EXTERNAL_MIN_BYTES = 1024
@@ -175,10 +181,7 @@ def _write_variant(
 def linear_for(precision: str, int8: Int8Settings = DEFAULT_INT8) -> Linear:
     """The matmul strategy that writes a precision's graph."""
     row = precisions.BY_NAME[precision]
-    strategy = STRATEGIES[row.strategy]
-    if strategy is Int4Linear:
-        return Int4Linear(row.blocks, int8)
-    return strategy(int8) if strategy is Int8Linear else strategy()
+    return STRATEGIES[row.strategy](row, int8)
 
 
 def save_with_external_data(graphs: Mapping[Path, onnx.ModelProto], data: Path) -> Path:
