@@ -16,7 +16,8 @@ BAD_ROWS = {  # id → (the row, a word its error must name)
 
 def job_rows(n: int, sampled: bool, bad: bool = False) -> list[dict]:
     """n rows: prompts of 1 to 20 characters; every fifth row sets its own max_new_tokens,
-    every seventh its own top_k; sampled rows carry their own seed. Odd rows have no id (→ line number)."""
+    every seventh its own top_k, every eleventh its own constraint (structured output: a number);
+    sampled rows carry their own seed. Odd rows have no id (→ line number)."""
     rows = []
     for i in range(n):
         row = {"prompt": (WORDS * 2)[i % len(WORDS) :][: 1 + i % 20]}
@@ -26,6 +27,8 @@ def job_rows(n: int, sampled: bool, bad: bool = False) -> list[dict]:
             row["max_new_tokens"] = 3 + i % 4
         if i % 7 == 0:
             row["top_k"] = 5
+        if i % 11 == 3:
+            row["constraint"] = {"regex": "[0-9]{1,4}"}
         if sampled:
             row["seed"] = i
         rows.append(row)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -92,6 +93,8 @@ def test_ray_job_equals_the_local_job_row_for_row(ray_jobs, local_jobs, name):
     assert len(on_ray) == 500 and results[name]["written"] == 500 and results[name]["errors"] == 0
     assert on_ray == local
     assert results[name]["new_tokens"] == sum(r["usage"]["completion_tokens"] for r in local.values()) > 0
+    constrained = [r for r in on_ray.values() if r["line"] % 11 == 4]  # job_rows: every eleventh row's constraint
+    assert constrained and all(re.fullmatch("[0-9]{1,4}", r["text"]) for r in constrained)
 
 
 def test_ray_job_reports_exactly_the_bad_rows(ray_jobs, local_jobs):
