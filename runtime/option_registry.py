@@ -285,16 +285,16 @@ def body_field(option: str | None) -> str | None:
     None when no field does."""
     if option == PROMPT:
         return PROMPT
-    if _form(option) is not None:
-        return _form(option).body
+    if (form := _form(option)) is not None:
+        return form.body
     return BY_NAME[option].body if option in BY_NAME else None
 
 
 def flag_of(option: str) -> str:
     """The command-line flag that sets `option` (a constraint's form: its flag; a setting outside the
     table: its name with dashes)."""
-    if _form(option) is not None:
-        return _form(option).flag
+    if (form := _form(option)) is not None:
+        return form.flag
     if option == OPTION:  # the constraint as a whole: any of its forms' flags
         return " / ".join(f.flag for f in FORMS)
     row = BY_NAME.get(option)
