@@ -51,13 +51,16 @@ class OnlyOne:
         return None
 
 
-def in_memory_decoder(checkpoint: Checkpoint, linear: Linear, threads: int | None = None) -> Decoder:
-    """The checkpoint's kv_buffer graph as `linear` writes it, run from memory (nothing exported to disk)."""
+def in_memory_decoder(
+    checkpoint: Checkpoint, linear: Linear, threads: int | None = None, profile_prefix: str | None = None
+) -> Decoder:
+    """The checkpoint's kv_buffer graph as `linear` writes it, run from memory (nothing exported to disk);
+    `profile_prefix`: profile its runs (`create_session`)."""
     weights = dict(checkpoint.weights)
     if checkpoint.spec.tied_lm_head:
         weights.pop("lm_head.weight", None)
     model = build_model(weights, checkpoint.spec, linear, IO_KV_BUFFER)
-    return Decoder(create_session(model.SerializeToString(), threads), checkpoint.spec.architecture)
+    return Decoder(create_session(model.SerializeToString(), threads, profile_prefix), checkpoint.spec.architecture)
 
 
 def score_windows(decoder: Decoder, blocks: np.ndarray, batch: int = 8) -> np.ndarray:

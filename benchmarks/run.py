@@ -61,16 +61,17 @@ def run_bench(
 
 
 def run_kernels_report(checkpoint: Path | None, out: Path, smoke: bool = False, threads: int | None = None) -> dict:
-    """INT8 matmul strategies side by side (`kernels`); writes kernels.json and kernels.md."""
+    """INT8 and INT4 matmul strategies side by side (`kernels`); writes kernels-<instruction set>.json
+    and .md (a report per CPU family: onnxruntime picks its kernels by CPU)."""
     from gpt2_onnx.session import default_threads
 
-    from .kernels import kernels_markdown, run_kernels
+    from .kernels import kernels_markdown, report_name, run_kernels
     from .speed import machine
 
     threads = threads or default_threads()
     doc = run_kernels((checkpoint or default_checkpoint(smoke)).resolve(), threads, reps=5 if smoke else 50, log=_log)
     doc["machine"], doc["command"] = machine(threads), _command()
-    _write(out, "kernels", doc, kernels_markdown(doc, doc["command"], doc["machine"]))
+    _write(out, report_name(doc["machine"]), doc, kernels_markdown(doc, doc["command"], doc["machine"]))
     return doc
 
 

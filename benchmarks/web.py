@@ -1,10 +1,12 @@
 """`bench --only web`: batch-1 greedy decode speed and time to first token of the JavaScript package, in Node.js
 (onnxruntime-node) and in headless Chromium (onnxruntime-web, WebAssembly, 1 and 2 threads), beside the Python
 runtime on the same machine and transformers.js in the same browser on the export's FP32 ecosystem graph
-(`model.onnx`, the anchor). Each row also says whether its greedy ids are the Python runtime's.
+(`model.onnx`, the anchor). Each row also says whether its greedy ids are the Python runtime's. Then where a
+WebAssembly step's time goes, per precision: onnxruntime-web's profiler, in Node.js (the browser's kernels).
 
     export (every precision) ─> Python rows ─> Node.js rows (web/tools/bench-node.mjs)
       ─> a server of the page, the package and transformers.js (apps/web.py) ─> Chromium rows (bench-browser.mjs)
+      ─> WebAssembly profiles (web/tools/profile-wasm.mjs, one thread)
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from pathlib import Path
 from gpt2_onnx.apps import web as web_app
 from gpt2_onnx.precisions import ECOSYSTEM_GRAPH, NAMES
 
+from .profile import op_times, profile_table
 from .synthetic import COMMON_HANZI
 
 THREADS = (1, 2)
@@ -96,9 +99,16 @@ def run_web(model_dir: Path, spec: WebSpec, log: Callable[[str], None]) -> dict:
     finally:
         server.shutdown()
         server.server_close()
+    profiles = {}
+    for precision in NAMES:
+        args = dict(model_dir=str(model_dir), precision=precision, threads=1, prompt_ids=prompt_ids)
+        trace = _node_stdout(["tools/profile-wasm.mjs", json.dumps({**args, "new_tokens": spec.new_tokens})])
+        profiles[precision] = op_times(json.loads(trace))
+        log(f"web: profiled {precision} in WebAssembly")
     return {
         "spec": asdict(spec),
         "rows": [asdict(r) for r in rows],
+        "wasm_profiles": profiles,
         "transformers_js_error": tjs_error,
         "load_average": {"before": load_before, "after": os.getloadavg()[0]},
     }
@@ -128,11 +138,16 @@ def _args(prompt_ids: list[int], spec: WebSpec) -> dict:
     return dict(prompt_ids=prompt_ids, **asdict(spec))
 
 
-def _node(args: list[str]) -> dict:
+def _node_stdout(args: list[str]) -> str:
     done = subprocess.run(["node", *args], cwd=web_app.WEB_DIR, capture_output=True, text=True, timeout=1800)
     if done.returncode != 0:
         raise RuntimeError(f"node {args[0]} failed: {done.stderr.strip()}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return done.stdout
+
+
+def _node(args: list[str]) -> dict:
+    """A tool's result: the last line of its standard output, JSON."""
+    return json.loads(_node_stdout(args).strip().splitlines()[-1])
 
 
 def _mounts(model_dir: Path) -> list[web_app.Mount]:
@@ -219,6 +234,16 @@ def web_markdown(doc: dict) -> str:
         )
     if doc.get("transformers_js_error"):
         lines += ["", f"transformers.js could not run the export's model.onnx: `{doc['transformers_js_error']}`"]
+    lines += [
+        "",
+        "## Where a WebAssembly decode step's time goes",
+        "",
+        "onnxruntime-web's profiler, one thread, in Node.js (the browser's WebAssembly kernels and the page's session "
+        f"options, `web/tools/profile-wasm.mjs`), over the decode steps of one {doc['spec']['new_tokens']}-token "
+        "generation (the profiler's own cost is in every node's time: compare shares).",
+        "",
+        *profile_table(doc["wasm_profiles"]),
+    ]
     return "\n".join(lines) + "\n"
 
 

@@ -55,11 +55,15 @@ def session_options(threads: int | None) -> ort.SessionOptions:
     return options
 
 
-def create_session(model, threads: int | None) -> ort.InferenceSession:
+def create_session(model, threads: int | None, profile_prefix: str | None = None) -> ort.InferenceSession:
     """`model`: a path (onnxruntime reads the file itself: no second copy of the weights in
-    Python memory) or serialized bytes."""
+    Python memory) or serialized bytes. `profile_prefix`: onnxruntime's profiler writes every
+    node's time to a JSON trace there (`end_profiling` names the file; the benchmarks read it)."""
     source = model if isinstance(model, bytes) else str(model)
-    return ort.InferenceSession(source, session_options(threads), providers=["CPUExecutionProvider"])
+    options = session_options(threads)
+    if profile_prefix:
+        options.enable_profiling, options.profile_file_prefix = True, profile_prefix
+    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
 
 
 def _anonymous_array(shape: tuple[int, ...]) -> tuple[np.ndarray, mmap.mmap]:

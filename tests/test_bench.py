@@ -199,3 +199,49 @@ def test_training_windows_repeat_a_share_of_documents():
     assert twice[:10] == [0, 1, 1, 1, 9] * 2 and len(twice) == 80
     some = _blocks(Tokenizer(), lines * 50, 0, 9, block=5, duplicate_share=0.5).size
     assert 1.3 * len(once) * 50 < some < 1.7 * len(once) * 50
+
+
+def test_op_times_reads_the_decode_steps_of_a_trace():
+    """The prefill's run is left out; a node's time lands in its op type; what no node accounts for is named."""
+    from gpt2_onnx.benchmarks.profile import op_times
+
+    def node(op, ts, dur):
+        return {"cat": "Node", "name": f"{op}_{ts}_kernel_time", "ts": ts, "dur": dur, "args": {"op_name": op}}
+
+    events = [
+        {"cat": "Session", "name": "model_run", "ts": 0, "dur": 900},
+        node("MatMul", 10, 800),  # the prefill: not a step
+        {"cat": "Session", "name": "model_run", "ts": 1000, "dur": 300},
+        node("MatMul", 1010, 200),
+        node("Add", 1220, 40),
+        {"cat": "Session", "name": "model_run", "ts": 2000, "dur": 500},
+        node("MatMul", 2010, 400),
+        node("Add", 2420, 60),
+    ]
+    got = op_times(events)
+    assert got["ops"] == {"MatMul": {"ms": 0.3, "nodes": 1}, "Add": {"ms": 0.05, "nodes": 1}}
+    assert got["run_ms"] == 0.4 and got["between_nodes_ms"] == pytest.approx(0.05)
+    with pytest.raises(ValueError, match="nothing to profile"):
+        op_times(events[:2])
+
+
+def test_kernels_smoke_reports_the_probe_and_the_profile_per_cpu_family(tiny_checkpoint, tmp_path):
+    """`bench --only kernels`: a report named for the instruction set, each strategy's probe and
+    prefill, and where an exported decode step's time goes, every weight matmul counted."""
+    from gpt2_onnx.benchmarks.kernels import INT4_EXPORTED, INT8_EXPORTED, report_name
+    from gpt2_onnx.benchmarks.run import run_kernels_report
+
+    doc = run_kernels_report(tiny_checkpoint, tmp_path, smoke=True, threads=1)
+    name = report_name(doc["machine"])
+    assert name == "kernels-" + doc["machine"]["isa"].lower().replace(" ", "-")
+    table = (tmp_path / f"{name}.md").read_text()
+    per_tensor = doc["strategies"]["per-tensor DynamicQuantizeMatMul (before)"]
+    assert not per_tensor["row_invariant"] and not per_tensor["lone_row_exact"]  # a row's scale is its batch's
+    assert doc["strategies"][INT8_EXPORTED]["row_invariant"] and doc["strategies"][INT8_EXPORTED]["lone_row_exact"]
+    for r in doc["strategies"].values():
+        assert r["ttft_ms"] > 0 and r["decode_ms_batch_1"] > 0
+    n_layer = doc["architecture"]["n_layer"]
+    int8, int4 = doc["profiles"]["INT8"]["ops"], doc["profiles"]["INT4"]["ops"]
+    assert int8["MatMulIntegerToFloat"]["nodes"] == 4 * n_layer + 1  # and the LM head
+    assert int4["MatMulNBits"]["nodes"] == 4 * n_layer and int4["MatMulIntegerToFloat"]["nodes"] == 1  # 8-bit head
+    assert "| MatMulNBits |" in table and "| whole run |" in table and f"| {INT4_EXPORTED} |" in table

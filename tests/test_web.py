@@ -25,6 +25,7 @@ import pytest
 from gpt2_onnx.apps import cli
 from gpt2_onnx.apps import web as web_app
 from gpt2_onnx.apps.web_contract import CONTRACT_PATH, contract_module
+from gpt2_onnx.benchmarks.synthetic import TINY
 from gpt2_onnx.precisions import NAMES
 
 REPO = Path(__file__).resolve().parent.parent
@@ -259,6 +260,12 @@ def test_bench_web_smoke(tiny_checkpoint, chromium, tmp_path, monkeypatch):
     table = (tmp_path / "web.md").read_text()
     assert table.count("| gpt2-onnx | Chromium |") == len(NAMES) * len(THREADS) and "| transformers.js |" in table
     assert (tmp_path / "web.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # where a WebAssembly step's time goes: every weight matmul of each precision's graph counted
+    n_layer, profiles = TINY.n_layer, doc["wasm_profiles"]
+    assert profiles["fp32"]["ops"]["MatMul"]["nodes"] == 4 * n_layer + 1  # and the LM head
+    assert profiles["int8"]["ops"]["MatMulIntegerToFloat"]["nodes"] == 4 * n_layer + 1
+    assert profiles["int4"]["ops"]["MatMulNBits"]["nodes"] == 4 * n_layer
+    assert "## Where a WebAssembly decode step's time goes" in table and "| MatMulNBits |" in table
 
 
 @pytest.mark.parametrize("threads", ["0", "-2", str(os.cpu_count() + 1)])

@@ -56,6 +56,6 @@ export async function load(url, { precision, threads, verify } = {}) {
 }
 
 // sequential nodes, every graph optimisation (runtime/session.py); threads are ort.env.wasm.numThreads
-const SESSION_OPTIONS = { executionProviders: ["wasm"], graphOptimizationLevel: "all", logSeverityLevel: 3 };
+export const SESSION_OPTIONS = { executionProviders: ["wasm"], graphOptimizationLevel: "all", logSeverityLevel: 3 };
 
 const hex = (buffer) => Array.from(new Uint8Array(buffer), (b) => b.toString(16).padStart(2, "0")).join("");
