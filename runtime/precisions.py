@@ -39,7 +39,8 @@ class Precision:
     # in `serve`'s start line). onnxruntime's MatMulNBits takes another kernel for a one-row
     # input, whose activation quantization gives other logits on some CPUs (an Intel Xeon with
     # AMX: by up to 0.17 at full size): there a scratch row runs beside a lone one, so a row's
-    # result never depends on its batch; on an AMD EPYC (AVX-512 VNNI) a lone row runs alone
+    # result never depends on its batch, as on an AMD EPYC with AVX2 only; on an AMD EPYC with
+    # AVX-512 VNNI a lone row runs alone (benchmarks/results/kernels-*.md: the probe per CPU family)
     min_call_rows: int = 1
     # a row's logits are the same whatever shape of call computes them (one token or several,
     # one row or many): what speculative decoding and the prefix cache need to be exact.
