@@ -327,9 +327,10 @@ def lone_row_is_exact(decoder: Decoder) -> bool:
     """Whether a one-row call gives a row bit for bit what it gets in a call of two, on this CPU.
     onnxruntime picks MatMulNBits' kernels by CPU: on an AMD EPYC (AVX-512 VNNI) the one-row
     kernel quantizes activations as the several-row one does, on an Intel Xeon (AVX-512 VNNI,
-    AMX) and an AMD EPYC with AVX2 only it does not (logits differed by up to 0.17 at full size). Both rows of a two-row step
-    after a prompt are compared with each row stepped alone, so neither one input that happens
-    to agree nor a row's place in the call decides it; any difference keeps scratch rows."""
+    AMX) and an AMD EPYC with AVX2 only it does not (logits differed by up to 0.17 at full
+    size). Both rows of a two-row step after a prompt are compared with each row stepped alone,
+    so neither one input that happens to agree nor a row's place in the call decides it; any
+    difference keeps scratch rows."""
     probe = Decoder(decoder.session, decoder.architecture, 1)
     v = decoder.architecture.vocab_size
     prompts = [[v // 2, v // 5, v // 7], [v // 3, v // 11, v // 13]]  # equal lengths: one prefill call
