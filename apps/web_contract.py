@@ -48,10 +48,17 @@ def contract() -> dict[str, Any]:
             "kv_kinds": list(graph_io.KV_KINDS),
         },
         "precisions": [
-            {"name": p.name, "graph_file": p.graph_file, "data_file": p.data_file, "min_call_rows": p.min_call_rows}
+            {
+                "name": p.name,
+                "graph_file": p.graph_file,
+                "data_file": p.data_file,
+                "min_call_rows": p.min_call_rows,
+                "webgpu": p.webgpu,
+            }
             for p in precisions.PRECISIONS
         ],
         "default_precision": precisions.DEFAULT_PRECISION,
+        "devices": list(precisions.WEB_DEVICES),
         "ecosystem_graph": precisions.ECOSYSTEM_GRAPH,
         "options": [
             {

@@ -27,8 +27,8 @@ from gpt2_onnx.export.checkpoint import load_checkpoint
 from gpt2_onnx.export.graph import MS_DOMAIN, GraphWriter
 from gpt2_onnx.export.quantize import Int8Linear, quantize_tokens
 from gpt2_onnx.export.quantize_blockwise import Int4Linear
-from gpt2_onnx.precisions import Blockwise
-from gpt2_onnx.session import Decoder, create_session, lone_row_is_exact
+from gpt2_onnx.precisions import BY_NAME, Blockwise
+from gpt2_onnx.session import Decoder, create_session, probed_decoder
 
 from .ceiling import weights_only_model
 from .error_share import in_memory_decoder
@@ -126,9 +126,9 @@ def weights_only_ms(arch, linear, threads: int, reps: int) -> dict[str, float]:
 
 
 def as_run(decoder: Decoder) -> Decoder:
-    """The decoder as the runtime loads it for a precision whose one-row kernel may differ: a lone
-    row alone where the probe finds it exact on this CPU, else beside a scratch row."""
-    return decoder if lone_row_is_exact(decoder) else Decoder(decoder.session, decoder.architecture, 2)
+    """The decoder as the runtime loads INT4 (`min_call_rows`): a lone row alone where the probe finds
+    it exact on this CPU, else beside a scratch row. Every strategy is probed so."""
+    return probed_decoder(decoder.session, decoder.architecture, BY_NAME["int4"].min_call_rows)
 
 
 def _prompts(vocab: int, batch: int, length: int, seed: int = 0) -> list[list[int]]:
@@ -156,7 +156,7 @@ def whole_graph(checkpoint, linear, threads: int, reps: int) -> dict:
     run = as_run(decoder)
     long_prompt = _prompts(decoder.architecture.vocab_size, 1, min(LONG_PROMPT, decoder.architecture.n_positions))
     result = {
-        "lone_row_exact": run is decoder,
+        "lone_row_exact": run.min_rows == 1,
         "decode_ms_batch_1": step_ms(run, 1, reps),
         "decode_ms_batch_8": step_ms(run, 8, reps),
         "ttft_ms": _median_ms(lambda: decoder.prefill(long_prompt, len(long_prompt[0])), 3),

@@ -47,6 +47,10 @@ class Precision:
     # MatMulNBits' int8 activation blocks differ between its kernels (by up to 0.15 at full size)
     shape_exact: bool = True
     blocks: Blockwise | None = None  # how a blockwise strategy stores the weights
+    # onnxruntime-web's WebGPU provider has a kernel for every op of the graph (the JavaScript package's
+    # `device: "webgpu"`): it has none for MatMulIntegerToFloat, and its MatMulNBits keeps activations in FP32
+    # (not int8 blocks), so INT4 there is not the CPU's INT4 to the bit
+    webgpu: bool = True
     # when to pick it, from the committed figures (benchmarks/results/speed.md and quality.md): the CLI's
     # --precision help and the README's quickstart say it (`guide`)
     pick_for: str = ""
@@ -63,6 +67,7 @@ class Precision:
 
 
 ECOSYSTEM_GRAPH = "model.onnx"  # where optimum, onnxruntime-genai and transformers.js look
+WEB_DEVICES = ("wasm", "webgpu")  # where the JavaScript package runs a graph in a browser (`Precision.webgpu`)
 
 # chosen on the quality model: blocks of 32 carry 0.6× the error of 128 (top-1 98.0 vs 97.4 %)
 INT4_BLOCKS = Blockwise()
@@ -81,6 +86,7 @@ PRECISIONS = (
         "int8_per_token",
         "8-bit weights per output column, activations quantized per token",
         0.27,
+        webgpu=False,
         pick_for="latency and throughput: the fastest prompts and batches (TTFT at 256 tokens 36.6 ms, batch 32 "
         "2,007 tok/s, a lone row 401 tok/s), 98.9 % top-1 agreement with FP32, prefix cache and speculation (64 MB)",
     ),
@@ -101,6 +107,18 @@ BY_NAME = {p.name: p for p in PRECISIONS}
 NAMES = tuple(BY_NAME)
 QUANTIZED = tuple(p.name for p in PRECISIONS if p.name != "fp32")
 DEFAULT_PRECISION = "int8"
+
+
+def check_web_device(device: str, precision: str, names: tuple[str, str] = ("precision", "device")) -> None:
+    """Refuses a browser device that does not run the precision's graph whole (`Precision.webgpu`), naming the
+    fix in the caller's `names` for the two settings. The JavaScript package's `checkDevice` says the same."""
+    if device == "webgpu" and not BY_NAME[precision].webgpu:
+        runs = " or ".join(p.name for p in PRECISIONS if p.webgpu)
+        precision_name, device_name = names
+        raise ValueError(
+            f"{precision_name} {precision} does not run on WebGPU (onnxruntime-web's WebGPU provider has no kernel "
+            f"for its integer matmuls): use {precision_name} {runs} with {device_name} webgpu, or {device_name} wasm"
+        )
 
 
 def guide() -> str:

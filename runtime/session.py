@@ -319,6 +319,11 @@ def load_decoder(graph_file: Path, architecture: Architecture, threads: int | No
     one-row kernel may differ) holds only where this CPU's lone row is not exact (`lone_row_is_exact`)."""
     session = create_session(graph_file, threads)
     check_graph_architecture(session, graph_file, architecture)
+    return probed_decoder(session, architecture, min_rows)
+
+
+def probed_decoder(session: ort.InferenceSession, architecture: Architecture, min_rows: int) -> Decoder:
+    """A Decoder whose calls bind at least `min_rows` rows, unless a lone row is exact alone on this CPU."""
     lone = Decoder(session, architecture, 1)
     return lone if min_rows == 1 or lone_row_is_exact(lone) else Decoder(session, architecture, min_rows)
 

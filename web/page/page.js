@@ -1,5 +1,5 @@
 // The page of `gpt2-onnx web`: a prompt box, streamed output, tokens/s. Query parameters: `model` (the model
-// directory's URL, default /model/), `precision`, `threads`. #stats carries data-state: loading, ready, running,
+// directory's URL, default /model/), `precision`, `device` (wasm or webgpu), `threads`. #stats carries data-state: loading, ready, running,
 // done or error (what the browser test waits for); #ids the last run's token ids.
 
 import { load } from "../src/browser.js";
@@ -15,16 +15,17 @@ function status(state, text) {
   $("stats").textContent = text;
 }
 
-async function loadVariant(precision) {
-  status("loading", `loading ${precision} from ${modelUrl}…`);
+async function loadVariant(precision, device) {
+  status("loading", `loading ${precision} on ${device} from ${modelUrl}…`);
   $("generate").disabled = true;
+  generator = null; // a failed load leaves nothing to generate with
   const start = performance.now();
-  generator = await load(modelUrl, { precision, threads });
+  generator = await load(modelUrl, { precision, threads, device });
   const defaults = generator.config(); // the model's own (uer: sampling, top_k 70, 100 new tokens)
   for (const id of ["max_new_tokens", "top_k", "temperature"]) $(id).value = defaults[id];
   $("do_sample").checked = defaults.do_sample;
   const seconds = ((performance.now() - start) / 1000).toFixed(2);
-  status("ready", `${precision} loaded in ${seconds} s, ${crossOriginIsolated ? "" : "not "}cross-origin isolated`);
+  status("ready", `${precision} on ${device} loaded in ${seconds} s, ${crossOriginIsolated ? "" : "not "}cross-origin isolated`);
   $("generate").disabled = false;
 }
 
@@ -71,6 +72,9 @@ function fail(error) {
 }
 
 $("form").addEventListener("submit", (event) => generate(event).catch(fail));
-$("precision").addEventListener("change", () => loadVariant($("precision").value).catch(fail));
+const reload = () => loadVariant($("precision").value, $("device").value).catch(fail);
+$("precision").addEventListener("change", reload);
+$("device").addEventListener("change", reload);
 $("precision").value = params.get("precision") ?? "int8";
-loadVariant($("precision").value).catch(fail);
+$("device").value = params.get("device") ?? "wasm";
+reload();

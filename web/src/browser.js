@@ -9,7 +9,8 @@
 import * as ort from "onnxruntime-web";
 import { Generator } from "./generator.js";
 import { ModelDirectoryError } from "./manifest.js";
-import { checkThreads } from "./options.js";
+import { CONTRACT } from "./contract.js";
+import { checkThreads, GenerationOptionError } from "./options.js";
 
 export { Generator } from "./generator.js";
 export { ModelDirectoryError } from "./manifest.js";
@@ -18,11 +19,16 @@ export { GenerationOptionError } from "./options.js";
 /**
  * A Generator over the model directory at `url`. `precision`: "int8" (default), "int4" or "fp32"; `threads`:
  * WebAssembly threads, for every session of the page (set by the first load; default: up to 4 where the page is
- * cross-origin isolated, else 1); `verify`: check the files' sha256 (default true).
+ * cross-origin isolated, else 1); `verify`: check the files' sha256 (default true); `device`: "wasm" (default,
+ * every browser) or "webgpu" (the GPU, where the browser has WebGPU: fp32 and int4, see `checkDevice`).
  */
-export async function load(url, { precision, threads, verify } = {}) {
+export async function load(url, { precision, threads, verify, device = "wasm" } = {}) {
   checkThreads(threads, navigator.hardwareConcurrency || 1);
-  if (threads !== undefined) ort.env.wasm.numThreads = threads;
+  checkDevice(device, precision ?? CONTRACT.default_precision);
+  // the WebGPU provider comes in its own bundle of onnxruntime-web ("onnxruntime-web/webgpu" in the import map),
+  // loaded only when asked for; its tensors are its own, so the decoder makes them with the same module
+  const runtime = device === "webgpu" ? await import("onnxruntime-web/webgpu") : ort;
+  if (threads !== undefined) runtime.env.wasm.numThreads = threads;
   const base = new URL(url, location.href);
   const where = base.href.replace(/\/$/, "");
   const fetched = new Map(); // name → bytes, fetched once for the checksum and the session
@@ -40,12 +46,13 @@ export async function load(url, { precision, threads, verify } = {}) {
   };
   const platform = {
     where,
-    ort,
+    ort: runtime,
     readJson: async (name) => JSON.parse(new TextDecoder().decode(await bytes(name))),
     sha256: async (name) => hex(await crypto.subtle.digest("SHA-256", await bytes(name))),
     createSession: async (graph, data) => {
-      const session = await ort.InferenceSession.create(await bytes(graph), {
+      const session = await runtime.InferenceSession.create(await bytes(graph), {
         ...SESSION_OPTIONS,
+        executionProviders: [device],
         externalData: [{ path: data, data: await bytes(data) }],
       });
       fetched.clear(); // onnxruntime holds its own copy of the weights now
@@ -57,5 +64,25 @@ export async function load(url, { precision, threads, verify } = {}) {
 
 // sequential nodes, every graph optimisation (runtime/session.py); threads are ort.env.wasm.numThreads
 export const SESSION_OPTIONS = { executionProviders: ["wasm"], graphOptimizationLevel: "all", logSeverityLevel: 3 };
+
+/** Refuses, naming the fix, a device this page cannot use or one whose provider lacks a kernel of the precision's graph. */
+export function checkDevice(device, precision) {
+  if (!CONTRACT.devices.includes(device)) {
+    throw new GenerationOptionError(`device must be one of ${CONTRACT.devices.join(", ")}, got ${JSON.stringify(device)}`, "device");
+  }
+  if (device !== "webgpu") return;
+  if (!globalThis.navigator?.gpu) {
+    throw new GenerationOptionError("this browser has no WebGPU (navigator.gpu): use device \"wasm\"", "device");
+  }
+  const row = CONTRACT.precisions.find((p) => p.name === precision);
+  if (row && !row.webgpu) {
+    const on = CONTRACT.precisions.filter((p) => p.webgpu).map((p) => p.name);
+    throw new GenerationOptionError(
+      `precision ${precision} does not run on WebGPU (onnxruntime-web's WebGPU provider has no kernel for its ` +
+        `integer matmuls): use precision ${on.join(" or ")} with device "webgpu", or device "wasm"`,
+      "device",
+    );
+  }
+}
 
 const hex = (buffer) => Array.from(new Uint8Array(buffer), (b) => b.toString(16).padStart(2, "0")).join("");

@@ -70,22 +70,29 @@ export const CONTRACT = {
       "name": "fp32",
       "graph_file": "model.fp32.onnx",
       "data_file": "model.fp32.onnx.data",
-      "min_call_rows": 1
+      "min_call_rows": 1,
+      "webgpu": true
     },
     {
       "name": "int8",
       "graph_file": "model.int8.onnx",
       "data_file": "model.int8.onnx.data",
-      "min_call_rows": 1
+      "min_call_rows": 1,
+      "webgpu": false
     },
     {
       "name": "int4",
       "graph_file": "model.int4.onnx",
       "data_file": "model.int4.onnx.data",
-      "min_call_rows": 2
+      "min_call_rows": 2,
+      "webgpu": true
     }
   ],
   "default_precision": "int8",
+  "devices": [
+    "wasm",
+    "webgpu"
+  ],
   "ecosystem_graph": "model.onnx",
   "options": [
     {

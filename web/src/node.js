@@ -12,7 +12,7 @@ import path from "node:path";
 import * as ort from "onnxruntime-node";
 import { Generator } from "./generator.js";
 import { ModelDirectoryError } from "./manifest.js";
-import { checkThreads } from "./options.js";
+import { checkThreads, GenerationOptionError } from "./options.js";
 
 export { Generator } from "./generator.js";
 export { ModelDirectoryError } from "./manifest.js";
@@ -20,10 +20,18 @@ export { GenerationOptionError } from "./options.js";
 
 /**
  * A Generator over the model directory `dir`. `precision`: "int8" (default), "int4" or "fp32"; `threads`:
- * intra-op threads (default: the CPUs Node.js may use); `verify`: check the files' sha256 (default true).
+ * intra-op threads (default: the CPUs Node.js may use); `verify`: check the files' sha256 (default true);
+ * `device`: "cpu", the only one here (the browser's are "wasm" and "webgpu").
  */
-export async function load(dir, { precision, threads, verify } = {}) {
+export async function load(dir, { precision, threads, verify, device = "cpu" } = {}) {
   checkThreads(threads, availableParallelism());
+  if (device !== "cpu") {
+    throw new GenerationOptionError(
+      `device must be "cpu" in Node.js (onnxruntime-node's CPU provider; "wasm" and "webgpu" are the browser's), ` +
+        `got ${JSON.stringify(device)}`,
+      "device",
+    );
+  }
   const where = path.resolve(dir);
   const file = (name) => path.join(where, name);
   const platform = {

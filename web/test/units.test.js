@@ -91,6 +91,26 @@ test("threads: an int from 1 to the machine's CPUs", () => {
   for (const bad of [0, 3, 1.5, "2"]) assert.throws(() => checkThreads(bad, 2), /threads must be an int in \[1, 2\]/);
 });
 
+test("device: wasm anywhere, webgpu only where the browser has it and for a graph it runs whole", async () => {
+  const { checkDevice } = await import("../src/browser.js");
+  const { load } = await import("../src/node.js");
+  checkDevice("wasm", "int8");
+  assert.throws(() => checkDevice("gpu", "fp32"), (e) => e.option === "device" && /device must be one of wasm, webgpu/.test(e.message));
+  const navigator = Object.getOwnPropertyDescriptor(globalThis, "navigator");
+  try {
+    Object.defineProperty(globalThis, "navigator", { value: {}, configurable: true });
+    assert.throws(() => checkDevice("webgpu", "fp32"), /this browser has no WebGPU \(navigator.gpu\): use device "wasm"/);
+    Object.defineProperty(globalThis, "navigator", { value: { gpu: {} }, configurable: true });
+    checkDevice("webgpu", "fp32");
+    checkDevice("webgpu", "int4");
+    assert.throws(() => checkDevice("webgpu", "int8"), /precision int8 does not run on WebGPU .*: use precision fp32 or int4 with device "webgpu", or device "wasm"/);
+  } finally {
+    if (navigator) Object.defineProperty(globalThis, "navigator", navigator);
+    else delete globalThis.navigator;
+  }
+  await assert.rejects(load("/nowhere", { device: "webgpu" }), (e) => e.option === "device" && /device must be "cpu" in Node.js/.test(e.message));
+});
+
 test("a prompt that is not well-formed text is refused, naming the prompt", () => {
   const gen = new Generator({ conventions: { stop_token_ids: [3] } }, codec, null, "fp32");
   assert.deepEqual(gen.encode("这是"), [2, 7, 8]);

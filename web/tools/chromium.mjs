@@ -10,7 +10,11 @@ const CANDIDATES = ["/usr/bin/chromium", "/usr/bin/chromium-browser", "/usr/bin/
 const FLAGS = [
   "--headless",
   "--no-sandbox",
-  "--disable-gpu",
+  // WebGPU on SwiftShader's Vulkan, on the CPU: the same adapter on every machine the tests and benchmarks run on
+  "--enable-unsafe-webgpu",
+  "--enable-features=Vulkan",
+  "--use-vulkan=swiftshader",
+  "--use-webgpu-adapter=swiftshader",
   "--disable-quic",
   "--no-first-run",
   "--disable-background-networking",

@@ -1,5 +1,5 @@
 // Opens the page of `gpt2-onnx web` in headless Chromium, generates once through its form and prints, as one
-// JSON line: { ids, text, stats, isolated, threads }. Used by the browser test (tests/test_web.py).
+// JSON line: { loaded, ids, text, stats, isolated, threads }. Used by the browser test (tests/test_web.py).
 //
 //   node tools/page-run.mjs URL --prompt TEXT --max-new-tokens N [--screenshot PNG]
 // The page's own URL parameters choose the model, precision and threads; generation is greedy.
@@ -23,6 +23,7 @@ try {
     if ((await stats.getAttribute("data-state")) === "error") throw new Error(`the page failed: ${await page.locator("#error").textContent()} ${errors}`);
   };
   await settled(["ready", "error"]);
+  const loaded = await stats.textContent();
   await page.fill("#prompt", values.prompt);
   await page.fill("#max_new_tokens", values["max-new-tokens"]);
   await page.uncheck("#do_sample");
@@ -30,6 +31,7 @@ try {
   await settled(["done", "error"]);
   if (values.screenshot) await page.screenshot({ path: values.screenshot, fullPage: true });
   const result = {
+    loaded,
     ids: JSON.parse(await page.locator("#ids").textContent()),
     text: await page.locator("#output").textContent(),
     stats: await stats.textContent(),
