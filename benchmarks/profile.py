@@ -39,12 +39,9 @@ def profile_table(profiles: dict[str, dict], top: int = 10) -> list[str]:
     """Markdown rows: the `top` op types by their largest share of a run in any profile, then the
     rest, the time between nodes and the whole run; each profile's ms per step and share of the run."""
     names = list(profiles)
-    share = {
-        op: max(p["ops"].get(op, {"ms": 0.0})["ms"] / p["run_ms"] for p in profiles.values())
-        for p in profiles.values()
-        for op in p["ops"]
-    }
-    shown = sorted(share, key=share.get, reverse=True)[:top]
+    every_op = {op for p in profiles.values() for op in p["ops"]}
+    share = {op: max(p["ops"].get(op, {"ms": 0.0})["ms"] / p["run_ms"] for p in profiles.values()) for op in every_op}
+    shown = sorted(share, key=lambda op: (-share[op], op))[:top]  # ties by name: the same table every run
 
     def cells(p: dict, ms: float, nodes: int | None = None) -> str:
         count = f" ({nodes} nodes)" if nodes else ""
@@ -55,9 +52,7 @@ def profile_table(profiles: dict[str, dict], top: int = 10) -> list[str]:
         "|---|" + "---|---|" * len(names),
     ]
     for op in shown:
-        row = [
-            cells(p, p["ops"].get(op, {}).get("ms", 0.0), p["ops"].get(op, {}).get("nodes")) for p in profiles.values()
-        ]
+        row = [cells(p, *p["ops"].get(op, {"ms": 0.0, "nodes": 0}).values()) for p in profiles.values()]
         lines.append(f"| {op} | " + " | ".join(row) + " |")
     rest = [cells(p, sum(v["ms"] for op, v in p["ops"].items() if op not in shown)) for p in profiles.values()]
     lines.append("| every other op type | " + " | ".join(rest) + " |")

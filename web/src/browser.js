@@ -62,8 +62,9 @@ export async function load(url, { precision, threads, verify, device = "wasm" } 
   return Generator.open(platform, { precision, verify });
 }
 
-// sequential nodes, every graph optimisation (runtime/session.py); threads are ort.env.wasm.numThreads
-export const SESSION_OPTIONS = { executionProviders: ["wasm"], graphOptimizationLevel: "all", logSeverityLevel: 3 };
+// sequential nodes, every graph optimisation (runtime/session.py); threads are ort.env.wasm.numThreads; the
+// execution provider is the device's
+export const SESSION_OPTIONS = { graphOptimizationLevel: "all", logSeverityLevel: 3 };
 
 /** Refuses, naming the fix, a device this page cannot use or one whose provider lacks a kernel of the precision's graph. */
 export function checkDevice(device, precision) {

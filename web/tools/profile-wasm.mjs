@@ -21,6 +21,7 @@ const platform = {
   createSession: async (graph, data) =>
     ort.InferenceSession.create(await readFile(file(graph)), {
       ...SESSION_OPTIONS,
+      executionProviders: ["wasm"],
       enableProfiling: true,
       externalData: [{ path: data, data: await readFile(file(data)) }],
     }),
