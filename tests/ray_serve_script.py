@@ -21,6 +21,7 @@ from gpt2_onnx.generator import Generator
 PORT = 8765
 PROMPT = "这是很久之前的事情了"
 LONG_PROMPT = PROMPT * 4  # 41 tokens: two blocks of the prefix cache
+GUIDED_REGEX = "[0-9]{1,4}"
 
 
 def replica_names() -> list[str]:
@@ -79,6 +80,14 @@ def main(model: str) -> None:
     gauges = [metrics(f"http://127.0.0.1:{PORT}") for _ in range(12)]  # each read answered by either replica
     results["prefix_cache_bytes"] = max(g["gpt2_onnx_prefix_cache_bytes"] for g in gauges)
     results["prefix_cache_hits"] = max(g["gpt2_onnx_prefix_cache_hits"] for g in gauges)
+
+    # structured output through the replicas: each one builds its constraint vocabulary at load
+    # (the bridge's prepare_constraints), so every request of a few is held to the regex, as locally
+    guided = {**greedy, "extra_body": {"guided_regex": GUIDED_REGEX}}
+    results["guided"] = [client.completions.create(**guided).choices[0].text for _ in range(4)]
+    results["guided_regex"] = GUIDED_REGEX
+    constraint = {"regex": GUIDED_REGEX}
+    results["guided_local"] = local.generate(PROMPT, max_new_tokens=8, do_sample=False, constraint=constraint).text
 
     # requests in flight while one replica's actor is killed: each succeeds or fails with a 5xx
     outcomes: list[str] = []

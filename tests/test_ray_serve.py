@@ -4,6 +4,7 @@ cluster for the module, in a private network namespace (see test_ray.py)."""
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -40,6 +41,12 @@ def test_two_replicas_answer_the_openai_client(served):
 def test_replicas_keep_the_prefix_cache_of_the_command_line(served):
     assert served["cached"] == [served["cached_local"]] * 6
     assert served["prefix_cache_bytes"] > 0 and served["prefix_cache_hits"] > 0
+
+
+def test_replicas_hold_a_request_to_its_constraint_as_the_local_runtime_does(served):
+    """structured output through Ray Serve (it was tested only on the single-process server and in batch jobs)"""
+    assert served["guided"] == [served["guided_local"]] * 4
+    assert re.fullmatch(served["guided_regex"], served["guided_local"]), served["guided_local"]
 
 
 def test_a_killed_replica_fails_cleanly_and_comes_back(served):
