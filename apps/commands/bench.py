@@ -37,7 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--only",
         choices=["speed", "quality", "kernels", "long", "speculative", "serve", "web"],
         default=None,
-        help="run one part: speed, quality, the INT8 kernel comparison, long-form + prefix cache, "
+        help="run one part: speed, quality, the INT8 and INT4 kernels of this CPU family, long-form + prefix cache, "
         "speculative decoding, the server under load, or the browser and Node.js editions (web/; needs "
         "`cd web && npm ci` and Chromium) (default: speed and quality)",
     )
