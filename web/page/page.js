@@ -15,12 +15,17 @@ function status(state, text) {
   $("stats").textContent = text;
 }
 
+let latest = 0; // the latest choice's load: an earlier one still running when the choice changed is dropped
+
 async function loadVariant(precision, device) {
+  const mine = ++latest;
   status("loading", `loading ${precision} on ${device} from ${modelUrl}…`);
   $("generate").disabled = true;
   generator = null; // a failed load leaves nothing to generate with
   const start = performance.now();
-  generator = await load(modelUrl, { precision, threads, device });
+  const loaded = await load(modelUrl, { precision, threads, device });
+  if (mine !== latest) return;
+  generator = loaded;
   const defaults = generator.config(); // the model's own (uer: sampling, top_k 70, 100 new tokens)
   for (const id of ["max_new_tokens", "top_k", "temperature"]) $(id).value = defaults[id];
   $("do_sample").checked = defaults.do_sample;
@@ -72,7 +77,10 @@ function fail(error) {
 }
 
 $("form").addEventListener("submit", (event) => generate(event).catch(fail));
-const reload = () => loadVariant($("precision").value, $("device").value).catch(fail);
+const reload = () => {
+  const choice = latest + 1; // the number loadVariant takes
+  loadVariant($("precision").value, $("device").value).catch((e) => choice === latest && fail(e));
+};
 $("precision").addEventListener("change", reload);
 $("device").addEventListener("change", reload);
 $("precision").value = params.get("precision") ?? "int8";
