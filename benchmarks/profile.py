@@ -52,7 +52,10 @@ def profile_table(profiles: dict[str, dict], top: int = 10) -> list[str]:
         "|---|" + "---|---|" * len(names),
     ]
     for op in shown:
-        row = [cells(p, *p["ops"].get(op, {"ms": 0.0, "nodes": 0}).values()) for p in profiles.values()]
+        row = [
+            cells(p, p["ops"][op]["ms"], p["ops"][op]["nodes"]) if op in p["ops"] else cells(p, 0.0)
+            for p in profiles.values()
+        ]
         lines.append(f"| {op} | " + " | ".join(row) + " |")
     rest = [cells(p, sum(v["ms"] for op, v in p["ops"].items() if op not in shown)) for p in profiles.values()]
     lines.append("| every other op type | " + " | ".join(rest) + " |")

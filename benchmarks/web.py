@@ -101,8 +101,10 @@ def run_web(model_dir: Path, spec: WebSpec, log: Callable[[str], None]) -> dict:
         server.server_close()
     profiles = {}
     for precision in NAMES:
-        args = dict(model_dir=str(model_dir), precision=precision, threads=1, prompt_ids=prompt_ids)
-        trace = _node_stdout(["tools/profile-wasm.mjs", json.dumps({**args, "new_tokens": spec.new_tokens})])
+        args = dict(
+            model_dir=str(model_dir), precision=precision, threads=1, prompt_ids=prompt_ids, new_tokens=spec.new_tokens
+        )
+        trace = _node_stdout(["tools/profile-wasm.mjs", json.dumps(args)])
         profiles[precision] = op_times(json.loads(trace))
         log(f"web: profiled {precision} in WebAssembly")
     return {

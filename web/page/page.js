@@ -23,7 +23,13 @@ async function loadVariant(precision, device) {
   $("generate").disabled = true;
   generator = null; // a failed load leaves nothing to generate with
   const start = performance.now();
-  const loaded = await load(modelUrl, { precision, threads, device });
+  let loaded;
+  try {
+    loaded = await load(modelUrl, { precision, threads, device });
+  } catch (e) {
+    if (mine === latest) fail(e);
+    return;
+  }
   if (mine !== latest) return;
   generator = loaded;
   const defaults = generator.config(); // the model's own (uer: sampling, top_k 70, 100 new tokens)
@@ -77,10 +83,7 @@ function fail(error) {
 }
 
 $("form").addEventListener("submit", (event) => generate(event).catch(fail));
-const reload = () => {
-  const choice = latest + 1; // the number loadVariant takes
-  loadVariant($("precision").value, $("device").value).catch((e) => choice === latest && fail(e));
-};
+const reload = () => loadVariant($("precision").value, $("device").value).catch(fail);
 $("precision").addEventListener("change", reload);
 $("device").addEventListener("change", reload);
 $("precision").value = params.get("precision") ?? "int8";
